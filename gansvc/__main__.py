@@ -1,0 +1,6 @@
+"""Allow `python -m gansvc`."""
+import sys
+
+from gansvc.cli import main
+
+sys.exit(main())

@@ -1,0 +1,58 @@
+"""The `gansvc` command: one subcommand per job, each defined in the module that owns it."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+
+# name -> (module, help). Each module defines `add_arguments(name, parser)` and
+# `run(name, args) -> int`; modules are imported only when their command runs, so that
+# `gansvc --help` and the light commands do not pay for torch or grpc imports they do not use.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("gansvc.train.cli", "train a GAN locally and write a run directory"),
+    "sample": ("gansvc.train.cli", "write N generated images from a run or checkpoint"),
+    "eval": ("gansvc.metrics.cli", "score generated images: FID, Inception Score, KID"),
+    "serve": ("gansvc.service.cli", "run the gRPC service"),
+    "submit": ("gansvc.service.cli", "submit a training job to a running service"),
+    "watch": ("gansvc.service.cli", "follow a job's events until it ends"),
+    "jobs": ("gansvc.service.cli", "list the service's jobs"),
+    "samples": ("gansvc.service.cli", "download a job's sample grid"),
+    "cancel": ("gansvc.service.cli", "cancel a job"),
+}
+
+
+class UsageError(Exception):
+    """Bad command-line input: printed as `gansvc: error: ...` and exit code 2."""
+
+
+def _available() -> dict[str, tuple[str, str]]:
+    return {name: entry for name, entry in COMMANDS.items() if importlib.util.find_spec(entry[0]) is not None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the gansvc command line; return the process exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="gansvc", description="GAN training and evaluation service")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands = _available()
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    for name, (module_name, help_text) in commands.items():
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            importlib.import_module(module_name).add_arguments(name, sub_parser)
+    args = parser.parse_args(argv)
+    module = importlib.import_module(commands[args.command][0])
+    try:
+        return int(module.run(args.command, args) or 0)
+    except UsageError as error:
+        print(f"gansvc {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"gansvc {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
