@@ -1,0 +1,23 @@
+"""Shared test fixtures: the devices to test kernels on, and the Fashion-MNIST files."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gansvc.data.datasets import DEBIAN_FASHION_MNIST
+
+
+def devices() -> list:
+    """CPU always; CUDA as a parameter that skips with a reason where no GPU is present."""
+    cuda = pytest.param(
+        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+    )
+    return ["cpu", cuda]
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_root():
+    """The Debian package's Fashion-MNIST folder; scripts/setup.sh installs it."""
+    assert DEBIAN_FASHION_MNIST.is_dir(), "run scripts/setup.sh (apt-get install -y dataset-fashion-mnist)"
+    return DEBIAN_FASHION_MNIST
