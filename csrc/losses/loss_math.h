@@ -21,9 +21,9 @@ struct ScalarMath {
   using V = T;
   using Mask = bool;
   static C10_HOST_DEVICE V splat(T x) { return x; }
-  static C10_HOST_DEVICE V exp(V x) { return ::exp(x); }
-  static C10_HOST_DEVICE V log(V x) { return ::log(x); }
-  static C10_HOST_DEVICE V abs(V x) { return ::fabs(x); }
+  static C10_HOST_DEVICE V exp(V x) { return std::exp(x); }
+  static C10_HOST_DEVICE V log(V x) { return std::log(x); }
+  static C10_HOST_DEVICE V abs(V x) { return std::fabs(x); }
   // NaN-propagating maximum, as torch.relu / clamp_min.
   static C10_HOST_DEVICE V max(V a, V b) { return (a != a || a > b) ? a : b; }
   static C10_HOST_DEVICE V select(Mask m, V if_true, V if_false) { return m ? if_true : if_false; }

@@ -1,13 +1,96 @@
-"""Data sets for training and evaluation, each decoded once into memory."""
+"""Data sets for training and evaluation, each decoded once into memory.
+
+`load_images` returns image data sets (fashion-mnist, mnist, cifar10, folder:PATH) as one uint8
+tensor; `load_dataset` also knows the 2-D `gaussian-mixture` ring, which has points, not images.
+"""
+
+from __future__ import annotations
+
+import os
 
 from gansvc.data.datasets import DatasetNotFound, ImageData, load_idx_dataset
+from gansvc.data.mixture import PointData
+
+IMAGE_DATASETS = ("fashion-mnist", "mnist", "cifar10")  # plus folder:PATH
+ALL_DATASETS = IMAGE_DATASETS + ("gaussian-mixture",)
 
 
-def load_images(name: str, split: str = "train", root=None) -> ImageData:
-    """Return the image data set `name` ('fashion-mnist', 'mnist') as one uint8 tensor."""
-    if name in ("fashion-mnist", "mnist"):
-        return load_idx_dataset(name, split, root)
-    raise ValueError(f"unknown dataset {name!r}: expected one of fashion-mnist, mnist")
+def load_images(
+    name: str, split: str = "train", root=None, image_size: int = 0, download: bool = False
+) -> ImageData:
+    """Return the image data set `name` as one uint8 tensor [N, C, H, W] (resized when image_size > 0).
+
+    name: 'fashion-mnist', 'mnist', 'cifar10' or 'folder:PATH'. `root` is where the files are
+    (None = the default places). `download=True` fetches fashion-mnist, mnist or cifar10 into `root`
+    with torchvision when they are missing (needs internet; never done unless asked).
+    """
+    if name.startswith("folder:"):
+        from gansvc.data.folder import load_image_folder
+
+        return load_image_folder(name[len("folder:") :], image_size)
+    if name == "gaussian-mixture":
+        raise ValueError("dataset 'gaussian-mixture' holds 2-D points, not images: use gansvc.data.load_dataset")
+    if name not in IMAGE_DATASETS:
+        raise ValueError(f"unknown dataset {name!r}: expected one of {', '.join(IMAGE_DATASETS)} or folder:PATH")
+    try:
+        data = _load_named(name, split, root)
+    except DatasetNotFound:
+        if not download:
+            raise
+        _download(name, root)
+        data = _load_named(name, split, root)
+    if image_size and image_size != data.images.shape[-1]:
+        data = ImageData(data.name, resize_images(data.images, image_size), data.labels, data.num_classes)
+    return data
 
 
-__all__ = ["DatasetNotFound", "ImageData", "load_images"]
+def load_dataset(name: str, split: str = "train", root=None, image_size: int = 0, download: bool = False):
+    """Return ImageData for image data sets (see load_images), or PointData for 'gaussian-mixture'."""
+    if name == "gaussian-mixture":
+        from gansvc.data.mixture import load_gaussian_mixture
+
+        return load_gaussian_mixture(split)
+    return load_images(name, split, root, image_size, download)
+
+
+def resize_images(images, size: int):
+    """Return uint8 images [N, C, H, W] resized to size x size (antialiased bilinear), in chunks."""
+    import torch
+    import torch.nn.functional as F
+
+    if images.shape[-2:] == (size, size):
+        return images
+    out = torch.empty(images.shape[0], images.shape[1], size, size, dtype=torch.uint8)
+    for start in range(0, images.shape[0], 4096):
+        chunk = images[start : start + 4096].float()
+        resized = F.interpolate(chunk, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        out[start : start + 4096] = resized.round_().clamp_(0, 255).to(torch.uint8)
+    return out
+
+
+def _load_named(name: str, split: str, root) -> ImageData:
+    if name == "cifar10":
+        from gansvc.data.cifar10 import load_cifar10
+
+        return load_cifar10(split, root)
+    return load_idx_dataset(name, split, root)
+
+
+def _download(name: str, root) -> None:
+    """Fetch a data set with torchvision into `root` (its usual layout, which the readers find)."""
+    if root is None:
+        raise DatasetNotFound(f"{name}: download needs a root folder to put the files in (set data_root)")
+    try:
+        import torchvision.datasets as tv
+    except ImportError as error:
+        raise DatasetNotFound(f"{name}: download needs torchvision ({error})") from None
+    cls = {"fashion-mnist": tv.FashionMNIST, "mnist": tv.MNIST, "cifar10": tv.CIFAR10}[name]
+    os.makedirs(root, exist_ok=True)
+    try:
+        for train in (True, False):
+            cls(str(root), train=train, download=True)
+    except Exception as error:  # torchvision raises URLError, RuntimeError, ... when offline
+        raise DatasetNotFound(f"{name}: download into {root} failed ({error})") from None
+
+
+__all__ = ["ALL_DATASETS", "DatasetNotFound", "ImageData", "PointData", "load_dataset", "load_images"]

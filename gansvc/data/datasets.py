@@ -70,9 +70,11 @@ def load_idx_dataset(name: str, split: str = "train", root: str | os.PathLike | 
             return ImageData(name, images, labels, 10)
     hint = (
         "install it with `apt-get install -y dataset-fashion-mnist` (files land in "
-        f"{DEBIAN_FASHION_MNIST}) or pass a root holding the IDX files"
+        f"{DEBIAN_FASHION_MNIST}), pass a root holding the IDX files, or download them once with "
+        "torchvision where there is internet (gansvc train --download)"
         if name == "fashion-mnist"
-        else "pass a root holding the IDX files (train-images-idx3-ubyte[.gz], ...)"
+        else "pass a root holding the IDX files (train-images-idx3-ubyte[.gz], ...), or download them once "
+        "with torchvision where there is internet (gansvc train --download)"
     )
-    searched = ", ".join(str(r) for r in roots) or "(no root given)"
+    searched = ", ".join(str(r) for r in roots) or "(no root given: set data_root or GANSVC_DATA_ROOT)"
     raise DatasetNotFound(f"{name} {split} set not found in {searched}: {hint}")

@@ -1,0 +1,38 @@
+// Declarations shared by the loss kernels (CPU, CUDA) and their registration in ops.cpp.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/string_view.h>
+
+#include <tuple>
+
+#include "losses/loss_math.h"
+
+namespace gansvc {
+namespace losses {
+
+// Parses a kind string; raises ValueError naming `argument` and the accepted values.
+DKind parse_d_kind(c10::string_view kind);
+GKind parse_g_kind(c10::string_view kind);
+
+// Checks a logit tensor (floating, non-empty) and raises ValueError naming `argument`.
+void check_logits(const at::Tensor& logits, const char* argument);
+
+// The dtype losses and statistics are reported in: float64 for float64 logits, float32 otherwise.
+at::ScalarType opmath_type(at::ScalarType logits_type);
+
+// (loss, grad_real, grad_fake, stats[mean_real, mean_fake, accuracy]) in one pass.
+using DLossOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+// (loss, grad_fake, stats[mean_fake]) in one pass.
+using GLossOut = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+DLossOut d_loss_fused_cpu(const at::Tensor& real, const at::Tensor& fake, c10::string_view kind, double real_label);
+GLossOut g_loss_fused_cpu(const at::Tensor& fake, c10::string_view kind);
+
+#ifdef GANSVC_WITH_CUDA
+DLossOut d_loss_fused_cuda(const at::Tensor& real, const at::Tensor& fake, c10::string_view kind, double real_label);
+GLossOut g_loss_fused_cuda(const at::Tensor& fake, c10::string_view kind);
+#endif
+
+}  // namespace losses
+}  // namespace gansvc

@@ -1,0 +1,99 @@
+"""Image grids and PNG files, with NumPy and Pillow only (torchvision stays optional)."""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gansvc.atomic import atomic_write_bytes
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+
+
+def to_uint8(images) -> np.ndarray:
+    """Return images (float in [-1, 1] or uint8, [N, C, H, W]) as a uint8 NumPy array of the same shape."""
+    if isinstance(images, torch.Tensor):
+        images = images.detach().cpu()
+        if images.dtype == torch.uint8:
+            return images.numpy()
+        images = images.float().numpy()
+    images = np.asarray(images)
+    if images.dtype == np.uint8:
+        return images
+    scaled = (np.clip(images.astype(np.float32), -1.0, 1.0) + 1.0) * 127.5
+    return np.rint(scaled).astype(np.uint8)
+
+
+def make_grid(images, nrow: int | None = None, padding: int = 2, pad_value: int = 0) -> np.ndarray:
+    """Return a uint8 H x W x C array tiling images ([N, C, H, W], float [-1, 1] or uint8), nrow per row."""
+    array = to_uint8(images)
+    if array.ndim != 4 or array.shape[1] not in (1, 3, 4) or array.shape[0] == 0:
+        raise ValueError(f"images must be [N, C, H, W] with N >= 1 and C in 1, 3, 4; got shape {tuple(array.shape)}")
+    n, c, h, w = array.shape
+    nrow = nrow or max(1, math.ceil(math.sqrt(n)))
+    if nrow < 1:
+        raise ValueError(f"nrow must be >= 1, got {nrow}")
+    ncol = min(nrow, n)
+    rows = math.ceil(n / nrow)
+    grid = np.full((rows * (h + padding) + padding, ncol * (w + padding) + padding, c), pad_value, dtype=np.uint8)
+    for index in range(n):
+        top = padding + (index // nrow) * (h + padding)
+        left = padding + (index % nrow) * (w + padding)
+        grid[top : top + h, left : left + w] = array[index].transpose(1, 2, 0)
+    return grid
+
+
+def encode_png(images, nrow: int | None = None) -> bytes:
+    """Return the PNG bytes of the grid of `images` (see make_grid)."""
+    from PIL import Image
+
+    grid = make_grid(images, nrow)
+    mode = {1: "L", 3: "RGB", 4: "RGBA"}[grid.shape[2]]
+    picture = Image.fromarray(grid[:, :, 0] if mode == "L" else grid, mode=mode)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def save_grid(images, path: str | os.PathLike, nrow: int | None = None) -> Path:
+    """Write the grid of `images` as a PNG file atomically; return its path."""
+    return atomic_write_bytes(path, encode_png(images, nrow))
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Return the image files directly in `folder` (and its subfolders), sorted by path."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder {str(folder)!r} does not exist")
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def load_png_folder(path: str | os.PathLike) -> torch.Tensor:
+    """Return every image in a folder as one uint8 tensor [N, C, H, W] (C = 1 if all are grey, else 3).
+
+    The images must share one size (see gansvc.data.folder to resize); the error names the odd one out.
+    """
+    from PIL import Image
+
+    files = list_images(path)
+    if not files:
+        raise ValueError(f"image folder {str(path)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    pictures = []
+    for file in files:
+        with Image.open(file) as picture:
+            picture.load()
+            pictures.append((file, picture.copy()))
+    grey = all(p.mode in ("L", "1", "I;16", "I") for _, p in pictures)
+    size = pictures[0][1].size
+    arrays = []
+    for file, picture in pictures:
+        if picture.size != size:
+            raise ValueError(f"{file}: size {picture.size} differs from {size} of {pictures[0][0].name}")
+        array = np.asarray(picture.convert("L" if grey else "RGB"), dtype=np.uint8)
+        arrays.append(array[None] if grey else array.transpose(2, 0, 1))
+    return torch.from_numpy(np.stack(arrays))

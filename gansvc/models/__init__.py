@@ -1,0 +1,77 @@
+"""Generators and discriminators: the seeds' MLP GAN and DCGAN, with spectral normalisation of D as an option."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from gansvc.models.dcgan import DCGANDiscriminator, DCGANGenerator
+from gansvc.models.mlp import MLPDiscriminator, MLPGenerator
+
+
+def build_generator(spec, data_shape: tuple[int, ...]) -> nn.Module:
+    """Return the generator that `spec` (a TrainSpec) names, producing samples of `data_shape`."""
+    if spec.model == "mlp":
+        return MLPGenerator(spec.z_dim, data_shape, spec.mlp_hidden, tanh=len(data_shape) == 3)
+    if spec.model == "dcgan":
+        channels, height, width = _image_shape(data_shape)
+        return DCGANGenerator(spec.z_dim, channels, height, spec.width)
+    raise ValueError(f"model: unknown model {spec.model!r}, expected mlp or dcgan")
+
+
+def discriminator_norm(spec) -> str:
+    """Return D's normalisation: BatchNorm for a plain DCGAN; none with spectral norm or a gradient penalty.
+
+    Spectral norm replaces it, and the input-gradient penalties (WGAN-GP, R1) are per-sample, which
+    BatchNorm's mixing across the batch would break.
+    """
+    if spec.model == "dcgan" and not (spec.spectral_norm or spec.gradient_penalty > 0 or spec.r1_gamma > 0):
+        return "batch"
+    return "none"
+
+
+def build_discriminator(spec, data_shape: tuple[int, ...]) -> nn.Module:
+    """Return the discriminator that `spec` names for samples of `data_shape`, spectrally normalised if asked."""
+    if spec.model == "mlp":
+        model = MLPDiscriminator(data_shape, spec.mlp_hidden)
+    elif spec.model == "dcgan":
+        channels, height, width = _image_shape(data_shape)
+        model = DCGANDiscriminator(channels, height, spec.width, discriminator_norm(spec))
+    else:
+        raise ValueError(f"model: unknown model {spec.model!r}, expected mlp or dcgan")
+    if spec.spectral_norm:
+        apply_spectral_norm(model)
+    return model
+
+
+def apply_spectral_norm(model: nn.Module) -> nn.Module:
+    """Return `model` with every Linear/Conv weight divided by its largest singular value (power iteration)."""
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    for module in list(model.modules()):
+        if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+            spectral_norm(module)
+    return model
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    """Return whether any BatchNorm layer is in `model`."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def _image_shape(data_shape) -> tuple[int, int, int]:
+    if len(data_shape) != 3 or data_shape[1] != data_shape[2]:
+        raise ValueError(f"model: dcgan needs square images [C, S, S], got data of shape {tuple(data_shape)}")
+    return tuple(data_shape)
+
+
+__all__ = [
+    "DCGANDiscriminator",
+    "DCGANGenerator",
+    "MLPDiscriminator",
+    "MLPGenerator",
+    "apply_spectral_norm",
+    "build_discriminator",
+    "build_generator",
+    "discriminator_norm",
+    "has_batchnorm",
+]

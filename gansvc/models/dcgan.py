@@ -1,0 +1,80 @@
+"""DCGAN (Radford et al., 2016) for square images of 28 (7 x 2^2), 32, 64 or 128 (4 x 2^k) pixels.
+
+G: a transposed convolution from the noise to a base x base map of width * 2^(k-1) channels, then k
+stride-2 up-convolutions halving the channels (BatchNorm + ReLU), Tanh at the end. D mirrors it with
+stride-2 convolutions and LeakyReLU(0.2), then one base x base convolution to a single logit.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def layout(image_size: int) -> tuple[int, int]:
+    """Return (base, levels): image_size = base * 2**levels with base 7 (28 px) or 4; ValueError otherwise."""
+    for base in (4, 7):
+        levels = 0
+        size = base
+        while size < image_size:
+            size *= 2
+            levels += 1
+        if size == image_size and levels >= 1:
+            return base, levels
+    raise ValueError(f"image_size: DCGAN builds 28, 32, 64 or 128 pixel images, got {image_size}")
+
+
+class DCGANGenerator(nn.Module):
+    """Noise [N, z_dim] -> images [N, C, S, S] in [-1, 1]."""
+
+    def __init__(self, z_dim: int = 100, channels: int = 1, image_size: int = 28, width: int = 64):
+        super().__init__()
+        self.z_dim = z_dim
+        base, levels = layout(image_size)
+        ch = width * 2 ** (levels - 1)
+        layers: list[nn.Module] = [nn.ConvTranspose2d(z_dim, ch, base, 1, 0, bias=False), nn.BatchNorm2d(ch), nn.ReLU(True)]
+        for _ in range(levels - 1):
+            layers += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ch // 2), nn.ReLU(True)]
+            ch //= 2
+        layers += [nn.ConvTranspose2d(ch, channels, 4, 2, 1), nn.Tanh()]
+        self.main = nn.Sequential(*layers)
+        init_weights(self)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.main(z.view(z.shape[0], -1, 1, 1))
+
+
+class DCGANDiscriminator(nn.Module):
+    """Images [N, C, S, S] -> one logit each [N]. norm: 'batch' (classic DCGAN) or 'none' (with SN / penalties)."""
+
+    def __init__(self, channels: int = 1, image_size: int = 28, width: int = 64, norm: str = "batch"):
+        super().__init__()
+        if norm not in ("batch", "none"):
+            raise ValueError(f"norm must be 'batch' or 'none', got {norm!r}")
+        base, levels = layout(image_size)
+        layers: list[nn.Module] = [nn.Conv2d(channels, width, 4, 2, 1), nn.LeakyReLU(0.2, True)]
+        ch = width
+        for _ in range(levels - 1):
+            layers.append(nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=norm != "batch"))
+            if norm == "batch":
+                layers.append(nn.BatchNorm2d(ch * 2))
+            layers.append(nn.LeakyReLU(0.2, True))
+            ch *= 2
+        layers.append(nn.Conv2d(ch, 1, base, 1, 0))
+        self.main = nn.Sequential(*layers)
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.main(x).view(-1)
+
+
+def init_weights(module: nn.Module) -> None:
+    """DCGAN initialisation: conv weights N(0, 0.02), BatchNorm scale N(1, 0.02), biases 0."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
