@@ -31,8 +31,7 @@ export MAX_JOBS=${MAX_JOBS:-2}
 # flock: several builds in one checkout (parallel shells, tests) must not share ninja's build dir at once.
 exec 9>.venv/.build.lock
 flock 9
-if ! .venv/bin/python -c "import gansvc, sys; sys.exit(0 if '.venv' not in gansvc.__file__ else 1)" 2>/dev/null \
-    || [ ! -x .venv/bin/gansvc ]; then
+if [ ! -x .venv/bin/gansvc ]; then
     echo "gansvc setup: installing gansvc (editable) and building the extension" >&2
     .venv/bin/pip install --quiet --disable-pip-version-check --no-build-isolation --no-deps -e .
 fi

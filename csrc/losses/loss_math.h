@@ -16,9 +16,10 @@ namespace losses {
 enum class DKind : int { kBce = 0, kHinge = 1, kWasserstein = 2 };
 enum class GKind : int { kNonSaturating = 0, kMinimax = 1, kHinge = 2, kWasserstein = 3 };
 
-template <typename T>
+template <typename Scalar>
 struct ScalarMath {
-  using V = T;
+  using T = Scalar;
+  using V = Scalar;
   using Mask = bool;
   static C10_HOST_DEVICE V splat(T x) { return x; }
   static C10_HOST_DEVICE V exp(V x) { return std::exp(x); }
@@ -35,36 +36,46 @@ struct ScalarMath {
   static C10_HOST_DEVICE V ones_where(Mask m) { return m ? T(1) : T(0); }
 };
 
-// log(1 + t) for t in [0, 1], accurate to a few ulps without a log1p primitive (Goldberg's trick:
-// the rounding error of 1 + t cancels in t / (u - 1)); SIMD libraries vectorise exp and log but
-// not always log1p.
+// log(1 + t) for t in [0, 1] without a log primitive: log1p(t) = 2 atanh(z) with z = t / (2 + t)
+// in [0, 1/3], summed as the odd series 2 z (1 + z^2/3 + z^4/5 + ...). A few fused multiply-adds:
+// SIMD exp is cheap but SIMD log is not (and log1p is not vectorised at all), and the series is
+// accurate to an ulp or two near t = 0, where log(1 + t) would lose every digit.
 template <class M>
 C10_HOST_DEVICE inline typename M::V log1p_small(typename M::V t) {
   using V = typename M::V;
-  V u = t + M::splat(1);
-  V ratio = M::log(u) * t / (u - M::splat(1));
-  return M::select(M::eq(u, M::splat(1)), t, ratio);
+  using T = typename M::T;
+  // Truncation error (1/9)^K / (2K + 1): below 2^-27 for float with K = 8, below 2^-56 for double with K = 17.
+  constexpr int kTerms = sizeof(T) >= 8 ? 17 : 8;
+  V z = t / (M::splat(T(2)) + t);
+  V w = z * z;
+  V poly = M::splat(T(1) / T(2 * kTerms - 1));
+  for (int k = kTerms - 2; k >= 0; --k) poly = poly * w + M::splat(T(1) / T(2 * k + 1));
+  return M::splat(T(2)) * z * poly;
 }
 
-// softplus(x) = log(1 + e^x) and softplus(-x), from one exp: stable for |x| up to inf.
+// softplus(x) = log(1 + e^x), softplus(-x), sigmoid(x) and sigmoid(-x) from a single exp, each to
+// full relative precision and stable for |x| up to inf.
 template <class M>
-C10_HOST_DEVICE inline void softplus_pair(typename M::V x, typename M::V& sp_pos, typename M::V& sp_neg) {
-  using V = typename M::V;
-  V tail = log1p_small<M>(M::exp(-M::abs(x)));
-  sp_pos = M::max(x, M::splat(0)) + tail;
-  sp_neg = M::max(-x, M::splat(0)) + tail;
-}
+struct Logistic {
+  typename M::V sp_pos, sp_neg, sig_pos, sig_neg;
+};
 
-// sigmoid(x) and sigmoid(-x) = 1 - sigmoid(x), each to full relative precision.
 template <class M>
-C10_HOST_DEVICE inline void sigmoid_pair(typename M::V x, typename M::V& sig_pos, typename M::V& sig_neg) {
+C10_HOST_DEVICE inline Logistic<M> logistic(typename M::V x) {
   using V = typename M::V;
-  V e = M::exp(-M::abs(x));
-  V big = M::splat(1) / (M::splat(1) + e);
-  V small = e / (M::splat(1) + e);
-  auto nonneg = M::ge(x, M::splat(0));
-  sig_pos = M::select(nonneg, big, small);
-  sig_neg = M::select(nonneg, small, big);
+  using T = typename M::T;
+  Logistic<M> r;
+  const V zero = M::splat(T(0)), one = M::splat(T(1));
+  V e = M::exp(zero - M::abs(x));
+  V tail = log1p_small<M>(e);
+  r.sp_pos = M::max(x, zero) + tail;
+  r.sp_neg = M::max(zero - x, zero) + tail;
+  V big = one / (one + e);
+  V small = e * big;
+  auto nonneg = M::ge(x, zero);
+  r.sig_pos = M::select(nonneg, big, small);
+  r.sig_neg = M::select(nonneg, small, big);
+  return r;
 }
 
 // One element of D's loss on a real (is_real) or fake logit s: the loss term, its derivative
@@ -83,9 +94,8 @@ C10_HOST_DEVICE inline DTerm<M> d_term(DKind kind, bool is_real, typename M::V s
   const V zero = M::splat(0), one = M::splat(1);
   r.correct = M::ones_where(is_real ? M::gt(s, zero) : M::lt(s, zero));
   if (kind == DKind::kBce) {
-    V sp_pos, sp_neg, sig_pos, sig_neg;
-    softplus_pair<M>(s, sp_pos, sp_neg);
-    sigmoid_pair<M>(s, sig_pos, sig_neg);
+    const Logistic<M> l = logistic<M>(s);
+    const V &sp_pos = l.sp_pos, &sp_neg = l.sp_neg, &sig_pos = l.sig_pos, &sig_neg = l.sig_neg;
     r.stat = sig_pos;
     if (!is_real) {  // BCE(s, 0) = softplus(s)
       r.loss = sp_pos;
@@ -124,9 +134,8 @@ C10_HOST_DEVICE inline GTerm<M> g_term(GKind kind, typename M::V s) {
   using V = typename M::V;
   GTerm<M> r;
   if (kind == GKind::kNonSaturating || kind == GKind::kMinimax) {
-    V sp_pos, sp_neg, sig_pos, sig_neg;
-    softplus_pair<M>(s, sp_pos, sp_neg);
-    sigmoid_pair<M>(s, sig_pos, sig_neg);
+    const Logistic<M> l = logistic<M>(s);
+    const V &sp_pos = l.sp_pos, &sp_neg = l.sp_neg, &sig_pos = l.sig_pos, &sig_neg = l.sig_neg;
     r.stat = sig_pos;
     if (kind == GKind::kNonSaturating) {  // -log D(G(z)) = softplus(-s)
       r.loss = sp_neg;

@@ -15,9 +15,10 @@ namespace gansvc {
 namespace losses {
 namespace {
 
-template <typename T>
+template <typename Scalar>
 struct VecMath {
-  using V = at::vec::Vectorized<T>;
+  using T = Scalar;
+  using V = at::vec::Vectorized<Scalar>;
   using Mask = V;  // comparisons give all-ones lanes
   static V splat(T x) { return V(x); }
   static V exp(V x) { return x.exp(); }

@@ -30,6 +30,7 @@ class DCGANGenerator(nn.Module):
     def __init__(self, z_dim: int = 100, channels: int = 1, image_size: int = 28, width: int = 64):
         super().__init__()
         self.z_dim = z_dim
+        self.out_shape = (channels, image_size, image_size)
         base, levels = layout(image_size)
         ch = width * 2 ** (levels - 1)
         layers: list[nn.Module] = [nn.ConvTranspose2d(z_dim, ch, base, 1, 0, bias=False), nn.BatchNorm2d(ch), nn.ReLU(True)]

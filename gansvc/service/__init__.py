@@ -1,0 +1,6 @@
+"""The gRPC service: job store (SQLite), scheduler and worker processes, servicer, auth.
+
+Read in this order: store (jobs and events) -> validation (spec messages) -> scheduler (devices, worker
+processes, job states) -> worker (the process that runs one job) -> servicer (the RPCs) -> server
+(wiring, health, TLS, shutdown) -> cli. The client is gansvc.client.
+"""

@@ -1,0 +1,456 @@
+"""Jobs and their events in one SQLite database (WAL mode): the service's durable state.
+
+Every change to a job is an event with the next per-job sequence number (1, 2, 3, ... without gaps),
+written in the same transaction as the job row it changes. An event is committed (fsync'd: WAL with
+synchronous=FULL) before anyone is told about it, so nothing a watcher has seen can be lost.
+One connection writes (behind a lock); every reading thread has its own connection, which WAL lets
+read while the writer writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+STATES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
+TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+KINDS = ("training", "evaluation")
+# Which state may follow which; a terminal state is final.
+_TRANSITIONS = {
+    "QUEUED": {"RUNNING", "CANCELLED", "FAILED"},
+    "RUNNING": {"QUEUED", "SUCCEEDED", "FAILED", "CANCELLED"},
+}
+_SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    request_id TEXT UNIQUE,
+    request_hash TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    updated_at REAL NOT NULL,
+    message TEXT NOT NULL DEFAULT '',
+    device TEXT NOT NULL DEFAULT '',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    last_sequence INTEGER NOT NULL DEFAULT 0,
+    worker_pid INTEGER NOT NULL DEFAULT 0,
+    progress TEXT,
+    latest_metrics TEXT NOT NULL DEFAULT '{}',
+    summary TEXT,
+    last_checkpoint_step INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state);
+CREATE TABLE IF NOT EXISTS events (
+    job_id TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    time REAL NOT NULL,
+    type TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    PRIMARY KEY (job_id, sequence)
+) WITHOUT ROWID;
+"""
+
+
+class JobNotFound(KeyError):
+    """No job has this id."""
+
+    def __init__(self, job_id: str):
+        super().__init__(job_id)
+        self.job_id = job_id
+
+    def __str__(self) -> str:
+        return f"job {self.job_id!r} not found"
+
+
+class RequestIdConflict(Exception):
+    """A request id was used before for a different request; `job` is the job it created."""
+
+    def __init__(self, request_id: str, job: "JobRecord"):
+        super().__init__(f"request_id {request_id!r} was already used for job {job.id} with a different spec")
+        self.job = job
+
+
+class InvalidTransition(RuntimeError):
+    """A state change that the job's current state does not allow (e.g. out of a terminal state)."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """One stored event of a job."""
+
+    job_id: str
+    sequence: int
+    time: float
+    type: str
+    payload: dict
+
+    def as_dict(self) -> dict:
+        """Return the event as {"type": ..., **payload, "sequence": ..., "time": ...}."""
+        return {"type": self.type, **self.payload, "sequence": self.sequence, "time": self.time}
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One row of the jobs table, JSON columns decoded."""
+
+    id: str
+    kind: str
+    state: str
+    spec: dict
+    request_id: str | None
+    request_hash: str
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    updated_at: float
+    message: str
+    device: str
+    attempts: int
+    cancel_requested: bool
+    last_sequence: int
+    worker_pid: int
+    progress: dict | None
+    latest_metrics: dict = field(default_factory=dict)
+    summary: dict | None = None
+    last_checkpoint_step: int = 0
+    rowid: int = 0
+
+    @property
+    def terminal(self) -> bool:
+        """Return whether the job has ended (SUCCEEDED, FAILED or CANCELLED)."""
+        return self.state in TERMINAL_STATES
+
+
+def _dumps(value) -> str:
+    # NaN/Inf losses are real (a diverging run reports them): keep them as the JSON extensions
+    # Python reads back, rather than failing the write.
+    return json.dumps(value, separators=(",", ":"), default=_jsonable)
+
+
+def _jsonable(value):
+    if hasattr(value, "item"):  # NumPy / torch scalars
+        return value.item()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    return str(value)
+
+
+def _row_to_job(row: sqlite3.Row) -> JobRecord:
+    return JobRecord(
+        id=row["id"],
+        kind=row["kind"],
+        state=row["state"],
+        spec=json.loads(row["spec"]),
+        request_id=row["request_id"],
+        request_hash=row["request_hash"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        updated_at=row["updated_at"],
+        message=row["message"],
+        device=row["device"],
+        attempts=row["attempts"],
+        cancel_requested=bool(row["cancel_requested"]),
+        last_sequence=row["last_sequence"],
+        worker_pid=row["worker_pid"],
+        progress=json.loads(row["progress"]) if row["progress"] else None,
+        latest_metrics=json.loads(row["latest_metrics"]),
+        summary=json.loads(row["summary"]) if row["summary"] else None,
+        last_checkpoint_step=row["last_checkpoint_step"],
+        rowid=row["rowid"],
+    )
+
+
+class JobStore:
+    """The jobs and events tables; `on_append(job_id, last_sequence)` is called after each commit."""
+
+    def __init__(self, path: str | Path, on_append: Callable[[str, int], None] | None = None):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._on_append = on_append
+        self._write_lock = threading.RLock()
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._closed = False
+        self._writer = self._connect()
+        self._writer.execute("PRAGMA journal_mode=WAL")
+        # FULL: a commit is on disk before the watcher that is told about it can see it.
+        self._writer.execute("PRAGMA synchronous=FULL")
+        version = self._writer.execute("PRAGMA user_version").fetchone()[0]
+        if version > _SCHEMA_VERSION:
+            raise RuntimeError(f"{self.path}: schema version {version} is newer than this gansvc ({_SCHEMA_VERSION})")
+        with self._writer:
+            self._writer.executescript(_SCHEMA)
+            self._writer.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute("PRAGMA foreign_keys=ON")
+        return conn
+
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            if self._closed:
+                raise RuntimeError("job store is closed")
+            conn = self._connect()
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    def close(self) -> None:
+        """Close every connection (the store cannot be used afterwards)."""
+        self._closed = True
+        with self._write_lock:
+            self._writer.close()
+        with self._readers_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+
+    # ------------------------------------------------------------------ reads
+    def get_job(self, job_id: str) -> JobRecord | None:
+        """Return the job `job_id`, or None."""
+        row = self._reader().execute("SELECT rowid, * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return _row_to_job(row) if row else None
+
+    def require_job(self, job_id: str) -> JobRecord:
+        """Return the job `job_id` or raise JobNotFound."""
+        job = self.get_job(job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        return job
+
+    def list_jobs(
+        self, states: Iterable[str] = (), kind: str | None = None, limit: int = 50, before_rowid: int | None = None
+    ) -> list[JobRecord]:
+        """Return up to `limit` jobs, newest first, optionally filtered; `before_rowid` continues a listing."""
+        clauses, params = [], []
+        states = list(states)
+        if states:
+            clauses.append(f"state IN ({', '.join('?' * len(states))})")
+            params += states
+        if kind:
+            clauses.append("kind = ?")
+            params.append(kind)
+        if before_rowid is not None:
+            clauses.append("rowid < ?")
+            params.append(before_rowid)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._reader().execute(
+            f"SELECT rowid, * FROM jobs {where} ORDER BY rowid DESC LIMIT ?", (*params, limit)
+        ).fetchall()
+        return [_row_to_job(row) for row in rows]
+
+    def jobs_in_state(self, state: str) -> list[JobRecord]:
+        """Return every job in `state`, oldest first (the order the scheduler serves them)."""
+        rows = self._reader().execute("SELECT rowid, * FROM jobs WHERE state = ? ORDER BY rowid", (state,)).fetchall()
+        return [_row_to_job(row) for row in rows]
+
+    def events_after(self, job_id: str, after_sequence: int = 0, limit: int = 1000) -> list[Event]:
+        """Return the job's events with sequence > after_sequence, in order, at most `limit`."""
+        rows = self._reader().execute(
+            "SELECT * FROM events WHERE job_id = ? AND sequence > ? ORDER BY sequence LIMIT ?",
+            (job_id, after_sequence, limit),
+        ).fetchall()
+        return [Event(r["job_id"], r["sequence"], r["time"], r["type"], json.loads(r["payload"])) for r in rows]
+
+    # ------------------------------------------------------------------ writes
+    def create_job(
+        self, kind: str, spec: dict, request_id: str | None = None, request_hash: str = ""
+    ) -> tuple[JobRecord, bool]:
+        """Insert a QUEUED job (and its first event); return (job, created).
+
+        With a request id seen before, return (that job, False), or raise RequestIdConflict when it was
+        used with a different request (a different `request_hash`).
+        """
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        prefix = "train" if kind == "training" else "eval"
+        with self._write_lock:
+            if request_id:
+                existing = self._writer.execute("SELECT rowid, * FROM jobs WHERE request_id = ?", (request_id,))
+                row = existing.fetchone()
+                if row is not None:
+                    job = _row_to_job(row)
+                    if job.request_hash != request_hash:
+                        raise RequestIdConflict(request_id, job)
+                    return job, False
+            now = time.time()
+            while True:
+                job_id = f"{prefix}-{secrets.token_hex(6)}"
+                if self._writer.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
+                    break
+            with self._transaction():
+                self._writer.execute(
+                    "INSERT INTO jobs (id, kind, state, spec, request_id, request_hash, created_at, updated_at,"
+                    " message) VALUES (?, ?, 'QUEUED', ?, ?, ?, ?, ?, 'queued')",
+                    (job_id, kind, _dumps(spec), request_id or None, request_hash, now, now),
+                )
+                self._insert_events(job_id, 0, [{"type": "state", "state": "QUEUED", "reason": "queued"}], now)
+                self._writer.execute("UPDATE jobs SET last_sequence = 1 WHERE id = ?", (job_id,))
+            self._notify(job_id, 1)
+            return self.require_job_locked(job_id), True
+
+    def require_job_locked(self, job_id: str) -> JobRecord:
+        """Return the job as the writer connection sees it (call with the write lock held)."""
+        row = self._writer.execute("SELECT rowid, * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise JobNotFound(job_id)
+        return _row_to_job(row)
+
+    def append_events(self, job_id: str, events: list[dict]) -> list[Event]:
+        """Append events (dicts with a "type") to a job that has not ended; return them as stored.
+
+        Progress, metric and checkpoint events also update the job row (latest progress, latest value of
+        each metric, last checkpoint step) in the same transaction. Events for an ended job are dropped.
+        """
+        if not events:
+            return []
+        for event in events:
+            if event.get("type") == "state":
+                raise ValueError("state events are written by set_state, which also updates the job")
+        with self._write_lock:
+            job = self.require_job_locked(job_id)
+            if job.terminal:
+                return []
+            now = time.time()
+            progress, metrics, checkpoint_step = job.progress, dict(job.latest_metrics), job.last_checkpoint_step
+            for event in events:
+                if event["type"] == "progress":
+                    progress = {k: v for k, v in event.items() if k != "type"}
+                elif event["type"] == "metrics":
+                    metrics.update(event.get("values", {}))
+                elif event["type"] == "checkpoint":
+                    checkpoint_step = int(event.get("step", checkpoint_step))
+            with self._transaction():
+                stored = self._insert_events(job_id, job.last_sequence, events, now)
+                self._writer.execute(
+                    "UPDATE jobs SET last_sequence = ?, progress = ?, latest_metrics = ?, last_checkpoint_step = ?,"
+                    " updated_at = ? WHERE id = ?",
+                    (
+                        stored[-1].sequence,
+                        _dumps(progress) if progress is not None else None,
+                        _dumps(metrics),
+                        checkpoint_step,
+                        now,
+                        job_id,
+                    ),
+                )
+            self._notify(job_id, stored[-1].sequence)
+            return stored
+
+    def set_state(
+        self,
+        job_id: str,
+        state: str,
+        reason: str = "",
+        *,
+        attempt: int | None = None,
+        device: str | None = None,
+        worker_pid: int | None = None,
+        resume_step: int | None = None,
+        summary: dict | None = None,
+    ) -> Event:
+        """Move the job to `state` and append the state event; return the event.
+
+        RUNNING counts an attempt and records the device and worker pid; leaving RUNNING clears the pid;
+        a terminal state records the finish time. Raises InvalidTransition for a move the state machine
+        does not allow (e.g. out of SUCCEEDED).
+        """
+        if state not in STATES:
+            raise ValueError(f"state must be one of {', '.join(STATES)}, got {state!r}")
+        with self._write_lock:
+            job = self.require_job_locked(job_id)
+            if state not in _TRANSITIONS.get(job.state, set()):
+                raise InvalidTransition(f"job {job_id} cannot go from {job.state} to {state}")
+            now = time.time()
+            payload = {"type": "state", "state": state, "reason": reason}
+            columns = {"state": state, "message": reason, "updated_at": now}
+            if state == "RUNNING":
+                payload["attempt"] = attempt if attempt is not None else job.attempts + 1
+                payload["device"] = device or ""
+                columns.update(attempts=payload["attempt"], device=device or "", worker_pid=worker_pid or 0)
+                if job.started_at is None:
+                    columns["started_at"] = now
+                if resume_step:
+                    payload["resume_step"] = int(resume_step)
+            else:
+                columns["worker_pid"] = 0
+            if state in TERMINAL_STATES:
+                columns["finished_at"] = now
+            if summary is not None:
+                columns["summary"] = _dumps(summary)
+            with self._transaction():
+                (event,) = self._insert_events(job_id, job.last_sequence, [payload], now)
+                columns["last_sequence"] = event.sequence
+                assignments = ", ".join(f"{name} = ?" for name in columns)
+                self._writer.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*columns.values(), job_id))
+            self._notify(job_id, event.sequence)
+            return event
+
+    def set_cancel_requested(self, job_id: str) -> JobRecord:
+        """Mark a job as asked to cancel (the scheduler stops its worker); return the job."""
+        with self._write_lock, self._transaction():
+            self._writer.execute(
+                "UPDATE jobs SET cancel_requested = 1, updated_at = ? WHERE id = ?", (time.time(), job_id)
+            )
+            return self.require_job_locked(job_id)
+
+    def _transaction(self):
+        return _Transaction(self._writer)
+
+    def _insert_events(self, job_id: str, last_sequence: int, events: list[dict], now: float) -> list[Event]:
+        stored = []
+        for offset, event in enumerate(events, start=1):
+            payload = {k: v for k, v in event.items() if k != "type"}
+            stored.append(Event(job_id, last_sequence + offset, now, str(event["type"]), payload))
+        self._writer.executemany(
+            "INSERT INTO events (job_id, sequence, time, type, payload) VALUES (?, ?, ?, ?, ?)",
+            [(e.job_id, e.sequence, e.time, e.type, _dumps(e.payload)) for e in stored],
+        )
+        return stored
+
+    def _notify(self, job_id: str, sequence: int) -> None:
+        if self._on_append is not None:
+            self._on_append(job_id, sequence)
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error) on an autocommit connection."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def __enter__(self):
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, kind, value, traceback):
+        self.conn.execute("COMMIT" if kind is None else "ROLLBACK")
+        return False
+
+
+def finite_or_none(value) -> float | None:
+    """Return value as a float, or None when it is not a finite number."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None

@@ -1,0 +1,236 @@
+"""`gansvc train` (train a GAN into a run directory) and `gansvc sample` (write N generated images)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import signal
+import sys
+from pathlib import Path
+
+from gansvc.cli import UsageError
+
+_HELP = {
+    "dataset": "fashion-mnist | mnist | cifar10 | folder:PATH | gaussian-mixture",
+    "data_root": "folder holding the data set's files (default: its usual place)",
+    "image_size": "resize images to this many pixels (0 = the data set's own; folders: 64)",
+    "model": "mlp | dcgan",
+    "width": "DCGAN base channel count",
+    "mlp_hidden": "MLP hidden units",
+    "loss": "bce | hinge | wasserstein",
+    "g_saturating": "bce only: the minimax G loss log(1 - D(G(z)))",
+    "spectral_norm": "spectral normalisation of D's layers",
+    "gradient_penalty": "WGAN-GP weight (0 = off)",
+    "r1_gamma": "R1 penalty weight on real data (0 = off)",
+    "n_critic": "D steps per G step",
+    "real_label": "bce target for real samples (< 1: one-sided label smoothing)",
+    "epochs": "passes over the data (or give --steps)",
+    "steps": "generator steps (or give --epochs)",
+    "ema_decay": "EMA decay of G's weights (0 = no EMA)",
+    "precision": "fp32 | bf16 (autocast)",
+    "device": "auto | cpu | cuda | cuda:N",
+    "threads": "CPU threads (0 = all cores)",
+    "sample_every": "steps between sample grids (0 = at the end only)",
+    "eval_every": "steps between FID/IS evaluations (0 = at the end only)",
+    "eval_samples": "samples scored per evaluation (0 = no evaluation)",
+    "checkpoint_every": "steps between checkpoints (0 = at the end only)",
+    "keep_checkpoints": "step checkpoints kept besides latest.pt (0 = all)",
+    "tensorboard": "write TensorBoard event files",
+    "max_minutes": "end cleanly after this many wall-clock minutes (0 = no limit)",
+    "nproc": "processes/devices (1 for now)",
+}
+
+
+def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
+    """Add the options of `gansvc train` or `gansvc sample` to `parser`."""
+    if name == "train":
+        _train_arguments(parser)
+    elif name == "sample":
+        _sample_arguments(parser)
+    else:
+        raise ValueError(f"gansvc.train.cli has no command {name!r}")
+
+
+def run(name: str, args) -> int:
+    """Run `gansvc train` or `gansvc sample`; return the exit code."""
+    return _run_train(args) if name == "train" else _run_sample(args)
+
+
+# ---------------------------------------------------------------------- train
+def _train_arguments(parser: argparse.ArgumentParser) -> None:
+    from gansvc.train.spec import TrainSpec
+
+    parser.add_argument("--spec", metavar="FILE", help="TOML or JSON spec file; options given here override it")
+    parser.add_argument("--out", "-o", metavar="RUN_DIR", help="run directory (default runs/<model>-<loss>-<time>); "
+                        "an existing run there is resumed")  # fmt: skip
+    parser.add_argument("--download", action="store_true",
+                        help="fetch a missing fashion-mnist/mnist/cifar10 into --data-root with torchvision")  # fmt: skip
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    defaults = TrainSpec()
+    for field in dataclasses.fields(TrainSpec):
+        flag = "--" + field.name.replace("_", "-")
+        default = getattr(defaults, field.name)
+        help_text = f"{_HELP.get(field.name, field.name.replace('_', ' '))} (default {default})"
+        if field.type in ("bool", bool):
+            parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=help_text)  # fmt: skip
+        else:
+            kind = {"int": int, "float": float, "str": str}.get(field.type if isinstance(field.type, str) else "", str)
+            parser.add_argument(flag, dest=field.name, type=kind, default=None, metavar=field.name.upper(),
+                                help=help_text)  # fmt: skip
+
+
+def spec_from_args(args):
+    """Return the TrainSpec of a `gansvc train` command line (spec file, then the options given)."""
+    from gansvc.train.spec import SpecError, TrainSpec
+
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainSpec) if getattr(args, f.name) is not None}
+    # a length given on the command line replaces the file's, whichever of the two the file used
+    if "epochs" in overrides and "steps" not in overrides:
+        overrides["steps"] = 0
+    if "steps" in overrides and "epochs" not in overrides:
+        overrides["epochs"] = 0.0
+    try:
+        base = TrainSpec.from_file(args.spec).to_dict() if args.spec else {}
+        base.update(overrides)
+        return TrainSpec.from_dict(base)
+    except SpecError as error:
+        option = "--spec" if error.field == "spec" else "--" + error.field.replace("_", "-")
+        raise UsageError(f"{option}: {error.message}") from None
+
+
+def _run_train(args) -> int:
+    import time
+
+    from gansvc.data import DatasetNotFound
+    from gansvc.train.spec import SpecError
+    from gansvc.train.trainer import Trainer, TrainingDiverged
+
+    spec = spec_from_args(args)
+    out = Path(args.out) if args.out else Path("runs") / f"{spec.model}-{spec.loss}-{time.strftime('%Y%m%d-%H%M%S')}"
+    interrupted = []
+
+    def on_interrupt(signum, frame):
+        if interrupted:  # a second Ctrl-C: stop now, without the final checkpoint
+            raise KeyboardInterrupt
+        interrupted.append(signum)
+        print("\ngansvc train: stopping after this step and writing a checkpoint (Ctrl-C again to abort)",
+              file=sys.stderr)  # fmt: skip
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        trainer = Trainer(spec, out, should_stop=lambda: bool(interrupted), progress=not args.quiet,
+                          download=args.download)  # fmt: skip
+        summary = trainer.run()
+    except SpecError as error:
+        raise UsageError(f"--{error.field.replace('_', '-')}: {error.message}") from None
+    except DatasetNotFound as error:
+        raise UsageError(f"--dataset: {error}") from None
+    except TrainingDiverged as error:
+        print(f"gansvc train: error: {error}; the last good checkpoint is in {out / 'checkpoints'}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    _print_summary(summary, out)
+    return 0
+
+
+def _print_summary(summary: dict, out: Path) -> None:
+    status = {"completed": "finished", "max_minutes": "stopped at the --max-minutes budget",
+              "stopped": "stopped (resume with the same command)"}[summary["status"]]  # fmt: skip
+    lines = [
+        f"gansvc train: {status} at step {summary['step']}/{summary['total_steps']} "
+        f"(epoch {summary['epoch']:.2f}) in {_duration(summary['elapsed_seconds'])}, "
+        f"{summary['images_per_sec']:.0f} images/s on {summary['device']}",
+    ]
+    final = summary.get("final") or {}
+    if final:
+        lines.append(
+            f"  D loss {final['d_loss']:.4f}  G loss {final['g_loss']:.4f}  D(x) {final['d_real']:.3f}  "
+            f"D(G(z)) {final['d_fake']:.3f}  D accuracy {final['d_accuracy']:.3f}"
+        )
+    scores = summary.get("eval") or {}
+    if scores:
+        lines.append("  " + "  ".join(f"{k} {v:.4g}" for k, v in scores.items()))
+    if summary["warnings"]:
+        lines.append(f"  warnings: {', '.join(sorted(set(summary['warnings'])))} (see {out / 'warnings.jsonl'})")
+    lines.append(f"  run directory {out}: metrics.jsonl, samples/latest.png, loss_curve.png, generator.pt, "
+                 f"checkpoints/, tensorboard/ (tensorboard --logdir {out / 'tensorboard'})")  # fmt: skip
+    print("\n".join(lines))
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+# ---------------------------------------------------------------------- sample
+_FORMATS = (".npy", ".npz", ".pt", ".png")
+
+
+def _sample_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", metavar="RUN_DIR_OR_CHECKPOINT", help="a run directory, checkpoint or generator.pt")
+    parser.add_argument("-n", "--num", type=int, default=10000, help="number of samples (default 10000)")
+    parser.add_argument("-o", "--output", required=True,
+                        help="output file: .npy / .npz / .pt (float32 [N, C, H, W] in [-1, 1]) or .png (a grid)")  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
+    parser.add_argument("--batch-size", type=int, default=500, help="samples per forward pass (default 500)")
+    parser.add_argument("--nrow", type=int, default=None, help="images per row of a .png grid")
+
+
+def _run_sample(args) -> int:
+    import numpy as np
+
+    from gansvc.atomic import atomic_torch_save, atomic_write
+    from gansvc.train.sampling import generate, load_generator
+    from gansvc.train.trainer import resolve_device
+
+    output = Path(args.output)
+    if output.suffix.lower() not in _FORMATS:
+        raise UsageError(f"--output: {str(output)!r} must end in {', '.join(_FORMATS)}")
+    if args.num < 1:
+        raise UsageError(f"-n: got {args.num}, expected at least 1 sample")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size: got {args.batch_size}, expected >= 1")
+    if not 0 <= args.seed < 2**63:
+        raise UsageError(f"--seed: got {args.seed}, expected 0 <= seed < 2**63")
+    from gansvc.train.spec import SpecError
+
+    try:
+        device = resolve_device(args.device)
+    except SpecError as error:
+        raise UsageError(f"--device: {error.message}") from None
+    except (ValueError, RuntimeError) as error:
+        raise UsageError(f"--device: {error}") from None
+    try:
+        generator, spec = load_generator(args.source, device=device)
+    except (FileNotFoundError, ValueError) as error:
+        raise UsageError(f"RUN_DIR_OR_CHECKPOINT: {error}") from None
+    samples = generate(generator, args.num, seed=args.seed, device=device, batch_size=args.batch_size)
+    suffix = output.suffix.lower()
+    if suffix == ".npy":
+        atomic_write(output, lambda f: np.save(f, samples.numpy()))
+    elif suffix == ".npz":
+        atomic_write(output, lambda f: np.savez_compressed(f, images=samples.numpy()))
+    elif suffix == ".pt":
+        atomic_torch_save(samples, output)
+    elif samples.dim() == 4:
+        from gansvc.images import save_grid
+
+        save_grid(samples, output, args.nrow)
+    else:
+        from gansvc.data.mixture import ring_centers
+        from gansvc.train.monitor import plot_points
+
+        plot_points(samples, output, ring_centers(), f"{args.num} samples")
+    shape = "x".join(map(str, samples.shape))
+    print(f"gansvc sample: wrote {args.num} samples ({shape}, float32) from {spec.model} ({spec.dataset}) to {output}")
+    if spec.dataset == "gaussian-mixture":
+        from gansvc.data.mixture import NUM_MODES, ring_quality
+
+        quality = ring_quality(samples)
+        print(f"  modes covered {quality['modes_covered']}/{NUM_MODES}, "
+              f"high-quality samples {quality['high_quality_fraction']:.1%}")  # fmt: skip
+    return 0

@@ -1,0 +1,96 @@
+"""Generators outside the trainer: export to generator.pt, load from a run / checkpoint / export, and sample."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gansvc.atomic import atomic_torch_save
+from gansvc.train.spec import TrainSpec
+
+GENERATOR_FORMAT = "gansvc-generator"
+
+
+def export_generator(generator: nn.Module, spec: TrainSpec, data_shape, step: int, ema: bool, path) -> Path:
+    """Write a generator file loadable without the trainer (weights, spec, sample shape); return its path."""
+    state = {
+        "format": GENERATOR_FORMAT,
+        "version": 1,
+        "spec": spec.to_dict(),
+        "data_shape": list(data_shape),
+        "step": step,
+        "ema": ema,
+        "state_dict": {k: v.detach().cpu() for k, v in generator.state_dict().items()},
+    }
+    return atomic_torch_save(state, path)
+
+
+def _resolve(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        for candidate in (path / "generator.pt", path / "checkpoints" / "latest.pt"):
+            if candidate.is_file():
+                return candidate
+        raise FileNotFoundError(f"{path}: no generator.pt or checkpoints/latest.pt in this run directory")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such run directory, checkpoint or generator file")
+    return path
+
+
+def load_generator(path: str | os.PathLike, device="cpu") -> tuple[nn.Module, TrainSpec]:
+    """Return (generator in eval mode on `device`, its TrainSpec) from a run dir, a checkpoint or generator.pt.
+
+    From a checkpoint the EMA weights are used where the run kept them, with BatchNorm statistics
+    recomputed for those weights (see gansvc.train.ema.with_standing_batchnorm).
+    """
+    from gansvc.models import build_generator
+    from gansvc.train.ema import with_standing_batchnorm
+
+    file = _resolve(path)
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle, zip and I/O errors all mean "not a generator" to the user
+        raise ValueError(f"{file}: not a readable gansvc generator or checkpoint ({error})") from None
+    kind = state.get("format") if isinstance(state, dict) else None
+    if kind not in (GENERATOR_FORMAT, "gansvc-checkpoint"):
+        raise ValueError(f"{file}: not a gansvc generator or checkpoint")
+    spec = TrainSpec.from_dict(state["spec"])
+    shape = tuple(state["data_shape"])
+    generator = build_generator(spec, shape)
+    if kind == GENERATOR_FORMAT:
+        generator.load_state_dict(state["state_dict"])
+        return generator.to(device).eval().requires_grad_(False), spec
+    weights = state["ema"]["model"] if state.get("ema") else state["G"]
+    generator.load_state_dict(weights)
+    generator = with_standing_batchnorm(generator.to(device), spec.z_dim, torch.device(device), seed=spec.seed)
+    return generator, spec
+
+
+@torch.no_grad()
+def generate(generator: nn.Module, n: int, seed: int = 0, device="cpu", batch_size: int = 500) -> torch.Tensor:
+    """Return n samples as float32 on the CPU: images [N, C, H, W] clamped to [-1, 1], or 2-D points [N, 2].
+
+    The noise comes from its own generator seeded with `seed`, so the same call gives the same samples.
+    """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = torch.device(device)
+    was_training = generator.training
+    generator.eval()
+    rng = torch.Generator(device=device).manual_seed(seed)
+    chunks = []
+    try:
+        for start in range(0, n, batch_size):
+            z = torch.randn(min(batch_size, n - start), generator.z_dim, device=device, generator=rng)
+            chunks.append(generator(z).float().cpu())
+    finally:
+        generator.train(was_training)
+    if not chunks:
+        return torch.empty(0, *getattr(generator, "out_shape", ()), dtype=torch.float32)
+    samples = torch.cat(chunks)
+    return samples.clamp_(-1.0, 1.0) if samples.dim() == 4 else samples

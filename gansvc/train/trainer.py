@@ -1,0 +1,604 @@
+"""The training loop: `Trainer(spec, run_dir).run()` trains a GAN and writes everything a user watches.
+
+Run directory (see CONTRACT): spec.json, metrics.jsonl, warnings.jsonl, summary.json,
+samples/step_NNNNNNN.png + samples/latest.png, checkpoints/step_NNNNNNN.pt + checkpoints/latest.pt,
+generator.pt, loss_curve.png, tensorboard/.
+
+One generator step = n_critic discriminator steps, then one generator step. The generator runs
+forward once per D step; the last fake batch is reused for the G step (G's weights have not
+changed since it was produced, so the graph through G is still the right one; D is re-run with
+its updated weights, exactly as a second G forward would give).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from gansvc.atomic import atomic_write_bytes, atomic_write_text
+from gansvc.train import checkpoints
+from gansvc.train.batches import DeviceBatches
+from gansvc.train.ema import EMA, with_standing_batchnorm
+from gansvc.train.monitor import FailureWatch, MetricsLog, TensorBoard, plot_loss_curve, plot_points
+from gansvc.train.spec import SpecError, TrainSpec
+
+FIXED_NOISE = 64  # samples in the grid drawn from fixed noise
+DIVERSITY_CHECK_FROM = 1000  # generator steps before the sample-diversity check starts
+POINT_SAMPLES = 2500  # samples in a gaussian-mixture scatter plot and its ring metric (PacGAN's count)
+# Settings that may change between a checkpoint and its resume (how long, how often, where);
+# any other difference would make the resumed run a different experiment.
+RESUMABLE_CHANGES = {
+    "epochs", "steps", "max_minutes", "log_every", "sample_every", "eval_every", "eval_samples",
+    "checkpoint_every", "keep_checkpoints", "tensorboard", "threads", "device", "data_root",
+}  # fmt: skip
+_TRAIN_STATS = ("d_loss", "g_loss", "d_real", "d_fake", "d_accuracy")
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss or statistic became NaN or infinite; training stops with no checkpoint of the bad state."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """Return the torch.device for a spec's device setting (auto: CUDA when present, else CPU)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SpecError("device", f"{name!r} asked for, but no CUDA device is available here")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise SpecError("device", f"{name!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return device
+
+
+def cpu_threads() -> int:
+    """Return the number of CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+class Trainer:
+    """Trains the GAN `spec` describes into `run_dir`, resuming from run_dir/checkpoints/latest.pt if present."""
+
+    def __init__(
+        self,
+        spec: TrainSpec,
+        run_dir: str | os.PathLike,
+        on_event: Callable[[dict], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        progress: bool = False,
+        download: bool = False,
+    ):
+        self.spec = spec.validate()
+        self.run_dir = Path(run_dir)
+        self.on_event = on_event
+        self.should_stop = should_stop
+        self.progress = progress
+        self.download = download
+        self.warnings: list[dict] = []
+        self.bar = None
+
+    # ------------------------------------------------------------------ setup
+    def _setup(self) -> None:
+        from gansvc import losses  # noqa: F401  (fail early if the loss ops cannot load)
+        from gansvc.data import load_dataset
+        from gansvc.models import build_discriminator, build_generator, has_batchnorm
+
+        spec = self.spec
+        self.device = resolve_device(spec.device)
+        self.threads = spec.threads or cpu_threads()
+        if self.device.type == "cpu":
+            torch.set_num_threads(self.threads)
+        data = load_dataset(spec.dataset, "train", spec.data_root or None, spec.image_size, self.download)
+        self.points = not hasattr(data, "images")
+        tensor = data.points if self.points else data.images
+        self.data_info = data
+        self.data_shape = tuple(tensor.shape[1:])
+        if spec.model == "dcgan":
+            from gansvc.models.dcgan import layout
+
+            try:
+                layout(self.data_shape[-1])
+            except ValueError as error:
+                raise SpecError("image_size", f"{error} (the data set's images are {self.data_shape[-1]} px)") from None
+
+        torch.manual_seed(spec.seed)  # model initialisation and spectral-norm vectors
+        self.G = build_generator(spec, self.data_shape).to(self.device)
+        self.D = build_discriminator(spec, self.data_shape).to(self.device)
+        # Without BatchNorm in D, real and fake go through D as one batch (one forward instead of two).
+        self.joint_d = not has_batchnorm(self.D)
+        betas = (spec.beta1, spec.beta2)
+        fused = {"fused": True}  # one kernel for all parameters (CPU and CUDA)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=spec.lr_g, betas=betas, **fused)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=spec.lr_d, betas=betas, **fused)
+        self.ema = EMA(self.G, spec.ema_decay) if spec.ema_decay > 0 else None
+        self.batches = DeviceBatches(tensor, spec.batch_size, spec.seed, self.device)
+        self.noise = torch.Generator(device=self.device).manual_seed(spec.seed + 1)
+        fixed = torch.Generator().manual_seed(spec.seed + 2)
+        count = POINT_SAMPLES if self.points else FIXED_NOISE
+        self.fixed_noise = torch.randn(count, spec.z_dim, generator=fixed).to(self.device)
+        if spec.steps:
+            self.total_steps = spec.steps
+        else:
+            self.total_steps = max(1, round(spec.epochs * self.batches.batches_per_epoch / spec.n_critic))
+        self.autocast = (
+            torch.autocast(self.device.type, dtype=torch.bfloat16)
+            if spec.precision == "bf16"
+            else contextlib.nullcontext()
+        )
+        self.watch = FailureWatch(spec.loss)
+        self.step = 0
+        self.wall_before = 0.0  # wall-clock seconds of earlier sessions of this run
+        self.train_seconds = 0.0  # seconds inside training steps, all sessions
+        self._reset_window()
+        self.last_train: dict = {}
+        self.last_eval: dict = {}
+        self.checkpointed_step = -1
+        self._sampler_cache: tuple[int, torch.nn.Module] | None = None
+        self._eval_unavailable_warned = False
+
+        resume_from = checkpoints.latest_checkpoint(self.run_dir)
+        if resume_from is not None:
+            self._resume(resume_from)
+        self.resumed_from = self.step if resume_from is not None else None
+        self._train_seconds_at_start = self.train_seconds
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.run_dir / "spec.json", json.dumps(spec.to_dict(), indent=2) + "\n")
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", self.resumed_from or 0)
+        self.warning_log = MetricsLog(self.run_dir / "warnings.jsonl", self.resumed_from or 0)
+        self.warnings = [r for r in self.warning_log.records]
+        self.tensorboard = TensorBoard(self.run_dir / "tensorboard", spec.tensorboard, self.step + 1)
+
+    def _reset_window(self) -> None:
+        width = len(_TRAIN_STATS) + (self.spec.gradient_penalty > 0) + (self.spec.r1_gamma > 0)
+        self.window_sum = torch.zeros(width, device=getattr(self, "device", "cpu"), dtype=torch.float64)
+        self.window_steps = 0
+        self.window_seconds = 0.0
+
+    # ------------------------------------------------------------------ one step
+    def _train_step(self) -> torch.Tensor:
+        """Run n_critic D steps and one G step; return this step's statistics as one tensor."""
+        spec = self.spec
+        d_stats = None
+        for i in range(spec.n_critic):
+            real = self.batches.next()
+            z = torch.randn(spec.batch_size, spec.z_dim, device=self.device, generator=self.noise)
+            last = i == spec.n_critic - 1
+            with self.autocast, torch.set_grad_enabled(last):
+                fake = self.G(z)
+            stats = self._d_step(real, fake.detach())
+            d_stats = stats if d_stats is None else d_stats + stats
+        d_stats = d_stats / spec.n_critic
+        g_loss = self._g_step(fake)
+        # order: d_loss, g_loss, d_real, d_fake, d_accuracy, [gp], [r1]
+        return torch.cat([d_stats[:1], g_loss.reshape(1), d_stats[1:]])
+
+    def _d_step(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        from gansvc.losses import discriminator_loss
+        from gansvc.train.regularisers import gradient_penalty, r1_penalty
+
+        spec = self.spec
+        self.opt_d.zero_grad(set_to_none=True)
+        if spec.r1_gamma > 0:
+            real.requires_grad_(True)
+        with self.autocast:
+            if self.joint_d:
+                real_logits, fake_logits = self.D(torch.cat([real, fake])).split(real.shape[0])
+            else:
+                real_logits, fake_logits = self.D(real), self.D(fake)
+        out = discriminator_loss(real_logits.float(), fake_logits.float(), spec.loss, spec.real_label)
+        loss = out.loss
+        extras = []
+        if spec.gradient_penalty > 0:
+            with self.autocast:
+                penalty = gradient_penalty(self.D, real, fake, spec.gradient_penalty, self.noise)
+            loss = loss + penalty
+            extras.append(penalty.detach().reshape(1))
+        if spec.r1_gamma > 0:
+            penalty = r1_penalty(real_logits, real, spec.r1_gamma)
+            loss = loss + penalty
+            extras.append(penalty.detach().reshape(1))
+        loss.backward()
+        self.opt_d.step()
+        parts = [out.loss.detach().reshape(1), out.mean_real.reshape(1), out.mean_fake.reshape(1), out.accuracy.reshape(1)]
+        return torch.cat([p.double() for p in parts + extras])
+
+    def _g_step(self, fake: torch.Tensor) -> torch.Tensor:
+        from gansvc.losses import generator_loss
+
+        spec = self.spec
+        self.opt_g.zero_grad(set_to_none=True)
+        self.D.requires_grad_(False)  # no weight gradients for D in the G step: only dD/dx is needed
+        try:
+            with self.autocast:
+                logits = self.D(fake)
+            out = generator_loss(logits.float(), spec.loss, spec.g_saturating)
+            out.loss.backward()
+        finally:
+            self.D.requires_grad_(True)
+        self.opt_g.step()
+        if self.ema is not None:
+            self.ema.update(self.G)
+        return out.loss.detach().double()
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> dict:
+        """Train to the end (or until should_stop / max_minutes); return the summary also written to summary.json."""
+        self._setup()
+        bar = None
+        try:
+            if self.progress:
+                from tqdm import tqdm
+
+                bar = tqdm(
+                    total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True,
+                    desc=f"{self.spec.model} {self.spec.loss}",
+                )  # fmt: skip
+            self.bar = bar
+            return self._loop()
+        finally:
+            if bar is not None:
+                bar.close()
+            self.metrics.close()
+            self.warning_log.close()
+            self.tensorboard.close()
+
+    def _loop(self) -> dict:
+        spec = self.spec
+        session_start = time.monotonic()
+        budget = spec.max_minutes * 60.0
+        check_every_step = self.device.type == "cpu"  # a per-step finiteness check costs a GPU sync elsewhere
+        ended_by = "completed"
+        self._event({"type": "progress", **self._progress_fields(0.0)})
+        while self.step < self.total_steps:
+            if self.should_stop is not None and self.should_stop():
+                ended_by = "stopped"
+                break
+            if budget and self.wall_before + time.monotonic() - session_start >= budget:
+                ended_by = "max_minutes"
+                break
+            started = time.perf_counter()
+            stats = self._train_step()
+            self.window_sum += stats
+            elapsed = time.perf_counter() - started
+            self.window_seconds += elapsed
+            self.train_seconds += elapsed
+            self.window_steps += 1
+            self.step += 1
+            if check_every_step:
+                self._check_finite()
+            if self.bar is not None:
+                self.bar.update(1)
+            step = self.step
+            if step % spec.log_every == 0 or step == self.total_steps:
+                self._log(session_start)
+            if spec.sample_every and step % spec.sample_every == 0:
+                self._samples()
+            if spec.eval_every and step % spec.eval_every == 0 and step != self.total_steps:
+                self._evaluate()
+            if spec.checkpoint_every and step % spec.checkpoint_every == 0:
+                self._checkpoint(session_start)
+
+        if ended_by == "stopped":
+            if self.checkpointed_step != self.step:
+                self._checkpoint(session_start)
+        else:
+            if self.window_steps:
+                self._log(session_start)
+            if not (spec.sample_every and self.step % spec.sample_every == 0) or self.step == 0:
+                self._samples()
+            if spec.eval_samples:
+                self._evaluate()
+            if self.checkpointed_step != self.step:
+                self._checkpoint(session_start)
+        plot_loss_curve(self.metrics.records, self.run_dir / "loss_curve.png", f"{spec.model} / {spec.loss}")
+        return self._summary(ended_by, session_start)
+
+    def _check_finite(self) -> None:
+        if not bool(torch.isfinite(self.window_sum).all()):
+            names = self._stat_names()
+            bad = [n for n, v in zip(names, self.window_sum.tolist()) if not math.isfinite(v)]
+            message = (
+                f"training diverged at step {self.step}: {', '.join(bad)} became NaN/Inf; try lower learning "
+                "rates, spectral_norm or a gradient penalty"
+            )
+            self._warn("diverged", message)
+            raise TrainingDiverged(message)
+
+    def _stat_names(self) -> list[str]:
+        names = list(_TRAIN_STATS)
+        if self.spec.gradient_penalty > 0:
+            names.append("gradient_penalty")
+        if self.spec.r1_gamma > 0:
+            names.append("r1_penalty")
+        return names
+
+    # ------------------------------------------------------------------ what the user watches
+    def _event(self, event: dict) -> None:
+        if self.on_event is not None:
+            self.on_event(event)
+
+    def _warn(self, code: str, message: str) -> None:
+        record = {"step": self.step, "code": code, "message": message}
+        self.warnings.append(record)
+        self.warning_log.append(record)
+        self._event({"type": "warning", **record})
+        if self.bar is not None:
+            self.bar.write(f"warning [{code}] step {self.step}: {message}")
+
+    def _progress_fields(self, images_per_sec: float) -> dict:
+        done_this_session = self.step - (self.resumed_from or 0)
+        per_step = self.train_seconds_session / done_this_session if done_this_session else 0.0
+        return {
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "epoch": self.batches.epoch,
+            "images_per_sec": images_per_sec,
+            "eta_seconds": per_step * (self.total_steps - self.step),
+            "d_loss": self.last_train.get("d_loss", float("nan")),
+            "g_loss": self.last_train.get("g_loss", float("nan")),
+        }
+
+    @property
+    def train_seconds_session(self) -> float:
+        return self.train_seconds - self._train_seconds_at_start
+
+    def _log(self, session_start: float) -> None:
+        self._check_finite()
+        spec = self.spec
+        means = (self.window_sum / max(1, self.window_steps)).tolist()
+        values = dict(zip(self._stat_names(), means))
+        images = self.window_steps * spec.batch_size * spec.n_critic
+        values["images_per_sec"] = images / self.window_seconds if self.window_seconds > 0 else 0.0
+        values["g_grad_norm"] = _grad_norm(self.G)
+        values["d_grad_norm"] = _grad_norm(self.D)
+        self.last_train = values
+        record = {
+            "step": self.step, "kind": "train", "epoch": round(self.batches.epoch, 4),
+            "time": round(self.wall_before + time.monotonic() - session_start, 3), **values,
+        }  # fmt: skip
+        self.metrics.append(record)
+        self.tensorboard.scalars("train", values, self.step)
+        self._event({"type": "metrics", "step": self.step, "values": dict(values)})
+        self._event({"type": "progress", **self._progress_fields(values["images_per_sec"])})
+        if self.bar is not None:
+            self.bar.set_postfix(
+                d=f"{values['d_loss']:.3f}", g=f"{values['g_loss']:.3f}", img_s=f"{values['images_per_sec']:.0f}",
+                refresh=False,
+            )  # fmt: skip
+        for code, message in self.watch.check_train(values):
+            self._warn(code, message)
+        self._reset_window()
+
+    def _sampler(self) -> torch.nn.Module:
+        """Return the model samples come from: EMA of G where kept, with BatchNorm statistics for its weights."""
+        if self._sampler_cache is None or self._sampler_cache[0] != self.step:
+            source = self.ema.model if self.ema is not None else self.G
+            model = with_standing_batchnorm(source, self.spec.z_dim, self.device, seed=self.spec.seed + 3)
+            self._sampler_cache = (self.step, model)
+        return self._sampler_cache[1]
+
+    @torch.no_grad()
+    def _samples(self) -> None:
+        from gansvc.images import make_grid, save_grid
+
+        sampler = self._sampler()
+        with self.autocast:
+            samples = sampler(self.fixed_noise).float()
+        name = f"samples/step_{self.step:07d}.png"
+        if self.points:
+            from gansvc.data.mixture import ring_centers
+
+            data = plot_points(samples, self.run_dir / name, ring_centers(), f"step {self.step}")
+            atomic_write_bytes(self.run_dir / "samples" / "latest.png", data)
+        else:
+            samples = samples.clamp(-1, 1)
+            save_grid(samples, self.run_dir / name)
+            save_grid(samples, self.run_dir / "samples" / "latest.png")
+            self.tensorboard.image("samples", make_grid(samples), self.step)
+            if self.step >= DIVERSITY_CHECK_FROM:  # early samples are alike anyway: no signal before this
+                for code, message in self.watch.check_diversity(_diversity_ratio(samples, self._real_reference())):
+                    self._warn(code, message)
+        self.tensorboard.flush()
+        self._event({"type": "samples", "step": self.step, "path": name})
+
+    def _real_reference(self) -> torch.Tensor:
+        if not hasattr(self, "_real_batch"):
+            generator = torch.Generator().manual_seed(12345)
+            index = torch.randperm(self.batches.data.shape[0], generator=generator)[:FIXED_NOISE].to(self.device)
+            self._real_batch = self.batches.data.index_select(0, index).float().mul_(2 / 255).sub_(1)
+        return self._real_batch
+
+    @torch.no_grad()
+    def _evaluate(self) -> None:
+        """Score samples from the sampling model: FID / IS with fmnist-cnn where it fits, the ring metric for points."""
+        from gansvc.train.sampling import generate
+
+        spec = self.spec
+        sampler = self._sampler()
+        seed = spec.seed + 4  # the same noise at every evaluation, so scores are comparable across steps
+        values: dict = {}
+        if self.points:
+            from gansvc.data.mixture import NUM_MODES, ring_quality
+
+            quality = ring_quality(generate(sampler, POINT_SAMPLES, seed, self.device))
+            values = {"modes_covered": float(quality["modes_covered"]),
+                      "high_quality_fraction": quality["high_quality_fraction"]}  # fmt: skip
+            if quality["high_quality_fraction"] > 0.5:
+                for code, message in self.watch.check_coverage(quality["modes_covered"], NUM_MODES, "modes"):
+                    self._warn(code, message)
+        else:
+            values = self._image_scores(sampler, seed)
+        if not values:
+            return
+        self.last_eval = values
+        self.metrics.append({"step": self.step, "kind": "eval", **values})
+        self.tensorboard.scalars("eval", values, self.step)
+        self._event({"type": "metrics", "step": self.step, "values": dict(values)})
+
+    def _image_scores(self, sampler, seed: int) -> dict:
+        spec = self.spec
+        try:
+            from gansvc.metrics import evaluate
+            from gansvc.metrics.features import extractor_fits
+        except ImportError as error:
+            if not self._eval_unavailable_warned:
+                self._eval_unavailable_warned = True
+                self._warn("eval_unavailable", f"FID / IS skipped: gansvc.metrics is not available ({error})")
+            return {}
+        dataset = spec.dataset
+        if dataset not in ("fashion-mnist", "mnist") or not extractor_fits("fmnist-cnn", self.data_shape):
+            if not self._eval_unavailable_warned:
+                self._eval_unavailable_warned = True
+                self._warn(
+                    "eval_unavailable",
+                    f"FID / IS skipped: no shipped feature extractor fits {dataset} {list(self.data_shape)} "
+                    "(fmnist-cnn takes 1x28x28 Fashion-MNIST/MNIST; score generator.pt with `gansvc eval`)",
+                )
+            return {}
+        from gansvc.train.sampling import generate
+
+        fake = generate(sampler, spec.eval_samples, seed, self.device)
+        result = evaluate(
+            fake, real=f"{dataset}:test", extractor="fmnist-cnn", data_root=spec.data_root or None,
+            device=str(self.device),
+        )  # fmt: skip
+        values = {k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and k not in ("n_real", "n_fake")}
+        coverage = self._class_coverage(fake)
+        if coverage is not None:
+            covered, total = coverage
+            values["classes_covered"] = float(covered)
+            for code, message in self.watch.check_coverage(covered, total, "classes"):
+                self._warn(code, message)
+        return values
+
+    def _class_coverage(self, fake: torch.Tensor) -> tuple[int, int] | None:
+        """Return (classes covered, classes) by the shipped classifier's predictions, or None if unavailable.
+
+        A class is covered when at least a fifth of its fair share (1 / classes) of the samples is predicted as it.
+        """
+        try:
+            from gansvc.metrics.features import classify
+        except ImportError:
+            return None
+        probabilities = classify(fake, "fmnist-cnn", device=str(self.device))
+        shares = torch.bincount(probabilities.argmax(1), minlength=probabilities.shape[1]).double() / fake.shape[0]
+        total = probabilities.shape[1]
+        return int((shares >= 0.2 / total).sum()), total
+
+    def _checkpoint(self, session_start: float) -> None:
+        from gansvc.train.sampling import export_generator
+
+        self._check_finite()
+        state = {
+            "format": "gansvc-checkpoint",
+            "version": 1,
+            "step": self.step,
+            "spec": self.spec.to_dict(),
+            "data_shape": list(self.data_shape),
+            "G": self.G.state_dict(),
+            "D": self.D.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "batches": self.batches.state_dict(),
+            "rng": {
+                "noise": self.noise.get_state(),
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
+            "window": {"sum": self.window_sum.cpu(), "steps": self.window_steps, "seconds": self.window_seconds},
+            "watch": {"history": list(self.watch.history), "active": sorted(self.watch.active)},
+            "wall_seconds": self.wall_before + time.monotonic() - session_start,
+            "train_seconds": self.train_seconds,
+            "last_train": self.last_train,
+            "last_eval": self.last_eval,
+        }
+        path = checkpoints.save_checkpoint(state, self.run_dir, self.step, self.spec.keep_checkpoints)
+        export_generator(
+            self._sampler(), self.spec, self.data_shape, self.step, self.ema is not None, self.run_dir / "generator.pt"
+        )
+        self.checkpointed_step = self.step
+        self._event({"type": "checkpoint", "step": self.step, "path": str(path.relative_to(self.run_dir))})
+
+    def _resume(self, path: Path) -> None:
+        state = checkpoints.load_checkpoint(path, map_location="cpu")
+        saved = state["spec"]
+        for name, value in self.spec.to_dict().items():
+            if name not in RESUMABLE_CHANGES and name in saved and saved[name] != value:
+                raise SpecError(
+                    name,
+                    f"{value!r} differs from {saved[name]!r} in the checkpoint {path} being resumed; use a new "
+                    "run directory for a different experiment",
+                )
+        if tuple(state["data_shape"]) != self.data_shape:
+            raise SpecError("dataset", f"data shape {self.data_shape} differs from the checkpoint's {state['data_shape']}")
+        self.G.load_state_dict(state["G"])
+        self.D.load_state_dict(state["D"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.batches.load_state_dict(state["batches"])
+        self.noise.set_state(state["rng"]["noise"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.window_sum = state["window"]["sum"].to(self.device)
+        self.window_steps = state["window"]["steps"]
+        self.window_seconds = state["window"]["seconds"]
+        self.watch.history.extend(state["watch"]["history"])
+        self.watch.active = set(state["watch"]["active"])
+        self.step = state["step"]
+        self.wall_before = state["wall_seconds"]
+        self.train_seconds = state["train_seconds"]
+        self.last_train = state["last_train"]
+        self.last_eval = state["last_eval"]
+        self.checkpointed_step = self.step
+
+    def _summary(self, ended_by: str, session_start: float) -> dict:
+        session_steps = self.step - (self.resumed_from or 0)
+        images = session_steps * self.spec.batch_size * self.spec.n_critic
+        summary = {
+            "status": ended_by,  # completed | max_minutes | stopped
+            "stopped": ended_by == "stopped",
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "epoch": round(self.batches.epoch, 4),
+            "elapsed_seconds": round(self.wall_before + time.monotonic() - session_start, 3),
+            "train_seconds": round(self.train_seconds, 3),
+            "images_per_sec": images / self.train_seconds_session if self.train_seconds_session > 0 else 0.0,
+            "resumed_from": self.resumed_from,
+            "final": self.last_train,
+            "eval": self.last_eval,
+            "warnings": [w["code"] for w in self.warnings],
+            "device": str(self.device),
+            "threads": self.threads if self.device.type == "cpu" else None,
+            "generator": "generator.pt",
+            "run_dir": str(self.run_dir),
+        }
+        atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        return summary
+
+
+def _grad_norm(model: torch.nn.Module) -> float:
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return 0.0
+    return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
+
+
+def _diversity_ratio(fake: torch.Tensor, real: torch.Tensor) -> float:
+    """Return the mean pairwise distance of generated samples over that of real samples (1 = as varied)."""
+    fake_spread = torch.pdist(fake.flatten(1).float()).mean()
+    real_spread = torch.pdist(real.flatten(1).float()).mean()
+    return float(fake_spread / real_spread.clamp_min(1e-12))
