@@ -59,7 +59,7 @@ def _extensions():
     cuda_sources = sorted(glob.glob("csrc/**/*.cu", recursive=True))
     with_cuda = _want_cuda()
     # -g0: Python's default -g doubles compile time and makes an 11 MB .so.
-    args = {"cxx": ["-O3", "-g0", *_cpu_capability_flags()], "nvcc": ["-O3", "-g0"]}
+    args = {"cxx": ["-O3", "-g0", *_cpu_capability_flags()], "nvcc": ["-O3"]}
     common = dict(name="gansvc._C", include_dirs=[os.path.join(ROOT, "csrc")], py_limited_api=False)
     if with_cuda:
         ext = cpp_extension.CUDAExtension(

@@ -37,7 +37,10 @@ void check_logits(const at::Tensor& logits, const char* argument) {
   TORCH_CHECK_VALUE(at::isFloatingType(logits.scalar_type()), argument,
                     " must be a floating-point tensor (float16, bfloat16, float32, float64), got ",
                     logits.scalar_type());
-  TORCH_CHECK_VALUE(logits.numel() > 0, argument, " is empty: a loss needs at least one logit");
+  // Sizes are symbolic while torch.compile traces; the kernels see real ones and check there too.
+  if (!logits.unsafeGetTensorImpl()->has_symbolic_sizes_strides()) {
+    TORCH_CHECK_VALUE(logits.numel() > 0, argument, " is empty: a loss needs at least one logit");
+  }
 }
 
 at::ScalarType opmath_type(at::ScalarType logits_type) {

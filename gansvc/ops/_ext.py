@@ -11,6 +11,8 @@ import importlib
 import os
 import warnings
 
+import torch
+
 
 class ExtensionNotBuilt(RuntimeError):
     """GANSVC_KERNELS=ext was asked for but gansvc._C could not be imported."""
@@ -38,6 +40,8 @@ def cuda_compiled() -> bool:
     return bool(module is not None and module.cuda_compiled)
 
 
+# torch.compile evaluates the choice once while tracing instead of tracing the import machinery.
+@torch.compiler.assume_constant_result
 def use_extension() -> bool:
     """Return True when the fused kernels serve the ops, False for the pure-PyTorch reference."""
     choice = os.environ.get("GANSVC_KERNELS", "").strip().lower()

@@ -23,6 +23,7 @@ from gansvc.service.store import Event, JobRecord
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GanService"].full_name  # "gansvc.v1.GanService"
 KIND_TO_PROTO = {"training": pb.JOB_KIND_TRAINING, "evaluation": pb.JOB_KIND_EVALUATION}
 PROTO_TO_KIND = {v: k for k, v in KIND_TO_PROTO.items()}
+__all__ = ["SERVICE_NAME", "event_to_proto", "job_to_proto", "pb", "pb_grpc", "state_name", "state_to_proto"]
 # Fields of TrainingSpec that are not TrainSpec settings.
 TRAINING_SPEC_EXTRA_FIELDS = ("request_id",)
 

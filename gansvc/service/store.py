@@ -10,14 +10,13 @@ read while the writer writes.
 from __future__ import annotations
 
 import json
-import math
 import secrets
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 STATES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
 TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
@@ -77,7 +76,7 @@ class JobNotFound(KeyError):
 class RequestIdConflict(Exception):
     """A request id was used before for a different request; `job` is the job it created."""
 
-    def __init__(self, request_id: str, job: "JobRecord"):
+    def __init__(self, request_id: str, job: JobRecord):
         super().__init__(f"request_id {request_id!r} was already used for job {job.id} with a different spec")
         self.job = job
 
@@ -253,9 +252,11 @@ class JobStore:
             clauses.append("rowid < ?")
             params.append(before_rowid)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        rows = self._reader().execute(
-            f"SELECT rowid, * FROM jobs {where} ORDER BY rowid DESC LIMIT ?", (*params, limit)
-        ).fetchall()
+        rows = (
+            self._reader()
+            .execute(f"SELECT rowid, * FROM jobs {where} ORDER BY rowid DESC LIMIT ?", (*params, limit))
+            .fetchall()
+        )
         return [_row_to_job(row) for row in rows]
 
     def jobs_in_state(self, state: str) -> list[JobRecord]:
@@ -265,10 +266,27 @@ class JobStore:
 
     def events_after(self, job_id: str, after_sequence: int = 0, limit: int = 1000) -> list[Event]:
         """Return the job's events with sequence > after_sequence, in order, at most `limit`."""
-        rows = self._reader().execute(
-            "SELECT * FROM events WHERE job_id = ? AND sequence > ? ORDER BY sequence LIMIT ?",
-            (job_id, after_sequence, limit),
-        ).fetchall()
+        rows = (
+            self._reader()
+            .execute(
+                "SELECT * FROM events WHERE job_id = ? AND sequence > ? ORDER BY sequence LIMIT ?",
+                (job_id, after_sequence, limit),
+            )
+            .fetchall()
+        )
+        return [Event(r["job_id"], r["sequence"], r["time"], r["type"], json.loads(r["payload"])) for r in rows]
+
+    def events_of_types(self, job_id: str, types: Iterable[str]) -> list[Event]:
+        """Return the job's events of the given types, in order."""
+        types = list(types)
+        rows = (
+            self._reader()
+            .execute(
+                f"SELECT * FROM events WHERE job_id = ? AND type IN ({', '.join('?' * len(types))}) ORDER BY sequence",
+                (job_id, *types),
+            )
+            .fetchall()
+        )
         return [Event(r["job_id"], r["sequence"], r["time"], r["type"], json.loads(r["payload"])) for r in rows]
 
     # ------------------------------------------------------------------ writes
@@ -445,12 +463,3 @@ class _Transaction:
     def __exit__(self, kind, value, traceback):
         self.conn.execute("COMMIT" if kind is None else "ROLLBACK")
         return False
-
-
-def finite_or_none(value) -> float | None:
-    """Return value as a float, or None when it is not a finite number."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None

@@ -1,0 +1,110 @@
+"""GetSamples: the trainer's own grid of a step, or fresh images generated from a checkpoint.
+
+Generation runs in the server process on the CPU, a few requests at a time and on few threads, so
+that it never competes with the training workers for long; loaded generators are cached per file
+version.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+from gansvc.service.artifacts import checkpoint_file, latest_checkpoint_step, sample_grid_steps
+from gansvc.service.errors import InvalidField, MissingReference, WrongState
+from gansvc.service.messages import pb
+
+DEFAULT_COUNT = 64
+MAX_COUNT = 1024
+_CACHE_SIZE = 4
+
+
+class SampleRenderer:
+    """Turns GetSamples requests into PNG grids (and raw tensors)."""
+
+    def __init__(self, max_message_bytes: int, concurrency: int = 2, threads: int = 2):
+        self.max_message_bytes = max_message_bytes
+        self._slots = threading.BoundedSemaphore(concurrency)
+        self._threads = threads
+        self._cache: OrderedDict[tuple, object] = OrderedDict()
+        self._cache_lock = threading.Lock()
+
+    def render(self, run_dir: Path, request: pb.GetSamplesRequest) -> pb.Samples:
+        """Return the Samples answer for a training job's run directory."""
+        if request.nrow < 0:
+            raise InvalidField("nrow", f"got {request.nrow}, expected 0 (square grid) or more")
+        if request.step < 0:
+            raise InvalidField("step", f"got {request.step}, expected 0 (latest) or a step")
+        generate = request.HasField("seed") or request.HasField("count") or request.include_tensor
+        if not generate:
+            return self._stored_grid(run_dir, request.step)
+        return self._generated(run_dir, request)
+
+    def _stored_grid(self, run_dir: Path, step: int) -> pb.Samples:
+        grids = sample_grid_steps(run_dir)
+        if step == 0:
+            latest = run_dir / "samples" / "latest.png"
+            if not latest.is_file():
+                raise MissingReference("job_id", f"job {run_dir.name} has drawn no samples yet")
+            return pb.Samples(png=latest.read_bytes(), step=max(grids, default=0), source="samples/latest.png")
+        if step not in grids:
+            known = ", ".join(map(str, sorted(grids))) or "none yet"
+            raise MissingReference("step", f"job {run_dir.name} has no sample grid at step {step} (steps: {known})")
+        return pb.Samples(png=grids[step].read_bytes(), step=step, source=f"samples/{grids[step].name}")
+
+    def _generated(self, run_dir: Path, request: pb.GetSamplesRequest) -> pb.Samples:
+        from gansvc.images import encode_png
+        from gansvc.train.sampling import generate
+
+        count = request.count if request.HasField("count") else DEFAULT_COUNT
+        if not 1 <= count <= MAX_COUNT:
+            raise InvalidField("count", f"got {count}, expected 1..{MAX_COUNT}")
+        seed = request.seed if request.HasField("seed") else 0
+        if seed < 0:
+            raise InvalidField("seed", f"got {seed}, expected >= 0")
+        path = checkpoint_file(run_dir, request.step, field="step")
+        generator = self._generator(path)
+        with self._slots:
+            images = generate(generator, count, seed, "cpu")
+        if images.dim() != 4:
+            raise WrongState(f"job {run_dir.name} generates 2-D points, not images (see its samples/latest.png)")
+        answer = pb.Samples(
+            png=encode_png(images, request.nrow or None),
+            step=request.step or (latest_checkpoint_step(run_dir) or 0),
+            source=path.relative_to(run_dir).as_posix(),
+            count=count,
+        )
+        if request.include_tensor:
+            size = images.numel() * 4
+            if size + len(answer.png) > self.max_message_bytes - 4096:
+                raise InvalidField(
+                    "count", f"{count} images are {size} bytes as float32, over the message limit "
+                    f"({self.max_message_bytes} bytes): ask for fewer"
+                )  # fmt: skip
+            answer.tensor.CopyFrom(
+                pb.Tensor(shape=list(images.shape), dtype=pb.DTYPE_FLOAT32, data=images.contiguous().numpy().tobytes())
+            )
+        return answer
+
+    def _generator(self, path: Path):
+        import torch
+
+        from gansvc.train.sampling import load_generator
+
+        stat = path.stat()
+        key = (str(path), stat.st_ino, stat.st_mtime_ns)
+        with self._cache_lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        with self._slots:
+            if torch.get_num_threads() > self._threads:
+                torch.set_num_threads(max(1, min(self._threads, os.cpu_count() or 1)))
+            generator, _ = load_generator(path, "cpu")
+        with self._cache_lock:
+            self._cache[key] = generator
+            while len(self._cache) > _CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return generator

@@ -1,0 +1,489 @@
+"""The scheduler: queued jobs get devices and a worker process each; worker events go to the store.
+
+One long-lived thread starts every worker (Linux ties PR_SET_PDEATHSIG to the thread that forked),
+and a reader thread per worker turns its JSON lines into stored events. When a worker ends, its last
+word ("finished" / "failed") or its exit status decides the job's next state:
+
+- finished          -> SUCCEEDED (or CANCELLED / back to QUEUED when it stopped because it was asked to)
+- failed            -> FAILED with the worker's reason (divergence, OOM, bad data, ...)
+- died without word -> FAILED with the signal or exit code (the server itself lives on)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import gansvc
+from gansvc.atomic import atomic_write_text
+from gansvc.service.artifacts import latest_checkpoint_step
+from gansvc.service.devices import Allocation, DevicePool
+from gansvc.service.errors import WrongState
+from gansvc.service.store import InvalidTransition, JobRecord, JobStore
+
+_PROGRESS_FIELDS = ("step", "total_steps", "epoch", "images_per_sec", "eta_seconds", "d_loss", "g_loss")
+_SIGNAL_HINTS = {
+    signal.SIGKILL: "killed (SIGKILL): most likely the kernel's out-of-memory killer",
+    signal.SIGSEGV: "crashed (SIGSEGV, a segmentation fault)",
+    signal.SIGBUS: "crashed (SIGBUS)",
+    signal.SIGABRT: "aborted (SIGABRT)",
+}
+
+
+def _number(value, default=0.0) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def normalize_event(event: dict) -> dict | None:
+    """Return a worker event in the stored shape (types checked), or None for protocol messages."""
+    kind = event.get("type")
+    if kind in ("hello", "finished", "failed"):
+        return None
+    if kind == "progress":
+        return {"type": "progress", **{k: _number(event.get(k, 0.0)) for k in _PROGRESS_FIELDS}}
+    if kind == "metrics":
+        values = event.get("values") if isinstance(event.get("values"), dict) else {}
+        numbers = {
+            str(k): float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+        return {"type": "metrics", "step": int(_number(event.get("step"))), "values": numbers}
+    if kind in ("samples", "checkpoint"):
+        return {"type": kind, "step": int(_number(event.get("step"))), "path": str(event.get("path", ""))}
+    if kind == "warning":
+        return {
+            "type": "warning",
+            "step": int(_number(event.get("step"))),
+            "code": str(event.get("code", "")),
+            "message": str(event.get("message", "")),
+        }
+    if kind == "log":
+        out = {"type": "log", "level": str(event.get("level", "info")), "message": str(event.get("message", ""))}
+        if "resume_step" in event:
+            out["resume_step"] = int(_number(event["resume_step"]))
+        return out
+    return {"type": "log", "level": "info", "message": json.dumps(event, default=str)[:2000]}
+
+
+def describe_exit(returncode: int) -> str:
+    """Return a worker's exit status in words."""
+    if returncode < 0:
+        try:
+            sig = signal.Signals(-returncode)
+        except ValueError:
+            return f"the worker process died of signal {-returncode}"
+        return f"the worker process was {_SIGNAL_HINTS.get(sig, f'killed by {sig.name}')}"
+    return f"the worker process exited with code {returncode} without reporting a result"
+
+
+def last_log_line(path: Path, limit: int = 300) -> str:
+    """Return the last non-empty line of a log file (at most `limit` characters), or ''."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.path.getsize(path) - 8192))
+            lines = [line.strip() for line in f.read().decode("utf-8", "replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:limit] if lines else ""
+
+
+class WorkerProcess:
+    """One worker: the process, its event and control pipes, and the thread reading its events."""
+
+    def __init__(self, job: JobRecord, job_dir: Path, allocation: Allocation, scheduler: Scheduler):
+        self.job_id = job.id
+        self.kind = job.kind
+        self.job_dir = job_dir
+        self.allocation = allocation
+        self.scheduler = scheduler
+        self.process: subprocess.Popen | None = None
+        self.final: dict | None = None
+        self.stop_requested_at: float | None = None
+        self.killed = False
+        self._event_fd = -1
+        self._control_fd = -1
+
+    @property
+    def pid(self) -> int:
+        """Return the worker's process id."""
+        return self.process.pid if self.process else 0
+
+    def start(self, attempt: int) -> int:
+        """Start the worker process; return its pid."""
+        event_read, event_write = os.pipe()
+        control_read, control_write = os.pipe()
+        env = dict(os.environ)
+        env.update(self.allocation.worker_env())
+        # The worker imports the same gansvc as this server, installed or not.
+        package_parent = str(Path(gansvc.__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH", "")) if p)
+        env["PYTHONUNBUFFERED"] = "1"
+        command = [
+            sys.executable, "-m", "gansvc.service.worker", "--job-dir", str(self.job_dir),
+            "--event-fd", str(event_write), "--control-fd", str(control_read), "--parent-pid", str(os.getpid()),
+        ]  # fmt: skip
+        try:
+            with open(self.job_dir / "worker.log", "ab") as log:
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+                log.write(f"\n===== attempt {attempt} on {self.allocation.label}, {stamp} =====\n".encode())
+                log.flush()
+                self.process = subprocess.Popen(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    pass_fds=(event_write, control_read),
+                    start_new_session=True,  # the terminal's Ctrl-C is for the server, which stops jobs cleanly
+                    env=env,
+                    cwd=self.job_dir,
+                )
+        except BaseException:
+            for fd in (event_read, control_write):
+                os.close(fd)
+            raise
+        finally:
+            os.close(event_write)
+            os.close(control_read)
+        self._event_fd, self._control_fd = event_read, control_write
+        return self.process.pid
+
+    def start_reader(self) -> None:
+        """Start the thread that records the worker's events and finishes the job when it exits."""
+        threading.Thread(target=self._read_events, name=f"gansvc-events-{self.job_id}", daemon=True).start()
+
+    def request_stop(self) -> None:
+        """Ask the worker to checkpoint and stop (training); evaluations are killed (nothing to save)."""
+        if self.stop_requested_at is None:
+            self.stop_requested_at = time.monotonic()
+        if self.kind != "training":
+            self.kill()
+            return
+        try:
+            os.write(self._control_fd, b"stop\n")
+        except OSError:  # already gone: its exit finishes the job
+            pass
+
+    def kill(self) -> None:
+        """SIGKILL the worker and everything it started (its own process group)."""
+        self.killed = True
+        if self.process is None or self.process.poll() is not None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            try:
+                self.process.kill()
+            except ProcessLookupError:
+                pass
+
+    def _read_events(self) -> None:
+        buffer = b""
+        try:
+            while True:
+                ready, _, _ = select.select([self._event_fd], [], [], 1.0)
+                if not ready:
+                    # A grandchild holding the pipe must not keep a dead worker's job RUNNING.
+                    if self.process.poll() is not None:
+                        break
+                    continue
+                chunk = os.read(self._event_fd, 1 << 16)
+                if not chunk:
+                    break
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                self._record(lines)
+            if buffer.strip():
+                self._record([buffer])
+        except Exception as error:  # noqa: BLE001 - a store failure must not leave the job RUNNING forever
+            print(f"gansvc serve: reading events of {self.job_id} failed: {error!r}", file=sys.stderr)
+            self.kill()
+        finally:
+            returncode = self.process.wait()
+            os.close(self._event_fd)
+            try:
+                os.close(self._control_fd)
+            except OSError:
+                pass
+            self.scheduler.worker_exited(self, returncode)
+
+    def _record(self, lines: list[bytes]) -> None:
+        batch = []
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                event = json.loads(line)
+            except ValueError:
+                batch.append({"type": "log", "level": "warning", "message": f"unreadable worker output {line[:200]!r}"})
+                continue
+            if not isinstance(event, dict):
+                continue
+            if event.get("type") in ("finished", "failed"):
+                self.final = event
+                continue
+            normalized = normalize_event(event)
+            if normalized is not None:
+                batch.append(normalized)
+        if batch:
+            self.scheduler.store.append_events(self.job_id, batch)
+
+
+class Scheduler:
+    """Starts queued jobs on free devices, stops and cancels them, and recovers after a crash."""
+
+    def __init__(self, store: JobStore, pool: DevicePool, jobs_dir: Path, cancel_timeout: float = 120.0):
+        self.store = store
+        self.pool = pool
+        self.jobs_dir = Path(jobs_dir)
+        self.cancel_timeout = cancel_timeout
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._workers: dict[str, WorkerProcess] = {}
+        self._draining = False
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Recover jobs a crashed server left RUNNING, then start the scheduling thread."""
+        self.recover()
+        self._thread = threading.Thread(target=self._loop, name="gansvc-scheduler", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Make the scheduler look at the queue now (a job was submitted)."""
+        with self._lock:
+            self._changed.notify_all()
+
+    @property
+    def draining(self) -> bool:
+        """Return whether the scheduler is shutting down (no new starts)."""
+        return self._draining
+
+    def running_workers(self) -> dict[str, int]:
+        """Return {job id: worker pid} of the running workers."""
+        with self._lock:
+            return {job_id: w.pid for job_id, w in self._workers.items()}
+
+    def drain(self, timeout: float) -> None:
+        """Stop starting jobs; ask running ones to checkpoint and stop (back to QUEUED), then end the thread.
+
+        Workers still running after `timeout` seconds are killed; they resume from their last periodic
+        checkpoint on the next start.
+        """
+        with self._lock:
+            self._draining = True
+            workers = list(self._workers.values())
+        for worker in workers:
+            worker.request_stop()
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._workers and time.monotonic() < deadline:
+                self._changed.wait(timeout=min(1.0, max(0.01, deadline - time.monotonic())))
+            late = list(self._workers.values())
+        for worker in late:
+            print(f"gansvc serve: job {worker.job_id} did not stop within {timeout:.0f} s: killing it", file=sys.stderr)
+            worker.kill()
+        with self._lock:
+            end = time.monotonic() + 15.0
+            while self._workers and time.monotonic() < end:
+                self._changed.wait(timeout=0.5)
+            self._stopped = True
+            self._changed.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+
+    # ------------------------------------------------------------------ requests
+    def cancel(self, job_id: str) -> JobRecord:
+        """Cancel a job: a queued one at once, a running one by a checkpoint-and-stop; return the job."""
+        with self._lock:
+            job = self.store.require_job(job_id)
+            if job.state == "CANCELLED":
+                return job
+            if job.terminal:
+                raise WrongState(f"job {job_id} already ended ({job.state}); there is nothing to cancel")
+            if job.state == "QUEUED":
+                self.store.set_state(job_id, "CANCELLED", _cancel_reason(self.jobs_dir / job_id, "while queued"))
+                return self.store.require_job(job_id)
+            if job.cancel_requested:
+                return job
+            job = self.store.set_cancel_requested(job_id)
+            worker = self._workers.get(job_id)
+            what = "writes a checkpoint and stops" if job.kind == "training" else "stops"
+            self.store.append_events(
+                job_id, [{"type": "log", "level": "info", "message": f"cancel requested: the job {what}"}]
+            )
+            if worker is not None:
+                worker.request_stop()
+            self._changed.notify_all()
+            return self.store.require_job(job_id)
+
+    # ------------------------------------------------------------------ the loop
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                if self._stopped:
+                    return
+                try:
+                    if not self._draining:
+                        self._start_queued()
+                    self._enforce_cancel_timeouts()
+                except Exception as error:  # noqa: BLE001 - the scheduler must outlive any one job's trouble
+                    print(f"gansvc serve: scheduler error: {error!r}", file=sys.stderr)
+                self._changed.wait(timeout=2.0)
+
+    def _start_queued(self) -> None:
+        for job in self.store.jobs_in_state("QUEUED"):
+            if job.id in self._workers:
+                continue
+            device = job.spec.get("device", "auto") or "auto"
+            nproc = int(job.spec.get("nproc", 1) or 1)
+            try:
+                problem = self.pool.check(device, nproc)
+            except ValueError as error:
+                problem = str(error)
+            if problem:  # e.g. restarted with fewer GPUs than the job was accepted for
+                self.store.set_state(job.id, "FAILED", f"cannot run here: {problem}")
+                continue
+            allocation = self.pool.allocate(device, nproc)
+            if allocation is not None:
+                self._launch(job, allocation)
+
+    def _launch(self, job: JobRecord, allocation: Allocation) -> None:
+        job_dir = self.jobs_dir / job.id
+        job_dir.mkdir(parents=True, exist_ok=True)
+        attempt = job.attempts + 1
+        resume_step = latest_checkpoint_step(job_dir) if job.kind == "training" else None
+        spec = dict(job.spec)
+        worker_input = {"kind": job.kind, "job_id": job.id, "device": allocation.spec_device}
+        if job.kind == "training":
+            spec["device"] = allocation.spec_device
+            if allocation.kind == "cpu" and not spec.get("threads"):
+                spec["threads"] = allocation.cpu_threads
+        else:
+            if spec.get("source") == "checkpoint":
+                worker_input["source_run_dir"] = str(self.jobs_dir / spec["job_id"])
+        worker_input["spec"] = spec
+        atomic_write_text(job_dir / "worker_input.json", json.dumps(worker_input, indent=2) + "\n")
+        worker = WorkerProcess(job, job_dir, allocation, self)
+        try:
+            pid = worker.start(attempt)
+        except OSError as error:
+            self.pool.release(allocation)
+            self.store.set_state(job.id, "FAILED", f"could not start a worker process: {error}")
+            return
+        reason = f"running on {allocation.label}"
+        if attempt > 1:
+            where = f"the checkpoint at step {resume_step}" if resume_step else "the start (no checkpoint was saved)"
+            reason += (
+                f" (attempt {attempt}, resuming from {where})" if job.kind == "training" else f" (attempt {attempt})"
+            )
+        self.store.set_state(
+            job.id, "RUNNING", reason, attempt=attempt, device=allocation.label, worker_pid=pid,
+            resume_step=resume_step if attempt > 1 else None,
+        )  # fmt: skip
+        self._workers[job.id] = worker
+        worker.start_reader()
+
+    def _enforce_cancel_timeouts(self) -> None:
+        now = time.monotonic()
+        for worker in self._workers.values():
+            started = worker.stop_requested_at
+            if started is not None and not worker.killed and not self._draining and now - started > self.cancel_timeout:
+                print(f"gansvc serve: job {worker.job_id} ignored its stop request: killing it", file=sys.stderr)
+                worker.kill()
+
+    # ------------------------------------------------------------------ endings
+    def worker_exited(self, worker: WorkerProcess, returncode: int) -> None:
+        """Record how a worker ended (called by its reader thread), free its devices, and wake the loop."""
+        with self._lock:
+            try:
+                self._finish(worker, returncode)
+            except InvalidTransition as error:
+                print(f"gansvc serve: {error}", file=sys.stderr)
+            finally:
+                self._workers.pop(worker.job_id, None)
+                self.pool.release(worker.allocation)
+                self._changed.notify_all()
+
+    def _finish(self, worker: WorkerProcess, returncode: int) -> None:
+        job = self.store.require_job(worker.job_id)
+        if job.state != "RUNNING":
+            return
+        final = worker.final or {}
+        summary = final.get("summary") if isinstance(final.get("summary"), dict) else None
+        step = int(_number((summary or {}).get("step"), 0))
+        if final.get("type") == "finished" and not final.get("stopped"):
+            message = "completed"
+            if summary and summary.get("status") == "max_minutes":
+                message = f"stopped at the max_minutes limit, step {step} of {summary.get('total_steps', '?')}"
+            self.store.set_state(job.id, "SUCCEEDED", message, summary=summary)
+        elif final.get("type") == "failed" and not job.cancel_requested:
+            self.store.set_state(job.id, "FAILED", str(final.get("reason", "failed")))
+        elif job.cancel_requested:
+            self.store.set_state(job.id, "CANCELLED", _cancel_reason(worker.job_dir, f"at step {step}" if step else ""))
+        elif self._draining or final.get("stopped"):
+            resume = latest_checkpoint_step(worker.job_dir)
+            where = f"resumes from the checkpoint at step {resume}" if resume else "restarts from the beginning"
+            self.store.set_state(job.id, "QUEUED", f"interrupted by a server shutdown; {where} on the next start")
+        else:
+            reason = describe_exit(returncode)
+            tail = last_log_line(worker.job_dir / "worker.log")
+            self.store.set_state(job.id, "FAILED", f"{reason}; last output: {tail}" if tail else reason)
+
+    # ------------------------------------------------------------------ crash recovery
+    def recover(self) -> None:
+        """Requeue the jobs a crashed server left RUNNING (killing any worker of theirs still alive)."""
+        for job in self.store.jobs_in_state("RUNNING"):
+            job_dir = self.jobs_dir / job.id
+            if job.worker_pid:
+                kill_stale_worker(job.worker_pid, job_dir)
+            if job.cancel_requested:
+                self.store.set_state(job.id, "CANCELLED", _cancel_reason(job_dir, "(the server stopped meanwhile)"))
+                continue
+            resume = latest_checkpoint_step(job_dir) if job.kind == "training" else None
+            where = f"resumes from the checkpoint at step {resume}" if resume else "starts again"
+            self.store.set_state(job.id, "QUEUED", f"the server stopped unexpectedly; the job {where}")
+
+
+def _cancel_reason(job_dir: Path, when: str) -> str:
+    step = latest_checkpoint_step(job_dir)
+    kept = f"; its checkpoint at step {step} is kept" if step else ""
+    return f"cancelled {when}".rstrip() + kept
+
+
+def kill_stale_worker(pid: int, job_dir: Path, timeout: float = 10.0) -> bool:
+    """SIGKILL a worker of `job_dir` left by a dead server, if that pid is still one; return whether one was."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            command = f.read().split(b"\0")
+    except OSError:  # gone (or no /proc: the worker's own parent watch and the run-dir lock cover it)
+        return False
+    if b"gansvc.service.worker" not in command or str(job_dir).encode() not in command:
+        return False  # the pid now belongs to some other process
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}/cmdline"):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    break
+        except OSError:
+            break
+        time.sleep(0.05)
+    return True

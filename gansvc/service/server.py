@@ -1,0 +1,198 @@
+"""The gRPC server: store, scheduler and servicer wired together, with health, reflection, auth and TLS.
+
+Shutdown (SIGTERM / SIGINT via `gansvc serve`): health turns NOT_SERVING, submissions get UNAVAILABLE,
+running training jobs write a checkpoint and go back to QUEUED, watchers get their last events and
+then UNAVAILABLE (they reconnect with after_sequence), and the server stops. The next start resumes
+the queued jobs; after a crash it first requeues the jobs left RUNNING.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import os
+import sys
+import threading
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from gansvc.service.auth import BearerTokenInterceptor, TokenFile
+from gansvc.service.bus import EventBus
+from gansvc.service.devices import DevicePool
+from gansvc.service.messages import SERVICE_NAME, pb_grpc
+from gansvc.service.scheduler import Scheduler
+from gansvc.service.servicer import GanServicer
+from gansvc.service.store import JobStore
+from gansvc.service.validation import DataRoots
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+
+
+@dataclass
+class ServerConfig:
+    """Everything `gansvc serve` can set."""
+
+    state_dir: Path
+    listen: str = DEFAULT_LISTEN
+    devices: str = "cpu"  # cpu | all | cuda:0,cuda:1
+    cpu_jobs: int = 1  # CPU jobs run at once
+    data_roots: list[Path] = field(default_factory=list)
+    auth_token_file: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    max_message_mb: int = 64
+    max_watchers: int = 64
+    shutdown_timeout: float = 60.0  # seconds running jobs get to checkpoint on shutdown
+    cancel_timeout: float = 120.0  # seconds a cancelled job gets to checkpoint before it is killed
+    allow_unauthenticated: bool = False  # listen beyond loopback without tokens
+
+
+def is_loopback(listen: str) -> bool:
+    """Return whether a HOST:PORT address only accepts connections from this machine."""
+    host = listen.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class StateDirLock:
+    """An exclusive lock on a state directory: two servers must never run the same jobs."""
+
+    def __init__(self, state_dir: Path):
+        self.path = state_dir / "server.lock"
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(self.fd)
+            raise RuntimeError(
+                f"another gansvc server (pid {owner}) is using the state directory {state_dir}"
+            ) from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        """Unlock (closing the file)."""
+        os.close(self.fd)
+
+
+class GanServer:
+    """One running service: start() it, shutdown() it (also what SIGTERM does)."""
+
+    def __init__(self, config: ServerConfig):
+        self.config = config
+        if bool(config.tls_cert) != bool(config.tls_key):
+            raise ValueError("--tls-cert and --tls-key go together: give both or neither")
+        if config.max_message_mb < 1:
+            raise ValueError(f"--max-message-mb must be >= 1, got {config.max_message_mb}")
+        if config.max_watchers < 1:
+            raise ValueError(f"--max-watchers must be >= 1, got {config.max_watchers}")
+        self.tokens = TokenFile(config.auth_token_file) if config.auth_token_file else None
+        if self.tokens is None and not is_loopback(config.listen) and not config.allow_unauthenticated:
+            raise ValueError(
+                f"refusing to listen on {config.listen} without --auth-token-file: anyone who can reach it "
+                "could run jobs (pass --allow-unauthenticated to do it anyway)"
+            )
+        self.roots = DataRoots.of(config.data_roots)
+        self.pool = DevicePool.from_flag(config.devices, config.cpu_jobs)
+        self.state_dir = Path(config.state_dir).resolve()
+        self.max_message_bytes = config.max_message_mb * 1024 * 1024
+        self.port = 0
+        self._lock: StateDirLock | None = None
+        self._stopped = threading.Event()
+        self._shutdown_lock = threading.Lock()
+        self._shutting_down = False
+
+    @property
+    def address(self) -> str:
+        """Return HOST:PORT the server listens on (the real port when --listen asked for port 0)."""
+        return f"{self.config.listen.rsplit(':', 1)[0]}:{self.port}"
+
+    def start(self) -> int:
+        """Recover the state directory, start the scheduler and the gRPC server; return the bound port."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        (self.state_dir / "jobs").mkdir(exist_ok=True)
+        self._lock = StateDirLock(self.state_dir)
+        try:
+            return self._start()
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _start(self) -> int:
+        self.bus = EventBus()
+        self.store = JobStore(self.state_dir / "gansvc.db", on_append=self.bus.publish)
+        self.scheduler = Scheduler(self.store, self.pool, self.state_dir / "jobs", self.config.cancel_timeout)
+        self.scheduler.start()
+        self.servicer = GanServicer(
+            self.store, self.bus, self.scheduler, self.pool, self.roots, self.state_dir,
+            self.max_message_bytes, self.config.max_watchers,
+        )  # fmt: skip
+        options = [
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
+            ("grpc.keepalive_time_ms", 60_000),  # long, quiet watches survive idle-connection reapers
+            ("grpc.keepalive_timeout_ms", 20_000),
+        ]
+        interceptors = [BearerTokenInterceptor(self.tokens)] if self.tokens else []
+        # Each open WatchJob holds a thread: room for every watcher plus the unary calls beside them.
+        self._executor = futures.ThreadPoolExecutor(
+            max_workers=self.config.max_watchers + 16, thread_name_prefix="gansvc-rpc"
+        )
+        self.grpc_server = grpc.server(self._executor, interceptors=interceptors, options=options)
+        pb_grpc.add_GanServiceServicer_to_server(self.servicer, self.grpc_server)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self.grpc_server,
+        )
+        if self.config.tls_cert:
+            credentials = grpc.ssl_server_credentials(
+                [(Path(self.config.tls_key).read_bytes(), Path(self.config.tls_cert).read_bytes())]
+            )
+            self.port = self.grpc_server.add_secure_port(self.config.listen, credentials)
+        else:
+            self.port = self.grpc_server.add_insecure_port(self.config.listen)
+        if not self.port:
+            self.scheduler.drain(timeout=0)
+            self.store.close()
+            raise RuntimeError(f"cannot listen on {self.config.listen} (address in use or not available here)")
+        self.grpc_server.start()
+        for service in ("", SERVICE_NAME):
+            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        if self.tokens and not self.config.tls_cert and not is_loopback(self.config.listen):
+            print(
+                "gansvc serve: warning: bearer tokens travel unencrypted without --tls-cert/--tls-key", file=sys.stderr
+            )
+        return self.port
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Stop gracefully: NOT_SERVING, running jobs checkpoint and requeue, watchers end, server stops."""
+        with self._shutdown_lock:
+            if self._shutting_down:
+                return
+            self._shutting_down = True
+        self.health.enter_graceful_shutdown()
+        self.scheduler.drain(self.config.shutdown_timeout if timeout is None else timeout)
+        self.bus.close()  # watchers deliver what is stored, then end with UNAVAILABLE
+        self.grpc_server.stop(grace=5.0).wait()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.store.close()
+        if self._lock is not None:
+            self._lock.release()
+        self._stopped.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until shutdown() has finished; return whether it has."""
+        return self._stopped.wait(timeout)

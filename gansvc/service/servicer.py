@@ -1,0 +1,285 @@
+"""The GanService RPCs: validate the request, then read or change the store through the scheduler.
+
+Errors become the most specific status: INVALID_ARGUMENT names the field and value, NOT_FOUND names
+the unknown id, FAILED_PRECONDITION says which state forbids the call, UNAVAILABLE while shutting down.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import os
+import threading
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from gansvc.atomic import atomic_write
+from gansvc.service import validation
+from gansvc.service.artifacts import list_artifacts, resolve_artifact
+from gansvc.service.bus import EventBus
+from gansvc.service.devices import DevicePool
+from gansvc.service.errors import InvalidField, MissingReference, ShuttingDown, WrongState
+from gansvc.service.messages import (
+    PROTO_TO_KIND,
+    event_to_proto,
+    job_to_proto,
+    pb,
+    pb_grpc,
+    state_name,
+    timestamp,
+)
+from gansvc.service.samples import SampleRenderer
+from gansvc.service.scheduler import Scheduler
+from gansvc.service.store import JobNotFound, JobStore, RequestIdConflict
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+CHUNK_BYTES = 1 << 20
+_WATCH_WAKE_SECONDS = 2.0  # how often an idle watcher checks that its client is still there
+_EVENTS_PER_READ = 500
+
+
+@contextlib.contextmanager
+def status_errors(context: grpc.ServicerContext):
+    """Turn the service's exceptions into gRPC statuses (context.abort raises, ending the RPC)."""
+    try:
+        yield
+    except InvalidField as error:
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+    except (MissingReference, JobNotFound) as error:
+        context.abort(grpc.StatusCode.NOT_FOUND, str(error))
+    except WrongState as error:
+        context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+    except RequestIdConflict as error:
+        context.abort(grpc.StatusCode.ALREADY_EXISTS, str(error))
+    except ShuttingDown as error:
+        context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
+
+
+class GanServicer(pb_grpc.GanServiceServicer):
+    """gansvc.v1.GanService over a JobStore, a Scheduler and the jobs' run directories."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        bus: EventBus,
+        scheduler: Scheduler,
+        pool: DevicePool,
+        roots: validation.DataRoots,
+        state_dir: Path,
+        max_message_bytes: int,
+        max_watchers: int,
+    ):
+        self.store = store
+        self.bus = bus
+        self.scheduler = scheduler
+        self.pool = pool
+        self.roots = roots
+        self.jobs_dir = Path(state_dir) / "jobs"
+        self.uploads_dir = Path(state_dir) / "uploads"
+        self.max_message_bytes = max_message_bytes
+        self.renderer = SampleRenderer(max_message_bytes)
+        self._watch_slots = threading.BoundedSemaphore(max_watchers)
+        self.max_watchers = max_watchers
+
+    # ------------------------------------------------------------------ helpers
+    def _accepting(self) -> None:
+        if self.scheduler.draining or self.bus.closed:
+            raise ShuttingDown("the server is shutting down and takes no new jobs; retry on its successor")
+
+    def _job(self, job_id: str, field: str = "job_id"):
+        if not job_id:
+            raise InvalidField(field, "is empty")
+        job = self.store.get_job(job_id)
+        if job is None:
+            raise MissingReference(field, f"job {job_id!r} not found")
+        return job
+
+    def _training_job(self, job_id: str):
+        job = self._job(job_id)
+        if job.kind != "training":
+            raise WrongState(f"job {job_id} is an evaluation; samples and checkpoints come from training jobs")
+        return job
+
+    # ------------------------------------------------------------------ submit
+    def SubmitTraining(self, request: pb.TrainingSpec, context) -> pb.Job:
+        with status_errors(context):
+            self._accepting()
+            request_id = validation.check_request_id("request_id", request.request_id)
+            spec = validation.training_spec(request, self.roots, self.pool)
+            job, created = self.store.create_job(
+                "training", spec, request_id, validation.request_hash({"training": spec})
+            )
+            if created:
+                self.scheduler.wake()
+            return job_to_proto(job)
+
+    def SubmitEvaluation(self, request: pb.EvaluationSpec, context) -> pb.Job:
+        with status_errors(context):
+            self._accepting()
+            request_id = validation.check_request_id("request_id", request.request_id)
+            evaluation = validation.evaluation_spec(request, self.roots, self.pool, self.store, self.jobs_dir)
+            spec = dict(evaluation.spec)
+            if evaluation.samples is not None:
+                # Content-addressed and written before the job exists, so a worker never misses it.
+                digest = hashlib.sha256(evaluation.samples.tobytes()).hexdigest()
+                path = self.uploads_dir / f"{digest}.npy"
+                if not path.is_file():
+                    atomic_write(path, lambda f: np.save(f, evaluation.samples, allow_pickle=False))
+                spec["samples_file"] = str(path)
+            job, created = self.store.create_job("evaluation", spec, request_id, evaluation.hash)
+            if created:
+                self.scheduler.wake()
+            return job_to_proto(job)
+
+    # ------------------------------------------------------------------ jobs
+    def GetJob(self, request: pb.GetJobRequest, context) -> pb.Job:
+        with status_errors(context):
+            return job_to_proto(self._job(request.job_id))
+
+    def ListJobs(self, request: pb.ListJobsRequest, context) -> pb.ListJobsResponse:
+        with status_errors(context):
+            page_size = request.page_size or DEFAULT_PAGE_SIZE
+            if not 1 <= page_size <= MAX_PAGE_SIZE:
+                raise InvalidField("page_size", f"got {request.page_size}, expected 0 (default {DEFAULT_PAGE_SIZE}) "
+                                   f"to {MAX_PAGE_SIZE}")  # fmt: skip
+            states = []
+            for value in request.states:
+                if value == pb.JOB_STATE_UNSPECIFIED or value not in pb.JobState.values():
+                    raise InvalidField("states", f"got {value}, expected JOB_STATE_QUEUED .. JOB_STATE_CANCELLED")
+                states.append(state_name(value))
+            if request.kind not in PROTO_TO_KIND and request.kind != pb.JOB_KIND_UNSPECIFIED:
+                raise InvalidField("kind", f"got {request.kind}, expected a JobKind")
+            before = _decode_page_token(request.page_token)
+            jobs = self.store.list_jobs(states, PROTO_TO_KIND.get(request.kind), page_size + 1, before)
+            response = pb.ListJobsResponse(jobs=[job_to_proto(j) for j in jobs[:page_size]])
+            if len(jobs) > page_size:
+                response.next_page_token = _encode_page_token(jobs[page_size - 1].rowid)
+            return response
+
+    def CancelJob(self, request: pb.CancelJobRequest, context) -> pb.Job:
+        with status_errors(context):
+            self._job(request.job_id)
+            return job_to_proto(self.scheduler.cancel(request.job_id))
+
+    # ------------------------------------------------------------------ events
+    def WatchJob(self, request: pb.WatchJobRequest, context):
+        with status_errors(context):
+            job = self._job(request.job_id)
+            if request.after_sequence < 0:
+                raise InvalidField("after_sequence", f"got {request.after_sequence}, expected >= 0")
+        if request.after_sequence > job.last_sequence:
+            context.abort(
+                grpc.StatusCode.OUT_OF_RANGE,
+                f"after_sequence: {request.after_sequence} is past the job's last event ({job.last_sequence})",
+            )
+        if not self._watch_slots.acquire(blocking=False):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"too many watchers (limit {self.max_watchers})")
+        try:
+            sequence = request.after_sequence
+            while context.is_active():
+                events = self.store.events_after(request.job_id, sequence, _EVENTS_PER_READ)
+                for event in events:
+                    yield event_to_proto(event)
+                    sequence = event.sequence
+                if len(events) == _EVENTS_PER_READ:
+                    continue
+                job = self.store.get_job(request.job_id)
+                if request.history_only or (job.terminal and sequence >= job.last_sequence):
+                    return
+                if self.bus.closed:
+                    context.abort(
+                        grpc.StatusCode.UNAVAILABLE,
+                        f"the server is shutting down; reconnect with after_sequence={sequence}",
+                    )
+                self.bus.wait(request.job_id, sequence, _WATCH_WAKE_SECONDS)
+        finally:
+            self._watch_slots.release()
+
+    def GetMetrics(self, request: pb.GetMetricsRequest, context) -> pb.MetricsHistory:
+        with status_errors(context):
+            self._job(request.job_id)
+            wanted = set(request.names)
+            points: dict[int, tuple[float, dict]] = {}
+            for event in self.store.events_of_types(request.job_id, ("metrics", "log")):
+                payload = event.payload
+                if event.type == "log":
+                    if "resume_step" in payload:  # a resumed run: what came after its checkpoint is redone
+                        resume = int(payload["resume_step"])
+                        points = {s: p for s, p in points.items() if s <= resume}
+                    continue
+                step = int(payload.get("step", 0))
+                _, values = points.get(step, (event.time, {}))
+                values.update(payload.get("values", {}))
+                points[step] = (event.time, values)
+            history = pb.MetricsHistory(job_id=request.job_id)
+            for step in sorted(points):
+                time, values = points[step]
+                chosen = {k: float(v) for k, v in values.items() if not wanted or k in wanted}
+                if chosen:
+                    history.points.add(step=step, values=chosen, time=timestamp(time))
+            return history
+
+    # ------------------------------------------------------------------ files
+    def GetSamples(self, request: pb.GetSamplesRequest, context) -> pb.Samples:
+        with status_errors(context):
+            job = self._training_job(request.job_id)
+            return self.renderer.render(self.jobs_dir / job.id, request)
+
+    def ListArtifacts(self, request: pb.ListArtifactsRequest, context) -> pb.ListArtifactsResponse:
+        with status_errors(context):
+            job = self._job(request.job_id)
+            response = pb.ListArtifactsResponse()
+            for artifact in list_artifacts(self.jobs_dir / job.id):
+                response.artifacts.add(
+                    name=artifact.name, size_bytes=artifact.size, modified_at=timestamp(artifact.modified)
+                )
+            return response
+
+    def DownloadArtifact(self, request: pb.DownloadArtifactRequest, context):
+        with status_errors(context):
+            job = self._job(request.job_id)
+            path = resolve_artifact(self.jobs_dir / job.id, request.name)
+            handle = open(path, "rb")  # noqa: SIM115 - closed below; an atomic rename cannot change it
+        with handle:
+            size = os.fstat(handle.fileno()).st_size
+            if not 0 <= request.offset <= size:
+                context.abort(grpc.StatusCode.OUT_OF_RANGE, f"offset: {request.offset} is outside the file (0..{size})")
+            digest = hashlib.sha256()
+            for block in iter(lambda: handle.read(CHUNK_BYTES), b""):
+                digest.update(block)
+            handle.seek(request.offset)
+            chunk_bytes = min(CHUNK_BYTES, self.max_message_bytes // 2)
+            position, first = request.offset, True
+            while True:
+                data = handle.read(chunk_bytes)
+                if not data and not first:
+                    return
+                yield pb.ArtifactChunk(
+                    offset=position, data=data, total_size=size, sha256=digest.hexdigest() if first else ""
+                )
+                position += len(data)
+                first = False
+                if not data:
+                    return
+
+
+def _encode_page_token(rowid: int) -> str:
+    return base64.urlsafe_b64encode(f"jobs-before:{rowid}".encode()).decode().rstrip("=")
+
+
+def _decode_page_token(token: str) -> int | None:
+    if not token:
+        return None
+    try:
+        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        prefix, _, number = text.partition(":")
+        if prefix != "jobs-before" or not number.isdigit():
+            raise ValueError(text)
+        return int(number)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise InvalidField("page_token", f"{token[:60]!r} is not a token from ListJobs") from None

@@ -1,0 +1,223 @@
+"""Checks of everything a client sends, before a job exists: each failure names the field and the value.
+
+Paths a client names (data_root, folder:PATH data sets, weights files) must lie under one of the
+server's --data-root folders after symlinks are resolved; `..` is refused outright.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from gansvc.service.artifacts import checkpoint_file
+from gansvc.service.devices import DevicePool
+from gansvc.service.errors import InvalidField, MissingReference
+from gansvc.service.messages import pb, training_spec_to_dict
+
+MAX_REQUEST_ID = 128
+MAX_EVAL_SAMPLES = 100_000
+DEFAULT_EVAL_SAMPLES = 5000
+DEFAULT_REAL = "fashion-mnist:test"
+EXTRACTORS = ("fmnist-cnn", "inception")
+REAL_DATASETS = ("fashion-mnist", "mnist", "cifar10")
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class DataRoots:
+    """The folders client-named paths must lie in (resolved, symlinks followed)."""
+
+    roots: tuple[Path, ...]
+
+    @classmethod
+    def of(cls, paths) -> DataRoots:
+        """Return the data roots for a list of folders (each must exist)."""
+        resolved = []
+        for path in paths:
+            real = Path(path).expanduser().resolve()
+            if not real.is_dir():
+                raise ValueError(f"--data-root {str(path)!r} is not a folder")
+            resolved.append(real)
+        return cls(tuple(resolved))
+
+    def confine(self, field: str, value: str, expect: str = "dir") -> str:
+        """Return `value` as a resolved absolute path under a data root; raise InvalidField otherwise.
+
+        Relative paths are taken relative to each root in turn (the first that exists wins).
+        `expect` is 'dir' or 'file': the path must exist and be one.
+        """
+        if "\x00" in value:
+            raise InvalidField(field, f"{value!r} contains a NUL character")
+        path = Path(value)
+        if ".." in path.parts:
+            raise InvalidField(field, f"{value!r}: '..' is not allowed in paths")
+        if not self.roots:
+            raise InvalidField(field, f"{value!r} is not allowed: this server was started without --data-root")
+        candidates = [path] if path.is_absolute() else [root / path for root in self.roots]
+        inside = []
+        for candidate in candidates:
+            real = candidate.resolve()  # follows every symlink, so a link out of a root is caught here
+            if any(real == root or root in real.parents for root in self.roots):
+                inside.append(real)
+        if not inside:
+            roots = ", ".join(str(r) for r in self.roots)
+            raise InvalidField(field, f"{value!r} is outside the server's data roots ({roots})")
+        for real in inside:
+            if (expect == "dir" and real.is_dir()) or (expect == "file" and real.is_file()):
+                return str(real)
+        kind = "folder" if expect == "dir" else "file"
+        raise InvalidField(field, f"{value!r}: no such {kind} under the server's data roots")
+
+
+def check_request_id(field: str, value: str) -> str | None:
+    """Return the request id (None when empty) or raise InvalidField."""
+    if not value:
+        return None
+    if len(value) > MAX_REQUEST_ID or not value.isprintable() or not value.isascii():
+        raise InvalidField(field, f"{value[:40]!r}... must be 1..{MAX_REQUEST_ID} printable ASCII characters")
+    return value
+
+
+def request_hash(payload: dict, extra: bytes = b"") -> str:
+    """Return a digest of a request, to tell a retry from a different request with the same id."""
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode())
+    digest.update(extra)
+    return digest.hexdigest()
+
+
+def _device(pool: DevicePool, device: str, nproc: int = 1) -> None:
+    try:
+        problem = pool.check(device, nproc)
+    except ValueError as error:
+        raise InvalidField("device", str(error)) from None
+    if problem:
+        raise InvalidField("nproc" if problem.startswith("nproc") else "device", problem)
+
+
+def training_spec(message: pb.TrainingSpec, roots: DataRoots, pool: DevicePool) -> dict:
+    """Return the validated, complete TrainSpec dict for a TrainingSpec message, or raise InvalidField."""
+    from gansvc.train.spec import SpecError, TrainSpec
+
+    settings = training_spec_to_dict(message)
+    if settings.get("data_root"):
+        settings["data_root"] = roots.confine("data_root", settings["data_root"], "dir")
+    dataset = settings.get("dataset", "")
+    if dataset.startswith("folder:") and dataset[len("folder:") :].strip():
+        settings["dataset"] = "folder:" + roots.confine("dataset", dataset[len("folder:") :], "dir")
+    try:
+        spec = TrainSpec.from_dict(settings)
+    except SpecError as error:
+        raise InvalidField(error.field, error.message) from None
+    _device(pool, spec.device, spec.nproc)
+    return spec.to_dict()
+
+
+@dataclass
+class EvaluationRequest:
+    """A validated evaluation: the spec to store, and the uploaded images (or None)."""
+
+    spec: dict
+    samples: np.ndarray | None
+    hash: str
+
+
+def evaluation_spec(message: pb.EvaluationSpec, roots: DataRoots, pool: DevicePool, store, jobs_dir: Path):
+    """Return the EvaluationRequest for an EvaluationSpec message; raise InvalidField or MissingReference."""
+    spec: dict = {}
+    samples = None
+    source = message.WhichOneof("source")
+    if source is None:
+        raise InvalidField("source", "set checkpoint (a training job's checkpoint) or samples (images)")
+    if source == "checkpoint":
+        job_id = message.checkpoint.job_id
+        if not job_id:
+            raise InvalidField("checkpoint.job_id", "is empty")
+        job = store.get_job(job_id)
+        if job is None:
+            raise MissingReference("checkpoint.job_id", f"job {job_id!r} not found")
+        if job.kind != "training":
+            raise InvalidField("checkpoint.job_id", f"{job_id!r} is an evaluation job; name a training job")
+        step = message.checkpoint.step
+        if step < 0:
+            raise InvalidField("checkpoint.step", f"got {step}, expected 0 (latest) or a checkpoint step")
+        checkpoint_file(jobs_dir / job_id, step)  # raises MissingReference when there is none yet
+        num_samples = message.num_samples if message.HasField("num_samples") else DEFAULT_EVAL_SAMPLES
+        if not 2 <= num_samples <= MAX_EVAL_SAMPLES:
+            raise InvalidField("num_samples", f"got {num_samples}, expected 2..{MAX_EVAL_SAMPLES}")
+        spec.update(source="checkpoint", job_id=job_id, step=int(step), num_samples=int(num_samples))
+    else:
+        samples = _samples(message.samples)
+        spec.update(source="samples", samples_shape=list(samples.shape), samples_dtype=str(samples.dtype))
+    spec.update(_reference(message, roots))
+    if message.HasField("seed") and message.seed < 0:
+        raise InvalidField("seed", f"got {message.seed}, expected >= 0")
+    spec["seed"] = int(message.seed)
+    if message.HasField("num_real"):
+        if message.num_real < 2:
+            raise InvalidField("num_real", f"got {message.num_real}, expected >= 2")
+        spec["num_real"] = int(message.num_real)
+    device = message.device or "auto"
+    _device(pool, device)
+    spec["device"] = device
+    digest = request_hash(spec, samples.tobytes() if samples is not None else b"")
+    return EvaluationRequest(spec, samples, digest)
+
+
+def _reference(message: pb.EvaluationSpec, roots: DataRoots) -> dict:
+    """Return real / data_root / extractor / inception_weights, checked."""
+    real = message.real or DEFAULT_REAL
+    if real.startswith("folder:"):
+        real = "folder:" + roots.confine("real", real[len("folder:") :], "dir")
+    else:
+        name, _, split = real.partition(":")
+        if name not in REAL_DATASETS:
+            raise InvalidField("real", f"got {real!r}, expected DATASET:SPLIT with DATASET one of "
+                               f"{', '.join(REAL_DATASETS)} (or folder:PATH)")  # fmt: skip
+        if split not in SPLITS:
+            raise InvalidField("real", f"got {real!r}: the split must be one of {', '.join(SPLITS)}")
+    data_root = roots.confine("data_root", message.data_root, "dir") if message.data_root else ""
+    extractor = message.extractor or "fmnist-cnn"
+    if extractor not in EXTRACTORS:
+        raise InvalidField("extractor", f"got {extractor!r}, expected one of {', '.join(EXTRACTORS)}")
+    weights = ""
+    if extractor == "inception":
+        if not message.inception_weights:
+            raise InvalidField("inception_weights", "extractor 'inception' needs a weights file (under a data root)")
+        weights = roots.confine("inception_weights", message.inception_weights, "file")
+    elif message.inception_weights:
+        raise InvalidField("inception_weights", f"set only with extractor 'inception', not {extractor!r}")
+    return {"real": real, "data_root": data_root, "extractor": extractor, "inception_weights": weights}
+
+
+def _samples(tensor: pb.Tensor) -> np.ndarray:
+    """Return uploaded images as a NumPy array [N, C, H, W], checked."""
+    shape = tuple(tensor.shape)
+    if len(shape) != 4 or any(d < 1 for d in shape):
+        raise InvalidField("samples.shape", f"got {list(shape)}, expected [N, C, H, W] with every size >= 1")
+    if shape[0] < 2:
+        raise InvalidField("samples.shape", f"got N = {shape[0]} images, expected at least 2")
+    if shape[1] not in (1, 3):
+        raise InvalidField("samples.shape", f"got C = {shape[1]} channels, expected 1 or 3")
+    dtypes = {pb.DTYPE_UINT8: np.dtype(np.uint8), pb.DTYPE_FLOAT32: np.dtype("<f4")}
+    if tensor.dtype not in dtypes:
+        raise InvalidField("samples.dtype", f"got {pb.DType.Name(tensor.dtype)}, expected DTYPE_UINT8 or DTYPE_FLOAT32")
+    dtype = dtypes[tensor.dtype]
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(tensor.data) != expected:
+        raise InvalidField(
+            "samples.data", f"holds {len(tensor.data)} bytes, expected {expected} for {list(shape)} {dtype.name}"
+        )
+    array = np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
+    if dtype.kind == "f":
+        if not np.isfinite(array).all():
+            raise InvalidField("samples.data", "holds NaN or infinite values")
+        low, high = float(array.min()), float(array.max())
+        if low < -1.0 - 1e-3 or high > 1.0 + 1e-3:
+            raise InvalidField(
+                "samples.data", f"float images must be in [-1, 1], got values in [{low:.3g}, {high:.3g}]"
+            )
+    return array.astype(np.float32) if dtype.kind == "f" else array

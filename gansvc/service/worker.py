@@ -1,0 +1,252 @@
+"""The process that runs one job (`python -m gansvc.service.worker`), started by the server's scheduler.
+
+It reads its job from JOB_DIR/worker_input.json, runs the real Trainer (or an evaluation) and sends
+every event as one JSON line on --event-fd; the last line is {"type": "finished", ...} or
+{"type": "failed", "reason": ...}. The server sends "stop" on --control-fd to make a training run
+write a checkpoint and return (cancel, server shutdown).
+
+It never outlives its server: the kernel kills it when the server's thread that started it dies
+(PR_SET_PDEATHSIG, Linux), it exits at once when the control pipe reaches end-of-file (the server's
+end closes however the server dies), and a flock on the job directory keeps a second worker off the
+same run directory until the first one is gone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+EXIT_ORPHANED = 3  # the server is gone: nobody would record what this process does
+LOCK_TIMEOUT_SECONDS = 120.0
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Ask the kernel to SIGKILL this process when its parent dies; exit now if it already has."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+            print(f"gansvc worker: prctl(PR_SET_PDEATHSIG) failed: errno {ctypes.get_errno()}", file=sys.stderr)
+    # The parent may have died before prctl: then this process was re-parented already.
+    if os.getppid() != parent_pid:
+        os._exit(EXIT_ORPHANED)
+
+
+def _jsonable(value):
+    if hasattr(value, "item"):  # NumPy / torch scalars
+        return value.item()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)
+
+
+class EventChannel:
+    """Sends events to the server as JSON lines on a pipe; a closed pipe means the server is gone."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.lock = threading.Lock()
+
+    def send(self, event: dict) -> None:
+        """Write one event (a JSON-serialisable dict with a "type")."""
+        data = (json.dumps(event, default=_jsonable) + "\n").encode()
+        with self.lock:
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(self.fd, view)
+                    view = view[written:]
+            except (BrokenPipeError, OSError):
+                os._exit(EXIT_ORPHANED)
+
+
+class StopRequests:
+    """Reads the server's control pipe: 'stop' sets the flag; end-of-file means the server died."""
+
+    def __init__(self, fd: int):
+        self.flag = threading.Event()
+        self._fd = fd
+        thread = threading.Thread(target=self._read, name="gansvc-control", daemon=True)
+        thread.start()
+
+    def _read(self) -> None:
+        with os.fdopen(self._fd, "rb", buffering=0) as pipe:
+            buffer = b""
+            while True:
+                chunk = pipe.read(4096)
+                if not chunk:
+                    break
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                if any(line.strip() == b"stop" for line in lines):
+                    self.flag.set()
+        # The server's end closed without a word: it died. Stop at once; its successor resumes the
+        # job from the last checkpoint (a checkpoint written now could race with that successor).
+        os._exit(EXIT_ORPHANED)
+
+    def is_set(self) -> bool:
+        """Return whether the server asked this job to stop."""
+        return self.flag.is_set()
+
+
+def lock_run_dir(job_dir: Path, timeout: float = LOCK_TIMEOUT_SECONDS) -> int:
+    """Take the job directory's lock (waiting while an older worker of the job still exits); return its fd."""
+    fd = os.open(job_dir / "worker.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"another worker still holds {job_dir}/worker.lock after {timeout:.0f} s") from None
+            time.sleep(0.2)
+
+
+def run_training(job: dict, job_dir: Path, channel: EventChannel, stop: StopRequests) -> dict:
+    """Run the Trainer on the job's spec in the job directory; return its summary."""
+    from gansvc.train import Trainer, TrainSpec
+
+    spec = TrainSpec.from_dict(job["spec"])
+    announced = False
+
+    def forward(event: dict) -> None:
+        nonlocal announced
+        if not announced and event.get("type") == "progress":
+            announced = True
+            resumed = getattr(trainer, "resumed_from", None)
+            if resumed is not None:
+                message = f"resumed from the checkpoint at step {resumed}"
+                channel.send({"type": "log", "level": "info", "message": message, "resume_step": int(resumed)})
+        channel.send(event)
+
+    trainer = Trainer(spec, job_dir, on_event=forward, should_stop=stop.is_set)
+    return trainer.run()
+
+
+def run_evaluation(job: dict, job_dir: Path, channel: EventChannel, stop: StopRequests) -> dict:
+    """Score a checkpoint's samples or uploaded images with gansvc.metrics.evaluate; return the result."""
+    import numpy as np
+    import torch
+
+    from gansvc.atomic import atomic_write_text
+    from gansvc.metrics import evaluate
+
+    spec, device = job["spec"], job["device"]
+    step = 0
+    if spec["source"] == "checkpoint":
+        from gansvc.service.artifacts import checkpoint_file
+        from gansvc.train.sampling import generate, load_generator
+
+        source_dir = Path(job["source_run_dir"])
+        path = checkpoint_file(source_dir, int(spec["step"]))
+        step = int(spec["step"]) or _generator_step(path)
+        name = path.relative_to(source_dir).as_posix()
+        channel.send(_log(f"generating {spec['num_samples']} images from {spec['job_id']}/{name} (step {step})"))
+        generator, _ = load_generator(path, device)
+        fake = generate(generator, int(spec["num_samples"]), int(spec.get("seed", 0)), device)
+    else:
+        fake = torch.from_numpy(np.load(spec["samples_file"]))
+    if stop.is_set():
+        return {"status": "stopped", "stopped": True}
+    channel.send(_log(f"scoring {fake.shape[0]} images against {spec['real']} with {spec['extractor']}"))
+    result = evaluate(
+        fake,
+        real=spec["real"],
+        extractor=spec["extractor"],
+        data_root=spec.get("data_root") or None,
+        inception_weights=spec.get("inception_weights") or None,
+        device=device,
+        n_real=spec.get("num_real"),
+        progress=False,
+    )
+    values = {k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    channel.send({"type": "metrics", "step": step, "values": values})
+    summary = {"status": "completed", "stopped": False, "step": step, **{k: _plain(v) for k, v in result.items()}}
+    atomic_write_text(job_dir / "result.json", json.dumps(summary, indent=2, default=_jsonable) + "\n")
+    return summary
+
+
+def _generator_step(path: Path) -> int:
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return int(state.get("step", 0)) if isinstance(state, dict) else 0
+
+
+def _plain(value):
+    return value if isinstance(value, (bool, int, float, str, type(None))) else _jsonable(value)
+
+
+def _log(message: str, level: str = "info") -> dict:
+    return {"type": "log", "level": level, "message": message}
+
+
+def failure_reason(error: BaseException) -> str:
+    """Return a one-line reason for a failed job, in a user's words."""
+    import torch
+
+    from gansvc.train.spec import SpecError
+
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if type(error).__name__ == "TrainingDiverged":
+        return text if "diverged" in text else f"training diverged: {text}"
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return f"out of GPU memory: {text}"
+    if isinstance(error, MemoryError):
+        return "out of memory (host RAM)"
+    if isinstance(error, SpecError):
+        return f"invalid spec: {text}"
+    if isinstance(error, FileNotFoundError):
+        return text
+    return f"{type(error).__name__}: {text}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the job of --job-dir; return the process exit code (0 finished, 1 failed)."""
+    parser = argparse.ArgumentParser(prog="python -m gansvc.service.worker", description=__doc__.splitlines()[0])
+    parser.add_argument("--job-dir", type=Path, required=True)
+    parser.add_argument("--event-fd", type=int, required=True)
+    parser.add_argument("--control-fd", type=int, required=True)
+    parser.add_argument("--parent-pid", type=int, required=True)
+    args = parser.parse_args(argv)
+
+    die_with_parent(args.parent_pid)
+    stop = StopRequests(args.control_fd)
+    # systemd and `kill` on the process group send SIGTERM to every process: treat it as "stop", so
+    # the run still checkpoints. The terminal's SIGINT is the server's to handle.
+    signal.signal(signal.SIGTERM, lambda *_: stop.flag.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    channel = EventChannel(args.event_fd)
+    try:
+        lock_run_dir(args.job_dir)
+        job = json.loads((args.job_dir / "worker_input.json").read_text(encoding="utf-8"))
+        channel.send({"type": "hello", "pid": os.getpid()})
+        if job["kind"] == "training":
+            summary = run_training(job, args.job_dir, channel, stop)
+        else:
+            summary = run_evaluation(job, args.job_dir, channel, stop)
+        channel.send({"type": "finished", "stopped": bool(summary.get("stopped")), "summary": summary})
+        return 0
+    except BaseException as error:  # noqa: BLE001 - every failure is reported, then the process ends
+        traceback.print_exc()
+        sys.stderr.flush()
+        reason = failure_reason(error) if isinstance(error, Exception) else f"{type(error).__name__}"
+        channel.send({"type": "failed", "reason": reason, "error": type(error).__name__})
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,397 @@
+"""The fused loss ops against independent PyTorch formulations: values, gradients, statistics.
+
+The oracle is written here from torch.nn.functional (binary_cross_entropy_with_logits, relu) in
+float64, not taken from gansvc; gansvc.ops.reference is compared too, since users can switch to it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import gansvc.losses
+from gansvc import ops
+from gansvc.ops import reference
+from tests.conftest import devices
+
+ext = ops.load_extension()
+pytestmark = pytest.mark.skipif(ext is None, reason="gansvc._C is not built (run scripts/setup.sh)")
+
+D_KINDS = ["bce", "hinge", "wasserstein"]
+G_KINDS = ["ns", "minimax", "hinge", "wasserstein"]
+DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+# Tolerances for values and gradients, by input dtype: float32 accumulation of float32 math; the
+# gradients of half types are rounded to half.
+TOL = {
+    torch.float64: dict(rtol=1e-12, atol=1e-15),
+    torch.float32: dict(rtol=2e-6, atol=1e-7),
+    torch.bfloat16: dict(rtol=1e-2, atol=1e-5),
+    torch.float16: dict(rtol=1e-3, atol=1e-7),
+}
+STAT_TOL = {torch.float64: dict(rtol=1e-12, atol=1e-14)}
+
+
+def oracle_d(real: torch.Tensor, fake: torch.Tensor, kind: str, real_label: float = 1.0):
+    """(loss, grad_real, grad_fake, [mean_real, mean_fake, accuracy]) in float64 from torch.nn.functional."""
+    r = real.detach().double().reshape(-1).requires_grad_()
+    f = fake.detach().double().reshape(-1).requires_grad_()
+    if kind == "bce":
+        loss = F.binary_cross_entropy_with_logits(r, torch.full_like(r, real_label)) + \
+            F.binary_cross_entropy_with_logits(f, torch.zeros_like(f))
+        mean_real, mean_fake = torch.sigmoid(r).mean(), torch.sigmoid(f).mean()
+    elif kind == "hinge":
+        loss = F.relu(1 - r).mean() + F.relu(1 + f).mean()
+        mean_real, mean_fake = r.mean(), f.mean()
+    else:
+        loss = f.mean() - r.mean()
+        mean_real, mean_fake = r.mean(), f.mean()
+    grad_r, grad_f = torch.autograd.grad(loss, (r, f))
+    accuracy = ((r > 0).sum() + (f < 0).sum()).double() / (r.numel() + f.numel())
+    stats = torch.stack([mean_real.detach(), mean_fake.detach(), accuracy])
+    return loss.detach(), grad_r.view_as(real), grad_f.view_as(fake), stats
+
+
+def oracle_g(fake: torch.Tensor, kind: str):
+    """(loss, grad, [mean_fake]) in float64 from torch.nn.functional."""
+    f = fake.detach().double().reshape(-1).requires_grad_()
+    if kind == "ns":
+        loss, mean_fake = F.binary_cross_entropy_with_logits(f, torch.ones_like(f)), torch.sigmoid(f).mean()
+    elif kind == "minimax":
+        loss, mean_fake = -F.binary_cross_entropy_with_logits(f, torch.zeros_like(f)), torch.sigmoid(f).mean()
+    else:
+        loss, mean_fake = -f.mean(), f.mean()
+    (grad,) = torch.autograd.grad(loss, f)
+    return loss.detach(), grad.view_as(fake), mean_fake.detach().reshape(1)
+
+
+def run_d(real, fake, kind, real_label=1.0, fn=gansvc.ops.d_loss):
+    real = real.detach().requires_grad_()
+    fake = fake.detach().requires_grad_()
+    loss, stats = fn(real, fake, kind, real_label)
+    loss.backward()
+    return loss.detach(), real.grad, fake.grad, stats
+
+
+def run_g(fake, kind, fn=gansvc.ops.g_loss):
+    fake = fake.detach().requires_grad_()
+    loss, stats = fn(fake, kind)
+    loss.backward()
+    return loss.detach(), fake.grad, stats
+
+
+def assert_matches(got, want, dtype):
+    tol = TOL[dtype]
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.double().cpu(), w.double().cpu(), **tol)
+
+
+def logits(n, dtype, device, scale=4.0, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, generator=gen, dtype=torch.float64) * scale).to(dtype).to(device)
+
+
+def rounded_oracle_grads(want, dtype):
+    """The float64 oracle's gradients rounded to the input dtype (what any implementation returns)."""
+    loss, *grads, stats = want
+    return (loss, *[g.to(dtype) for g in grads], stats)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", D_KINDS)
+@pytest.mark.parametrize("sizes", [(1, 1), (7, 5), (1023, 64), ((1 << 20) + 3, 1 << 20)])
+def test_d_loss_matches_functional(device, dtype, kind, sizes):
+    real, fake = logits(sizes[0], dtype, device, seed=1), logits(sizes[1], dtype, device, seed=2)
+    got = run_d(real, fake, kind)
+    want = rounded_oracle_grads(oracle_d(real, fake, kind), dtype)
+    assert got[0].dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert got[1].dtype == dtype and got[1].shape == real.shape
+    assert_matches(got, want, dtype)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", G_KINDS)
+@pytest.mark.parametrize("n", [1, 7, 1023, (1 << 20) + 3])
+def test_g_loss_matches_functional(device, dtype, kind, n):
+    fake = logits(n, dtype, device, seed=3)
+    got = run_g(fake, kind)
+    loss, grad, stats = oracle_g(fake, kind)
+    assert_matches(got, (loss, grad.to(dtype), stats), dtype)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("kind", D_KINDS)
+def test_d_loss_matches_gansvc_reference(device, kind):
+    real, fake = logits(999, torch.float64, device), logits(333, torch.float64, device, seed=5)
+    assert_matches(run_d(real, fake, kind), run_d(real, fake, kind, fn=reference.d_loss), torch.float64)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("label", [0.9, 0.75])
+def test_one_sided_label_smoothing(device, label):
+    real, fake = logits(4099, torch.float64, device), logits(77, torch.float64, device, seed=9)
+    assert_matches(run_d(real, fake, "bce", label), oracle_d(real, fake, "bce", label), torch.float64)
+    assert_matches(run_d(real, fake, "bce", label, fn=reference.d_loss), oracle_d(real, fake, "bce", label),
+                   torch.float64)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_non_contiguous_and_shaped_inputs(device, dtype):
+    base = logits(64 * 6, dtype, device).view(64, 6)
+    real = base[:, ::2]  # non-contiguous view, 2-D
+    fake = logits(5 * 3 * 2, dtype, device, seed=4).view(5, 3, 2).transpose(0, 2)
+    assert not real.is_contiguous() and not fake.is_contiguous()
+    for kind in D_KINDS:
+        got = run_d(real, fake, kind)
+        assert got[1].shape == real.shape and got[2].shape == fake.shape
+        assert_matches(got, rounded_oracle_grads(oracle_d(real, fake, kind), dtype), dtype)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_extreme_finite_logits_match_functional(device, dtype):
+    values = torch.tensor([1e4, -1e4, 88.0, -88.0, 30.0, -30.0, 1e-30, -1e-30, 0.0], dtype=dtype, device=device)
+    for kind in D_KINDS:
+        got = run_d(values, values.flip(0), kind)
+        assert_matches(got, rounded_oracle_grads(oracle_d(values, values.flip(0), kind), dtype), dtype)
+    for kind in G_KINDS:
+        loss, grad, stats = oracle_g(values, kind)
+        assert_matches(run_g(values, kind), (loss, grad.to(dtype), stats), dtype)
+
+
+def exact_softplus(x: torch.Tensor) -> torch.Tensor:
+    """log(1 + e^x) in float64, right at +-inf too (F.binary_cross_entropy_with_logits gives NaN there)."""
+    x = x.double()
+    return torch.where(x > 0, x + torch.log1p(torch.exp(-x.abs())), torch.log1p(torch.exp(-x.abs())))
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_infinite_logits_give_the_limits_not_nan(device, dtype):
+    inf = math.inf
+    real = torch.tensor([inf, 2.0, -3.0], dtype=dtype, device=device)
+    fake = torch.tensor([-inf, 0.5], dtype=dtype, device=device)
+    loss, grad_r, grad_f, stats = run_d(real, fake, "bce")
+    want = exact_softplus(-real.cpu()).mean() + exact_softplus(fake.cpu()).mean()
+    torch.testing.assert_close(loss.double().cpu(), want, **TOL[dtype])
+    assert torch.isfinite(grad_r).all() and torch.isfinite(grad_f).all()
+    assert grad_r[0].item() == 0.0 and grad_f[0].item() == 0.0  # saturated and correct: no gradient
+    # A confidently wrong D: the loss is +inf, the gradient still finite.
+    loss, grad_r, grad_f, _ = run_d(-real, -fake, "bce")
+    assert loss.item() == inf and torch.isfinite(grad_r).all() and torch.isfinite(grad_f).all()
+    loss, grad, _ = run_g(torch.tensor([inf, -1.0], dtype=dtype, device=device), "ns")
+    torch.testing.assert_close(loss.double().cpu(), exact_softplus(torch.tensor([-inf, 1.0])).mean(), **TOL[dtype])
+    loss = run_d(real, fake, "hinge")[0]
+    want = F.relu(1 - real.double().cpu()).mean() + F.relu(1 + fake.double().cpu()).mean()
+    torch.testing.assert_close(loss.double().cpu(), want, **TOL[dtype])
+    # Wasserstein with an infinite critic value is infinite, as the mean is.
+    assert math.isinf(run_d(real, fake, "wasserstein")[0].item())
+
+
+def test_hinge_with_infinities_matches_relu():
+    inf = math.inf
+    real = torch.tensor([inf, -inf, 0.5], dtype=torch.float64)
+    fake = torch.tensor([inf, -inf, 0.5], dtype=torch.float64)
+    loss, grad_r, grad_f, _ = run_d(real, fake, "hinge")
+    want = F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+    assert loss.item() == want.item() == inf
+    torch.testing.assert_close(grad_r, torch.tensor([0.0, -1 / 3, -1 / 3], dtype=torch.float64))
+    torch.testing.assert_close(grad_f, torch.tensor([1 / 3, 0.0, 1 / 3], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("device", devices())
+def test_equilibrium_values_of_the_source_documents(device):
+    # D(x) = 1/2 everywhere (logit 0): D loss 2 ln 2, non-saturating G loss ln 2, minimax -ln 2.
+    zeros = torch.zeros(128, device=device, dtype=torch.float64)
+    d = gansvc.losses.discriminator_loss(zeros, zeros, "bce")
+    assert d.loss.item() == pytest.approx(2 * math.log(2), rel=1e-15)
+    assert d.mean_real.item() == d.mean_fake.item() == 0.5
+    assert gansvc.losses.generator_loss(zeros, "bce").loss.item() == pytest.approx(math.log(2), rel=1e-15)
+    minimax = gansvc.losses.generator_loss(zeros, "bce", saturating=True).loss.item()
+    assert minimax == pytest.approx(-math.log(2), rel=1e-15)
+
+
+@pytest.mark.parametrize("device", devices())
+def test_statistics(device):
+    real = torch.tensor([2.0, -1.0, 3.0, 0.5], device=device)
+    fake = torch.tensor([-2.0, 1.0], device=device)
+    d = gansvc.losses.discriminator_loss(real, fake, "hinge")
+    assert d.accuracy.item() == pytest.approx(4 / 6)
+    assert d.mean_real.item() == pytest.approx(real.mean().item())
+    d = gansvc.losses.discriminator_loss(real, fake, "bce")
+    assert d.mean_fake.item() == pytest.approx(torch.sigmoid(fake).mean().item())
+
+
+@pytest.mark.parametrize("kind", D_KINDS)
+def test_gradcheck_and_gradgradcheck(kind):
+    # Hinge kinks at |s| = 1 make numerical derivatives wrong there; keep the points away from them.
+    gen = torch.Generator().manual_seed(0)
+    real = (torch.rand(6, generator=gen, dtype=torch.float64) * 0.8 + 0.05).requires_grad_()
+    fake = (-torch.rand(5, generator=gen, dtype=torch.float64) * 0.8 - 1.5).requires_grad_()
+    fn = lambda r, f: torch.ops.gansvc.d_loss(r, f, kind, 1.0)[0]  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (real, fake))
+    assert torch.autograd.gradgradcheck(fn, (real, fake))
+
+
+@pytest.mark.parametrize("kind", G_KINDS)
+def test_g_gradcheck_and_gradgradcheck(kind):
+    fake = torch.randn(7, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).requires_grad_()
+    fn = lambda f: torch.ops.gansvc.g_loss(f, kind)[0]  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (fake,))
+    assert torch.autograd.gradgradcheck(fn, (fake,))
+
+
+def test_double_backward_inside_a_gradient_penalty():
+    # d/dtheta || d loss / d x ||^2 through the op equals the same with the functional oracle.
+    torch.manual_seed(0)
+    w = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(16, 3, dtype=torch.float64, requires_grad=True)
+    fake = torch.randn(16, dtype=torch.float64)
+
+    def penalty(loss_fn):
+        real_logits = (x * w).sum(1).tanh() * 3
+        loss = loss_fn(real_logits)
+        (grad_x,) = torch.autograd.grad(loss, x, create_graph=True)
+        return torch.autograd.grad(grad_x.pow(2).sum(), w)[0]
+
+    ours = penalty(lambda r: torch.ops.gansvc.d_loss(r, fake, "bce", 1.0)[0])
+    oracle = penalty(lambda r: F.binary_cross_entropy_with_logits(r, torch.ones_like(r))
+                     + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
+    torch.testing.assert_close(ours, oracle, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("device", devices())
+def test_opcheck(device):
+    real = torch.randn(33, device=device, requires_grad=True)
+    fake = torch.randn(17, device=device, requires_grad=True)
+    for kind in D_KINDS:
+        torch.library.opcheck(torch.ops.gansvc.d_loss.default, (real, fake, kind, 0.9 if kind == "bce" else 1.0))
+        torch.library.opcheck(torch.ops.gansvc.d_loss_fused.default, (real.detach(), fake.detach(), kind, 1.0))
+    for kind in G_KINDS:
+        torch.library.opcheck(torch.ops.gansvc.g_loss.default, (fake, kind))
+        torch.library.opcheck(torch.ops.gansvc.g_loss_fused.default, (fake.detach(), kind))
+
+
+def test_torch_compile_traces_through_the_ops():
+    torch._dynamo.reset()
+
+    def step(real, fake):
+        d = gansvc.losses.discriminator_loss(real * 2, fake * 2, "bce")
+        g = gansvc.losses.generator_loss(fake * 2, "bce")
+        return d.loss + g.loss
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    real, fake = torch.randn(50, requires_grad=True), torch.randn(40, requires_grad=True)
+    out = compiled(real, fake)
+    out.backward()
+    got = (out.detach(), real.grad.clone(), fake.grad.clone())
+    real.grad = fake.grad = None
+    want = step(real, fake)
+    want.backward()
+    torch.testing.assert_close(got, (want.detach(), real.grad, fake.grad))
+
+
+def test_inference_mode_gives_the_same_loss():
+    real, fake = torch.randn(100), torch.randn(80)
+    with torch.inference_mode():
+        loss, stats = torch.ops.gansvc.d_loss(real, fake, "hinge", 1.0)
+    want, _, _, want_stats = oracle_d(real, fake, "hinge")
+    torch.testing.assert_close(loss.double(), want, **TOL[torch.float32])
+    torch.testing.assert_close(stats.double(), want_stats, **TOL[torch.float32])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    real=st.lists(st.floats(-1e4, 1e4, allow_nan=False), min_size=1, max_size=40),
+    fake=st.lists(st.floats(-1e4, 1e4, allow_nan=False), min_size=1, max_size=40),
+    kind=st.sampled_from(D_KINDS),
+    label=st.sampled_from([1.0, 0.9]),
+)
+def test_property_d_loss_equals_functional(real, fake, kind, label):
+    real_t, fake_t = torch.tensor(real, dtype=torch.float64), torch.tensor(fake, dtype=torch.float64)
+    label = label if kind == "bce" else 1.0
+    got = run_d(real_t, fake_t, kind, label)
+    want = oracle_d(real_t, fake_t, kind, label)
+    # Hinge: at exactly |s| = 1 both sides define the derivative as 0, so the comparison holds.
+    assert_matches(got, want, torch.float64)
+
+
+@settings(max_examples=60, deadline=None)
+@given(fake=st.lists(st.floats(-1e4, 1e4, allow_nan=False), min_size=1, max_size=40), kind=st.sampled_from(G_KINDS))
+def test_property_g_loss_equals_functional(fake, kind):
+    fake_t = torch.tensor(fake, dtype=torch.float64)
+    assert_matches(run_g(fake_t, kind), oracle_g(fake_t, kind), torch.float64)
+
+
+@settings(max_examples=40, deadline=None)
+@given(values=st.lists(st.floats(-50, 50, allow_nan=False), min_size=1, max_size=300))
+def test_property_float32_accumulation_is_accurate(values):
+    fake = torch.tensor(values, dtype=torch.float32)
+    loss, _, _ = run_g(fake, "ns")
+    want = exact_softplus(-fake.double()).mean()
+    assert abs(loss.item() - want.item()) <= 4e-7 * max(1.0, abs(want.item()))
+
+
+@pytest.mark.parametrize("fn", [gansvc.ops.d_loss, reference.d_loss], ids=["ext", "ref"])
+def test_bad_inputs_raise_naming_the_argument(fn):
+    good = torch.randn(4)
+    cases = [
+        ((torch.empty(0), good, "bce"), "real_logits is empty"),
+        ((good, torch.empty(0), "bce"), "fake_logits is empty"),
+        ((torch.ones(4, dtype=torch.int64), good, "bce"), "real_logits must be a floating-point"),
+        ((good, torch.ones(4, dtype=torch.int32), "bce"), "fake_logits must be a floating-point"),
+        ((good, good, "softmax"), "kind must be one of"),
+        ((good, good.double(), "bce"), "same dtype"),
+        ((good, torch.randn(4, device="meta"), "bce"), "same device"),
+    ]
+    for args, message in cases:
+        with pytest.raises(ValueError, match=message):
+            fn(*args)
+    with pytest.raises(ValueError, match="real_label must be in"):
+        fn(good, good, "bce", 1.5)
+
+
+@pytest.mark.parametrize("fn", [gansvc.ops.g_loss, reference.g_loss], ids=["ext", "ref"])
+def test_bad_g_inputs_raise(fn):
+    with pytest.raises(ValueError, match="kind must be one of"):
+        fn(torch.randn(3), "bce")
+    with pytest.raises(ValueError, match="fake_logits is empty"):
+        fn(torch.empty(0), "ns")
+
+
+def test_family_names_of_gansvc_losses():
+    with pytest.raises(ValueError, match="saturating=True applies to the bce family only"):
+        gansvc.losses.generator_loss(torch.randn(3), "hinge", saturating=True)
+
+
+def test_kernel_switch_selects_the_reference(monkeypatch):
+    real, fake = torch.randn(10), torch.randn(10)
+    monkeypatch.setenv("GANSVC_KERNELS", "ref")
+    assert not ops.use_extension()
+    monkeypatch.setenv("GANSVC_KERNELS", "ext")
+    assert ops.use_extension()
+    torch.testing.assert_close(ops.d_loss(real, fake, "bce")[0], reference.d_loss(real, fake, "bce")[0])
+    monkeypatch.setenv("GANSVC_KERNELS", "fast")
+    with pytest.raises(ValueError, match="GANSVC_KERNELS"):
+        ops.use_extension()
+
+
+def test_cuda_kernels_were_built_where_they_can_be():
+    """nvcc present and a CUDA build of torch: the extension must carry its CUDA kernels."""
+    nvcc = os.path.exists("/usr/local/cuda/bin/nvcc") or shutil.which("nvcc")
+    expected = bool(nvcc) and torch.version.cuda is not None and os.environ.get("GANSVC_NO_CUDA") != "1"
+    assert ops.cuda_compiled() == expected, (
+        f"CUDA kernels compiled: {ops.cuda_compiled()}, expected {expected} (nvcc={nvcc}, torch CUDA {torch.version.cuda})"
+    )
+    if expected:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key("gansvc::d_loss_fused", "CUDA")
+        assert torch._C._dispatch_has_kernel_for_dispatch_key("gansvc::g_loss_fused", "CUDA")

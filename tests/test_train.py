@@ -1,0 +1,264 @@
+"""The trainer: determinism, exact resume, the one-G-forward step against a naive loop, regularisers, EMA,
+what is written to the run directory, stopping, budgets and divergence."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gansvc.train import Trainer, TrainingDiverged, TrainSpec
+from gansvc.train.ema import EMA
+from gansvc.train.monitor import FailureWatch
+from gansvc.train.regularisers import gradient_penalty, r1_penalty
+
+TINY = {"width": 8, "batch_size": 16, "log_every": 1, "sample_every": 0, "checkpoint_every": 0, "eval_samples": 0,
+        "tensorboard": False, "threads": 1}  # fmt: skip
+
+
+def tiny(**kw) -> TrainSpec:
+    return TrainSpec.from_dict({**TINY, **kw})
+
+
+def losses(run_dir) -> list[tuple[int, float, float]]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["d_loss"], r["g_loss"]) for r in records if r["kind"] == "train"]
+
+
+RECIPES = {
+    "dcgan-hinge-sn-ema": {},
+    "dcgan-bce-batchnorm-ncritic2": {"loss": "bce", "spectral_norm": False, "n_critic": 2, "real_label": 0.9},
+    "mlp-wasserstein-gp": {"model": "mlp", "loss": "wasserstein", "spectral_norm": False, "gradient_penalty": 10.0},
+    "dcgan-r1-saturating": {"loss": "bce", "g_saturating": True, "spectral_norm": False, "r1_gamma": 1.0},
+}
+
+
+@pytest.mark.parametrize("recipe", list(RECIPES))
+def test_same_seed_gives_identical_losses(tmp_path, recipe):
+    spec = tiny(steps=6, **RECIPES[recipe])
+    Trainer(spec, tmp_path / "a").run()
+    Trainer(spec, tmp_path / "b").run()
+    Trainer(spec.with_overrides(seed=1), tmp_path / "c").run()
+    assert len(losses(tmp_path / "a")) == 6
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")
+    assert losses(tmp_path / "a") != losses(tmp_path / "c")
+
+
+@pytest.mark.parametrize("recipe", list(RECIPES))
+def test_resume_is_exact(tmp_path, recipe):
+    straight = tiny(steps=40, **RECIPES[recipe])
+    Trainer(straight, tmp_path / "straight").run()
+    first = Trainer(straight.with_overrides(steps=20), tmp_path / "split").run()
+    assert first["step"] == 20 and (tmp_path / "split" / "checkpoints" / "latest.pt").is_file()
+    second = Trainer(straight, tmp_path / "split").run()
+    assert second["resumed_from"] == 20 and second["step"] == 40
+    assert losses(tmp_path / "straight") == losses(tmp_path / "split")
+    a = torch.load(tmp_path / "straight" / "checkpoints" / "latest.pt", weights_only=True)
+    b = torch.load(tmp_path / "split" / "checkpoints" / "latest.pt", weights_only=True)
+    for part in ("G", "D"):
+        for name in a[part]:
+            assert torch.equal(a[part][name], b[part][name]), (part, name)
+
+
+def test_resume_refuses_a_different_experiment(tmp_path):
+    Trainer(tiny(steps=2), tmp_path).run()
+    from gansvc.train.spec import SpecError
+
+    with pytest.raises(SpecError, match="lr_g"):
+        Trainer(tiny(steps=4, lr_g=1e-3), tmp_path).run()
+
+
+def _naive_losses(spec: TrainSpec, steps: int) -> list[tuple[float, float]]:
+    """Seed 003's loop shape: G forward for D's step, a second G forward for G's step, losses written out
+    with torch.nn.functional, batches and noise drawn from the seeds the trainer documents."""
+    from gansvc.data import load_images
+    from gansvc.models import build_discriminator, build_generator
+
+    images = load_images("fashion-mnist").images
+    torch.manual_seed(spec.seed)
+    G, D = build_generator(spec, (1, 28, 28)), build_discriminator(spec, (1, 28, 28))
+    opt_g = torch.optim.Adam(G.parameters(), lr=spec.lr_g, betas=(spec.beta1, spec.beta2))
+    opt_d = torch.optim.Adam(D.parameters(), lr=spec.lr_d, betas=(spec.beta1, spec.beta2))
+    order = torch.Generator().manual_seed(spec.seed)
+    noise = torch.Generator().manual_seed(spec.seed + 1)
+    perm, position, out = None, 0, []
+    for _ in range(steps):
+        if perm is None or position + spec.batch_size > len(images):
+            perm, position = torch.randperm(len(images), generator=order), 0
+        real = images[perm[position : position + spec.batch_size]].float() / 127.5 - 1
+        position += spec.batch_size
+        z = torch.randn(spec.batch_size, spec.z_dim, generator=noise)
+        opt_d.zero_grad()
+        real_logits, fake_logits = D(real), D(G(z).detach())
+        if spec.loss == "bce":
+            d_loss = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits)) + \
+                F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+        else:
+            d_loss = F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
+        d_loss.backward()
+        opt_d.step()
+        opt_g.zero_grad()
+        logits = D(G(z))  # the second G forward the trainer saves
+        g_loss = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits)) if spec.loss == "bce" \
+            else -logits.mean()
+        g_loss.backward()
+        opt_g.step()
+        out.append((d_loss.item(), g_loss.item()))
+    return out
+
+
+@pytest.mark.parametrize("recipe", [
+    {"model": "mlp", "loss": "bce", "spectral_norm": False, "ema_decay": 0.0},
+    {"model": "dcgan", "loss": "hinge", "spectral_norm": False, "ema_decay": 0.0},  # BatchNorm in G and D
+])  # fmt: skip
+def test_one_generator_forward_per_step_matches_the_naive_loop(tmp_path, recipe):
+    spec = tiny(steps=8, **recipe)
+    Trainer(spec, tmp_path).run()
+    ours = [(d, g) for _, d, g in losses(tmp_path)]
+    naive = _naive_losses(spec, 8)
+    torch.testing.assert_close(torch.tensor(ours, dtype=torch.float64), torch.tensor(naive, dtype=torch.float64), rtol=2e-4, atol=2e-5)
+
+
+def test_gradient_penalty_and_r1_against_closed_forms():
+    torch.manual_seed(0)
+    w = torch.randn(6, dtype=torch.float64, requires_grad=True)
+
+    def quadratic(x):  # D(x) = sum_i w_i x_i^2, so dD/dx = 2 w x
+        return (w * x.pow(2)).sum(1)
+
+    real, fake = torch.randn(5, 6, dtype=torch.float64), torch.randn(5, 6, dtype=torch.float64)
+    generator = torch.Generator().manual_seed(3)
+    penalty = gradient_penalty(quadratic, real, fake, 10.0, generator)
+    alpha = torch.rand(5, 1, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    x_hat = alpha * real + (1 - alpha) * fake
+    expected = 10.0 * ((2 * w * x_hat).norm(dim=1) - 1).pow(2).mean()
+    torch.testing.assert_close(penalty.double(), expected, rtol=1e-6, atol=1e-9)
+    # differentiable with respect to D's weights (it is part of D's loss)
+    (grad_w,) = torch.autograd.grad(penalty, w)
+    (expected_w,) = torch.autograd.grad(expected, w)
+    torch.testing.assert_close(grad_w.double(), expected_w, rtol=1e-5, atol=1e-8)
+
+    x = real.clone().requires_grad_(True)
+    r1 = r1_penalty(quadratic(x), x, gamma=4.0)
+    torch.testing.assert_close(r1.double(), 0.5 * 4.0 * (2 * w * real).pow(2).sum(1).mean(), rtol=1e-6, atol=1e-9)
+
+
+def test_ema_follows_its_formula():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    ema = EMA(model, decay=0.9)
+    expected = [p.detach().double().clone() for p in model.parameters()]
+    for n in range(1, 30):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        ema.update(model)
+        decay = min(0.9, (1 + n) / (10 + n))
+        expected = [decay * e + (1 - decay) * p.detach().double() for e, p in zip(expected, model.parameters())]
+    for mine, reference in zip(ema.model.parameters(), expected):
+        torch.testing.assert_close(mine.double(), reference, rtol=1e-5, atol=1e-6)
+
+
+def test_run_directory_and_events(tmp_path):
+    events = []
+    spec = tiny(steps=12, log_every=4, sample_every=6, checkpoint_every=5, keep_checkpoints=2, tensorboard=True)
+    summary = Trainer(spec, tmp_path, on_event=events.append).run()
+    json.dumps(events)  # all JSON-serialisable
+    kinds = [e["type"] for e in events]
+    assert {"progress", "metrics", "samples", "checkpoint"} <= set(kinds)
+    progress = [e for e in events if e["type"] == "progress"][-1]
+    assert set(progress) >= {"step", "total_steps", "epoch", "images_per_sec", "eta_seconds", "d_loss", "g_loss"}
+    assert progress["step"] == progress["total_steps"] == 12 and progress["eta_seconds"] == 0
+    samples = [e["path"] for e in events if e["type"] == "samples"]
+    assert samples == ["samples/step_0000006.png", "samples/step_0000012.png"]
+    checkpoints = [e["path"] for e in events if e["type"] == "checkpoint"]
+    assert checkpoints == ["checkpoints/step_0000005.pt", "checkpoints/step_0000010.pt", "checkpoints/step_0000012.pt"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest.pt", "step_0000010.pt",
+                                                                            "step_0000012.pt"]  # fmt: skip
+    for name in ("spec.json", "summary.json", "generator.pt", "loss_curve.png", "samples/latest.png"):
+        assert (tmp_path / name).is_file(), name
+    assert (tmp_path / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [4, 8, 12]
+    assert set(records[0]) >= {"d_loss", "g_loss", "d_real", "d_fake", "d_accuracy", "g_grad_norm", "d_grad_norm",
+                               "images_per_sec"}  # fmt: skip
+    assert all(r["g_grad_norm"] > 0 and r["d_grad_norm"] > 0 and r["images_per_sec"] > 0 for r in records)
+    assert json.loads((tmp_path / "summary.json").read_text())["step"] == summary["step"] == 12
+    assert TrainSpec.from_file(tmp_path / "spec.json") == spec
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(tmp_path / "tensorboard"))
+    accumulator.Reload()
+    assert [e.step for e in accumulator.Scalars("train/d_loss")] == [4, 8, 12]
+    assert [e.value for e in accumulator.Scalars("train/g_loss")] == pytest.approx([r["g_loss"] for r in records])
+    assert len(accumulator.Images("samples")) == 2
+
+
+def test_should_stop_checkpoints_and_resume_finishes(tmp_path):
+    calls = []
+    summary = Trainer(tiny(steps=10), tmp_path, should_stop=lambda: len(calls) > 3 or calls.append(1)).run()
+    assert summary["stopped"] and summary["status"] == "stopped" and summary["step"] == 4
+    assert (tmp_path / "checkpoints" / "step_0000004.pt").is_file()
+    summary = Trainer(tiny(steps=10), tmp_path).run()
+    assert summary["step"] == 10 and not summary["stopped"] and summary["resumed_from"] == 4
+
+
+def test_max_minutes_ends_cleanly(tmp_path):
+    summary = Trainer(tiny(steps=100000, max_minutes=0.02), tmp_path).run()  # 1.2 s
+    assert summary["status"] == "max_minutes" and not summary["stopped"]
+    assert 0 < summary["step"] < 100000
+    assert (tmp_path / "checkpoints" / f"step_{summary['step']:07d}.pt").is_file()
+    assert (tmp_path / "samples" / "latest.png").is_file() and (tmp_path / "generator.pt").is_file()
+
+
+def test_nan_stops_with_an_error_and_no_bad_checkpoint(tmp_path, monkeypatch):
+    from gansvc.train.batches import DeviceBatches
+
+    original = DeviceBatches.next
+    served = []
+
+    def poisoned(self):
+        served.append(1)
+        batch = original(self)
+        return batch * float("nan") if len(served) > 3 else batch
+
+    monkeypatch.setattr(DeviceBatches, "next", poisoned)
+    events = []
+    with pytest.raises(TrainingDiverged, match="step 4"):
+        Trainer(tiny(steps=10, checkpoint_every=1), tmp_path, on_event=events.append).run()
+    assert [e["code"] for e in events if e["type"] == "warning"] == ["diverged"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir())[-1] == "step_0000003.pt"
+
+
+def test_bf16_autocast_trains(tmp_path):
+    summary = Trainer(tiny(steps=3, precision="bf16"), tmp_path).run()
+    assert summary["step"] == 3 and all(v == v for v in summary["final"].values())
+
+
+def test_failure_watch_flags_d_overpowering_once():
+    watch = FailureWatch("bce", window=3)
+    healthy = {"d_loss": 1.2, "g_loss": 0.8, "d_accuracy": 0.7}
+    assert not any(watch.check_train(healthy) for _ in range(5))
+    raised = []
+    for g in (2.0, 3.0, 4.0, 5.0, 6.0):
+        raised += watch.check_train({"d_loss": 0.01, "g_loss": g, "d_accuracy": 1.0})
+    assert [code for code, _ in raised] == ["d_overpowering"]
+    for _ in range(3):
+        watch.check_train(healthy)
+    raised = [c for g in (2.0, 3.0, 4.0) for c, _ in watch.check_train({"d_loss": 0.01, "g_loss": g, "d_accuracy": 1.0})]
+    assert raised == ["d_overpowering"]  # a new episode after recovery
+    assert watch.check_coverage(3, 10, "classes")[0][0] == "mode_collapse"
+    assert watch.check_coverage(9, 10, "classes") == []
+
+
+def test_gaussian_mixture_run_reports_the_ring_metric(tmp_path):
+    spec = TrainSpec.from_dict({"dataset": "gaussian-mixture", "model": "mlp", "loss": "bce", "spectral_norm": False,
+                                "steps": 30, "log_every": 10, "eval_samples": 2500, "tensorboard": False,
+                                "threads": 1})  # fmt: skip
+    summary = Trainer(spec, tmp_path).run()
+    assert set(summary["eval"]) == {"modes_covered", "high_quality_fraction"}
+    assert 0 <= summary["eval"]["modes_covered"] <= 8
+    assert (tmp_path / "samples" / "latest.png").read_bytes()[:4] == b"\x89PNG"
