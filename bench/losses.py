@@ -1,0 +1,102 @@
+"""Fused GAN-loss op vs the eager PyTorch reference, as a trainer computes a D step.
+
+Both sides do the same work: the D loss forward, its backward to the logits, and the D statistics
+(mean D(x), mean D(G(z)), accuracy) as Python floats. Prints the median of each and their ratio.
+
+    python bench/losses.py [--kinds bce,hinge] [--sizes 64,1024,65536,4194304] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from gansvc import ops  # noqa: E402
+
+
+def eager_d_step(real: torch.Tensor, fake: torch.Tensor, kind: str):
+    """The usual eager formulation: loss with autograd, statistics in separate no-grad ops."""
+    if kind == "bce":
+        loss = F.binary_cross_entropy_with_logits(real, torch.ones_like(real)) + \
+            F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
+        with torch.no_grad():
+            mean_real, mean_fake = torch.sigmoid(real).mean(), torch.sigmoid(fake).mean()
+    elif kind == "hinge":
+        loss = F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+        with torch.no_grad():
+            mean_real, mean_fake = real.mean(), fake.mean()
+    else:
+        loss = fake.mean() - real.mean()
+        with torch.no_grad():
+            mean_real, mean_fake = real.mean(), fake.mean()
+    with torch.no_grad():
+        accuracy = ((real > 0).sum() + (fake < 0).sum()) / (real.numel() + fake.numel())
+    loss.backward()
+    return loss.item(), mean_real.item(), mean_fake.item(), accuracy.item()
+
+
+def fused_d_step(real: torch.Tensor, fake: torch.Tensor, kind: str):
+    """gansvc's fused op: one pass for loss, gradient and statistics."""
+    loss, stats = ops.d_loss(real, fake, kind)
+    loss.backward()
+    return (loss.item(), *stats.tolist())
+
+
+def median_seconds(step, real, fake, kind, budget_s: float, device) -> float:
+    times = []
+    deadline = time.perf_counter() + budget_s
+    while len(times) < 5 or (time.perf_counter() < deadline and len(times) < 2000):
+        real.grad = fake.grad = None
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        step(real, fake, kind)  # .item() synchronises
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def format_time(seconds: float) -> str:
+    return f"{seconds * 1e6:9.1f} µs" if seconds < 1e-3 else f"{seconds * 1e3:9.2f} ms"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kinds", default="bce,hinge,wasserstein")
+    parser.add_argument("--sizes", default="64,1024,65536,4194304")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--seconds", type=float, default=2.0, help="time budget per measurement")
+    args = parser.parse_args()
+    if not ops.use_extension():
+        print("gansvc._C is not built: run scripts/setup.sh", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"median of forward + backward + statistics per D step")
+    print(f"{'kind':<12}{'N per side':>12}{'eager':>14}{'fused':>14}{'speed-up':>10}")
+    for kind in args.kinds.split(","):
+        for n in (int(s) for s in args.sizes.split(",")):
+            gen = torch.Generator().manual_seed(n)
+            real = (torch.randn(n, generator=gen) * 3).to(device).requires_grad_()
+            fake = (torch.randn(n, generator=gen) * 3).to(device).requires_grad_()
+            # Same answers first: a fast wrong kernel is not a result.
+            want, got = eager_d_step(real, fake, kind), fused_d_step(real, fake, kind)
+            assert all(abs(a - b) <= 1e-4 * max(1.0, abs(a)) for a, b in zip(want, got)), (want, got)
+            eager = median_seconds(eager_d_step, real, fake, kind, args.seconds, device)
+            fused = median_seconds(fused_d_step, real, fake, kind, args.seconds, device)
+            print(f"{kind:<12}{n:>12,}{format_time(eager):>14}{format_time(fused):>14}{eager / fused:>9.1f}×")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
