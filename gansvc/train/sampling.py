@@ -28,6 +28,17 @@ def export_generator(generator: nn.Module, spec: TrainSpec, data_shape, step: in
     return atomic_torch_save(state, path)
 
 
+def sampling_model(generator: nn.Module, spec: TrainSpec, device) -> nn.Module:
+    """Return the eval-mode copy of `generator` that samples come from, BatchNorm statistics recomputed.
+
+    The statistics come from the run's own fixed noise stream (seed + 3), so the trainer's samples,
+    generator.pt and a generator loaded from a checkpoint are the same function.
+    """
+    from gansvc.train.ema import with_standing_batchnorm
+
+    return with_standing_batchnorm(generator, spec.z_dim, torch.device(device), seed=spec.seed + 3)
+
+
 def _resolve(path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.is_dir():
@@ -47,7 +58,6 @@ def load_generator(path: str | os.PathLike, device="cpu") -> tuple[nn.Module, Tr
     recomputed for those weights (see gansvc.train.ema.with_standing_batchnorm).
     """
     from gansvc.models import build_generator
-    from gansvc.train.ema import with_standing_batchnorm
 
     file = _resolve(path)
     try:
@@ -65,8 +75,7 @@ def load_generator(path: str | os.PathLike, device="cpu") -> tuple[nn.Module, Tr
         return generator.to(device).eval().requires_grad_(False), spec
     weights = state["ema"]["model"] if state.get("ema") else state["G"]
     generator.load_state_dict(weights)
-    generator = with_standing_batchnorm(generator.to(device), spec.z_dim, torch.device(device), seed=spec.seed)
-    return generator, spec
+    return sampling_model(generator.to(device), spec, device), spec
 
 
 @torch.no_grad()

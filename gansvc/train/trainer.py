@@ -25,7 +25,8 @@ import torch
 from gansvc.atomic import atomic_write_bytes, atomic_write_text
 from gansvc.train import checkpoints
 from gansvc.train.batches import DeviceBatches
-from gansvc.train.ema import EMA, with_standing_batchnorm
+from gansvc.train.ema import EMA
+from gansvc.train.sampling import sampling_model
 from gansvc.train.monitor import FailureWatch, MetricsLog, TensorBoard, plot_loss_curve, plot_points
 from gansvc.train.spec import SpecError, TrainSpec
 
@@ -383,7 +384,7 @@ class Trainer:
         """Return the model samples come from: EMA of G where kept, with BatchNorm statistics for its weights."""
         if self._sampler_cache is None or self._sampler_cache[0] != self.step:
             source = self.ema.model if self.ema is not None else self.G
-            model = with_standing_batchnorm(source, self.spec.z_dim, self.device, seed=self.spec.seed + 3)
+            model = sampling_model(source, self.spec, self.device)
             self._sampler_cache = (self.step, model)
         return self._sampler_cache[1]
 
