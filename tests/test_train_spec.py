@@ -92,3 +92,12 @@ def test_file_errors_are_spec_errors(tmp_path):
     other.write_text("steps: 3")
     with pytest.raises(SpecError, match=r"\.json or \.toml"):
         TrainSpec.from_file(other)
+
+
+def test_example_spec_files_are_valid():
+    from pathlib import Path
+
+    examples = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.toml"))
+    assert examples
+    for path in examples:
+        TrainSpec.from_file(path)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,20 +58,19 @@ class DataRoots:
             raise InvalidField(field, f"{value!r}: '..' is not allowed in paths")
         if not self.roots:
             raise InvalidField(field, f"{value!r} is not allowed: this server was started without --data-root")
-        candidates = [path] if path.is_absolute() else [root / path for root in self.roots]
-        inside = []
+        roots = ", ".join(str(r) for r in self.roots)
+        if path.is_absolute():
+            candidates = [path]
+        else:  # relative to each root in turn; a name that exists in none is reported as missing below
+            candidates = [root / path for root in self.roots if os.path.lexists(root / path)] or [self.roots[0] / path]
         for candidate in candidates:
             real = candidate.resolve()  # follows every symlink, so a link out of a root is caught here
-            if any(real == root or root in real.parents for root in self.roots):
-                inside.append(real)
-        if not inside:
-            roots = ", ".join(str(r) for r in self.roots)
-            raise InvalidField(field, f"{value!r} is outside the server's data roots ({roots})")
-        for real in inside:
+            if not any(real == root or root in real.parents for root in self.roots):
+                raise InvalidField(field, f"{value!r} is outside the server's data roots ({roots})")
             if (expect == "dir" and real.is_dir()) or (expect == "file" and real.is_file()):
                 return str(real)
         kind = "folder" if expect == "dir" else "file"
-        raise InvalidField(field, f"{value!r}: no such {kind} under the server's data roots")
+        raise InvalidField(field, f"{value!r}: no such {kind} under the server's data roots ({roots})")
 
 
 def check_request_id(field: str, value: str) -> str | None:
@@ -111,7 +111,12 @@ def training_spec(message: pb.TrainingSpec, roots: DataRoots, pool: DevicePool) 
     try:
         spec = TrainSpec.from_dict(settings)
     except SpecError as error:
-        raise InvalidField(error.field, error.message) from None
+        message = error.message
+        if error.field in settings:  # every refusal names the value, also for a bad combination
+            value = settings[error.field]
+            if str(value) not in message and repr(value) not in message:
+                message += f" (got {error.field}={value!r})"
+        raise InvalidField(error.field, message) from None
     _device(pool, spec.device, spec.nproc)
     return spec.to_dict()
 

@@ -234,7 +234,9 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict:
         """Train to the end (or until should_stop / max_minutes); return the summary also written to summary.json."""
+        started = time.perf_counter()
         self._setup()
+        self.setup_seconds = time.perf_counter() - started  # data decoding, models, resume
         bar = None
         try:
             if self.progress:
@@ -474,7 +476,7 @@ class Trainer:
             device=str(self.device),
         )  # fmt: skip
         values = {k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and k not in ("n_real", "n_fake")}
-        coverage = self._class_coverage(fake)
+        coverage = self._class_coverage(fake) if dataset == "fashion-mnist" else None
         if coverage is not None:
             covered, total = coverage
             values["classes_covered"] = float(covered)
@@ -488,13 +490,19 @@ class Trainer:
         A class is covered when at least a fifth of its fair share (1 / classes) of the samples is predicted as it.
         """
         try:
-            from gansvc.metrics.features import classify
+            from gansvc.metrics.fmnist_cnn import NUM_CLASSES, load_classifier
         except ImportError:
             return None
-        probabilities = classify(fake, "fmnist-cnn", device=str(self.device))
-        shares = torch.bincount(probabilities.argmax(1), minlength=probabilities.shape[1]).double() / fake.shape[0]
-        total = probabilities.shape[1]
-        return int((shares >= 0.2 / total).sum()), total
+        if getattr(self, "_classifier", None) is None:
+            try:
+                self._classifier = load_classifier(device=self.device).eval()
+            except (FileNotFoundError, RuntimeError, ValueError):
+                return None
+        predictions = torch.cat([
+            self._classifier(chunk.to(self.device)).argmax(1).cpu() for chunk in fake.split(1000)
+        ])  # fmt: skip
+        shares = torch.bincount(predictions, minlength=NUM_CLASSES).double() / fake.shape[0]
+        return int((shares >= 0.2 / NUM_CLASSES).sum()), NUM_CLASSES
 
     def _checkpoint(self, session_start: float) -> None:
         from gansvc.train.sampling import export_generator

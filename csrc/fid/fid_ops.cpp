@@ -1,0 +1,456 @@
+// The FID core: Tr((S1 S2)^{1/2}) without scipy.linalg.sqrtm, the Fréchet distance, and streaming
+// feature moments. Everything here is device-agnostic ATen code (matmuls, Cholesky, eigvalsh); the
+// only device-specific pieces are the fused element kernels it calls through the dispatcher
+// (fid_elementwise_cpu.cpp / fid_elementwise_cuda.cu). The same functions are registered for CPU
+// and CUDA; "auto" picks the eigen route on CPU and Newton–Schulz on GPUs.
+//
+// Why the routes are exact: the eigenvalues of S1 S2 are those of Fᵀ S2 F for any F Fᵀ = S1, and with
+// S2 = G Gᵀ they are the squared singular values of C = Gᵀ F, so Tr((S1 S2)^{1/2}) = ||C||_* (the
+// nuclear norm). F and G are Cholesky factors where the covariance is positive definite, and
+// eigen-factors with the zero modes dropped where it is not (dead feature units make that common),
+// so every eigenvalue problem solved is symmetric and no complex arithmetic appears.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <optional>
+#include <tuple>
+
+#include "fid/fid.h"
+
+namespace gansvc {
+namespace fid {
+namespace {
+
+constexpr double kEps = std::numeric_limits<double>::epsilon();
+// Rounding leaves eigenvalues of a PSD matrix down to about -d·eps·λmax; well below that the input
+// is not a covariance matrix and we say so instead of clamping a real error away.
+constexpr double kPsdTolerance = 1.5e-8;
+// Relative asymmetry accepted in a covariance (float32 statistics are symmetric to ~1e-7).
+constexpr double kSymmetryTolerance = 1e-5;
+// Rows per float64 chunk of a feature batch: bounds the temporary memory at 2·chunk·d doubles.
+constexpr int64_t kMomentChunkRows = 1024;
+// Block size of the triangular-aware congruence Lᵀ S L (1.33 d³ flops instead of 4 d³).
+constexpr int64_t kCongruenceBlock = 256;
+
+// How a trace was computed; mirrored by gansvc.ops.fid.ROUTES.
+enum class Route : int64_t { kCholesky = 1, kEigh = 2, kNewtonSchulz = 3, kSamples = 4, kSamplesNewtonSchulz = 5 };
+
+enum class Method { kAuto, kEigen, kNewtonSchulz };
+
+struct TraceResult {
+  double value = 0.0;
+  Route route = Route::kCholesky;
+  int64_t iterations = 0;
+  double bound = 0.0;  // Newton–Schulz: verified bound on the relative error of the trace
+  bool fell_back = false;
+  int64_t rank = 0;  // size of the problem after dead units / zero modes were removed
+
+  std::tuple<at::Tensor, at::Tensor> as_tensors(const at::TensorOptions& options) const {
+    at::Tensor info = at::tensor({static_cast<double>(route), static_cast<double>(iterations), bound,
+                                  fell_back ? 1.0 : 0.0, static_cast<double>(rank)},
+                                 at::TensorOptions().dtype(at::kDouble));
+    return {at::scalar_tensor(value, options), info};
+  }
+};
+
+Method parse_method(c10::string_view method) {
+  if (method == "auto") return Method::kAuto;
+  if (method == "eigh") return Method::kEigen;
+  if (method == "newton-schulz") return Method::kNewtonSchulz;
+  TORCH_CHECK_VALUE(false, "method must be 'auto', 'eigh' or 'newton-schulz', got '", method, "'");
+}
+
+bool use_newton_schulz(Method method, const at::Tensor& on) {
+  return method == Method::kNewtonSchulz || (method == Method::kAuto && !on.is_cpu());
+}
+
+void check_finite(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(at::isfinite(t).all().item<bool>(), name, " contains NaN or Inf");
+}
+
+// float64, contiguous, finite, symmetric (checked, then made exactly symmetric) [d, d].
+at::Tensor prepare_covariance(const at::Tensor& sigma, const char* name) {
+  TORCH_CHECK_VALUE(sigma.dim() == 2 && sigma.size(0) == sigma.size(1), name,
+                    " must be a square covariance matrix [d, d], got shape ", sigma.sizes());
+  TORCH_CHECK_VALUE(sigma.size(0) > 0, name, " is empty (d = 0)");
+  TORCH_CHECK_VALUE(at::isFloatingType(sigma.scalar_type()), name, " must be a floating-point tensor, got ",
+                    sigma.scalar_type());
+  at::Tensor s = sigma.to(at::kDouble).contiguous();
+  check_finite(s, name);
+  const double scale = s.abs().max().item<double>();
+  const double asymmetry = (s - s.t()).abs().max().item<double>();
+  TORCH_CHECK_VALUE(asymmetry <= kSymmetryTolerance * scale, name, " is not symmetric: max |S - Sᵀ| = ", asymmetry,
+                    " for max |S| = ", scale);
+  const double min_variance = s.diagonal().min().item<double>();
+  TORCH_CHECK_VALUE(min_variance >= -kPsdTolerance * scale, name,
+                    " is not a covariance matrix: it has a negative variance ", min_variance, " on its diagonal");
+  return ((s + s.t()) * 0.5).contiguous();
+}
+
+void check_same_problem(const at::Tensor& a, const at::Tensor& b, const char* name_a, const char* name_b) {
+  TORCH_CHECK_VALUE(a.device() == b.device(), name_a, " and ", name_b, " must be on the same device, got ",
+                    a.device(), " and ", b.device());
+}
+
+// The element kernels go through the dispatcher, which picks the CPU or the CUDA version.
+at::Tensor call_ns_polar_step(at::Tensor& x, const at::Tensor& q, const at::Tensor& b) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("gansvc::ns_polar_step_", "")
+                       .typed<at::Tensor(at::Tensor&, const at::Tensor&, const at::Tensor&)>();
+  return op.call(x, q, b);
+}
+
+at::Tensor call_sum_squared_difference(const at::Tensor& a, const at::Tensor& b) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("gansvc::sum_squared_difference", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&)>();
+  return op.call(a, b);
+}
+
+// Lower Cholesky factor of s, or nothing when s is not (numerically) positive definite: a failed
+// factorisation, or a pivot at the level of rounding, which would turn noise into a direction.
+std::optional<at::Tensor> cholesky_factor(const at::Tensor& s) {
+  auto [factor, info] = at::linalg_cholesky_ex(s, /*upper=*/false, /*check_errors=*/false);
+  if (info.item<int64_t>() != 0) return std::nullopt;
+  const double min_pivot = factor.diagonal().min().item<double>();
+  const double max_variance = s.diagonal().max().item<double>();
+  if (!(min_pivot * min_pivot > static_cast<double>(s.size(0)) * kEps * max_variance)) return std::nullopt;
+  return factor;
+}
+
+// F [d, r] with F Fᵀ = s, from an eigendecomposition with the zero modes (below the numerical rank
+// threshold d·eps·λmax) dropped; r may be 0.
+at::Tensor eigen_factor(const at::Tensor& s, const char* name) {
+  auto [values, vectors] = at::linalg_eigh(s);
+  const double largest = values.max().item<double>();
+  const double smallest = values.min().item<double>();
+  TORCH_CHECK_VALUE(smallest >= -kPsdTolerance * std::max(largest, 0.0), name,
+                    " is not positive semi-definite: its smallest eigenvalue is ", smallest, " (largest ", largest,
+                    ")");
+  const at::Tensor keep = (values > static_cast<double>(s.size(0)) * kEps * largest).nonzero().squeeze(1);
+  return vectors.index_select(1, keep) * values.index_select(0, keep).sqrt();
+}
+
+// The lower triangle of Lᵀ S L for lower-triangular L, in blocks that skip L's zero upper triangle
+// and the result's upper triangle (eigvalsh reads the lower one only).
+at::Tensor lower_congruence(const at::Tensor& lower, const at::Tensor& s) {
+  const int64_t d = s.size(0);
+  at::Tensor w = at::empty_like(s);  // W = S L, by column blocks: L[k, j] = 0 for k < j.
+  for (int64_t j = 0; j < d; j += kCongruenceBlock) {
+    const int64_t width = std::min(kCongruenceBlock, d - j);
+    w.narrow(1, j, width).copy_(at::mm(s.narrow(1, j, d - j), lower.narrow(0, j, d - j).narrow(1, j, width)));
+  }
+  at::Tensor m = at::zeros_like(s);  // M = Lᵀ W, lower block triangle only.
+  for (int64_t i = 0; i < d; i += kCongruenceBlock) {
+    const int64_t height = std::min(kCongruenceBlock, d - i);
+    m.narrow(0, i, height)
+        .narrow(1, 0, i + height)
+        .copy_(at::mm(lower.narrow(0, i, d - i).narrow(1, i, height).t(), w.narrow(0, i, d - i).narrow(1, 0, i + height)));
+  }
+  return m;
+}
+
+// Gram matrix of c on its smaller side: the non-zero eigenvalues are the squared singular values.
+at::Tensor small_gram(const at::Tensor& c) {
+  return c.size(0) <= c.size(1) ? at::mm(c, c.t()) : at::mm(c.t(), c);
+}
+
+// Σ sqrt(λ) over the eigenvalues of a symmetric PSD matrix (lower triangle read), clamped at 0:
+// one eigenvalues-only call. Eigenvalues come in ascending order, so the sum adds small ones first.
+double sum_sqrt_eigenvalues(const at::Tensor& sym, const char* what) {
+  if (sym.numel() == 0) return 0.0;
+  const at::Tensor values = at::linalg_eigvalsh(sym, "L");
+  const double largest = values.max().item<double>();
+  const double smallest = values.min().item<double>();
+  TORCH_CHECK_VALUE(smallest >= -kPsdTolerance * std::max(largest, 0.0),
+                    "the covariances are not positive semi-definite: ", what, " has the eigenvalue ", smallest,
+                    " (largest ", largest, ")");
+  return values.clamp_min(0.0).sqrt().sum().item<double>();
+}
+
+struct NewtonSchulzResult {
+  double value;
+  int64_t iterations;
+  double bound;
+  bool verified;
+};
+
+// ||c||_* by the Newton–Schulz iteration for the polar factor, X <- X (3I - XᵀX)/2 from X0 = c/||c||_F:
+// each singular value s of X follows s <- s(3 - s²)/2, which rises monotonically to 1 from any
+// s in (0, 1] (zero stays zero: no square roots of negative rounding noise), so Tr(Xᵀc) = Σ u_i σ_i
+// rises to Σ σ_i. Two GEMMs per step on the smaller Gram side.
+//
+// Stopping: when the trace itself stops changing (relative change <= rtol) the result is verified:
+// with u_i <= 1, the error Σ σ_i (1 - u_i) <= Σ σ_i (1 - u_i²) <= sqrt(n) ||(I - X Xᵀ) c||_F, a
+// bound computable with one more GEMM. It is accepted when bound / trace <= verify_tol. A small
+// residual of X² against the target alone is not enough: unconverged tiny singular values leave
+// a residual of σ² while the trace misses σ.
+NewtonSchulzResult newton_schulz_nuclear_norm(const at::Tensor& c_in, int64_t max_iter, double rtol,
+                                              double verify_tol) {
+  const at::Tensor c = (c_in.size(0) <= c_in.size(1) ? c_in : c_in.t()).contiguous();  // rows <= cols
+  const double scale = at::linalg_vector_norm(c).item<double>();                       // >= σ_max
+  if (c.numel() == 0 || !(scale > 0.0)) return {0.0, 0, 0.0, true};
+  const double n = static_cast<double>(c.size(0));
+  at::Tensor x = c / scale;
+  double trace = scale;  // Tr(X0ᵀ c) = ||c||_F² / ||c||_F
+  double previous = std::numeric_limits<double>::quiet_NaN();
+  double bound = std::numeric_limits<double>::infinity();
+  for (int64_t step = 0;; ++step) {
+    const at::Tensor gram = at::mm(x, x.t());
+    if (step > 0 && std::abs(trace - previous) <= rtol * std::abs(trace)) {
+      const double residual = call_sum_squared_difference(c, at::mm(gram, c)).item<double>();
+      bound = std::sqrt(n * residual) / trace;
+      if (bound <= verify_tol) return {trace, step, bound, true};
+    }
+    if (step >= max_iter || !std::isfinite(trace)) return {trace, step, bound, false};
+    previous = trace;
+    trace = call_ns_polar_step(x, at::mm(gram, x), c).item<double>();
+  }
+}
+
+// Indices of the features that vary in both sets. A zero variance makes the whole row and column
+// of a PSD matrix zero, so S1 S2 is block-triangular there with a zero block: dropping those
+// features leaves the non-zero eigenvalues of S1 S2 unchanged.
+std::optional<at::Tensor> live_features(const at::Tensor& s1, const at::Tensor& s2) {
+  const at::Tensor live = at::logical_and(s1.diagonal() > 0.0, s2.diagonal() > 0.0);
+  if (live.all().item<bool>()) return std::nullopt;
+  return live.nonzero().squeeze(1);
+}
+
+at::Tensor restrict(const at::Tensor& s, const at::Tensor& index) {
+  return s.index_select(0, index).index_select(1, index).contiguous();
+}
+
+TraceResult trace_sqrt_product_impl(at::Tensor s1, at::Tensor s2, bool newton_schulz, int64_t max_iter, double rtol,
+                                    double verify_tol) {
+  TraceResult result;
+  if (auto live = live_features(s1, s2)) {
+    s1 = restrict(s1, *live);
+    s2 = restrict(s2, *live);
+  }
+  result.rank = s1.size(0);
+  if (result.rank == 0) return result;
+  const auto l1 = cholesky_factor(s1);
+  const auto l2 = cholesky_factor(s2);
+  result.route = (l1 && l2) ? Route::kCholesky : Route::kEigh;
+  if (!newton_schulz && l1 && l2) {
+    // The common case, fastest on a CPU: one Cholesky, Lᵀ S2 L, eigenvalues only.
+    result.value = sum_sqrt_eigenvalues(lower_congruence(*l1, s2), "L1ᵀ S2 L1");
+    return result;
+  }
+  // A singular covariance is factored by eigh with its zero modes dropped: its rank-deficiency
+  // then costs nothing in accuracy (Lᵀ S2 L instead would carry ~d rounding-level eigenvalues
+  // whose square roots add up to ~1e-8 relative error).
+  const at::Tensor f1 = l1 ? *l1 : eigen_factor(s1, "sigma1");
+  const at::Tensor f2 = l2 ? *l2 : eigen_factor(s2, "sigma2");
+  const at::Tensor c = at::mm(f2.t(), f1);
+  result.rank = std::min(c.size(0), c.size(1));
+  if (newton_schulz) {
+    const auto ns = newton_schulz_nuclear_norm(c, max_iter, rtol, verify_tol);
+    result.iterations = ns.iterations;
+    result.bound = ns.bound;
+    if (ns.verified) {
+      result.value = ns.value;
+      result.route = Route::kNewtonSchulz;
+      return result;
+    }
+    result.fell_back = true;
+  }
+  result.value = sum_sqrt_eigenvalues(small_gram(c), "F2ᵀ F1");
+  return result;
+}
+
+void check_iteration_settings(int64_t max_iter, double rtol, double verify_tol) {
+  TORCH_CHECK_VALUE(max_iter >= 1, "max_iter must be >= 1, got ", max_iter);
+  TORCH_CHECK_VALUE(rtol > 0.0 && rtol < 1.0, "rtol must be in (0, 1), got ", rtol);
+  TORCH_CHECK_VALUE(verify_tol > 0.0 && verify_tol < 1.0, "verify_tol must be in (0, 1), got ", verify_tol);
+}
+
+std::tuple<at::Tensor, at::Tensor> trace_sqrt_product(const at::Tensor& sigma1, const at::Tensor& sigma2,
+                                                      c10::string_view method, int64_t max_iter, double rtol,
+                                                      double verify_tol) {
+  const Method parsed = parse_method(method);
+  check_iteration_settings(max_iter, rtol, verify_tol);
+  check_same_problem(sigma1, sigma2, "sigma1", "sigma2");
+  at::Tensor s1 = prepare_covariance(sigma1, "sigma1");
+  at::Tensor s2 = prepare_covariance(sigma2, "sigma2");
+  TORCH_CHECK_VALUE(s1.size(0) == s2.size(0), "sigma1 and sigma2 must have the same size, got ", s1.sizes(), " and ",
+                    s2.sizes());
+  const TraceResult result =
+      trace_sqrt_product_impl(s1, s2, use_newton_schulz(parsed, s1), max_iter, rtol, verify_tol);
+  return result.as_tensors(s1.options());
+}
+
+// Tr((S1 S2)^{1/2}) with S2 the covariance of `features2` [m, d], from an m×m problem: with X the
+// centred features, S2 = XᵀX/(m-1) and the non-zero eigenvalues of S1 S2 are those of the
+// symmetric X S1 Xᵀ/(m-1) (the FastFID observation). Exact where m < d: the d×d routes would carry
+// d - m rounding-level eigenvalues.
+std::tuple<at::Tensor, at::Tensor> trace_sqrt_product_lowrank(const at::Tensor& sigma1, const at::Tensor& features2,
+                                                              c10::string_view method, int64_t max_iter,
+                                                              double rtol, double verify_tol) {
+  const Method parsed = parse_method(method);
+  check_iteration_settings(max_iter, rtol, verify_tol);
+  check_same_problem(sigma1, features2, "sigma1", "features2");
+  at::Tensor s1 = prepare_covariance(sigma1, "sigma1");
+  TORCH_CHECK_VALUE(features2.dim() == 2, "features2 must be a matrix [m, d] of feature rows, got shape ",
+                    features2.sizes());
+  TORCH_CHECK_VALUE(features2.size(1) == s1.size(0), "features2 has ", features2.size(1),
+                    " features per row but sigma1 is ", s1.size(0), " x ", s1.size(0));
+  TORCH_CHECK_VALUE(features2.size(0) >= 2, "features2 needs at least 2 rows for a covariance, got ",
+                    features2.size(0));
+  const int64_t m = features2.size(0);
+  at::Tensor x = features2.to(at::kDouble);
+  check_finite(x, "features2");
+  x = (x - x.mean(0)) * (1.0 / std::sqrt(static_cast<double>(m - 1)));  // X Xᵀ-scaled: S2 = xᵀ x
+  const at::Tensor live = s1.diagonal() > 0.0;
+  if (!live.all().item<bool>()) {
+    const at::Tensor index = live.nonzero().squeeze(1);
+    s1 = restrict(s1, index);
+    x = x.index_select(1, index);
+  }
+  x = x.contiguous();
+  TraceResult result;
+  result.route = Route::kSamples;
+  result.rank = std::min(m, s1.size(0));
+  if (s1.size(0) == 0) return result.as_tensors(s1.options());
+  if (use_newton_schulz(parsed, s1)) {
+    const auto l1 = cholesky_factor(s1);
+    const at::Tensor c = at::mm(x, l1 ? *l1 : eigen_factor(s1, "sigma1"));  // [m, r1]
+    const auto ns = newton_schulz_nuclear_norm(c, max_iter, rtol, verify_tol);
+    result.iterations = ns.iterations;
+    result.bound = ns.bound;
+    if (ns.verified) {
+      result.value = ns.value;
+      result.route = Route::kSamplesNewtonSchulz;
+      return result.as_tensors(s1.options());
+    }
+    result.fell_back = true;
+    result.value = sum_sqrt_eigenvalues(small_gram(c), "X F1");
+    return result.as_tensors(s1.options());
+  }
+  result.value = sum_sqrt_eigenvalues(at::mm(at::mm(x, s1), x.t()), "X S1 Xᵀ/(m-1)");
+  return result.as_tensors(s1.options());
+}
+
+at::Tensor prepare_mean(const at::Tensor& mu, int64_t d, const char* name) {
+  TORCH_CHECK_VALUE(mu.dim() == 1 && mu.size(0) == d, name, " must be a vector of ", d, " means, got shape ",
+                    mu.sizes());
+  TORCH_CHECK_VALUE(at::isFloatingType(mu.scalar_type()), name, " must be a floating-point tensor, got ",
+                    mu.scalar_type());
+  at::Tensor m = mu.to(at::kDouble);
+  check_finite(m, name);
+  return m;
+}
+
+// ||mu1 - mu2||² + Tr(S1) + Tr(S2) - 2 Tr((S1 S2)^{1/2}).
+at::Tensor frechet_distance(const at::Tensor& mu1, const at::Tensor& sigma1, const at::Tensor& mu2,
+                            const at::Tensor& sigma2, c10::string_view method) {
+  TORCH_CHECK_VALUE(sigma1.dim() == 2, "sigma1 must be a square covariance matrix [d, d], got shape ",
+                    sigma1.sizes());
+  const int64_t d = sigma1.size(0);
+  check_same_problem(mu1, sigma1, "mu1", "sigma1");
+  check_same_problem(mu2, sigma1, "mu2", "sigma1");
+  const at::Tensor diff = prepare_mean(mu1, d, "mu1") - prepare_mean(mu2, d, "mu2");
+  const auto [trace, info] = trace_sqrt_product(sigma1, sigma2, method, 100, 1e-10, 1e-10);
+  const at::Tensor traces =
+      sigma1.to(at::kDouble).diagonal().sum() + sigma2.to(at::kDouble).diagonal().sum() - 2.0 * trace;
+  return diff.dot(diff) + traces;
+}
+
+void check_moments(const at::Tensor& mean, const at::Tensor& m2, int64_t count, const char* prefix) {
+  TORCH_CHECK_VALUE(mean.dim() == 1 && mean.scalar_type() == at::kDouble, prefix,
+                    "mean must be a float64 vector [d], got ", mean.scalar_type(), " ", mean.sizes());
+  const int64_t d = mean.size(0);
+  TORCH_CHECK_VALUE(m2.dim() == 2 && m2.size(0) == d && m2.size(1) == d && m2.scalar_type() == at::kDouble, prefix,
+                    "m2 must be a float64 matrix [", d, ", ", d, "], got ", m2.scalar_type(), " ", m2.sizes());
+  TORCH_CHECK_VALUE(mean.device() == m2.device(), prefix, "mean and ", prefix, "m2 must be on the same device");
+  TORCH_CHECK_VALUE(count >= 0, prefix, "count must be >= 0, got ", count);
+}
+
+// Chan et al.'s pairwise update: (n_a, mean_a, M2_a) + (n_b, mean_b, M2_b), M2 = Σ (x - mean)(x - mean)ᵀ.
+// Centred sums do not lose digits to E[xxᵀ] - μμᵀ cancellation when |μ| >> σ (ReLU features).
+void combine_moments(at::Tensor& mean, at::Tensor& m2, int64_t count, const at::Tensor& other_mean,
+                     int64_t other_count) {
+  const double total = static_cast<double>(count) + static_cast<double>(other_count);
+  const at::Tensor delta = other_mean - mean;
+  m2.addr_(delta, delta, 1.0, static_cast<double>(count) * static_cast<double>(other_count) / total);
+  mean.add_(delta, static_cast<double>(other_count) / total);
+}
+
+int64_t feature_moments_update_(at::Tensor& mean, at::Tensor& m2, int64_t count, const at::Tensor& batch) {
+  check_moments(mean, m2, count, "");
+  const int64_t d = mean.size(0);
+  TORCH_CHECK_VALUE(batch.dim() == 2 && batch.size(1) == d, "batch must be a matrix [n, ", d,
+                    "] of feature rows, got shape ", batch.sizes());
+  TORCH_CHECK_VALUE(batch.device() == mean.device(), "batch is on ", batch.device(), " but the statistics are on ",
+                    mean.device());
+  TORCH_CHECK_VALUE(at::isFloatingType(batch.scalar_type()) || at::isIntegralType(batch.scalar_type(), false),
+                    "batch must hold real numbers, got ", batch.scalar_type());
+  for (int64_t start = 0; start < batch.size(0); start += kMomentChunkRows) {
+    const int64_t rows = std::min(kMomentChunkRows, batch.size(0) - start);
+    const at::Tensor chunk = batch.narrow(0, start, rows).to(at::kDouble);
+    check_finite(chunk, "batch");
+    const at::Tensor chunk_mean = chunk.mean(0);
+    const at::Tensor centred = chunk - chunk_mean;
+    m2.addmm_(centred.t(), centred);
+    combine_moments(mean, m2, count, chunk_mean, rows);
+    count += rows;
+  }
+  return count;
+}
+
+int64_t feature_moments_merge_(at::Tensor& mean, at::Tensor& m2, int64_t count, const at::Tensor& other_mean,
+                               const at::Tensor& other_m2, int64_t other_count) {
+  check_moments(mean, m2, count, "");
+  check_moments(other_mean, other_m2, other_count, "other_");
+  TORCH_CHECK_VALUE(other_mean.size(0) == mean.size(0), "cannot merge statistics of ", other_mean.size(0),
+                    " features into statistics of ", mean.size(0));
+  TORCH_CHECK_VALUE(other_mean.device() == mean.device(), "other statistics are on ", other_mean.device(),
+                    ", these on ", mean.device());
+  if (other_count == 0) return count;
+  m2.add_(other_m2);
+  combine_moments(mean, m2, count, other_mean, other_count);
+  return count + other_count;
+}
+
+}  // namespace
+}  // namespace fid
+}  // namespace gansvc
+
+TORCH_LIBRARY_FRAGMENT(gansvc, m) {
+  m.def("trace_sqrt_product(Tensor sigma1, Tensor sigma2, str method=\"auto\", int max_iter=100, "
+        "float rtol=1e-10, float verify_tol=1e-10) -> (Tensor trace, Tensor info)");
+  m.def("trace_sqrt_product_lowrank(Tensor sigma1, Tensor features2, str method=\"auto\", int max_iter=100, "
+        "float rtol=1e-10, float verify_tol=1e-10) -> (Tensor trace, Tensor info)");
+  m.def("frechet_distance(Tensor mu1, Tensor sigma1, Tensor mu2, Tensor sigma2, str method=\"auto\") -> Tensor");
+  m.def("feature_moments_update_(Tensor(a!) mean, Tensor(b!) m2, int count, Tensor batch) -> int");
+  m.def("feature_moments_merge_(Tensor(a!) mean, Tensor(b!) m2, int count, Tensor other_mean, Tensor other_m2, "
+        "int other_count) -> int");
+  // The fused element kernels of the Newton–Schulz iteration (CPU and CUDA versions).
+  m.def("ns_polar_step_(Tensor(a!) x, Tensor q, Tensor b) -> Tensor");
+  m.def("sum_squared_difference(Tensor a, Tensor b) -> Tensor");
+}
+
+// The composite ops are the same device-agnostic code on CPU and CUDA.
+TORCH_LIBRARY_IMPL(gansvc, CPU, m) {
+  using namespace gansvc::fid;
+  m.impl("trace_sqrt_product", &trace_sqrt_product);
+  m.impl("trace_sqrt_product_lowrank", &trace_sqrt_product_lowrank);
+  m.impl("frechet_distance", &frechet_distance);
+  m.impl("feature_moments_update_", &feature_moments_update_);
+  m.impl("feature_moments_merge_", &feature_moments_merge_);
+}
+
+#ifdef GANSVC_WITH_CUDA
+TORCH_LIBRARY_IMPL(gansvc, CUDA, m) {
+  using namespace gansvc::fid;
+  m.impl("trace_sqrt_product", &trace_sqrt_product);
+  m.impl("trace_sqrt_product_lowrank", &trace_sqrt_product_lowrank);
+  m.impl("frechet_distance", &frechet_distance);
+  m.impl("feature_moments_update_", &feature_moments_update_);
+  m.impl("feature_moments_merge_", &feature_moments_merge_);
+}
+#endif

@@ -1,0 +1,80 @@
+"""One call that scores generated images: FID, Inception Score and KID against a real set."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from gansvc.metrics.features import EXTRACTORS, FeatureExtractor, extractor_fits, load_extractor
+from gansvc.metrics.fid import fid_from_features
+from gansvc.metrics.inception_score import inception_score
+from gansvc.metrics.kid import kernel_inception_distance
+from gansvc.metrics.reference import real_reference
+
+_EXTRACTOR_CACHE: dict[tuple, FeatureExtractor] = {}
+
+
+def get_extractor(name: str, device: str | torch.device = "cpu", inception_weights=None) -> FeatureExtractor:
+    """Return the extractor `name` on `device`, loading its weights once per process."""
+    if name == "inception-v3":
+        from gansvc.metrics.inception import resolve_weights_path
+
+        inception_weights = str(resolve_weights_path(inception_weights))
+    key = (name, str(torch.device(device)), inception_weights if name == "inception-v3" else None)
+    if key not in _EXTRACTOR_CACHE:
+        _EXTRACTOR_CACHE[key] = load_extractor(name, device, inception_weights)
+    return _EXTRACTOR_CACHE[key]
+
+
+def evaluate(
+    fake: torch.Tensor,
+    real: str = "fashion-mnist:test",
+    extractor: str = "fmnist-cnn",
+    data_root: str | os.PathLike | None = None,
+    inception_weights: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    n_real: int | None = None,
+    progress: bool = False,
+    *,
+    is_splits: int = 10,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """Return {fid, is_mean, is_std, kid_mean, kid_std, n_real, n_fake, extractor} for images `fake`.
+
+    `fake`: [N, C, H, W] float in [-1, 1] or uint8. `real`: a data set 'NAME[:SPLIT]', a file or folder
+    of images, or a statistics .npz (see gansvc.metrics.reference); its statistics are cached.
+    kid_* are None when the real side is a statistics file without feature rows.
+    """
+    if extractor not in EXTRACTORS:
+        raise ValueError(f"unknown extractor {extractor!r}: expected one of {', '.join(EXTRACTORS)}")
+    if not isinstance(fake, torch.Tensor) or fake.dim() != 4:
+        shape = list(fake.shape) if isinstance(fake, torch.Tensor) else type(fake).__name__
+        raise ValueError(f"fake must be an image tensor [N, C, H, W], got {shape}")
+    if fake.shape[0] < 2:
+        raise ValueError(f"fake needs at least 2 images to score, got {fake.shape[0]}")
+    if not extractor_fits(extractor, fake.shape[1:]):
+        hint = "; use the inception-v3 extractor" if extractor == "fmnist-cnn" else ""
+        raise ValueError(f"the {extractor} extractor cannot take images of shape {list(fake.shape[1:])}{hint}")
+    net = get_extractor(extractor, device, inception_weights)
+    reference = real_reference(real, net, data_root, n_real, progress)
+    fake_features, fake_logits = net(fake, progress, desc="generated images")
+    fid = fid_from_features(reference.stats, fake_features).fid
+    is_mean, is_std = inception_score(fake_logits, splits=min(is_splits, fake.shape[0]))
+    kid_mean = kid_std = None
+    if reference.kid_features is not None:
+        kid_mean, kid_std = kernel_inception_distance(
+            reference.kid_features, fake_features, kid_subsets, kid_subset_size, seed
+        )
+    return {
+        "fid": fid,
+        "is_mean": is_mean,
+        "is_std": is_std,
+        "kid_mean": kid_mean,
+        "kid_std": kid_std,
+        "n_real": reference.count,
+        "n_fake": int(fake.shape[0]),
+        "extractor": extractor,
+    }

@@ -1,0 +1,165 @@
+"""Feature extractors for FID / IS / KID: the shipped fmnist-cnn and the FID Inception-v3.
+
+Each extractor maps images ([N, C, H, W], float in [-1, 1] or uint8) to (features [N, d] for FID and
+KID, logits [N, K] whose softmax gives IS). `fingerprint()` identifies the network and its weights,
+so cached reference statistics are recomputed when either changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+EXTRACTORS = ("fmnist-cnn", "inception-v3")
+# Float images may overshoot [-1, 1] by this much (resampling, bf16 rounding) before being clamped.
+_RANGE_SLACK = 1e-3
+
+
+def extractor_fits(name: str, image_shape) -> bool:
+    """Return whether extractor `name` accepts images of shape (C, H, W): fmnist-cnn only 1×28×28."""
+    shape = tuple(int(s) for s in image_shape)
+    if len(shape) != 3:
+        return False
+    if name == "fmnist-cnn":
+        return shape == (1, 28, 28)
+    if name == "inception-v3":
+        return shape[0] in (1, 3) and min(shape[1:]) >= 8
+    raise ValueError(f"unknown extractor {name!r}: expected one of {', '.join(EXTRACTORS)}")
+
+
+def images_to_unit_range(images: torch.Tensor) -> torch.Tensor:
+    """Return images (uint8, or float in [-1, 1]) as float32 in [-1, 1]; error for floats far outside."""
+    if images.dtype == torch.uint8:
+        return images.to(torch.float32).div_(127.5).sub_(1.0)
+    if not images.dtype.is_floating_point:
+        raise ValueError(f"images must be uint8 or floating point in [-1, 1], got {images.dtype}")
+    images = images.to(torch.float32)
+    if images.numel():
+        low, high = float(images.min()), float(images.max())
+        if not (low >= -1.0 - _RANGE_SLACK and high <= 1.0 + _RANGE_SLACK):  # also catches NaN
+            raise ValueError(f"float images must be in [-1, 1], got values in [{low:g}, {high:g}]")
+    return images.clamp(-1.0, 1.0)
+
+
+class FeatureExtractor:
+    """A network giving (features, logits) for a batch of images; see the module docstring."""
+
+    name: str
+    feature_dim: int
+    num_classes: int
+    batch_size: int
+
+    def __init__(self, device: str | torch.device) -> None:
+        self.device = torch.device(device)
+
+    def fits(self, image_shape) -> bool:
+        """Return whether images of shape (C, H, W) are accepted."""
+        return extractor_fits(self.name, image_shape)
+
+    def fingerprint(self) -> str:
+        """Return a string that changes when the network or its weights change."""
+        raise NotImplementedError
+
+    def forward_batch(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (features, logits) of float images in [-1, 1] on self.device."""
+        raise NotImplementedError
+
+    @torch.inference_mode()
+    def __call__(self, images: torch.Tensor, progress: bool = False, desc: str = "features"):
+        """Return (features float32 [N, d], logits float32 [N, K]) on the CPU for all `images`."""
+        if images.dim() != 4 or not self.fits(images.shape[1:]):
+            raise ValueError(
+                f"the {self.name} extractor cannot take images of shape {list(images.shape)}"
+                + (" (it needs [N, 1, 28, 28])" if self.name == "fmnist-cnn" else " (it needs [N, 1|3, H, W])")
+            )
+        features = torch.empty(images.shape[0], self.feature_dim, dtype=torch.float32)
+        logits = torch.empty(images.shape[0], self.num_classes, dtype=torch.float32)
+        starts = range(0, images.shape[0], self.batch_size)
+        for start in tqdm(starts, desc=desc, unit="batch", disable=not progress, file=sys.stderr):
+            batch = images_to_unit_range(images[start : start + self.batch_size]).to(self.device)
+            f, z = self.forward_batch(batch)
+            features[start : start + batch.shape[0]] = f.float().cpu()
+            logits[start : start + batch.shape[0]] = z.float().cpu()
+        return features, logits
+
+
+class FashionMNISTExtractor(FeatureExtractor):
+    """The shipped classifier: 128-d penultimate features, 10 classes."""
+
+    name = "fmnist-cnn"
+    batch_size = 1000
+
+    def __init__(self, device: str | torch.device = "cpu", weights: str | os.PathLike | None = None) -> None:
+        from gansvc.metrics import fmnist_cnn
+
+        super().__init__(device)
+        self.weights_path = Path(weights) if weights else fmnist_cnn.WEIGHTS_PATH
+        self.model = fmnist_cnn.load_classifier(self.weights_path, self.device)
+        self.feature_dim, self.num_classes = fmnist_cnn.FEATURE_DIM, fmnist_cnn.NUM_CLASSES
+
+    def fingerprint(self) -> str:
+        """Return architecture + weights digest."""
+        from gansvc.metrics.fmnist_cnn import ARCHITECTURE
+
+        return f"{ARCHITECTURE}:{file_digest(self.weights_path)}"
+
+    def forward_batch(self, images):
+        """Return (penultimate features, logits)."""
+        return self.model.features_and_logits(images)
+
+
+class InceptionExtractor(FeatureExtractor):
+    """pytorch-fid's FID Inception-v3: 2048-d pool3 features, 1008 classes; grey images repeated to RGB."""
+
+    name = "inception-v3"
+
+    def __init__(self, device: str | torch.device = "cpu", weights: str | os.PathLike | None = None) -> None:
+        from gansvc.metrics import inception
+
+        super().__init__(device)
+        self.weights_path = inception.resolve_weights_path(weights)
+        self.model = inception.load_fid_inception(self.weights_path, self.device)
+        self.feature_dim, self.num_classes = inception.FEATURE_DIM, inception.NUM_CLASSES
+        self.batch_size = 200 if self.device.type == "cuda" else 50
+
+    def fingerprint(self) -> str:
+        """Return architecture + weights digest."""
+        return f"fid-inception-2015-12-05:{file_digest(self.weights_path)}"
+
+    def forward_batch(self, images):
+        """Return (pool3 features, unbiased logits) of images in [-1, 1]."""
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        return self.model((images + 1.0) * 0.5)  # the network takes [0, 1], as pytorch-fid's
+
+
+def load_extractor(
+    name: str, device: str | torch.device = "cpu", inception_weights: str | os.PathLike | None = None
+) -> FeatureExtractor:
+    """Return the extractor `name` ('fmnist-cnn' | 'inception-v3') on `device`, weights loaded."""
+    if name == "fmnist-cnn":
+        return FashionMNISTExtractor(device)
+    if name == "inception-v3":
+        return InceptionExtractor(device, inception_weights)
+    raise ValueError(f"unknown extractor {name!r}: expected one of {', '.join(EXTRACTORS)}")
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """Return the first 16 hex digits of the SHA-256 of a file (memoised by path, size and mtime)."""
+    stat = os.stat(path)
+    return _file_digest(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=32)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]

@@ -1,0 +1,168 @@
+"""The FID Inception-v3 (pytorch-fid's port of the 2015 TensorFlow graph), loaded from a local file.
+
+The network is torchvision's Inception3 with the blocks TensorFlow computes differently patched in
+(average pooling without the padded zeros; max pooling in the last block), and with 1008 classes,
+so the state_dict keys are those of pytorch-fid's `pt_inception-2015-12-05-6726825d.pth`. That file
+(or any file with the same keys) is named by the user: `--inception-weights PATH` or the
+GANSVC_INCEPTION_WEIGHTS environment variable. Nothing is downloaded.
+
+torchvision is imported only here, so the fmnist-cnn path works without it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+WEIGHTS_ENV = "GANSVC_INCEPTION_WEIGHTS"
+FEATURE_DIM = 2048
+NUM_CLASSES = 1008
+INPUT_SIZE = 299
+
+
+def _torchvision_inception():
+    try:
+        from torchvision.models import inception as tv_inception
+    except Exception as error:  # ImportError, or a torchvision that does not match torch
+        raise RuntimeError(f"the inception-v3 extractor needs torchvision, which did not import ({error})") from None
+    return tv_inception
+
+
+def _fid_blocks():
+    """Return the FID-patched Inception block classes (built lazily: they subclass torchvision's)."""
+    tv = _torchvision_inception()
+
+    class FIDInceptionA(tv.InceptionA):
+        """InceptionA whose pooling branch averages over the real pixels only, as TensorFlow does."""
+
+        def forward(self, x):
+            branch1x1 = self.branch1x1(x)
+            branch5x5 = self.branch5x5_2(self.branch5x5_1(x))
+            branch3x3dbl = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+            branch_pool = self.branch_pool(F.avg_pool2d(x, kernel_size=3, stride=1, padding=1, count_include_pad=False))
+            return torch.cat([branch1x1, branch5x5, branch3x3dbl, branch_pool], 1)
+
+    class FIDInceptionC(tv.InceptionC):
+        """InceptionC with TensorFlow's average pooling (padded zeros not counted)."""
+
+        def forward(self, x):
+            branch1x1 = self.branch1x1(x)
+            branch7x7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
+            branch7x7dbl = self.branch7x7dbl_1(x)
+            for layer in (self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4, self.branch7x7dbl_5):
+                branch7x7dbl = layer(branch7x7dbl)
+            branch_pool = self.branch_pool(F.avg_pool2d(x, kernel_size=3, stride=1, padding=1, count_include_pad=False))
+            return torch.cat([branch1x1, branch7x7, branch7x7dbl, branch_pool], 1)
+
+    class FIDInceptionE1(tv.InceptionE):
+        """The first InceptionE block with TensorFlow's average pooling (padded zeros not counted)."""
+
+        pool = staticmethod(lambda x: F.avg_pool2d(x, kernel_size=3, stride=1, padding=1, count_include_pad=False))
+
+        def forward(self, x):
+            branch1x1 = self.branch1x1(x)
+            branch3x3 = self.branch3x3_1(x)
+            branch3x3 = torch.cat([self.branch3x3_2a(branch3x3), self.branch3x3_2b(branch3x3)], 1)
+            branch3x3dbl = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
+            branch3x3dbl = torch.cat([self.branch3x3dbl_3a(branch3x3dbl), self.branch3x3dbl_3b(branch3x3dbl)], 1)
+            branch_pool = self.branch_pool(self.pool(x))
+            return torch.cat([branch1x1, branch3x3, branch3x3dbl, branch_pool], 1)
+
+    class FIDInceptionE2(FIDInceptionE1):
+        """The last InceptionE block: the 2015 graph max-pools here (where the paper average-pools)."""
+
+        pool = staticmethod(lambda x: F.max_pool2d(x, kernel_size=3, stride=1, padding=1))
+
+    return FIDInceptionA, FIDInceptionC, FIDInceptionE1, FIDInceptionE2
+
+
+def build_fid_inception() -> nn.Module:
+    """Return an untrained FID Inception-v3 (torchvision Inception3 with the FID blocks, 1008 classes)."""
+    tv = _torchvision_inception()
+    block_a, block_c, block_e1, block_e2 = _fid_blocks()
+    # init_weights=False: the weights come from a file; skipping scipy's truncated-normal init saves seconds.
+    net = tv.Inception3(num_classes=NUM_CLASSES, aux_logits=False, transform_input=False, init_weights=False)
+    net.Mixed_5b = block_a(192, pool_features=32)
+    net.Mixed_5c = block_a(256, pool_features=64)
+    net.Mixed_5d = block_a(288, pool_features=64)
+    net.Mixed_6b = block_c(768, channels_7x7=128)
+    net.Mixed_6c = block_c(768, channels_7x7=160)
+    net.Mixed_6d = block_c(768, channels_7x7=160)
+    net.Mixed_6e = block_c(768, channels_7x7=192)
+    net.Mixed_7b = block_e1(1280)
+    net.Mixed_7c = block_e2(2048)
+    return net
+
+
+class FIDInceptionV3(nn.Module):
+    """Images in [0, 1] [N, 3, H, W] -> (pool3 features [N, 2048], unbiased logits [N, 1008]).
+
+    As pytorch-fid: resized to 299×299 (bilinear, align_corners=False), scaled to [-1, 1]. The logits
+    are the 1008-way classifier without its bias, as the original Inception Score code used them.
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (pool3 features, logits without bias) of images in [0, 1]."""
+        x = F.interpolate(images, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
+        x = 2.0 * x - 1.0
+        net = self.net
+        for layer in (net.Conv2d_1a_3x3, net.Conv2d_2a_3x3, net.Conv2d_2b_3x3):
+            x = layer(x)
+        x = F.max_pool2d(x, kernel_size=3, stride=2)
+        x = net.Conv2d_4a_3x3(net.Conv2d_3b_1x1(x))
+        x = F.max_pool2d(x, kernel_size=3, stride=2)
+        for block in (net.Mixed_5b, net.Mixed_5c, net.Mixed_5d, net.Mixed_6a, net.Mixed_6b, net.Mixed_6c,
+                      net.Mixed_6d, net.Mixed_6e, net.Mixed_7a, net.Mixed_7b, net.Mixed_7c):
+            x = block(x)
+        features = F.adaptive_avg_pool2d(x, (1, 1)).flatten(1)
+        return features, features @ net.fc.weight.T
+
+
+def resolve_weights_path(path: str | os.PathLike | None = None) -> Path:
+    """Return the Inception weights file: `path`, else $GANSVC_INCEPTION_WEIGHTS; error if neither exists."""
+    chosen = path if path else os.environ.get(WEIGHTS_ENV)
+    if not chosen:
+        raise FileNotFoundError(
+            "the inception-v3 extractor needs the FID Inception weights (pytorch-fid's "
+            "pt_inception-2015-12-05-6726825d.pth): pass --inception-weights PATH or set "
+            f"{WEIGHTS_ENV}; nothing is downloaded"
+        )
+    chosen = Path(chosen).expanduser()
+    if not chosen.is_file():
+        raise FileNotFoundError(f"inception weights file {str(chosen)!r} does not exist")
+    return chosen
+
+
+def load_fid_inception(path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> FIDInceptionV3:
+    """Return the FID Inception-v3 with the weights of `path` (see resolve_weights_path), in eval mode."""
+    weights = resolve_weights_path(path)
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as error:  # unpickling errors of all kinds: a corrupt or foreign file
+        raise ValueError(f"{weights}: not a PyTorch weights file ({type(error).__name__}: {error})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{weights}: expected a state_dict (a mapping of names to tensors)")
+    net = build_fid_inception()
+    expected = {k: v for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
+    given = {k for k in state if not k.endswith("num_batches_tracked")}
+    missing, unexpected = sorted(set(expected) - given), sorted(given - set(expected))
+    if missing or unexpected:
+        raise ValueError(
+            f"{weights}: not the FID Inception layout (pytorch-fid's pt_inception-2015-12-05): "
+            f"{len(missing)} keys missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+        )
+    for key, tensor in expected.items():
+        if state[key].shape != tensor.shape:
+            raise ValueError(f"{weights}: {key} has shape {list(state[key].shape)}, expected {list(tensor.shape)}")
+    net.load_state_dict(state, strict=False)  # num_batches_tracked may be absent (unused in eval mode)
+    return FIDInceptionV3(net).eval().requires_grad_(False).to(device)

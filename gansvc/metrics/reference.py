@@ -1,0 +1,174 @@
+"""Reference statistics of a real image set: computed once per (images, extractor weights), then cached.
+
+The real side of FID/KID is named by a string:
+- a data set, `NAME[:SPLIT]` (fashion-mnist:test, mnist:train, cifar10:test, folder:PATH; split
+  defaults to train), read with gansvc.data.load_images;
+- a file or folder of images (see gansvc.metrics.image_files);
+- a statistics .npz with mu and sigma (pytorch-fid's precomputed files load as they are; KID then
+  needs the file's `kid_features`, which gansvc's own cache files carry).
+
+Cache files live in $GANSVC_CACHE_DIR (default ~/.cache/gansvc)/fid-stats/, are written atomically,
+and are named by a digest of the images' bytes and the extractor's weights, so a change in either
+computes them anew.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from gansvc.metrics.features import FeatureExtractor
+from gansvc.metrics.fid import FeatureStats, GaussianStatistics, load_statistics, save_statistics
+
+CACHE_ENV = "GANSVC_CACHE_DIR"
+# Real feature rows kept for KID (a seeded random subset when the set is larger): KID's subsets of
+# 1000 are drawn from these. 10 000 × 2048 float32 = 80 MB for Inception, 5 MB for fmnist-cnn.
+KID_REFERENCE_ROWS = 10_000
+# Images per extractor call while streaming a real set into FeatureStats.
+_STREAM_CHUNK = 5_000
+_CACHE_VERSION = 1
+
+
+def cache_dir() -> Path:
+    """Return the cache folder: $GANSVC_CACHE_DIR, else ~/.cache/gansvc."""
+    configured = os.environ.get(CACHE_ENV)
+    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "gansvc"
+
+
+@dataclass
+class RealReference:
+    """The real side of an evaluation: statistics, KID feature rows (None if unknown), sample count."""
+
+    stats: GaussianStatistics
+    kid_features: torch.Tensor | None
+    count: int | None
+    source: str
+    cache_path: Path | None = None
+
+
+def parse_dataset_spec(spec: str) -> tuple[str, str]:
+    """Return (data set name, split) of 'NAME[:train|:test]' (split defaults to 'train')."""
+    for split in ("train", "test"):
+        if spec.endswith(":" + split):
+            return spec[: -len(split) - 1], split
+    return spec, "train"
+
+
+def real_reference(
+    real: str,
+    extractor: FeatureExtractor,
+    data_root=None,
+    n_real: int | None = None,
+    progress: bool = False,
+    pixel_range: str = "-1,1",
+) -> RealReference:
+    """Return the statistics of the real set named `real` for `extractor`, from the cache when there."""
+    if n_real is not None and n_real < 2:
+        raise ValueError(f"n_real must be at least 2, got {n_real}")
+    path = Path(real).expanduser()
+    if path.suffix.lower() == ".npz" and path.is_file() and _is_statistics_file(path):
+        return _statistics_file(path, extractor, n_real)
+    if path.exists():
+        from gansvc.metrics.image_files import load_image_set
+
+        images = load_image_set(path, pixel_range)
+        source = f"file:{path.resolve()}"
+    else:
+        from gansvc.data import load_images
+
+        name, split = parse_dataset_spec(real)
+        images = load_images(name, split, data_root).images
+        source = f"{name}:{split}"
+    if not extractor.fits(images.shape[1:]):
+        raise ValueError(
+            f"the real images of {real!r} have shape {list(images.shape[1:])}, which the {extractor.name} extractor "
+            "cannot take"
+        )
+    if n_real is not None and n_real < images.shape[0]:
+        # A seeded random subset, not the first n: data sets are often ordered.
+        keep = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(0))[:n_real].sort().values
+        images = images[keep]
+    digest = _cache_key(images, extractor, source)
+    cache_path = cache_dir() / "fid-stats" / f"{_slug(source)}-{extractor.name}-{digest}.npz"
+    cached = _read_cache(cache_path)
+    if cached is not None:
+        return cached
+    reference = _compute(images, extractor, source, progress)
+    extra = {"fingerprint": np.asarray(extractor.fingerprint()), "source": np.asarray(source)}
+    if reference.kid_features is not None:
+        extra["kid_features"] = reference.kid_features.numpy()
+    save_statistics(cache_path, reference.stats, **extra)
+    reference.cache_path = cache_path
+    return reference
+
+
+def _is_statistics_file(path: Path) -> bool:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return "mu" in data.files and "sigma" in data.files
+    except Exception:  # not an .npz at all: let the image reader report it
+        return False
+
+
+def _statistics_file(path: Path, extractor: FeatureExtractor, n_real: int | None) -> RealReference:
+    if n_real is not None:
+        raise ValueError(f"n_real cannot subsample {path}: it holds statistics, not images")
+    stats, extra = load_statistics(path)
+    if stats.mu.shape[0] != extractor.feature_dim:
+        raise ValueError(
+            f"{path} holds statistics of {stats.mu.shape[0]}-d features but the {extractor.name} extractor "
+            f"gives {extractor.feature_dim}-d features"
+        )
+    kid = extra.get("kid_features")
+    kid_features = torch.from_numpy(kid) if kid is not None and kid.ndim == 2 and kid.shape[1] == extractor.feature_dim else None
+    return RealReference(stats, kid_features, stats.count, f"stats:{path.resolve()}", path)
+
+
+def _cache_key(images: torch.Tensor, extractor: FeatureExtractor, source: str) -> str:
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(f"v{_CACHE_VERSION}|{extractor.fingerprint()}|{source}|{list(images.shape)}|{images.dtype}".encode())
+    digest.update(memoryview(images.contiguous().numpy()).cast("B"))
+    return digest.hexdigest()
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[-60:] or "images"
+
+
+def _read_cache(path: Path) -> RealReference | None:
+    if not path.is_file():
+        return None
+    try:
+        stats, extra = load_statistics(path)
+    except ValueError:
+        return None  # unreadable: recompute and overwrite
+    kid = extra.get("kid_features")
+    source = str(extra["source"]) if "source" in extra else str(path)
+    return RealReference(stats, torch.from_numpy(kid) if kid is not None else None, stats.count, source, path)
+
+
+def _compute(images: torch.Tensor, extractor: FeatureExtractor, source: str, progress: bool) -> RealReference:
+    n = images.shape[0]
+    kid_rows = torch.arange(n)
+    if n > KID_REFERENCE_ROWS:
+        kid_rows = torch.randperm(n, generator=torch.Generator().manual_seed(1))[:KID_REFERENCE_ROWS].sort().values
+    keep_for_kid = torch.zeros(n, dtype=torch.bool)
+    keep_for_kid[kid_rows] = True
+    stats = FeatureStats(extractor.feature_dim)
+    kid_parts = []
+    bar = tqdm(total=n, desc=f"reference statistics {source}", unit="img", disable=not progress, file=sys.stderr)
+    for start in range(0, n, _STREAM_CHUNK):
+        features, _ = extractor(images[start : start + _STREAM_CHUNK])
+        stats.update(features)
+        kid_parts.append(features[keep_for_kid[start : start + _STREAM_CHUNK]])
+        bar.update(features.shape[0])
+    bar.close()
+    return RealReference(stats.statistics(), torch.cat(kid_parts), n, source)
