@@ -24,11 +24,11 @@ from PIL import Image
 from gansvc.client import GanClient, pb, state_name
 from gansvc.service.server import GanServer, ServerConfig
 
-TINY = dict(
-    dataset="fashion-mnist", model="mlp", mlp_hidden=64, z_dim=16, batch_size=32, steps=30, log_every=5,
-    sample_every=15, checkpoint_every=15, eval_samples=0, tensorboard=False,
-)  # fmt: skip
-LONG = dict(TINY, steps=1_000_000, sample_every=0, checkpoint_every=0)  # runs until stopped
+TINY = {
+    "dataset": "fashion-mnist", "model": "mlp", "mlp_hidden": 64, "z_dim": 16, "batch_size": 32, "steps": 30,
+    "log_every": 5, "sample_every": 15, "checkpoint_every": 15, "eval_samples": 0, "tensorboard": False,
+}  # fmt: skip
+LONG = {**TINY, "steps": 1_000_000, "sample_every": 0, "checkpoint_every": 0}  # runs until stopped
 
 
 def wait_for(predicate, timeout=120.0, interval=0.1, what="condition"):
@@ -284,7 +284,8 @@ def test_paths_outside_the_data_roots_are_refused(client, change, field):
 def test_artifact_names_cannot_leave_the_run_directory(finished, client):
     job, _ = finished
     for name in ("../../gansvc.db", "/etc/passwd", "checkpoints/../../../gansvc.db"):
-        code, details = code_of(lambda: list(client.stub.DownloadArtifact(pb.DownloadArtifactRequest(job_id=job.id, name=name))))
+        request = pb.DownloadArtifactRequest(job_id=job.id, name=name)
+        code, details = code_of(lambda request=request: list(client.stub.DownloadArtifact(request)))
         assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("name:"), details
 
 
@@ -378,7 +379,9 @@ def test_fifty_concurrent_watchers_all_see_every_event(service):
 def test_watch_resumes_after_a_sequence_number(finished, client):
     job, events = finished
     tail = list(client.watch(job.id, after_sequence=5))
-    assert [e.SerializeToString(deterministic=True) for e in tail] == [e.SerializeToString(deterministic=True) for e in events[5:]]
+    assert [e.SerializeToString(deterministic=True) for e in tail] == [
+        e.SerializeToString(deterministic=True) for e in events[5:]
+    ]
     code, details = code_of(lambda: list(client.watch(job.id, after_sequence=job.last_sequence + 5, reconnect=False)))
     assert code == grpc.StatusCode.OUT_OF_RANGE and "after_sequence" in details
 
@@ -446,7 +449,9 @@ def test_tokens_are_required_except_for_health(secure_service):
         from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
         stub = reflection_pb2_grpc.ServerReflectionStub(anonymous.channel)
-        code, _ = code_of(lambda: list(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))))
+        code, _ = code_of(
+            lambda: list(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+        )
         assert code == grpc.StatusCode.UNAUTHENTICATED
     with GanClient(server.address, tls_ca=cert, token="wrong") as wrong:
         code, details = code_of(lambda: list(wrong.list_jobs()))

@@ -21,10 +21,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gansvc.client import GanClient, state_name
 
-RUN = dict(
-    dataset="fashion-mnist", model="mlp", mlp_hidden=64, z_dim=16, batch_size=32, log_every=10, sample_every=0,
-    eval_samples=0, tensorboard=False,
-)  # fmt: skip
+RUN = {
+    "dataset": "fashion-mnist", "model": "mlp", "mlp_hidden": 64, "z_dim": 16, "batch_size": 32, "log_every": 10,
+    "sample_every": 0, "eval_samples": 0, "tensorboard": False,
+}  # fmt: skip
 
 
 class ServerProcess:
@@ -139,14 +139,18 @@ def test_kill9_mid_training_resumes_from_the_last_checkpoint_losing_no_event(tmp
     # One reconnecting watch saw every event exactly once, in order, across the crash ...
     seen = watcher.events
     assert [e.sequence for e in seen] == list(range(1, final.last_sequence + 1))
-    assert [e.SerializeToString(deterministic=True) for e in seen] == [e.SerializeToString(deterministic=True) for e in stored]
+    assert [e.SerializeToString(deterministic=True) for e in seen] == [
+        e.SerializeToString(deterministic=True) for e in stored
+    ]
     # ... and everything it had been sent before the crash is still stored as it was.
     assert [e.SerializeToString(deterministic=True) for e in stored[: len(acknowledged)]] == acknowledged
     names = [name for name, _ in states(stored)]
     assert names == ["QUEUED", "RUNNING", "QUEUED", "RUNNING", "SUCCEEDED"], names
     requeued, resumed = states(stored)[2][1], states(stored)[3][1]
     assert "stopped unexpectedly" in requeued.reason
-    checkpoints = [e.checkpoint.step for e in acknowledged_events(acknowledged) if e.WhichOneof("payload") == "checkpoint"]
+    checkpoints = [
+        e.checkpoint.step for e in acknowledged_events(acknowledged) if e.WhichOneof("payload") == "checkpoint"
+    ]
     assert resumed.attempt == 2 and resumed.resume_step >= max(checkpoints) and resumed.resume_step % 20 == 0
     logs = [e.log for e in stored if e.WhichOneof("payload") == "log"]
     assert any(f"resumed from the checkpoint at step {resumed.resume_step}" == log.message for log in logs)

@@ -163,7 +163,9 @@ def test_job_message_round_trips_the_resolved_spec(store):
     spec = TrainSpec(steps=7, model="mlp", ema_decay=0.0, spectral_norm=False).to_dict()
     job, _ = store.create_job("training", spec, request_id="rid")
     message = job_to_proto(store.require_job(job.id))
-    back = {f.name: getattr(message.training, f.name) for f in message.training.DESCRIPTOR.fields if f.name != "request_id"}
+    back = {
+        f.name: getattr(message.training, f.name) for f in message.training.DESCRIPTOR.fields if f.name != "request_id"
+    }
     assert TrainSpec.from_dict(back) == TrainSpec.from_dict(spec)
     assert message.training.HasField("ema_decay") and message.training.ema_decay == 0.0  # an explicit zero survives
     assert state_name(message.state) == "QUEUED" and message.request_id == "rid"
@@ -223,7 +225,8 @@ def test_training_spec_validation_names_the_field(roots):
         assert caught.value.field == field and value in str(caught.value), str(caught.value)
 
 
-def test_evaluation_spec_validation(roots, store, tmp_path):
+def test_evaluation_spec_validation(roots, store, tmp_path, monkeypatch):
+    monkeypatch.delenv("GANSVC_INCEPTION_WEIGHTS", raising=False)
     pool = DevicePool([], 1)
     images = np.random.default_rng(0).integers(0, 256, (4, 1, 28, 28), dtype=np.uint8)
     good = pb.EvaluationSpec(samples=pb.Tensor(shape=[4, 1, 28, 28], dtype=pb.DTYPE_UINT8, data=images.tobytes()))
@@ -235,7 +238,9 @@ def test_evaluation_spec_validation(roots, store, tmp_path):
         (pb.EvaluationSpec(samples=pb.Tensor(shape=[4, 1, 28, 28], dtype=pb.DTYPE_UINT8, data=b"12")), "samples.data"),
         (pb.EvaluationSpec(samples=good.samples, real="imagenet:val"), "real"),
         (pb.EvaluationSpec(samples=good.samples, extractor="vgg"), "extractor"),
-        (pb.EvaluationSpec(samples=good.samples, extractor="inception"), "inception_weights"),
+        (pb.EvaluationSpec(samples=good.samples, extractor="inception-v3"), "inception_weights"),
+        (pb.EvaluationSpec(samples=good.samples, real="/etc/passwd"), "real"),
+        (pb.EvaluationSpec(samples=good.samples, real="fashion-mnist:val"), "real"),
         (pb.EvaluationSpec(checkpoint=pb.CheckpointRef(job_id="")), "checkpoint.job_id"),
     ]
     for message, field in bad:

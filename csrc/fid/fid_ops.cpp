@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <initializer_list>
 #include <limits>
 #include <optional>
 #include <tuple>
@@ -25,9 +26,19 @@ namespace fid {
 namespace {
 
 constexpr double kEps = std::numeric_limits<double>::epsilon();
-// Rounding leaves eigenvalues of a PSD matrix down to about -d·eps·λmax; well below that the input
-// is not a covariance matrix and we say so instead of clamping a real error away.
-constexpr double kPsdTolerance = 1.5e-8;
+// Rounding leaves eigenvalues of a PSD matrix down to about -sqrt(d)·eps·λmax (eps of the dtype the
+// covariance was computed in: float32 statistics carry ~1e-7 noise). Eigenvalues below
+// -psd_tolerance·λmax mean the input is not a covariance matrix, and we say so instead of clamping
+// a real error away; above it they are clamped at 0.
+double psd_tolerance(int64_t d, std::initializer_list<at::ScalarType> input_types) {
+  double eps = kEps;
+  for (const auto type : input_types) {
+    if (type == at::kFloat) eps = std::max(eps, 1.1920929e-7);
+    if (type == at::kHalf) eps = std::max(eps, 9.765625e-4);
+    if (type == at::kBFloat16) eps = std::max(eps, 7.8125e-3);
+  }
+  return std::max(1.5e-8, 100.0 * std::sqrt(static_cast<double>(d)) * eps);
+}
 // Relative asymmetry accepted in a covariance (float32 statistics are symmetric to ~1e-7).
 constexpr double kSymmetryTolerance = 1e-5;
 // Rows per float64 chunk of a feature batch: bounds the temporary memory at 2·chunk·d doubles.
@@ -72,7 +83,7 @@ void check_finite(const at::Tensor& t, const char* name) {
 }
 
 // float64, contiguous, finite, symmetric (checked, then made exactly symmetric) [d, d].
-at::Tensor prepare_covariance(const at::Tensor& sigma, const char* name) {
+at::Tensor prepare_covariance(const at::Tensor& sigma, const char* name, double psd_tol) {
   TORCH_CHECK_VALUE(sigma.dim() == 2 && sigma.size(0) == sigma.size(1), name,
                     " must be a square covariance matrix [d, d], got shape ", sigma.sizes());
   TORCH_CHECK_VALUE(sigma.size(0) > 0, name, " is empty (d = 0)");
@@ -85,7 +96,7 @@ at::Tensor prepare_covariance(const at::Tensor& sigma, const char* name) {
   TORCH_CHECK_VALUE(asymmetry <= kSymmetryTolerance * scale, name, " is not symmetric: max |S - Sᵀ| = ", asymmetry,
                     " for max |S| = ", scale);
   const double min_variance = s.diagonal().min().item<double>();
-  TORCH_CHECK_VALUE(min_variance >= -kPsdTolerance * scale, name,
+  TORCH_CHECK_VALUE(min_variance >= -psd_tol * scale, name,
                     " is not a covariance matrix: it has a negative variance ", min_variance, " on its diagonal");
   return ((s + s.t()) * 0.5).contiguous();
 }
@@ -123,11 +134,11 @@ std::optional<at::Tensor> cholesky_factor(const at::Tensor& s) {
 
 // F [d, r] with F Fᵀ = s, from an eigendecomposition with the zero modes (below the numerical rank
 // threshold d·eps·λmax) dropped; r may be 0.
-at::Tensor eigen_factor(const at::Tensor& s, const char* name) {
+at::Tensor eigen_factor(const at::Tensor& s, const char* name, double psd_tol) {
   auto [values, vectors] = at::linalg_eigh(s);
   const double largest = values.max().item<double>();
   const double smallest = values.min().item<double>();
-  TORCH_CHECK_VALUE(smallest >= -kPsdTolerance * std::max(largest, 0.0), name,
+  TORCH_CHECK_VALUE(smallest >= -psd_tol * std::max(largest, 0.0), name,
                     " is not positive semi-definite: its smallest eigenvalue is ", smallest, " (largest ", largest,
                     ")");
   const at::Tensor keep = (values > static_cast<double>(s.size(0)) * kEps * largest).nonzero().squeeze(1);
@@ -160,12 +171,12 @@ at::Tensor small_gram(const at::Tensor& c) {
 
 // Σ sqrt(λ) over the eigenvalues of a symmetric PSD matrix (lower triangle read), clamped at 0:
 // one eigenvalues-only call. Eigenvalues come in ascending order, so the sum adds small ones first.
-double sum_sqrt_eigenvalues(const at::Tensor& sym, const char* what) {
+double sum_sqrt_eigenvalues(const at::Tensor& sym, const char* what, double psd_tol) {
   if (sym.numel() == 0) return 0.0;
   const at::Tensor values = at::linalg_eigvalsh(sym, "L");
   const double largest = values.max().item<double>();
   const double smallest = values.min().item<double>();
-  TORCH_CHECK_VALUE(smallest >= -kPsdTolerance * std::max(largest, 0.0),
+  TORCH_CHECK_VALUE(smallest >= -psd_tol * std::max(largest, 0.0),
                     "the covariances are not positive semi-definite: ", what, " has the eigenvalue ", smallest,
                     " (largest ", largest, ")");
   return values.clamp_min(0.0).sqrt().sum().item<double>();
@@ -225,7 +236,7 @@ at::Tensor restrict(const at::Tensor& s, const at::Tensor& index) {
 }
 
 TraceResult trace_sqrt_product_impl(at::Tensor s1, at::Tensor s2, bool newton_schulz, int64_t max_iter, double rtol,
-                                    double verify_tol) {
+                                    double verify_tol, double psd_tol) {
   TraceResult result;
   if (auto live = live_features(s1, s2)) {
     s1 = restrict(s1, *live);
@@ -238,14 +249,14 @@ TraceResult trace_sqrt_product_impl(at::Tensor s1, at::Tensor s2, bool newton_sc
   result.route = (l1 && l2) ? Route::kCholesky : Route::kEigh;
   if (!newton_schulz && l1 && l2) {
     // The common case, fastest on a CPU: one Cholesky, Lᵀ S2 L, eigenvalues only.
-    result.value = sum_sqrt_eigenvalues(lower_congruence(*l1, s2), "L1ᵀ S2 L1");
+    result.value = sum_sqrt_eigenvalues(lower_congruence(*l1, s2), "L1ᵀ S2 L1", psd_tol);
     return result;
   }
   // A singular covariance is factored by eigh with its zero modes dropped: its rank-deficiency
   // then costs nothing in accuracy (Lᵀ S2 L instead would carry ~d rounding-level eigenvalues
   // whose square roots add up to ~1e-8 relative error).
-  const at::Tensor f1 = l1 ? *l1 : eigen_factor(s1, "sigma1");
-  const at::Tensor f2 = l2 ? *l2 : eigen_factor(s2, "sigma2");
+  const at::Tensor f1 = l1 ? *l1 : eigen_factor(s1, "sigma1", psd_tol);
+  const at::Tensor f2 = l2 ? *l2 : eigen_factor(s2, "sigma2", psd_tol);
   const at::Tensor c = at::mm(f2.t(), f1);
   result.rank = std::min(c.size(0), c.size(1));
   if (newton_schulz) {
@@ -259,7 +270,7 @@ TraceResult trace_sqrt_product_impl(at::Tensor s1, at::Tensor s2, bool newton_sc
     }
     result.fell_back = true;
   }
-  result.value = sum_sqrt_eigenvalues(small_gram(c), "F2ᵀ F1");
+  result.value = sum_sqrt_eigenvalues(small_gram(c), "F2ᵀ F1", psd_tol);
   return result;
 }
 
@@ -275,12 +286,14 @@ std::tuple<at::Tensor, at::Tensor> trace_sqrt_product(const at::Tensor& sigma1, 
   const Method parsed = parse_method(method);
   check_iteration_settings(max_iter, rtol, verify_tol);
   check_same_problem(sigma1, sigma2, "sigma1", "sigma2");
-  at::Tensor s1 = prepare_covariance(sigma1, "sigma1");
-  at::Tensor s2 = prepare_covariance(sigma2, "sigma2");
+  const double psd_tol = psd_tolerance(sigma1.dim() == 2 ? sigma1.size(0) : 1,
+                                       {sigma1.scalar_type(), sigma2.scalar_type()});
+  at::Tensor s1 = prepare_covariance(sigma1, "sigma1", psd_tol);
+  at::Tensor s2 = prepare_covariance(sigma2, "sigma2", psd_tol);
   TORCH_CHECK_VALUE(s1.size(0) == s2.size(0), "sigma1 and sigma2 must have the same size, got ", s1.sizes(), " and ",
                     s2.sizes());
   const TraceResult result =
-      trace_sqrt_product_impl(s1, s2, use_newton_schulz(parsed, s1), max_iter, rtol, verify_tol);
+      trace_sqrt_product_impl(s1, s2, use_newton_schulz(parsed, s1), max_iter, rtol, verify_tol, psd_tol);
   return result.as_tensors(s1.options());
 }
 
@@ -294,7 +307,9 @@ std::tuple<at::Tensor, at::Tensor> trace_sqrt_product_lowrank(const at::Tensor& 
   const Method parsed = parse_method(method);
   check_iteration_settings(max_iter, rtol, verify_tol);
   check_same_problem(sigma1, features2, "sigma1", "features2");
-  at::Tensor s1 = prepare_covariance(sigma1, "sigma1");
+  const double psd_tol = psd_tolerance(sigma1.dim() == 2 ? sigma1.size(0) : 1,
+                                       {sigma1.scalar_type(), features2.scalar_type()});
+  at::Tensor s1 = prepare_covariance(sigma1, "sigma1", psd_tol);
   TORCH_CHECK_VALUE(features2.dim() == 2, "features2 must be a matrix [m, d] of feature rows, got shape ",
                     features2.sizes());
   TORCH_CHECK_VALUE(features2.size(1) == s1.size(0), "features2 has ", features2.size(1),
@@ -318,7 +333,7 @@ std::tuple<at::Tensor, at::Tensor> trace_sqrt_product_lowrank(const at::Tensor& 
   if (s1.size(0) == 0) return result.as_tensors(s1.options());
   if (use_newton_schulz(parsed, s1)) {
     const auto l1 = cholesky_factor(s1);
-    const at::Tensor c = at::mm(x, l1 ? *l1 : eigen_factor(s1, "sigma1"));  // [m, r1]
+    const at::Tensor c = at::mm(x, l1 ? *l1 : eigen_factor(s1, "sigma1", psd_tol));  // [m, r1]
     const auto ns = newton_schulz_nuclear_norm(c, max_iter, rtol, verify_tol);
     result.iterations = ns.iterations;
     result.bound = ns.bound;
@@ -328,10 +343,10 @@ std::tuple<at::Tensor, at::Tensor> trace_sqrt_product_lowrank(const at::Tensor& 
       return result.as_tensors(s1.options());
     }
     result.fell_back = true;
-    result.value = sum_sqrt_eigenvalues(small_gram(c), "X F1");
+    result.value = sum_sqrt_eigenvalues(small_gram(c), "X F1", psd_tol);
     return result.as_tensors(s1.options());
   }
-  result.value = sum_sqrt_eigenvalues(at::mm(at::mm(x, s1), x.t()), "X S1 Xᵀ/(m-1)");
+  result.value = sum_sqrt_eigenvalues(at::mm(at::mm(x, s1), x.t()), "X S1 Xᵀ/(m-1)", psd_tol);
   return result.as_tensors(s1.options());
 }
 

@@ -16,16 +16,24 @@ def polynomial_mmd2_unbiased(x, y, degree: int = 3, gamma: float | None = None, 
     y = _as_float64(y, "y")
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"x and y must have the same feature dimension, got {x.shape[1]} and {y.shape[1]}")
+    if x.shape[0] < 2 or y.shape[0] < 2:
+        raise ValueError(f"the unbiased MMD needs at least 2 rows in each set, got {x.shape[0]} and {y.shape[0]}")
+    return _mmd2_unbiased(x, y, degree, 1.0 / x.shape[1] if gamma is None else gamma, coef0)
+
+
+def _mmd2_unbiased(x: torch.Tensor, y: torch.Tensor, degree: int, gamma: float, coef0: float) -> float:
+    """The estimate of polynomial_mmd2_unbiased on checked float64 inputs (one kernel matrix at a time)."""
+
+    def kernel_sum(a: torch.Tensor, b: torch.Tensor, skip_diagonal: bool) -> float:
+        k = torch.addmm(torch.full((), coef0, dtype=torch.float64), a, b.T, alpha=gamma).pow_(degree)
+        return float(k.sum() - k.diagonal().sum()) if skip_diagonal else float(k.sum())
+
     m, n = x.shape[0], y.shape[0]
-    if m < 2 or n < 2:
-        raise ValueError(f"the unbiased MMD needs at least 2 rows in each set, got {m} and {n}")
-    gamma = 1.0 / x.shape[1] if gamma is None else gamma
-    k_xx = (gamma * (x @ x.T) + coef0) ** degree
-    k_yy = (gamma * (y @ y.T) + coef0) ** degree
-    k_xy = (gamma * (x @ y.T) + coef0) ** degree
-    within_x = (k_xx.sum() - k_xx.diagonal().sum()) / (m * (m - 1))
-    within_y = (k_yy.sum() - k_yy.diagonal().sum()) / (n * (n - 1))
-    return float(within_x + within_y - 2.0 * k_xy.mean())
+    return (
+        kernel_sum(x, x, True) / (m * (m - 1))
+        + kernel_sum(y, y, True) / (n * (n - 1))
+        - 2.0 * kernel_sum(x, y, False) / (m * n)
+    )
 
 
 def kid_subset_indices(n_real: int, n_fake: int, subsets: int, subset_size: int, seed: int = 0):
@@ -52,8 +60,9 @@ def kernel_inception_distance(
     size = min(subset_size, real.shape[0], fake.shape[0])
     if size < 2:
         raise ValueError(f"KID needs at least 2 real and 2 fake samples, got {real.shape[0]} and {fake.shape[0]}")
+    gamma = 1.0 / real.shape[1]
     values = [
-        polynomial_mmd2_unbiased(real[r], fake[f], degree)
+        _mmd2_unbiased(real[r], fake[f], degree, gamma, 1.0)
         for r, f in kid_subset_indices(real.shape[0], fake.shape[0], subsets, size, seed)
     ]
     return float(np.mean(values)), float(np.std(values))

@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         "test_accuracy": test_acc,
         "train_config": {
             "epochs": args.epochs, "seed": args.seed, "batch_size": args.batch_size, "lr": args.lr,
-            "threads": args.threads, "torch": torch.__version__,
+            "threads": args.threads, "torch": str(torch.__version__),
         },
     }
     atomic_torch_save(checkpoint, args.out)

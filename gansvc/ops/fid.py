@@ -33,7 +33,6 @@ DEFAULT_RTOL = 1e-10  # relative change of the trace below which the iteration i
 DEFAULT_VERIFY_TOL = 1e-10  # accepted bound on the relative error of the trace
 
 _EPS = float(np.finfo(np.float64).eps)
-_PSD_TOLERANCE = 1.5e-8
 _SYMMETRY_TOLERANCE = 1e-5
 
 
@@ -176,7 +175,14 @@ def _check_finite(t: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} contains NaN or Inf")
 
 
-def _prepare_covariance(sigma: torch.Tensor, name: str) -> torch.Tensor:
+def _psd_tolerance(d: int, *dtypes: torch.dtype) -> float:
+    # Eigenvalues below -tolerance·λmax mean "not a covariance"; above, rounding (float32 statistics
+    # carry ~1e-7 noise), clamped at 0. Mirrors psd_tolerance() in csrc/fid/fid_ops.cpp.
+    eps = max([_EPS] + [torch.finfo(t).eps for t in dtypes if t.is_floating_point and t != torch.float64])
+    return max(1.5e-8, 100.0 * math.sqrt(d) * eps)
+
+
+def _prepare_covariance(sigma: torch.Tensor, name: str, psd_tol: float) -> torch.Tensor:
     if sigma.dim() != 2 or sigma.shape[0] != sigma.shape[1]:
         raise ValueError(f"{name} must be a square covariance matrix [d, d], got shape {list(sigma.shape)}")
     if sigma.shape[0] == 0:
@@ -190,7 +196,7 @@ def _prepare_covariance(sigma: torch.Tensor, name: str) -> torch.Tensor:
     if asymmetry > _SYMMETRY_TOLERANCE * scale:
         raise ValueError(f"{name} is not symmetric: max |S - Sᵀ| = {asymmetry:g} for max |S| = {scale:g}")
     min_variance = float(s.diagonal().min())
-    if min_variance < -_PSD_TOLERANCE * scale:
+    if min_variance < -psd_tol * scale:
         raise ValueError(f"{name} is not a covariance matrix: it has a negative variance {min_variance:g} on its diagonal")
     return ((s + s.T) * 0.5).contiguous()
 
@@ -205,21 +211,21 @@ def _cholesky_factor(s: torch.Tensor) -> torch.Tensor | None:
     return factor
 
 
-def _eigen_factor(s: torch.Tensor, name: str) -> torch.Tensor:
+def _eigen_factor(s: torch.Tensor, name: str, psd_tol: float) -> torch.Tensor:
     values, vectors = torch.linalg.eigh(s)
     largest, smallest = float(values.max()), float(values.min())
-    if smallest < -_PSD_TOLERANCE * max(largest, 0.0):
+    if smallest < -psd_tol * max(largest, 0.0):
         raise ValueError(f"{name} is not positive semi-definite: its smallest eigenvalue is {smallest:g} (largest {largest:g})")
     keep = values > s.shape[0] * _EPS * largest
     return vectors[:, keep] * values[keep].sqrt()
 
 
-def _sum_sqrt_eigenvalues(sym: torch.Tensor, what: str) -> float:
+def _sum_sqrt_eigenvalues(sym: torch.Tensor, what: str, psd_tol: float) -> float:
     if sym.numel() == 0:
         return 0.0
     values = torch.linalg.eigvalsh(sym)
     largest, smallest = float(values.max()), float(values.min())
-    if smallest < -_PSD_TOLERANCE * max(largest, 0.0):
+    if smallest < -psd_tol * max(largest, 0.0):
         raise ValueError(
             f"the covariances are not positive semi-definite: {what} has the eigenvalue {smallest:g} (largest {largest:g})"
         )
@@ -276,7 +282,8 @@ def reference_trace_sqrt_product(
     _check_iteration_settings(max_iter, rtol, verify_tol)
     if sigma1.device != sigma2.device:
         raise ValueError(f"sigma1 and sigma2 must be on the same device, got {sigma1.device} and {sigma2.device}")
-    s1, s2 = _prepare_covariance(sigma1, "sigma1"), _prepare_covariance(sigma2, "sigma2")
+    psd_tol = _psd_tolerance(sigma1.shape[0] if sigma1.dim() == 2 else 1, sigma1.dtype, sigma2.dtype)
+    s1, s2 = _prepare_covariance(sigma1, "sigma1", psd_tol), _prepare_covariance(sigma2, "sigma2", psd_tol)
     if s1.shape != s2.shape:
         raise ValueError(f"sigma1 and sigma2 must have the same size, got {list(s1.shape)} and {list(s2.shape)}")
     newton_schulz = method == "newton-schulz" or (method == "auto" and s1.device.type != "cpu")
@@ -289,9 +296,9 @@ def reference_trace_sqrt_product(
     l1, l2 = _cholesky_factor(s1), _cholesky_factor(s2)
     route = "cholesky" if l1 is not None and l2 is not None else "eigh"
     if not newton_schulz and l1 is not None and l2 is not None:
-        return TraceSqrtResult(_sum_sqrt_eigenvalues(l1.T @ s2 @ l1, "L1ᵀ S2 L1"), route, 0, 0.0, False, rank)
-    f1 = l1 if l1 is not None else _eigen_factor(s1, "sigma1")
-    f2 = l2 if l2 is not None else _eigen_factor(s2, "sigma2")
+        return TraceSqrtResult(_sum_sqrt_eigenvalues(l1.T @ s2 @ l1, "L1ᵀ S2 L1", psd_tol), route, 0, 0.0, False, rank)
+    f1 = l1 if l1 is not None else _eigen_factor(s1, "sigma1", psd_tol)
+    f2 = l2 if l2 is not None else _eigen_factor(s2, "sigma2", psd_tol)
     c = f2.T @ f1
     rank = min(c.shape)
     iterations, bound, fell_back = 0, 0.0, False
@@ -300,7 +307,8 @@ def reference_trace_sqrt_product(
         if verified:
             return TraceSqrtResult(value, "newton-schulz", iterations, bound, False, rank)
         fell_back = True
-    return TraceSqrtResult(_sum_sqrt_eigenvalues(_small_gram(c), "F2ᵀ F1"), route, iterations, bound, fell_back, rank)
+    value = _sum_sqrt_eigenvalues(_small_gram(c), "F2ᵀ F1", psd_tol)
+    return TraceSqrtResult(value, route, iterations, bound, fell_back, rank)
 
 
 def reference_trace_sqrt_product_lowrank(
@@ -318,7 +326,8 @@ def reference_trace_sqrt_product_lowrank(
         raise ValueError(
             f"sigma1 and features2 must be on the same device, got {sigma1.device} and {features2.device}"
         )
-    s1 = _prepare_covariance(sigma1, "sigma1")
+    psd_tol = _psd_tolerance(sigma1.shape[0] if sigma1.dim() == 2 else 1, sigma1.dtype, features2.dtype)
+    s1 = _prepare_covariance(sigma1, "sigma1", psd_tol)
     if features2.dim() != 2:
         raise ValueError(f"features2 must be a matrix [m, d] of feature rows, got shape {list(features2.shape)}")
     m, d = features2.shape
@@ -338,12 +347,13 @@ def reference_trace_sqrt_product_lowrank(
     newton_schulz = method == "newton-schulz" or (method == "auto" and s1.device.type != "cpu")
     if newton_schulz:
         l1 = _cholesky_factor(s1)
-        c = x @ (l1 if l1 is not None else _eigen_factor(s1, "sigma1"))
+        c = x @ (l1 if l1 is not None else _eigen_factor(s1, "sigma1", psd_tol))
         value, iterations, bound, verified = reference_newton_schulz_nuclear_norm(c, max_iter, rtol, verify_tol)
         if verified:
             return TraceSqrtResult(value, "samples-newton-schulz", iterations, bound, False, rank)
-        return TraceSqrtResult(_sum_sqrt_eigenvalues(_small_gram(c), "X F1"), "samples", iterations, bound, True, rank)
-    return TraceSqrtResult(_sum_sqrt_eigenvalues(x @ s1 @ x.T, "X S1 Xᵀ/(m-1)"), "samples", 0, 0.0, False, rank)
+        value = _sum_sqrt_eigenvalues(_small_gram(c), "X F1", psd_tol)
+        return TraceSqrtResult(value, "samples", iterations, bound, True, rank)
+    return TraceSqrtResult(_sum_sqrt_eigenvalues(x @ s1 @ x.T, "X S1 Xᵀ/(m-1)", psd_tol), "samples", 0, 0.0, False, rank)
 
 
 def _prepare_mean(mu: torch.Tensor, d: int, name: str) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """`gansvc serve | submit | watch | jobs | samples | cancel` (and `download`, `health`): the service's commands.
 
 Client commands find the server with --server (or $GANSVC_SERVER, default 127.0.0.1:50051) and a token
-with --token-file (or $GANSVC_TOKEN); --tls-ca switches to TLS.
+with --token-file (or $GANSVC_TOKEN_FILE / $GANSVC_TOKEN); --tls-ca (or $GANSVC_TLS_CA) switches to TLS.
 """
 
 from __future__ import annotations
@@ -139,10 +139,22 @@ def _client_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"the service (default $GANSVC_SERVER or {DEFAULT_SERVER})",
     )
     group.add_argument(
-        "--token-file", type=Path, help="file whose first line is the bearer token (default $GANSVC_TOKEN)"
+        "--token-file",
+        type=Path,
+        default=os.environ.get("GANSVC_TOKEN_FILE") or None,
+        help="file whose first line is the bearer token (default $GANSVC_TOKEN_FILE, or the token in $GANSVC_TOKEN)",
     )
-    group.add_argument("--tls-ca", type=Path, help="CA certificate (PEM) to verify the server with: use TLS")
-    group.add_argument("--tls-server-name", help="name to verify the server certificate against, if not its address")
+    group.add_argument(
+        "--tls-ca",
+        type=Path,
+        default=os.environ.get("GANSVC_TLS_CA") or None,
+        help="CA certificate (PEM) to verify the server with: use TLS (default $GANSVC_TLS_CA)",
+    )
+    group.add_argument(
+        "--tls-server-name",
+        default=os.environ.get("GANSVC_TLS_SERVER_NAME") or None,
+        help="name the server certificate must carry, if not its address (default $GANSVC_TLS_SERVER_NAME)",
+    )
     group.add_argument("--timeout", type=float, default=60.0, help="seconds per call (default 60)")
 
 
@@ -181,7 +193,7 @@ def _submit_arguments(parser: argparse.ArgumentParser) -> None:
     )
     evaluation.add_argument("--step", type=int, default=0, help="checkpoint step of --evaluate (default: the latest)")
     evaluation.add_argument("--real", default="", help="reference data set and split (default fashion-mnist:test)")
-    evaluation.add_argument("--extractor", default="", help="fmnist-cnn (default) or inception")
+    evaluation.add_argument("--extractor", default="", help="fmnist-cnn (default) or inception-v3")
     evaluation.add_argument("--inception-weights", default="", help="Inception weights file under a data root")
     evaluation.add_argument("--num-samples", type=int, help="images generated from the checkpoint (default 5000)")
     evaluation.add_argument("--num-real", type=int, help="reference images used (default: the whole split)")
@@ -417,7 +429,7 @@ def follow(client, job_id: str, after: int, as_json: bool = False) -> int:
                 continue
             line = _event_line(event)
             if line:
-                (bar.write if bar is not None else lambda text: print(text, file=sys.stderr))(line)
+                tqdm.write(line)  # stdout, above the bar (which is on stderr)
     finally:
         if bar is not None:
             bar.close()

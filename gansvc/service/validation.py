@@ -23,7 +23,7 @@ MAX_REQUEST_ID = 128
 MAX_EVAL_SAMPLES = 100_000
 DEFAULT_EVAL_SAMPLES = 5000
 DEFAULT_REAL = "fashion-mnist:test"
-EXTRACTORS = ("fmnist-cnn", "inception")
+EXTRACTORS = ("fmnist-cnn", "inception-v3")  # as gansvc.metrics.features.EXTRACTORS
 REAL_DATASETS = ("fashion-mnist", "mnist", "cifar10")
 SPLITS = ("train", "test")
 
@@ -49,7 +49,7 @@ class DataRoots:
         """Return `value` as a resolved absolute path under a data root; raise InvalidField otherwise.
 
         Relative paths are taken relative to each root in turn (the first that exists wins).
-        `expect` is 'dir' or 'file': the path must exist and be one.
+        `expect` is 'dir', 'file' or 'any': the path must exist (and be one).
         """
         if "\x00" in value:
             raise InvalidField(field, f"{value!r} contains a NUL character")
@@ -67,9 +67,9 @@ class DataRoots:
             real = candidate.resolve()  # follows every symlink, so a link out of a root is caught here
             if not any(real == root or root in real.parents for root in self.roots):
                 raise InvalidField(field, f"{value!r} is outside the server's data roots ({roots})")
-            if (expect == "dir" and real.is_dir()) or (expect == "file" and real.is_file()):
+            if real.is_dir() if expect == "dir" else real.is_file() if expect == "file" else real.exists():
                 return str(real)
-        kind = "folder" if expect == "dir" else "file"
+        kind = {"dir": "folder", "file": "file"}.get(expect, "file or folder")
         raise InvalidField(field, f"{value!r}: no such {kind} under the server's data roots ({roots})")
 
 
@@ -177,24 +177,32 @@ def _reference(message: pb.EvaluationSpec, roots: DataRoots) -> dict:
     real = message.real or DEFAULT_REAL
     if real.startswith("folder:"):
         real = "folder:" + roots.confine("real", real[len("folder:") :], "dir")
+    elif "/" in real or real.endswith(".npz"):  # a file or folder of images, or a statistics .npz
+        real = roots.confine("real", real, "any")
     else:
         name, _, split = real.partition(":")
         if name not in REAL_DATASETS:
-            raise InvalidField("real", f"got {real!r}, expected DATASET:SPLIT with DATASET one of "
-                               f"{', '.join(REAL_DATASETS)} (or folder:PATH)")  # fmt: skip
-        if split not in SPLITS:
+            raise InvalidField(
+                "real", f"got {real!r}, expected DATASET[:SPLIT] with DATASET one of {', '.join(REAL_DATASETS)}, "
+                "folder:PATH, or a statistics .npz / image folder under a data root",
+            )  # fmt: skip
+        if split and split not in SPLITS:
             raise InvalidField("real", f"got {real!r}: the split must be one of {', '.join(SPLITS)}")
     data_root = roots.confine("data_root", message.data_root, "dir") if message.data_root else ""
     extractor = message.extractor or "fmnist-cnn"
     if extractor not in EXTRACTORS:
         raise InvalidField("extractor", f"got {extractor!r}, expected one of {', '.join(EXTRACTORS)}")
     weights = ""
-    if extractor == "inception":
-        if not message.inception_weights:
-            raise InvalidField("inception_weights", "extractor 'inception' needs a weights file (under a data root)")
-        weights = roots.confine("inception_weights", message.inception_weights, "file")
+    if extractor == "inception-v3":
+        if message.inception_weights:
+            weights = roots.confine("inception_weights", message.inception_weights, "file")
+        elif not os.environ.get("GANSVC_INCEPTION_WEIGHTS"):
+            raise InvalidField(
+                "inception_weights", "extractor 'inception-v3' needs a weights file under a data root (this server "
+                "has no GANSVC_INCEPTION_WEIGHTS default)",
+            )  # fmt: skip
     elif message.inception_weights:
-        raise InvalidField("inception_weights", f"set only with extractor 'inception', not {extractor!r}")
+        raise InvalidField("inception_weights", f"set only with extractor 'inception-v3', not {extractor!r}")
     return {"real": real, "data_root": data_root, "extractor": extractor, "inception_weights": weights}
 
 

@@ -103,6 +103,8 @@ class Trainer:
         self.points = not hasattr(data, "images")
         tensor = data.points if self.points else data.images
         self.data_info = data
+        if tensor.shape[0] < spec.batch_size:
+            raise SpecError("batch_size", f"{spec.batch_size} is larger than the data set ({tensor.shape[0]} samples)")
         self.data_shape = tuple(tensor.shape[1:])
         if spec.model == "dcgan":
             from gansvc.models.dcgan import layout
@@ -140,6 +142,7 @@ class Trainer:
         self.step = 0
         self.wall_before = 0.0  # wall-clock seconds of earlier sessions of this run
         self.train_seconds = 0.0  # seconds inside training steps, all sessions
+        self.train_cpu_seconds = 0.0  # CPU seconds (all threads) inside training steps, this session
         self._reset_window()
         self.last_train: dict = {}
         self.last_eval: dict = {}
@@ -235,7 +238,12 @@ class Trainer:
     def run(self) -> dict:
         """Train to the end (or until should_stop / max_minutes); return the summary also written to summary.json."""
         started = time.perf_counter()
-        self._setup()
+        threads_before = torch.get_num_threads()
+        try:
+            self._setup()
+        except BaseException:
+            torch.set_num_threads(threads_before)
+            raise
         self.setup_seconds = time.perf_counter() - started  # data decoding, models, resume
         bar = None
         try:
@@ -249,6 +257,7 @@ class Trainer:
             self.bar = bar
             return self._loop()
         finally:
+            torch.set_num_threads(threads_before)  # the thread count is process-wide: give it back
             if bar is not None:
                 bar.close()
             self.metrics.close()
@@ -269,12 +278,13 @@ class Trainer:
             if budget and self.wall_before + time.monotonic() - session_start >= budget:
                 ended_by = "max_minutes"
                 break
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             stats = self._train_step()
             self.window_sum += stats
             elapsed = time.perf_counter() - started
             self.window_seconds += elapsed
             self.train_seconds += elapsed
+            self.train_cpu_seconds += time.process_time() - cpu_started
             self.window_steps += 1
             self.step += 1
             if check_every_step:
@@ -558,7 +568,10 @@ class Trainer:
         if self.ema is not None and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
         self.batches.load_state_dict(state["batches"])
-        self.noise.set_state(state["rng"]["noise"])
+        try:
+            self.noise.set_state(state["rng"]["noise"])
+        except RuntimeError:  # saved on another kind of device: continue reproducibly, if not bit-exactly
+            self.noise.manual_seed(spec_seed_for_step(self.spec.seed, state["step"]))
         torch.set_rng_state(state["rng"]["torch"])
         if state["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
@@ -585,6 +598,7 @@ class Trainer:
             "epoch": round(self.batches.epoch, 4),
             "elapsed_seconds": round(self.wall_before + time.monotonic() - session_start, 3),
             "train_seconds": round(self.train_seconds, 3),
+            "train_cpu_seconds": round(self.train_cpu_seconds, 3),  # this session's
             "images_per_sec": images / self.train_seconds_session if self.train_seconds_session > 0 else 0.0,
             "resumed_from": self.resumed_from,
             "final": self.last_train,
@@ -597,6 +611,11 @@ class Trainer:
         }
         atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary
+
+
+def spec_seed_for_step(seed: int, step: int) -> int:
+    """Return the noise seed used when a run resumes on a device whose RNG state cannot be restored."""
+    return (seed * 1_000_003 + step) % 2**63
 
 
 def _grad_norm(model: torch.nn.Module) -> float:

@@ -1,0 +1,73 @@
+# gansvc for GPU nodes. The build stage compiles the wheel (CPU kernels plus CUDA kernels for sm_80,
+# sm_90, sm_100 and sm_120) with the same steps as scripts/setup.sh: the pinned requirements.txt,
+# then the package with --no-build-isolation. The runtime stage installs that wheel and runs
+# `gansvc serve` as an unprivileged user.
+#
+#   docker build -t gansvc .
+#   docker run --gpus all -p 50051:50051 \
+#       -v gansvc-state:/var/lib/gansvc \
+#       -v /srv/datasets:/data:ro \
+#       -v /srv/gansvc/tokens:/run/secrets/gansvc-tokens:ro \
+#       --stop-timeout 120 gansvc
+#
+# Jobs and their artefacts live in the /var/lib/gansvc volume; data sets are read from /data (for
+# example /data/fashion-mnist). `docker stop` sends SIGTERM: running jobs write a checkpoint and
+# resume when the container starts again, so give it time (--stop-timeout) to do so.
+ARG CUDA_VERSION=13.0.1
+ARG UBUNTU=ubuntu24.04
+
+FROM nvidia/cuda:${CUDA_VERSION}-devel-${UBUNTU} AS build
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+ENV DEBIAN_FRONTEND=noninteractive \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1
+# Distribution packages follow the pinned base image; their versions are not pinned on their own.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends build-essential python3 python3-dev python3-venv \
+    && rm -rf /var/lib/apt/lists/*
+RUN python3 -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+COPY requirements.txt .
+RUN pip install --no-cache-dir -r requirements.txt
+COPY . .
+# No GPU is visible while building: name the architectures, and where CUDA is.
+ENV CUDA_HOME=/usr/local/cuda \
+    TORCH_CUDA_ARCH_LIST="8.0;9.0;10.0;12.0" \
+    MAX_JOBS=4
+RUN pip wheel --no-cache-dir --no-build-isolation --no-deps --wheel-dir /wheels . \
+    && python -m zipfile -l /wheels/gansvc-*.whl | grep -q "gansvc/_proto/v1/gansvc_pb2_grpc.py"
+
+FROM nvidia/cuda:${CUDA_VERSION}-runtime-${UBUNTU} AS runtime
+ENV DEBIAN_FRONTEND=noninteractive \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONUNBUFFERED=1
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv \
+    && rm -rf /var/lib/apt/lists/*
+RUN python3 -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+COPY requirements.txt /tmp/requirements.txt
+RUN pip install --no-cache-dir -r /tmp/requirements.txt && rm /tmp/requirements.txt
+COPY --from=build /wheels /tmp/wheels
+RUN pip install --no-cache-dir --no-deps /tmp/wheels/*.whl && rm -rf /tmp/wheels
+RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/gansvc gansvc \
+    && mkdir -p /var/lib/gansvc /data \
+    && chown gansvc:gansvc /var/lib/gansvc
+USER gansvc
+WORKDIR /home/gansvc
+# GANSVC_DATA_ROOT: where the trainer looks for a data set left at its default location.
+ENV GANSVC_STATE_DIR=/var/lib/gansvc \
+    GANSVC_DATA_ROOT=/data
+VOLUME ["/var/lib/gansvc"]
+EXPOSE 50051
+STOPSIGNAL SIGTERM
+# The standard grpc.health.v1 check (no token needed). With TLS, set GANSVC_TLS_CA (and
+# GANSVC_TLS_SERVER_NAME when the certificate does not name 127.0.0.1).
+HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
+    CMD ["python", "-m", "gansvc.service.cli", "health", "--server", "127.0.0.1:50051", "--timeout", "5"]
+ENTRYPOINT ["gansvc", "serve"]
+CMD ["--listen", "0.0.0.0:50051", "--devices", "all", "--data-root", "/data", "--auth-token-file", "/run/secrets/gansvc-tokens"]

@@ -1,0 +1,404 @@
+"""The FID core ops (gansvc.ops.fid) against independent float64 oracles.
+
+Oracles, none of them gansvc code:
+- pytorch-fid's formula: scipy.linalg.sqrtm(S1 @ S2), real part of the trace;
+- a symmetric route in SciPy (OpenBLAS LAPACK, not torch's MKL): the symmetric square root of S1
+  from scipy.linalg.eigh, then scipy.linalg.eigvalsh(S1^½ S2 S1^½);
+- exactly known answers: S1 = A Aᵀ and S2 = A⁻ᵀ P diag(b) Pᵀ A⁻¹ make S1 S2 similar to diag(b), so
+  Tr((S1 S2)^½) = Σ sqrt(b).
+Tolerance: 1e-6 relative (torch-fidelity's published tolerance for FID), for the trace term and the
+FID. Covered here by default: d in {2, 16, 128, 512} for every kind of covariance and both methods,
+d = 2048 for the exactly known case; `-m slow` adds d = 2048 against sqrtm, Newton–Schulz at 2048
+and the m = 1000 < d = 2048 route.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from gansvc.ops import fid as fid_ops
+from gansvc.ops._ext import load_extension
+from tests.conftest import devices
+
+pytestmark = pytest.mark.skipif(load_extension() is None, reason="gansvc._C is not built (run scripts/setup.sh)")
+
+RTOL = 1e-6
+KINDS = ["spd", "rank-deficient", "near-singular", "known-spectrum"]
+METHODS = ["eigh", "newton-schulz"]
+
+
+# ------------------------------------------------------------------ oracles (SciPy / NumPy only)
+
+
+def sqrtm_trace(s1: np.ndarray, s2: np.ndarray, eps: float = 1e-6) -> float:
+    """Tr((S1 S2)^½) as pytorch-fid computes it (with its retry on a non-finite result)."""
+    covmean = scipy.linalg.sqrtm(s1 @ s2)
+    if not np.isfinite(covmean).all():
+        offset = np.eye(s1.shape[0]) * eps
+        covmean = scipy.linalg.sqrtm((s1 + offset) @ (s2 + offset))
+    return float(np.trace(covmean).real)
+
+
+def pytorch_fid_distance(mu1, s1, mu2, s2) -> float:
+    """pytorch-fid's calculate_frechet_distance (its formula, restated)."""
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * sqrtm_trace(s1, s2))
+
+
+def symmetric_trace(s1: np.ndarray, s2: np.ndarray) -> float:
+    """Tr((S1 S2)^½) by SciPy's LAPACK: eigenvalues of S1^½ S2 S1^½ with the symmetric square root."""
+    w, v = scipy.linalg.eigh(s1)
+    root = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+    return float(np.sqrt(np.clip(scipy.linalg.eigvalsh(root @ s2 @ root), 0.0, None)).sum())
+
+
+def _orthogonal(d: int, rng: np.random.Generator) -> np.ndarray:
+    q, r = np.linalg.qr(rng.standard_normal((d, d)))
+    return q * np.sign(np.diag(r))
+
+
+def _wishart(rng: np.random.Generator, d: int, n: int, scale: float = 1.0) -> np.ndarray:
+    mixing = rng.standard_normal((d, d)) / math.sqrt(d) + np.eye(d)
+    x = rng.standard_normal((n, d)) @ mixing * scale + rng.standard_normal(d)
+    return np.cov(x, rowvar=False).reshape(d, d)
+
+
+@functools.lru_cache(maxsize=None)
+def covariance_pair(kind: str, d: int) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """(S1, S2, exact trace or None) of one kind of problem; cached, the oracles are costly."""
+    rng = np.random.default_rng(1000 * d + KINDS.index(kind))
+    if kind == "spd":
+        return _wishart(rng, d, 2 * d + 8), _wishart(rng, d, 2 * d + 8, scale=1.3), None
+    if kind == "rank-deficient":
+        # S2 from m = d/2 samples (rank m - 1), S1 with dead feature units (constant features).
+        x1 = rng.standard_normal((2 * d + 8, d)) @ (rng.standard_normal((d, d)) / math.sqrt(d) + np.eye(d))
+        x1[:, : max(1, d // 8)] = 3.0
+        x2 = rng.standard_normal((max(2, d // 2), d)) * 1.2 + 0.5
+        return np.cov(x1, rowvar=False).reshape(d, d), np.cov(x2, rowvar=False).reshape(d, d), None
+    if kind == "near-singular":
+        q = _orthogonal(d, rng)
+        s1 = (q * np.logspace(0, -12, d)) @ q.T
+        return (s1 + s1.T) / 2, _wishart(rng, d, 2 * d + 8), None
+    if kind == "known-spectrum":
+        # A = Q diag(s) (condition 4): A⁻¹ = diag(1/s) Qᵀ exactly, so S2 carries no inversion error.
+        q, p = _orthogonal(d, rng), _orthogonal(d, rng)
+        s = rng.uniform(0.5, 2.0, d)
+        b = rng.uniform(0.1, 2.0, d)
+        b[: d // 4] = 0.0  # rank-deficient S2
+        s1 = (q * s**2) @ q.T
+        inner = (q / s) @ p
+        s2 = (inner * b) @ inner.T
+        return (s1 + s1.T) / 2, (s2 + s2.T) / 2, float(np.sqrt(b).sum())
+    raise AssertionError(kind)
+
+
+@functools.lru_cache(maxsize=None)
+def oracle_traces(kind: str, d: int) -> dict[str, float]:
+    """The oracles' answers for one problem: sqrtm, symmetric SciPy, and the exact value if known."""
+    s1, s2, exact = covariance_pair(kind, d)
+    answers = {"sqrtm": sqrtm_trace(s1, s2), "symmetric": symmetric_trace(s1, s2)}
+    if exact is not None:
+        answers["exact"] = exact
+    return answers
+
+
+def relative_error(value: float, reference: float) -> float:
+    return abs(value - reference) / abs(reference)
+
+
+@pytest.fixture(params=["ext", "ref"])
+def backend(request, monkeypatch):
+    """Run a test on the extension and on the pure-PyTorch reference."""
+    monkeypatch.setenv("GANSVC_KERNELS", request.param)
+    return request.param
+
+
+# ------------------------------------------------------------------ the trace term
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("d", [2, 16, 128, 512])
+def test_trace_sqrt_product_matches_oracles(d, kind, method, backend):
+    if backend == "ref" and d > 128:
+        pytest.skip("the reference repeats the same algorithm; d <= 128 checks it")
+    s1, s2, _ = covariance_pair(kind, d)
+    result = fid_ops.trace_sqrt_product_details(torch.from_numpy(s1), torch.from_numpy(s2), method)
+    for name, answer in oracle_traces(kind, d).items():
+        assert relative_error(result.value, answer) <= RTOL, (name, result, answer)
+    if method == "newton-schulz" and not result.fell_back:
+        assert result.route == "newton-schulz" and result.bound <= fid_ops.DEFAULT_VERIFY_TOL
+
+
+@pytest.mark.parametrize("d", [2048])
+def test_trace_sqrt_product_exact_at_2048(d):
+    s1, s2, exact = covariance_pair("known-spectrum", d)
+    result = fid_ops.trace_sqrt_product_details(s1, s2, "eigh")
+    assert relative_error(result.value, exact) <= RTOL
+    # S2 is singular, so it is factored by eigh with its zero modes dropped: 3/4 d modes remain.
+    assert result.route == "eigh" and result.rank == d - d // 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", KINDS)
+def test_trace_sqrt_product_against_sqrtm_at_2048(kind):
+    s1, s2, _ = covariance_pair(kind, 2048)
+    value = fid_ops.trace_sqrt_product(s1, s2, "eigh")
+    for name, answer in oracle_traces(kind, 2048).items():
+        assert relative_error(value, answer) <= RTOL, (name, value, answer)
+
+
+@pytest.mark.slow
+def test_newton_schulz_at_2048():
+    s1, s2, exact = covariance_pair("known-spectrum", 2048)
+    result = fid_ops.trace_sqrt_product_details(s1, s2, "newton-schulz")
+    assert relative_error(result.value, exact) <= RTOL
+    assert result.route == "newton-schulz", result
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("d", [2, 16, 128, 512])
+def test_frechet_distance_matches_pytorch_fid(d, kind, method):
+    s1, s2, _ = covariance_pair(kind, d)
+    rng = np.random.default_rng(d)
+    mu1, mu2 = rng.standard_normal(d), rng.standard_normal(d) * 0.1
+    expected = float(mu1 @ mu1 - 2 * mu1 @ mu2 + mu2 @ mu2 + np.trace(s1) + np.trace(s2)) - 2 * oracle_traces(kind, d)["sqrtm"]
+    assert relative_error(pytorch_fid_distance(mu1, s1, mu2, s2), expected) <= 1e-12  # the oracle itself
+    value = fid_ops.frechet_distance(mu1, s1, mu2, s2, method)
+    assert relative_error(value, expected) <= RTOL
+    symmetric = expected + 2 * oracle_traces(kind, d)["sqrtm"] - 2 * oracle_traces(kind, d)["symmetric"]
+    assert relative_error(value, symmetric) <= RTOL
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("d", [2, 128, 512])
+def test_identical_inputs_give_zero(d, kind, method, backend):
+    if backend == "ref" and d > 128:
+        pytest.skip("the reference repeats the same algorithm; d <= 128 checks it")
+    s1, _, _ = covariance_pair(kind, d)
+    mu = np.random.default_rng(0).standard_normal(d)
+    value = fid_ops.frechet_distance(mu, s1, mu, s1, method)
+    # Rounding only: the eigen route leaves ~1e-14 Tr(S), Newton–Schulz ~1e-11 on near-singular S.
+    assert abs(value) <= 1e-9 * np.trace(s1), value
+
+
+def test_float32_and_numpy_inputs_are_computed_in_float64():
+    s1, s2, exact = covariance_pair("known-spectrum", 16)
+    as_float32 = fid_ops.trace_sqrt_product(torch.from_numpy(s1).float(), torch.from_numpy(s2).float())
+    assert relative_error(as_float32, symmetric_trace(s1.astype(np.float32).astype(np.float64),
+                                                      s2.astype(np.float32).astype(np.float64))) <= RTOL
+    assert relative_error(fid_ops.trace_sqrt_product(s1, s2), exact) <= 1e-12
+
+
+# ------------------------------------------------------------------ Newton–Schulz specifics
+
+
+@pytest.mark.parametrize("kind", ["spd", "known-spectrum"])
+def test_newton_schulz_converges_and_verifies(kind, backend):
+    s1, s2, _ = covariance_pair(kind, 128)
+    result = fid_ops.trace_sqrt_product_details(s1, s2, "newton-schulz")
+    assert result.route == "newton-schulz" and not result.fell_back
+    assert 0 < result.iterations < fid_ops.DEFAULT_MAX_ITER
+    assert result.bound <= fid_ops.DEFAULT_VERIFY_TOL
+    assert relative_error(result.value, oracle_traces(kind, 128)["symmetric"]) <= 1e-10
+
+
+def test_newton_schulz_falls_back_to_the_eigen_route_when_not_converged(backend):
+    s1, s2, exact = covariance_pair("known-spectrum", 128)
+    result = fid_ops.trace_sqrt_product_details(s1, s2, "newton-schulz", max_iter=3)
+    assert result.fell_back and result.route == "eigh" and result.iterations == 3
+    assert relative_error(result.value, exact) <= 1e-12
+
+
+@pytest.mark.parametrize("kind", ["spd", "near-singular", "known-spectrum"])
+def test_newton_schulz_error_bound_holds_when_stopped_early(kind, backend):
+    # A loose stopping rule and tolerance make it stop long before convergence; the bound it then
+    # reports must still cover the true error, and the estimate approaches the trace from below.
+    s1, s2, _ = covariance_pair(kind, 64 if kind != "known-spectrum" else 128)
+    truth = symmetric_trace(s1, s2)
+    for rtol in (0.3, 0.05, 1e-3, 1e-6):
+        result = fid_ops.trace_sqrt_product_details(s1, s2, "newton-schulz", rtol=rtol, verify_tol=0.9)
+        if result.route != "newton-schulz":
+            continue
+        error = relative_error(result.value, truth)
+        assert result.value <= truth * (1 + 1e-12)
+        assert error <= result.bound * (1 + 1e-9) + 1e-13, (rtol, error, result)
+
+
+# ------------------------------------------------------------------ the m×m route (m < d)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("d,m", [(2, 2), (16, 5), (128, 40), (512, 200)])
+def test_lowrank_route_matches_the_full_computation(d, m, method, backend):
+    if backend == "ref" and d > 128:
+        pytest.skip("the reference repeats the same algorithm; d <= 128 checks it")
+    s1, _, _ = covariance_pair("rank-deficient", d)  # with dead units in S1
+    x = np.random.default_rng(m).standard_normal((m, d)) * 2 + 1
+    s2 = np.cov(x, rowvar=False).reshape(d, d)
+    lowrank = fid_ops.trace_sqrt_product_lowrank_details(s1, x, method)
+    assert lowrank.route.startswith("samples") and lowrank.rank <= m
+    full = fid_ops.trace_sqrt_product(s1, s2, method)
+    assert relative_error(lowrank.value, full) <= RTOL
+    assert relative_error(lowrank.value, symmetric_trace(s1, s2)) <= RTOL
+    assert relative_error(lowrank.value, sqrtm_trace(s1, s2)) <= RTOL
+
+
+@pytest.mark.slow
+def test_lowrank_route_at_2048_with_1000_samples():
+    rng = np.random.default_rng(7)
+    s1, _, _ = covariance_pair("spd", 2048)
+    x = np.maximum(rng.standard_normal((1000, 2048)) @ (rng.standard_normal((2048, 2048)) / 45), 0)
+    s2 = np.cov(x, rowvar=False)
+    lowrank = fid_ops.trace_sqrt_product_lowrank(s1, x)
+    assert relative_error(lowrank, fid_ops.trace_sqrt_product(s1, s2)) <= RTOL
+    assert relative_error(lowrank, sqrtm_trace(s1, s2)) <= RTOL
+
+
+# ------------------------------------------------------------------ the fused element kernels
+
+
+def test_ns_polar_step_kernel(backend):
+    gen = torch.Generator().manual_seed(0)
+    x, q, b = (torch.randn(300, 70, dtype=torch.float64, generator=gen) for _ in range(3))
+    expected_x = 1.5 * x.numpy() - 0.5 * q.numpy()
+    expected_trace = float((expected_x * b.numpy()).sum())
+    trace = fid_ops.ns_polar_step_(x, q, b)
+    assert trace.dtype == torch.float64 and trace.dim() == 0
+    np.testing.assert_allclose(x.numpy(), expected_x, rtol=0, atol=1e-15)
+    assert relative_error(float(trace), expected_trace) <= 1e-13
+
+
+def test_sum_squared_difference_kernel(backend):
+    gen = torch.Generator().manual_seed(1)
+    a, b = torch.randn(1000, 123, dtype=torch.float64, generator=gen), torch.randn(1000, 123, dtype=torch.float64, generator=gen)
+    assert relative_error(float(fid_ops.sum_squared_difference(a, b)), float(((a.numpy() - b.numpy()) ** 2).sum())) <= 1e-13
+
+
+def test_element_kernels_do_not_depend_on_the_thread_count():
+    gen = torch.Generator().manual_seed(2)
+    a, b = torch.randn(700, 700, dtype=torch.float64, generator=gen), torch.randn(700, 700, dtype=torch.float64, generator=gen)
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, max(2, threads)):
+            torch.set_num_threads(n)
+            x = a.clone()
+            results.append((float(fid_ops.sum_squared_difference(a, b)), float(fid_ops.ns_polar_step_(x, b, a))))
+    finally:
+        torch.set_num_threads(threads)
+    assert results[0] == results[1]
+
+
+def test_op_schemas_declare_their_mutations():
+    gen = torch.Generator().manual_seed(3)
+    x, q, b = (torch.randn(8, 5, dtype=torch.float64, generator=gen) for _ in range(3))
+    torch.library.opcheck(torch.ops.gansvc.ns_polar_step_.default, (x, q, b), test_utils="test_schema")
+    mean, m2 = torch.zeros(5, dtype=torch.float64), torch.zeros(5, 5, dtype=torch.float64)
+    torch.library.opcheck(torch.ops.gansvc.feature_moments_update_.default, (mean, m2, 0, q), test_utils="test_schema")
+    torch.library.opcheck(torch.ops.gansvc.trace_sqrt_product.default, (x.T @ x, q.T @ q), test_utils="test_schema")
+
+
+# ------------------------------------------------------------------ feature moments (the op level)
+
+
+def test_feature_moments_match_numpy_despite_a_large_mean(backend):
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((2500, 7)) * 0.01 + 1e4).astype(np.float32)  # |μ|/σ = 1e6
+    mean, m2 = torch.zeros(7, dtype=torch.float64), torch.zeros(7, 7, dtype=torch.float64)
+    count = fid_ops.feature_moments_update_(mean, m2, 0, torch.from_numpy(x[:1100]))
+    count = fid_ops.feature_moments_update_(mean, m2, count, torch.from_numpy(x[1100:]))
+    exact = x.astype(np.float64)
+    assert count == 2500
+    np.testing.assert_allclose(mean.numpy(), exact.mean(0), rtol=1e-14)
+    np.testing.assert_allclose(m2.numpy() / (count - 1), np.cov(exact, rowvar=False), rtol=1e-9, atol=1e-16)
+
+
+def test_feature_moments_merge_equals_one_pass(backend):
+    rng = np.random.default_rng(5)
+    x = torch.from_numpy(rng.standard_normal((3001, 9)) + 3)
+    parts = []
+    for rows in (x[:10], x[10:2000], x[2000:]):
+        mean, m2 = torch.zeros(9, dtype=torch.float64), torch.zeros(9, 9, dtype=torch.float64)
+        parts.append((mean, m2, fid_ops.feature_moments_update_(mean, m2, 0, rows)))
+    mean, m2, count = parts[0]
+    for other in parts[1:]:
+        count = fid_ops.feature_moments_merge_(mean, m2, count, *other)
+    assert count == 3001
+    np.testing.assert_allclose(mean.numpy(), x.numpy().mean(0), rtol=1e-13)
+    np.testing.assert_allclose(m2.numpy() / 3000, np.cov(x.numpy(), rowvar=False), rtol=1e-11)
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def _spd(d: int) -> torch.Tensor:
+    a = torch.randn(d + 3, d, dtype=torch.float64, generator=torch.Generator().manual_seed(d))
+    return a.T @ a
+
+
+BAD_TRACE_INPUTS = [
+    (lambda: (torch.ones(3, 4, dtype=torch.float64), _spd(3)), "sigma1 must be a square"),
+    (lambda: (_spd(3), _spd(4)), "same size"),
+    (lambda: (_spd(3), _spd(3).masked_fill(torch.eye(3, dtype=torch.bool), float("nan"))), "sigma2 contains NaN"),
+    (lambda: (_spd(3) + torch.triu(torch.ones(3, 3, dtype=torch.float64), 1), _spd(3)), "sigma1 is not symmetric"),
+    (lambda: (-_spd(3), _spd(3)), "sigma1 is not a covariance matrix"),
+    (lambda: (torch.tensor([[1.0, 2.0], [2.0, 1.0]], dtype=torch.float64), _spd(2)), "sigma1 is not positive semi-definite"),
+    (lambda: (_spd(2), torch.tensor([[1.0, 2.0], [2.0, 1.0]], dtype=torch.float64)), "sigma2 is not positive semi-definite"),
+    (lambda: (torch.ones(3, 3, dtype=torch.int64), _spd(3)), "sigma1 must be a floating-point"),
+]
+
+
+@pytest.mark.parametrize("make,message", BAD_TRACE_INPUTS)
+def test_bad_covariances_are_refused_with_the_argument_named(make, message, backend):
+    s1, s2 = make()
+    with pytest.raises(ValueError, match=message):
+        fid_ops.trace_sqrt_product(s1, s2)
+
+
+def test_bad_settings_are_refused(backend):
+    s = _spd(3)
+    with pytest.raises(ValueError, match="method must be one of"):
+        fid_ops.trace_sqrt_product(s, s, "sqrtm")
+    with pytest.raises(ValueError, match="max_iter must be >= 1"):
+        fid_ops.trace_sqrt_product_details(s, s, "newton-schulz", max_iter=0)
+    with pytest.raises(ValueError, match="mu2 must be a vector of 3 means"):
+        fid_ops.frechet_distance(torch.zeros(3), s, torch.zeros(4), s)
+    with pytest.raises(ValueError, match="features2 has 4 features per row"):
+        fid_ops.trace_sqrt_product_lowrank(s, torch.zeros(5, 4))
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        fid_ops.trace_sqrt_product_lowrank(s, torch.zeros(1, 3))
+    with pytest.raises(ValueError, match=r"batch must be a matrix \[n, 3\]"):
+        fid_ops.feature_moments_update_(torch.zeros(3, dtype=torch.float64), torch.zeros(3, 3, dtype=torch.float64), 0, torch.zeros(4, 2))
+    with pytest.raises(ValueError, match="batch contains NaN"):
+        fid_ops.feature_moments_update_(
+            torch.zeros(3, dtype=torch.float64), torch.zeros(3, 3, dtype=torch.float64), 0, torch.full((2, 3), float("inf"))
+        )
+
+
+# ------------------------------------------------------------------ GPU (skips without one)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("method", ["auto", *METHODS])
+def test_ops_on_each_device(device, method):
+    s1, s2, exact = covariance_pair("known-spectrum", 128)
+    t1, t2 = torch.from_numpy(s1).to(device), torch.from_numpy(s2).to(device)
+    result = fid_ops.trace_sqrt_product_details(t1, t2, method)
+    assert relative_error(result.value, exact) <= 1e-10
+    if device == "cuda" and method == "auto":
+        assert result.route == "newton-schulz"
+    x = torch.randn(50, 128, dtype=torch.float64, device=device)
+    lowrank = fid_ops.trace_sqrt_product_lowrank(t1, x, method)
+    assert relative_error(lowrank, symmetric_trace(s1, np.cov(x.cpu().numpy(), rowvar=False))) <= RTOL
+    mean, m2 = torch.zeros(128, dtype=torch.float64, device=device), torch.zeros(128, 128, dtype=torch.float64, device=device)
+    assert fid_ops.feature_moments_update_(mean, m2, 0, x) == 50
+    np.testing.assert_allclose(m2.cpu().numpy() / 49, np.cov(x.cpu().numpy(), rowvar=False), rtol=1e-10, atol=1e-13)
