@@ -316,3 +316,35 @@ def test_artifact_names_stay_inside_the_run_directory(tmp_path):
         with pytest.raises(MissingReference):
             resolve_artifact(run, name)
     assert isinstance(Path(resolve_artifact(run, "checkpoints/step_0000020.pt")), Path)
+
+
+def test_every_event_type_becomes_its_message(store):
+    from gansvc.service.messages import event_to_proto
+
+    job, _ = store.create_job("training", {})
+    store.set_state(job.id, "RUNNING", "go", device="cuda:1", worker_pid=5)
+    store.append_events(
+        job.id,
+        [
+            {"type": "progress", "step": 3, "total_steps": 9, "epoch": 0.5, "images_per_sec": 100.0,
+             "eta_seconds": 6.0, "d_loss": 1.0, "g_loss": float("nan")},
+            {"type": "metrics", "step": 3, "values": {"fid": 12.5}},
+            {"type": "samples", "step": 3, "path": "samples/step_0000003.png"},
+            {"type": "checkpoint", "step": 3, "path": "checkpoints/step_0000003.pt"},
+            {"type": "warning", "step": 3, "code": "mode_collapse", "message": "samples look alike"},
+            {"type": "log", "level": "info", "message": "resumed", "resume_step": 2},
+        ],
+    )  # fmt: skip
+    store.set_state(job.id, "FAILED", "training diverged at step 4")
+    messages = [event_to_proto(e) for e in store.events_after(job.id)]
+    kinds = [m.WhichOneof("payload") for m in messages]
+    assert kinds == ["state", "state", "progress", "metrics", "samples", "checkpoint", "warning", "log", "state"]
+    running, progress, metrics, samples, checkpoint, warning, log, failed = messages[1:]
+    assert running.state.device == "cuda:1" and running.state.attempt == 1
+    assert progress.progress.eta_seconds == 6.0 and progress.progress.g_loss != progress.progress.g_loss  # NaN kept
+    assert metrics.metrics.values["fid"] == 12.5 and metrics.metrics.step == 3
+    assert samples.samples.artifact == "samples/step_0000003.png" and checkpoint.checkpoint.step == 3
+    assert (warning.warning.code, warning.warning.message) == ("mode_collapse", "samples look alike")
+    assert log.log.message == "resumed"
+    assert state_name(failed.state.state) == "FAILED" and failed.state.reason == "training diverged at step 4"
+    assert all(m.job_id == job.id and m.time.seconds > 0 for m in messages)

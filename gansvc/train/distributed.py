@@ -199,17 +199,21 @@ class DistributedContext:
         """Return whether this is rank 0."""
         return self.world.is_main
 
+    def _group_for(self, tensor: torch.Tensor):
+        # CPU tensors go over the gloo control group: NCCL only moves GPU memory
+        return self.control_group if tensor.device.type == "cpu" else None
+
     def all_reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
         """Return `tensor` replaced in place by its mean over the ranks (every rank gets the same values)."""
         if self.distributed:
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=self._group_for(tensor))
             tensor.div_(self.world.world_size)
         return tensor
 
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """Return `tensor` replaced in place by its sum over the ranks."""
         if self.distributed:
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=self._group_for(tensor))
         return tensor
 
     def agree_stop(self, code: int) -> int:
@@ -273,6 +277,37 @@ def init(device_setting: str = "auto", timeout: datetime.timedelta = DEFAULT_TIM
     elif dist.get_world_size() != world.world_size:
         raise RuntimeError(f"a process group of {dist.get_world_size()} ranks exists, torchrun says {world.world_size}")
     return DistributedContext(world, device, owns_group=owns)
+
+
+class LocalBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
+    """BatchNorm for inputs of any rank [N, C, ...], normalising over this process's batch only."""
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected an input [N, C, ...], got {input.dim()}-D")
+
+
+def without_sync_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """Return `model`, or a copy of it whose SyncBatchNorm layers are per-process BatchNorm (same weights, statistics).
+
+    A SyncBatchNorm in training mode waits for every rank; sampling and standing statistics run on one.
+    """
+    if not any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules()):
+        return model
+    import copy
+
+    def convert(module: torch.nn.Module) -> torch.nn.Module:
+        if isinstance(module, torch.nn.SyncBatchNorm):
+            plain = LocalBatchNorm(
+                module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+            )
+            plain.load_state_dict(module.state_dict())
+            return plain.to(module.running_mean.device if module.running_mean is not None else "cpu").train(module.training)
+        for name, child in module.named_children():
+            module.add_module(name, convert(child))
+        return module
+
+    return convert(copy.deepcopy(model))
 
 
 # ---------------------------------------------------------------------- FID feature statistics

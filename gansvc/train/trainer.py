@@ -23,15 +23,17 @@ from typing import Callable
 import torch
 
 from gansvc.atomic import atomic_write_bytes, atomic_write_text
+from gansvc.losses import discriminator_loss, generator_loss
 from gansvc.train import checkpoints
 from gansvc.train.batches import DeviceBatches
 from gansvc.train.ema import EMA
 from gansvc.train.sampling import sampling_model
 from gansvc.train.monitor import FailureWatch, MetricsLog, TensorBoard, plot_loss_curve, plot_points
+from gansvc.train.regularisers import gradient_penalty, r1_penalty
 from gansvc.train.spec import SpecError, TrainSpec
 
 FIXED_NOISE = 64  # samples in the grid drawn from fixed noise
-DIVERSITY_CHECK_FROM = 1000  # generator steps before the sample-diversity check starts
+COLLAPSE_CHECKS_FROM = 1000  # generator steps before the mode-collapse checks (diversity, class coverage) start
 POINT_SAMPLES = 2500  # samples in a gaussian-mixture scatter plot and its ring metric (PacGAN's count)
 # Settings that may change between a checkpoint and its resume (how long, how often, where);
 # any other difference would make the resumed run a different experiment.
@@ -90,7 +92,6 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
-        from gansvc import losses  # noqa: F401  (fail early if the loss ops cannot load)
         from gansvc.data import load_dataset
         from gansvc.models import build_discriminator, build_generator, has_batchnorm
 
@@ -133,11 +134,6 @@ class Trainer:
             self.total_steps = spec.steps
         else:
             self.total_steps = max(1, round(spec.epochs * self.batches.batches_per_epoch / spec.n_critic))
-        self.autocast = (
-            torch.autocast(self.device.type, dtype=torch.bfloat16)
-            if spec.precision == "bf16"
-            else contextlib.nullcontext()
-        )
         self.watch = FailureWatch(spec.loss)
         self.step = 0
         self.wall_before = 0.0  # wall-clock seconds of earlier sessions of this run
@@ -162,6 +158,12 @@ class Trainer:
         self.warnings = [r for r in self.warning_log.records]
         self.tensorboard = TensorBoard(self.run_dir / "tensorboard", spec.tensorboard, self.step + 1)
 
+    def _autocast(self):
+        """Return a fresh autocast context: bf16 for precision 'bf16', a no-op for fp32."""
+        if self.spec.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     def _reset_window(self) -> None:
         width = len(_TRAIN_STATS) + (self.spec.gradient_penalty > 0) + (self.spec.r1_gamma > 0)
         self.window_sum = torch.zeros(width, device=getattr(self, "device", "cpu"), dtype=torch.float64)
@@ -177,7 +179,7 @@ class Trainer:
             real = self.batches.next()
             z = torch.randn(spec.batch_size, spec.z_dim, device=self.device, generator=self.noise)
             last = i == spec.n_critic - 1
-            with self.autocast, torch.set_grad_enabled(last):
+            with self._autocast(), torch.set_grad_enabled(last):
                 fake = self.G(z)
             stats = self._d_step(real, fake.detach())
             d_stats = stats if d_stats is None else d_stats + stats
@@ -187,14 +189,11 @@ class Trainer:
         return torch.cat([d_stats[:1], g_loss.reshape(1), d_stats[1:]])
 
     def _d_step(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-        from gansvc.losses import discriminator_loss
-        from gansvc.train.regularisers import gradient_penalty, r1_penalty
-
         spec = self.spec
         self.opt_d.zero_grad(set_to_none=True)
         if spec.r1_gamma > 0:
             real.requires_grad_(True)
-        with self.autocast:
+        with self._autocast():
             if self.joint_d:
                 real_logits, fake_logits = self.D(torch.cat([real, fake])).split(real.shape[0])
             else:
@@ -203,7 +202,7 @@ class Trainer:
         loss = out.loss
         extras = []
         if spec.gradient_penalty > 0:
-            with self.autocast:
+            with self._autocast():
                 penalty = gradient_penalty(self.D, real, fake, spec.gradient_penalty, self.noise)
             loss = loss + penalty
             extras.append(penalty.detach().reshape(1))
@@ -217,13 +216,11 @@ class Trainer:
         return torch.cat([p.double() for p in parts + extras])
 
     def _g_step(self, fake: torch.Tensor) -> torch.Tensor:
-        from gansvc.losses import generator_loss
-
         spec = self.spec
         self.opt_g.zero_grad(set_to_none=True)
         self.D.requires_grad_(False)  # no weight gradients for D in the G step: only dD/dx is needed
         try:
-            with self.autocast:
+            with self._autocast():
                 logits = self.D(fake)
             out = generator_loss(logits.float(), spec.loss, spec.g_saturating)
             out.loss.backward()
@@ -405,7 +402,7 @@ class Trainer:
         from gansvc.images import make_grid, save_grid
 
         sampler = self._sampler()
-        with self.autocast:
+        with self._autocast():
             samples = sampler(self.fixed_noise).float()
         name = f"samples/step_{self.step:07d}.png"
         if self.points:
@@ -418,7 +415,7 @@ class Trainer:
             save_grid(samples, self.run_dir / name)
             save_grid(samples, self.run_dir / "samples" / "latest.png")
             self.tensorboard.image("samples", make_grid(samples), self.step)
-            if self.step >= DIVERSITY_CHECK_FROM:  # early samples are alike anyway: no signal before this
+            if self.step >= COLLAPSE_CHECKS_FROM:  # early samples are alike anyway: no signal before this
                 for code, message in self.watch.check_diversity(_diversity_ratio(samples, self._real_reference())):
                     self._warn(code, message)
         self.tensorboard.flush()
@@ -490,8 +487,9 @@ class Trainer:
         if coverage is not None:
             covered, total = coverage
             values["classes_covered"] = float(covered)
-            for code, message in self.watch.check_coverage(covered, total, "classes"):
-                self._warn(code, message)
+            if self.step >= COLLAPSE_CHECKS_FROM:  # untrained generators make one grey blob: no signal yet
+                for code, message in self.watch.check_coverage(covered, total, "classes"):
+                    self._warn(code, message)
         return values
 
     def _class_coverage(self, fake: torch.Tensor) -> tuple[int, int] | None:
