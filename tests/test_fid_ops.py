@@ -156,8 +156,7 @@ def test_trace_sqrt_product_exact_at_2048_with_singular_s2():
     s1, s2, exact = covariance_pair("known-spectrum", 2048)
     result = fid_ops.trace_sqrt_product_details(s1, s2, "eigh")
     assert relative_error(result.value, exact) <= RTOL
-    # S2 is singular, so it is factored by eigh with its zero modes dropped: 3/4 d modes remain.
-    assert result.route == "eigh" and result.rank == 2048 - 2048 // 4
+    assert result.route == "cholesky"  # of S1; S2's d/4 zero modes fall in the noise band
 
 
 @pytest.mark.slow
@@ -207,12 +206,13 @@ def test_identical_inputs_give_zero(d, kind, method, backend):
     assert abs(value) <= 1e-9 * np.trace(s1), value
 
 
-def test_float32_and_numpy_inputs_are_computed_in_float64():
+def test_float32_and_numpy_inputs_are_computed_in_float64(backend):
     s1, s2, exact = covariance_pair("known-spectrum", 16)
+    assert relative_error(fid_ops.trace_sqrt_product(s1, s2), exact) <= 1e-12  # NumPy float64
+    # float32 statistics: the matrices carry ~1e-7 relative rounding (S2's zero eigenvalues become
+    # ±1e-7 noise, which the noise band counts as 0), so the answer is the exact one to ~1e-7.
     as_float32 = fid_ops.trace_sqrt_product(torch.from_numpy(s1).float(), torch.from_numpy(s2).float())
-    assert relative_error(as_float32, symmetric_trace(s1.astype(np.float32).astype(np.float64),
-                                                      s2.astype(np.float32).astype(np.float64))) <= RTOL
-    assert relative_error(fid_ops.trace_sqrt_product(s1, s2), exact) <= 1e-12
+    assert relative_error(as_float32, exact) <= 1e-6
 
 
 # ------------------------------------------------------------------ Newton–Schulz specifics
@@ -232,7 +232,7 @@ def test_newton_schulz_converges_and_verifies(kind, backend):
 def test_newton_schulz_falls_back_to_the_eigen_route_when_not_converged(backend):
     s1, s2, exact = covariance_pair("known-spectrum", 128)
     result = fid_ops.trace_sqrt_product_details(s1, s2, "newton-schulz", max_iter=3)
-    assert result.fell_back and result.route == "eigh" and result.iterations == 3
+    assert result.fell_back and result.route == "eigh" and result.iterations == 3  # S2 singular: eigh factor
     assert relative_error(result.value, exact) <= 1e-12
 
 

@@ -199,6 +199,7 @@ def test_checkpoint_and_generator_download_and_load(finished, client, service, t
 
 
 # ---------------------------------------------------------------------- evaluation jobs
+@pytest.mark.slow
 def test_evaluation_of_a_checkpoint_matches_local_metrics(finished, client, service):
     from gansvc.metrics import evaluate
     from gansvc.train.sampling import generate, load_generator
@@ -215,6 +216,7 @@ def test_evaluation_of_a_checkpoint_matches_local_metrics(finished, client, serv
     assert client.metrics(evaluation.id) == [(30, dict(done.latest_metrics))]
 
 
+@pytest.mark.slow
 def test_evaluation_of_uploaded_samples(client, fashion_mnist_root):
     from gansvc.data import load_images
     from gansvc.metrics import evaluate

@@ -27,7 +27,7 @@ def gansvc(*args, timeout=300):
 
 
 def service_cli(*args, timeout=120):
-    """Run `python -m gansvc.service.cli ARGS` (commands the top-level CLI may not list)."""
+    """Run `python -m gansvc.service.cli ARGS`: the same commands without the top-level dispatcher's imports."""
     command = [sys.executable, "-m", "gansvc.service.cli", *args]
     return subprocess.run(command, check=False, capture_output=True, text=True, timeout=timeout)
 
@@ -42,6 +42,7 @@ def server(tmp_path_factory, fashion_mnist_root):
     server.shutdown(timeout=20)
 
 
+@pytest.mark.slow
 def test_submit_watch_jobs_samples_download(server, tmp_path):
     submitted = gansvc("submit", "--server", server.address, *SMALL, "--steps", "20")
     assert submitted.returncode == 0, submitted.stderr
@@ -72,6 +73,7 @@ def test_submit_watch_jobs_samples_download(server, tmp_path):
     assert target.read_bytes() == (server.state_dir / "jobs" / job_id / "generator.pt").read_bytes()
 
 
+@pytest.mark.slow
 def test_submit_from_a_spec_file_with_overrides(server, tmp_path):
     spec = tmp_path / "spec.toml"
     spec.write_text('[train]\nmodel = "mlp"\nsteps = 1000000\nz_dim = 8\nbatch_size = 16\neval_samples = 0\n')
@@ -98,12 +100,12 @@ def test_submit_from_a_spec_file_with_overrides(server, tmp_path):
     ],
 )
 def test_bad_input_exits_2_naming_it(server, args, expected):
-    result = gansvc(*args, "--server", server.address)
+    result = service_cli(*args, "--server", server.address)
     assert result.returncode == 2 and expected in result.stderr, result.stderr
 
 
 def test_unknown_job_and_unreachable_server(server):
-    missing = gansvc("watch", "train-missing", "--server", server.address)
+    missing = service_cli("watch", "train-missing", "--server", server.address)
     assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr and "train-missing" in missing.stderr
     healthy = service_cli("health", "--server", server.address)
     assert healthy.returncode == 0 and healthy.stdout.strip() == "SERVING"
@@ -112,14 +114,14 @@ def test_unknown_job_and_unreachable_server(server):
 
 
 def test_serve_refuses_bad_settings(tmp_path):
-    bad_devices = gansvc("serve", "--state-dir", str(tmp_path), "--devices", "gpu0")
+    bad_devices = service_cli("serve", "--state-dir", str(tmp_path), "--devices", "gpu0")
     assert bad_devices.returncode == 2 and "--devices" in bad_devices.stderr
-    open_port = gansvc("serve", "--state-dir", str(tmp_path), "--listen", "0.0.0.0:0")
+    open_port = service_cli("serve", "--state-dir", str(tmp_path), "--listen", "0.0.0.0:0")
     assert open_port.returncode == 2 and "--auth-token-file" in open_port.stderr
-    lone_cert = gansvc("serve", "--state-dir", str(tmp_path), "--tls-cert", str(tmp_path / "c.pem"))
+    lone_cert = service_cli("serve", "--state-dir", str(tmp_path), "--tls-cert", str(tmp_path / "c.pem"))
     assert lone_cert.returncode == 2 and "--tls-key" in lone_cert.stderr
 
 
 def test_a_second_server_on_the_same_state_dir_is_refused(server):
-    second = gansvc("serve", "--state-dir", str(server.state_dir), "--listen", "127.0.0.1:0", timeout=60)
+    second = service_cli("serve", "--state-dir", str(server.state_dir), "--listen", "127.0.0.1:0", timeout=60)
     assert second.returncode == 1 and "another gansvc server" in second.stderr

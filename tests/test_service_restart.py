@@ -103,6 +103,7 @@ class Watcher(threading.Thread):
             self.error = error
 
 
+@pytest.mark.slow
 def test_kill9_mid_training_resumes_from_the_last_checkpoint_losing_no_event(tmp_path, fashion_mnist_root):
     state = tmp_path / "state"
     server = ServerProcess(state, fashion_mnist_root)
@@ -164,6 +165,7 @@ def acknowledged_events(serialized):
     return [pb.JobEvent.FromString(data) for data in serialized]
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_running_jobs_and_the_next_start_resumes_them(tmp_path, fashion_mnist_root):
     state = tmp_path / "state"
     server = ServerProcess(state, fashion_mnist_root)

@@ -262,3 +262,21 @@ def test_gaussian_mixture_run_reports_the_ring_metric(tmp_path):
     assert set(summary["eval"]) == {"modes_covered", "high_quality_fraction"}
     assert 0 <= summary["eval"]["modes_covered"] <= 8
     assert (tmp_path / "samples" / "latest.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluation_scores_the_ema_generator_with_fmnist_cnn(tmp_path):
+    pytest.importorskip("gansvc.metrics")
+    from gansvc.metrics import evaluate
+    from gansvc.train.sampling import generate, load_generator
+
+    spec = tiny(steps=4, eval_samples=200, eval_every=2, log_every=2)
+    events = []
+    summary = Trainer(spec, tmp_path, on_event=events.append).run()
+    evals = [e for e in events if e["type"] == "metrics" and "fid" in e["values"]]
+    assert [e["step"] for e in evals] == [2, 4]
+    # the same numbers from outside: the exported (EMA) generator, the trainer's evaluation noise seed
+    generator, _ = load_generator(tmp_path)
+    expected = evaluate(generate(generator, 200, seed=spec.seed + 4), real="fashion-mnist:test")
+    assert summary["eval"]["fid"] == pytest.approx(expected["fid"], rel=1e-6)
+    assert summary["eval"]["is_mean"] == pytest.approx(expected["is_mean"], rel=1e-6)
+    assert 0 <= summary["eval"]["classes_covered"] <= 10

@@ -169,8 +169,13 @@ at::Tensor small_gram(const at::Tensor& c) {
   return c.size(0) <= c.size(1) ? at::mm(c, c.t()) : at::mm(c.t(), c);
 }
 
-// Σ sqrt(λ) over the eigenvalues of a symmetric PSD matrix (lower triangle read), clamped at 0:
-// one eigenvalues-only call. Eigenvalues come in ascending order, so the sum adds small ones first.
+// Σ sqrt(λ) over the eigenvalues of a symmetric PSD matrix (lower triangle read): one
+// eigenvalues-only call. Eigenvalues inside the rounding-noise band are counted as 0: when a
+// covariance is singular (m < d samples), its zero modes come out as ±ν noise (ν ~ d·eps·λmax) and
+// the square roots of the positive half would add ~1e-8 relative error. The band is measured, not
+// guessed: ν = |most negative eigenvalue| (a PSD matrix has none but noise), and eigenvalues below
+// 2ν are indistinguishable from 0. Genuinely tiny eigenvalues, computed accurately (no negative
+// noise), are kept. Ascending order: the sum adds the small ones first.
 double sum_sqrt_eigenvalues(const at::Tensor& sym, const char* what, double psd_tol) {
   if (sym.numel() == 0) return 0.0;
   const at::Tensor values = at::linalg_eigvalsh(sym, "L");
@@ -179,7 +184,8 @@ double sum_sqrt_eigenvalues(const at::Tensor& sym, const char* what, double psd_
   TORCH_CHECK_VALUE(smallest >= -psd_tol * std::max(largest, 0.0),
                     "the covariances are not positive semi-definite: ", what, " has the eigenvalue ", smallest,
                     " (largest ", largest, ")");
-  return values.clamp_min(0.0).sqrt().sum().item<double>();
+  const double noise_band = smallest < 0.0 ? -2.0 * smallest : 0.0;
+  return at::where(values > noise_band, values, at::zeros_like(values)).sqrt().sum().item<double>();
 }
 
 struct NewtonSchulzResult {
@@ -244,32 +250,41 @@ TraceResult trace_sqrt_product_impl(at::Tensor s1, at::Tensor s2, bool newton_sc
   }
   result.rank = s1.size(0);
   if (result.rank == 0) return result;
+  if (!newton_schulz) {
+    // CPU default: one factor only. Tr((S1 S2)^½) is symmetric in S1 and S2, so whichever is
+    // positive definite gives a Cholesky factor L and the eigenvalues of Lᵀ S L (the other one's
+    // singularity is handled by the noise band of sum_sqrt_eigenvalues). Neither: eigh of S1 with
+    // its zero modes dropped, F [d, r1], and the r1×r1 matrix Fᵀ S2 F.
+    if (const auto l1 = cholesky_factor(s1)) {
+      result.value = sum_sqrt_eigenvalues(lower_congruence(*l1, s2), "L1ᵀ S2 L1", psd_tol);
+    } else if (const auto l2 = cholesky_factor(s2)) {
+      result.value = sum_sqrt_eigenvalues(lower_congruence(*l2, s1), "L2ᵀ S1 L2", psd_tol);
+    } else {
+      const at::Tensor f1 = eigen_factor(s1, "sigma1", psd_tol);
+      result.route = Route::kEigh;
+      result.rank = f1.size(1);
+      result.value = sum_sqrt_eigenvalues(at::mm(f1.t(), at::mm(s2, f1)), "F1ᵀ S2 F1", psd_tol);
+    }
+    return result;
+  }
+  // Newton–Schulz works on C = F2ᵀ F1 (both factors: Cholesky, or eigh with zero modes dropped),
+  // whose nuclear norm is the trace; two GEMMs per step.
   const auto l1 = cholesky_factor(s1);
   const auto l2 = cholesky_factor(s2);
   result.route = (l1 && l2) ? Route::kCholesky : Route::kEigh;
-  if (!newton_schulz && l1 && l2) {
-    // The common case, fastest on a CPU: one Cholesky, Lᵀ S2 L, eigenvalues only.
-    result.value = sum_sqrt_eigenvalues(lower_congruence(*l1, s2), "L1ᵀ S2 L1", psd_tol);
-    return result;
-  }
-  // A singular covariance is factored by eigh with its zero modes dropped: its rank-deficiency
-  // then costs nothing in accuracy (Lᵀ S2 L instead would carry ~d rounding-level eigenvalues
-  // whose square roots add up to ~1e-8 relative error).
   const at::Tensor f1 = l1 ? *l1 : eigen_factor(s1, "sigma1", psd_tol);
   const at::Tensor f2 = l2 ? *l2 : eigen_factor(s2, "sigma2", psd_tol);
   const at::Tensor c = at::mm(f2.t(), f1);
   result.rank = std::min(c.size(0), c.size(1));
-  if (newton_schulz) {
-    const auto ns = newton_schulz_nuclear_norm(c, max_iter, rtol, verify_tol);
-    result.iterations = ns.iterations;
-    result.bound = ns.bound;
-    if (ns.verified) {
-      result.value = ns.value;
-      result.route = Route::kNewtonSchulz;
-      return result;
-    }
-    result.fell_back = true;
+  const auto ns = newton_schulz_nuclear_norm(c, max_iter, rtol, verify_tol);
+  result.iterations = ns.iterations;
+  result.bound = ns.bound;
+  if (ns.verified) {
+    result.value = ns.value;
+    result.route = Route::kNewtonSchulz;
+    return result;
   }
+  result.fell_back = true;
   result.value = sum_sqrt_eigenvalues(small_gram(c), "F2ᵀ F1", psd_tol);
   return result;
 }

@@ -221,6 +221,7 @@ def _eigen_factor(s: torch.Tensor, name: str, psd_tol: float) -> torch.Tensor:
 
 
 def _sum_sqrt_eigenvalues(sym: torch.Tensor, what: str, psd_tol: float) -> float:
+    # Eigenvalues within the measured rounding-noise band (2 × |most negative|) count as 0; see the .cpp.
     if sym.numel() == 0:
         return 0.0
     values = torch.linalg.eigvalsh(sym)
@@ -229,7 +230,8 @@ def _sum_sqrt_eigenvalues(sym: torch.Tensor, what: str, psd_tol: float) -> float
         raise ValueError(
             f"the covariances are not positive semi-definite: {what} has the eigenvalue {smallest:g} (largest {largest:g})"
         )
-    return float(values.clamp_min(0).sqrt().sum())
+    noise_band = -2.0 * smallest if smallest < 0 else 0.0
+    return float(torch.where(values > noise_band, values, torch.zeros_like(values)).sqrt().sum())
 
 
 def _small_gram(c: torch.Tensor) -> torch.Tensor:
@@ -293,22 +295,27 @@ def reference_trace_sqrt_product(
     rank = s1.shape[0]
     if rank == 0:
         return TraceSqrtResult(0.0, "cholesky", 0, 0.0, False, 0)
+    if not newton_schulz:
+        l1 = _cholesky_factor(s1)
+        if l1 is not None:
+            return TraceSqrtResult(_sum_sqrt_eigenvalues(l1.T @ s2 @ l1, "L1ᵀ S2 L1", psd_tol), "cholesky", 0, 0.0, False, rank)
+        l2 = _cholesky_factor(s2)
+        if l2 is not None:
+            return TraceSqrtResult(_sum_sqrt_eigenvalues(l2.T @ s1 @ l2, "L2ᵀ S1 L2", psd_tol), "cholesky", 0, 0.0, False, rank)
+        f1 = _eigen_factor(s1, "sigma1", psd_tol)
+        value = _sum_sqrt_eigenvalues(f1.T @ s2 @ f1, "F1ᵀ S2 F1", psd_tol)
+        return TraceSqrtResult(value, "eigh", 0, 0.0, False, f1.shape[1])
     l1, l2 = _cholesky_factor(s1), _cholesky_factor(s2)
     route = "cholesky" if l1 is not None and l2 is not None else "eigh"
-    if not newton_schulz and l1 is not None and l2 is not None:
-        return TraceSqrtResult(_sum_sqrt_eigenvalues(l1.T @ s2 @ l1, "L1ᵀ S2 L1", psd_tol), route, 0, 0.0, False, rank)
     f1 = l1 if l1 is not None else _eigen_factor(s1, "sigma1", psd_tol)
     f2 = l2 if l2 is not None else _eigen_factor(s2, "sigma2", psd_tol)
     c = f2.T @ f1
     rank = min(c.shape)
-    iterations, bound, fell_back = 0, 0.0, False
-    if newton_schulz:
-        value, iterations, bound, verified = reference_newton_schulz_nuclear_norm(c, max_iter, rtol, verify_tol)
-        if verified:
-            return TraceSqrtResult(value, "newton-schulz", iterations, bound, False, rank)
-        fell_back = True
+    value, iterations, bound, verified = reference_newton_schulz_nuclear_norm(c, max_iter, rtol, verify_tol)
+    if verified:
+        return TraceSqrtResult(value, "newton-schulz", iterations, bound, False, rank)
     value = _sum_sqrt_eigenvalues(_small_gram(c), "F2ᵀ F1", psd_tol)
-    return TraceSqrtResult(value, route, iterations, bound, fell_back, rank)
+    return TraceSqrtResult(value, route, iterations, bound, True, rank)
 
 
 def reference_trace_sqrt_product_lowrank(

@@ -462,7 +462,10 @@ def print_summary(client, job) -> None:
                 shown.append(f"{label} {value}")
         print("final metrics: " + ", ".join(shown))
     if job.kind == pb.JOB_KIND_TRAINING and job.state == pb.JOB_STATE_SUCCEEDED:
-        print(f"results: gansvc samples {job.id} -o grid.png; gansvc download {job.id} generator.pt")
+        from gansvc.cli import COMMANDS
+
+        download = "gansvc download" if "download" in COMMANDS else "python -m gansvc.service.cli download"
+        print(f"results: gansvc samples {job.id} -o grid.png; {download} {job.id} generator.pt")
 
 
 def watch(client, args) -> int:

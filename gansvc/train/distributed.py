@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from gansvc.train.launch import ENV_AGENT_PID, ENV_EVENT_SOCKET, ENV_LAUNCH_DIR
+from gansvc.train.launch import ENV_AGENT_PID, ENV_EVENT_SOCKET, ENV_LAUNCH_DIR, launched_by_torchrun  # noqa: F401
 
 # Stop codes, ordered so that the maximum over ranks is the strongest reason.
 STOP_NONE, STOP_BUDGET, STOP_REQUESTED = 0, 1, 2
@@ -92,12 +92,6 @@ def world_from_env(environ=None) -> WorldInfo:
     if not 0 <= local_rank < local_world_size:
         raise ValueError(f"LOCAL_RANK={local_rank} and LOCAL_WORLD_SIZE={local_world_size}: expected 0 <= LOCAL_RANK < LOCAL_WORLD_SIZE")
     return WorldInfo(rank, world_size, local_rank, local_world_size, node_rank)
-
-
-def launched_by_torchrun(environ=None) -> bool:
-    """Return whether this process is a rank started by torchrun (so it must not launch torchrun itself)."""
-    environ = os.environ if environ is None else environ
-    return "TORCHELASTIC_RUN_ID" in environ or "WORLD_SIZE" in environ
 
 
 def device_for_rank(setting: str, world: WorldInfo) -> torch.device:

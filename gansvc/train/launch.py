@@ -45,6 +45,12 @@ SHUTDOWN_TIMEOUT = 15  # seconds torchrun gives ranks to exit after SIGTERM befo
 POLL_SECONDS = 0.1
 
 
+def launched_by_torchrun(environ=None) -> bool:
+    """Return whether this process is a rank started by torchrun (so it must not launch torchrun itself)."""
+    environ = os.environ if environ is None else environ
+    return "TORCHELASTIC_RUN_ID" in environ or "WORLD_SIZE" in environ
+
+
 @dataclass
 class LaunchConfig:
     """How torchrun starts the ranks: processes on this node and, for several nodes, the c10d rendezvous."""

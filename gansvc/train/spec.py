@@ -67,7 +67,7 @@ class TrainSpec:
     eval_every: int = 0  # 0 = at the end only
     eval_samples: int = 5000  # 0 = no FID / IS
     checkpoint_every: int = 1000  # 0 = at the end only
-    keep_checkpoints: int = 3  # step_*.pt files kept (latest.pt always); 0 = keep all
+    keep_checkpoints: int = 0  # newest step_*.pt files kept (latest.pt always); 0 = keep all
     tensorboard: bool = True  # write TensorBoard event files under run_dir/tensorboard
     max_minutes: float = 0.0  # 0 = no wall-clock limit
     nproc: int = 1  # processes/devices (torch.distributed), later issue

@@ -268,6 +268,7 @@ class Trainer:
         check_every_step = self.device.type == "cpu"  # a per-step finiteness check costs a GPU sync elsewhere
         ended_by = "completed"
         self._event({"type": "progress", **self._progress_fields(0.0)})
+        self._check_cpu_load()
         while self.step < self.total_steps:
             if self.should_stop is not None and self.should_stop():
                 ended_by = "stopped"
@@ -312,6 +313,20 @@ class Trainer:
                 self._checkpoint(session_start)
         plot_loss_curve(self.metrics.records, self.run_dir / "loss_curve.png", f"{spec.model} / {spec.loss}")
         return self._summary(ended_by, session_start)
+
+    def _check_cpu_load(self) -> None:
+        """Warn when other processes already keep the cores busy: then each of torch's parallel regions waits
+        for a descheduled thread, and training with several threads can be many times slower than with one."""
+        if self.device.type != "cpu" or self.threads < 2 or not hasattr(os, "getloadavg"):
+            return
+        load, cores = os.getloadavg()[0], cpu_threads()
+        if load + self.threads > cores + 0.5:
+            self._warn(
+                "cpu_oversubscribed",
+                f"the CPU is busy (load {load:.1f} on {cores} cores) and training uses {self.threads} threads; "
+                "threads=1 (--threads 1) may be much faster here (results are bit-identical only between runs "
+                "with the same thread count)",
+            )
 
     def _check_finite(self) -> None:
         if not bool(torch.isfinite(self.window_sum).all()):
