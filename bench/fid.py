@@ -29,6 +29,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+
+def _fix_threads_before_imports() -> None:
+    # --threads N must reach MKL (torch), OpenBLAS (NumPy/SciPy) and OpenMP before they load. On a
+    # shared, oversubscribed CPU one thread each gives steadier (and often faster) times.
+    if "--threads" in sys.argv[:-1]:
+        value = sys.argv[sys.argv.index("--threads") + 1]
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ[name] = value
+
+
+_fix_threads_before_imports()
+
 import numpy as np  # noqa: E402
 import scipy.linalg  # noqa: E402
 import torch  # noqa: E402
@@ -164,7 +176,7 @@ def measure_memory(n: int, d: int, chunk: int) -> list[dict]:
     for kind in ("featurestats", "np.cov"):
         done = subprocess.run(
             [sys.executable, __file__, "--memory-child", kind, "--n", str(n), "--d", str(d), "--chunk", str(chunk)],
-            capture_output=True, text=True, check=True,
+            capture_output=True, text=True, check=True, env=os.environ,
         )
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(f"  {kind}: {results[-1]}", file=sys.stderr, flush=True)
@@ -176,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dims", default="512,2048")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--threads", type=int, default=None, help="BLAS/OpenMP threads for every library")
     parser.add_argument("--no-newton-schulz", action="store_true")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)

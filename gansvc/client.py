@@ -220,20 +220,23 @@ class GanClient:
         reconnect: bool = True,
         reconnect_timeout: float = 300.0,
         history_only: bool = False,
+        timeout: float | None = None,
     ) -> Iterator[pb.JobEvent]:
         """Yield the job's events after `after_sequence` until it ends.
 
         When the connection drops (UNAVAILABLE: the server restarts, the network blips) it reconnects
         with the last sequence number seen, for up to `reconnect_timeout` seconds, so no event is
-        missed or repeated.
+        missed or repeated. `timeout` bounds the whole watch (grpc DEADLINE_EXCEEDED after it).
         """
         last = after_sequence
+        deadline = None if timeout is None else time.monotonic() + timeout
         down_since = None
         delay = 0.2
         while True:
             try:
                 request = pb.WatchJobRequest(job_id=job_id, after_sequence=last, history_only=history_only)
-                for event in self.stub.WatchJob(request, metadata=self._metadata):
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                for event in self.stub.WatchJob(request, metadata=self._metadata, timeout=remaining):
                     down_since, delay = None, 0.2
                     last = event.sequence
                     yield event
@@ -249,11 +252,13 @@ class GanClient:
 
     def wait(self, job_id: str, timeout: float | None = None) -> pb.Job:
         """Block until the job ends; return it (TimeoutError after `timeout` seconds)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
         job = self.get_job(job_id)
-        for _ in self.watch(job_id, after_sequence=job.last_sequence):
-            if deadline is not None and time.monotonic() > deadline:
-                break
+        try:
+            for _ in self.watch(job_id, after_sequence=job.last_sequence, timeout=timeout):
+                pass
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise
         job = self.get_job(job_id)
         if job.state not in TERMINAL:
             raise TimeoutError(f"job {job_id} still {state_name(job.state)} after {timeout} s")

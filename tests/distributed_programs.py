@@ -20,6 +20,7 @@ def _leave_pid() -> None:
 
 
 def collectives(out: str) -> int:
+    import numpy
     import torch
 
     from gansvc.metrics import evaluate
@@ -41,8 +42,8 @@ def collectives(out: str) -> int:
         checks[name] = {
             "count": merged.count,
             "expected_count": len(whole),
-            "mean_error": float((merged.mean().numpy() - whole.mean(0)).__abs__().max()),
-            "cov_error": float((merged.covariance().numpy() - __import__("numpy").cov(whole, rowvar=False)).__abs__().max()),
+            "mean_error": float(abs(merged.mean().numpy() - whole.mean(0)).max()),
+            "cov_error": float(abs(merged.covariance().numpy() - numpy.cov(whole, rowvar=False)).max()),
             "local_count_kept": mine.count == sizes[rank],
         }
 

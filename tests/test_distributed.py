@@ -246,6 +246,33 @@ def test_launch_config_checks_and_torchrun_options():
     assert RankFailure(0, -9).describe() == "rank 0 was killed by SIGKILL"
 
 
+def test_the_cause_of_a_failed_run_is_not_the_error_it_provoked_in_other_ranks(tmp_path):
+    from gansvc.train.launch import _first_failure
+
+    (tmp_path / "failures").mkdir()
+
+    def record(rank, when, message, error="RuntimeError", code=1):
+        lost_peer = distributed.is_peer_failure(None, message)
+        (tmp_path / "failures" / f"rank_{rank}.json").write_text(json.dumps(
+            {"rank": rank, "time": when, "message": message, "error": error, "exit_code": code,
+             "consequential": lost_peer}))  # fmt: skip
+
+    # rank 2 was killed (no record); rank 0 then lost its peer: the cause is rank 2
+    record(0, 100.0, "[pair.cc:561] Connection closed by peer [127.0.0.1]:15249")
+    (tmp_path / "agent.json").write_text(json.dumps({"failures": [
+        {"rank": 0, "exit_code": 1, "time": 99, "message": ""},
+        {"rank": 2, "exit_code": -9, "time": 100, "message": "most likely the out-of-memory killer"}]}))  # fmt: skip
+    cause = _first_failure(tmp_path)
+    assert (cause.rank, cause.exit_code) == (2, -9)
+    assert cause.describe() == "rank 2 was killed by SIGKILL: most likely the out-of-memory killer"
+    # a rank's own error beats both, even when recorded later than a lost-peer error
+    record(3, 101.0, "CUDA out of memory", error="OutOfMemoryError")
+    assert _first_failure(tmp_path).rank == 3
+    # the earliest of several causes
+    record(1, 100.5, "--dataset: no such folder", error="UsageError", code=2)
+    assert (_first_failure(tmp_path).rank, _first_failure(tmp_path).exit_code) == (1, 2)
+
+
 @pytest.mark.parametrize(
     ("argv", "named"),
     [

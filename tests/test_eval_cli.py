@@ -158,7 +158,8 @@ def test_bad_settings_exit_2(tmp_path, capsys, cache_dir, train_images, monkeypa
     np.save(tmp_path / "rgb.npy", np.zeros((3, 3, 32, 32), dtype=np.uint8))  # auto picks inception-v3
     code, _, err = run_eval(capsys, "--fake", tmp_path / "rgb.npy")
     assert code == 2 and "GANSVC_INCEPTION_WEIGHTS" in err
-    code, _, err = run_eval(capsys, "--fake", fake, "--device", "cuda:0" if not torch.cuda.is_available() else "nodevice")
+    bad_device = "nodevice" if torch.cuda.is_available() else "cuda:0"
+    code, _, err = run_eval(capsys, "--fake", fake, "--device", bad_device)
     assert code == 2 and "--device" in err
 
 

@@ -185,7 +185,8 @@ def test_frechet_distance_matches_pytorch_fid(d, kind, method):
     s1, s2, _ = covariance_pair(kind, d)
     rng = np.random.default_rng(d)
     mu1, mu2 = rng.standard_normal(d), rng.standard_normal(d) * 0.1
-    expected = float(mu1 @ mu1 - 2 * mu1 @ mu2 + mu2 @ mu2 + np.trace(s1) + np.trace(s2)) - 2 * oracle_traces(kind, d)["sqrtm"]
+    traces = float(np.trace(s1) + np.trace(s2))
+    expected = float((mu1 - mu2) @ (mu1 - mu2)) + traces - 2 * oracle_traces(kind, d)["sqrtm"]
     assert relative_error(pytorch_fid_distance(mu1, s1, mu2, s2), expected) <= 1e-12  # the oracle itself
     value = fid_ops.frechet_distance(mu1, s1, mu2, s2, method)
     assert relative_error(value, expected) <= RTOL
@@ -297,13 +298,14 @@ def test_ns_polar_step_kernel(backend):
 
 def test_sum_squared_difference_kernel(backend):
     gen = torch.Generator().manual_seed(1)
-    a, b = torch.randn(1000, 123, dtype=torch.float64, generator=gen), torch.randn(1000, 123, dtype=torch.float64, generator=gen)
-    assert relative_error(float(fid_ops.sum_squared_difference(a, b)), float(((a.numpy() - b.numpy()) ** 2).sum())) <= 1e-13
+    a, b = (torch.randn(1000, 123, dtype=torch.float64, generator=gen) for _ in range(2))
+    expected = float(((a.numpy() - b.numpy()) ** 2).sum())
+    assert relative_error(float(fid_ops.sum_squared_difference(a, b)), expected) <= 1e-13
 
 
 def test_element_kernels_do_not_depend_on_the_thread_count():
     gen = torch.Generator().manual_seed(2)
-    a, b = torch.randn(700, 700, dtype=torch.float64, generator=gen), torch.randn(700, 700, dtype=torch.float64, generator=gen)
+    a, b = (torch.randn(700, 700, dtype=torch.float64, generator=gen) for _ in range(2))
     threads = torch.get_num_threads()
     try:
         results = []
@@ -363,14 +365,18 @@ def _spd(d: int) -> torch.Tensor:
     return a.T @ a
 
 
+def _indefinite() -> torch.Tensor:
+    return torch.tensor([[1.0, 2.0], [2.0, 1.0]], dtype=torch.float64)  # eigenvalues 3 and -1
+
+
 BAD_TRACE_INPUTS = [
     (lambda: (torch.ones(3, 4, dtype=torch.float64), _spd(3)), "sigma1 must be a square"),
     (lambda: (_spd(3), _spd(4)), "same size"),
     (lambda: (_spd(3), _spd(3).masked_fill(torch.eye(3, dtype=torch.bool), float("nan"))), "sigma2 contains NaN"),
     (lambda: (_spd(3) + torch.triu(torch.ones(3, 3, dtype=torch.float64), 1), _spd(3)), "sigma1 is not symmetric"),
     (lambda: (-_spd(3), _spd(3)), "sigma1 is not a covariance matrix"),
-    (lambda: (torch.tensor([[1.0, 2.0], [2.0, 1.0]], dtype=torch.float64), _spd(2)), "sigma1 is not positive semi-definite"),
-    (lambda: (_spd(2), torch.tensor([[1.0, 2.0], [2.0, 1.0]], dtype=torch.float64)), "sigma2 is not positive semi-definite"),
+    (lambda: (_indefinite(), _spd(2)), "sigma1 is not positive semi-definite"),
+    (lambda: (_spd(2), _indefinite()), "sigma2 is not positive semi-definite"),
     (lambda: (torch.ones(3, 3, dtype=torch.int64), _spd(3)), "sigma1 must be a floating-point"),
 ]
 
@@ -394,12 +400,11 @@ def test_bad_settings_are_refused(backend):
         fid_ops.trace_sqrt_product_lowrank(s, torch.zeros(5, 4))
     with pytest.raises(ValueError, match="at least 2 rows"):
         fid_ops.trace_sqrt_product_lowrank(s, torch.zeros(1, 3))
+    mean, m2 = torch.zeros(3, dtype=torch.float64), torch.zeros(3, 3, dtype=torch.float64)
     with pytest.raises(ValueError, match=r"batch must be a matrix \[n, 3\]"):
-        fid_ops.feature_moments_update_(torch.zeros(3, dtype=torch.float64), torch.zeros(3, 3, dtype=torch.float64), 0, torch.zeros(4, 2))
+        fid_ops.feature_moments_update_(mean, m2, 0, torch.zeros(4, 2))
     with pytest.raises(ValueError, match="batch contains NaN"):
-        fid_ops.feature_moments_update_(
-            torch.zeros(3, dtype=torch.float64), torch.zeros(3, 3, dtype=torch.float64), 0, torch.full((2, 3), float("inf"))
-        )
+        fid_ops.feature_moments_update_(mean, m2, 0, torch.full((2, 3), float("inf")))
 
 
 # ------------------------------------------------------------------ GPU (skips without one)
@@ -417,6 +422,7 @@ def test_ops_on_each_device(device, method):
     x = torch.randn(50, 128, dtype=torch.float64, device=device)
     lowrank = fid_ops.trace_sqrt_product_lowrank(t1, x, method)
     assert relative_error(lowrank, symmetric_trace(s1, np.cov(x.cpu().numpy(), rowvar=False))) <= RTOL
-    mean, m2 = torch.zeros(128, dtype=torch.float64, device=device), torch.zeros(128, 128, dtype=torch.float64, device=device)
+    mean = torch.zeros(128, dtype=torch.float64, device=device)
+    m2 = torch.zeros(128, 128, dtype=torch.float64, device=device)
     assert fid_ops.feature_moments_update_(mean, m2, 0, x) == 50
     np.testing.assert_allclose(m2.cpu().numpy() / 49, np.cov(x.cpu().numpy(), rowvar=False), rtol=1e-10, atol=1e-13)

@@ -18,7 +18,8 @@ def test_shipped_classifier_is_small_and_accurate_on_the_test_set(fashion_mnist_
     test = load_images("fashion-mnist", "test", fashion_mnist_root)
     model = load_classifier()
     with torch.inference_mode():
-        predictions = torch.cat([model(uint8_to_unit_range(test.images[i : i + 2000])).argmax(1) for i in range(0, 10_000, 2000)])
+        batches = [test.images[i : i + 2000] for i in range(0, 10_000, 2000)]
+        predictions = torch.cat([model(uint8_to_unit_range(batch)).argmax(1) for batch in batches])
     accuracy = (predictions == test.labels).double().mean().item()
     assert accuracy >= 0.90, accuracy
     stored = torch.load(WEIGHTS_PATH, weights_only=True)

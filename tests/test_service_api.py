@@ -493,3 +493,13 @@ def test_auth_off_needs_no_token(client):
 def test_listening_beyond_loopback_needs_auth(tmp_path):
     with pytest.raises(ValueError, match="auth-token-file"):
         GanServer(ServerConfig(state_dir=tmp_path, listen="0.0.0.0:0"))
+
+
+def test_wait_times_out_on_a_job_that_does_not_end(client):
+    job = client.submit_training(LONG)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match=job.id):
+        client.wait(job.id, timeout=2)
+    assert time.monotonic() - started < 10
+    client.cancel(job.id)
+    assert state_name(client.wait(job.id, timeout=120).state) == "CANCELLED"

@@ -125,3 +125,9 @@ def test_serve_refuses_bad_settings(tmp_path):
 def test_a_second_server_on_the_same_state_dir_is_refused(server):
     second = service_cli("serve", "--state-dir", str(server.state_dir), "--listen", "127.0.0.1:0", timeout=60)
     assert second.returncode == 1 and "another gansvc server" in second.stderr
+
+
+def test_a_busy_port_is_refused_before_any_job_starts(server, tmp_path):
+    port = server.address.rsplit(":", 1)[1]
+    busy = service_cli("serve", "--state-dir", str(tmp_path / "other"), "--listen", f"127.0.0.1:{port}", timeout=60)
+    assert busy.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in busy.stderr, busy.stderr

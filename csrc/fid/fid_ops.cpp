@@ -157,9 +157,10 @@ at::Tensor lower_congruence(const at::Tensor& lower, const at::Tensor& s) {
   at::Tensor m = at::zeros_like(s);  // M = Lᵀ W, lower block triangle only.
   for (int64_t i = 0; i < d; i += kCongruenceBlock) {
     const int64_t height = std::min(kCongruenceBlock, d - i);
-    m.narrow(0, i, height)
-        .narrow(1, 0, i + height)
-        .copy_(at::mm(lower.narrow(0, i, d - i).narrow(1, i, height).t(), w.narrow(0, i, d - i).narrow(1, 0, i + height)));
+    // M[block i, blocks <= i] = L[rows >= i, block i]ᵀ W[rows >= i, blocks <= i]
+    const at::Tensor lower_block = lower.narrow(0, i, d - i).narrow(1, i, height);
+    const at::Tensor w_block = w.narrow(0, i, d - i).narrow(1, 0, i + height);
+    m.narrow(0, i, height).narrow(1, 0, i + height).copy_(at::mm(lower_block.t(), w_block));
   }
   return m;
 }
@@ -176,14 +177,16 @@ at::Tensor small_gram(const at::Tensor& c) {
 // guessed: ν = |most negative eigenvalue| (a PSD matrix has none but noise), and eigenvalues below
 // 2ν are indistinguishable from 0. Genuinely tiny eigenvalues, computed accurately (no negative
 // noise), are kept. Ascending order: the sum adds the small ones first.
-double sum_sqrt_eigenvalues(const at::Tensor& sym, const char* what, double psd_tol) {
+double sum_sqrt_eigenvalues(const at::Tensor& sym, const char* culprit, const char* what, double psd_tol) {
   if (sym.numel() == 0) return 0.0;
   const at::Tensor values = at::linalg_eigvalsh(sym, "L");
   const double largest = values.max().item<double>();
   const double smallest = values.min().item<double>();
-  TORCH_CHECK_VALUE(smallest >= -psd_tol * std::max(largest, 0.0),
-                    "the covariances are not positive semi-definite: ", what, " has the eigenvalue ", smallest,
-                    " (largest ", largest, ")");
+  // `what` is congruent to (or, for the m×m route, shares the inertia of) `culprit` on the space
+  // that matters, so a clearly negative eigenvalue of it means `culprit` is not a covariance.
+  TORCH_CHECK_VALUE(smallest >= -psd_tol * std::max(largest, 0.0), culprit,
+                    " is not positive semi-definite: ", what, " has the eigenvalue ", smallest, " (largest ",
+                    largest, ")");
   const double noise_band = smallest < 0.0 ? -2.0 * smallest : 0.0;
   return at::where(values > noise_band, values, at::zeros_like(values)).sqrt().sum().item<double>();
 }
@@ -256,14 +259,14 @@ TraceResult trace_sqrt_product_impl(at::Tensor s1, at::Tensor s2, bool newton_sc
     // singularity is handled by the noise band of sum_sqrt_eigenvalues). Neither: eigh of S1 with
     // its zero modes dropped, F [d, r1], and the r1×r1 matrix Fᵀ S2 F.
     if (const auto l1 = cholesky_factor(s1)) {
-      result.value = sum_sqrt_eigenvalues(lower_congruence(*l1, s2), "L1ᵀ S2 L1", psd_tol);
+      result.value = sum_sqrt_eigenvalues(lower_congruence(*l1, s2), "sigma2", "L1ᵀ S2 L1", psd_tol);
     } else if (const auto l2 = cholesky_factor(s2)) {
-      result.value = sum_sqrt_eigenvalues(lower_congruence(*l2, s1), "L2ᵀ S1 L2", psd_tol);
+      result.value = sum_sqrt_eigenvalues(lower_congruence(*l2, s1), "sigma1", "L2ᵀ S1 L2", psd_tol);
     } else {
       const at::Tensor f1 = eigen_factor(s1, "sigma1", psd_tol);
       result.route = Route::kEigh;
       result.rank = f1.size(1);
-      result.value = sum_sqrt_eigenvalues(at::mm(f1.t(), at::mm(s2, f1)), "F1ᵀ S2 F1", psd_tol);
+      result.value = sum_sqrt_eigenvalues(at::mm(f1.t(), at::mm(s2, f1)), "sigma2", "F1ᵀ S2 F1", psd_tol);
     }
     return result;
   }
@@ -285,7 +288,7 @@ TraceResult trace_sqrt_product_impl(at::Tensor s1, at::Tensor s2, bool newton_sc
     return result;
   }
   result.fell_back = true;
-  result.value = sum_sqrt_eigenvalues(small_gram(c), "F2ᵀ F1", psd_tol);
+  result.value = sum_sqrt_eigenvalues(small_gram(c), "sigma1 or sigma2", "the Gram matrix of F2ᵀ F1", psd_tol);
   return result;
 }
 
@@ -358,10 +361,10 @@ std::tuple<at::Tensor, at::Tensor> trace_sqrt_product_lowrank(const at::Tensor& 
       return result.as_tensors(s1.options());
     }
     result.fell_back = true;
-    result.value = sum_sqrt_eigenvalues(small_gram(c), "X F1", psd_tol);
+    result.value = sum_sqrt_eigenvalues(small_gram(c), "sigma1", "the Gram matrix of X F1", psd_tol);
     return result.as_tensors(s1.options());
   }
-  result.value = sum_sqrt_eigenvalues(at::mm(at::mm(x, s1), x.t()), "X S1 Xᵀ/(m-1)", psd_tol);
+  result.value = sum_sqrt_eigenvalues(at::mm(at::mm(x, s1), x.t()), "sigma1", "X S1 Xᵀ/(m-1)", psd_tol);
   return result.as_tensors(s1.options());
 }
 

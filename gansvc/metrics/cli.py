@@ -38,7 +38,9 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--data-root", default=None, metavar="DIR", help="folder holding the real data set's files")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
-    parser.add_argument("--n-real", type=int, default=None, metavar="N", help="score against N real images (seeded subset)")
+    parser.add_argument(
+        "--n-real", type=int, default=None, metavar="N", help="score against N real images (a seeded subset)"
+    )
     parser.add_argument(
         "--pixel-range", default="-1,1", choices=("-1,1", "0,1"),
         help="range of float pixels in --fake (uint8 files are always 0-255; default: %(default)s)",

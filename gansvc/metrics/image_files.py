@@ -40,7 +40,9 @@ def load_image_set(path: str | os.PathLike, pixel_range: str = "-1,1") -> torch.
         raise ImageFileError(f"{path}: no such file or folder")
     suffix = path.suffix.lower()
     if suffix not in ARRAY_SUFFIXES:
-        raise ImageFileError(f"{path}: unsupported file type {suffix!r}; use .npz, .npy, .pt/.pth or a folder of images")
+        raise ImageFileError(
+            f"{path}: unsupported file type {suffix!r}; use .npz, .npy, .pt/.pth or a folder of images"
+        )
     array = _read_array(path, suffix)
     return _to_image_tensor(array, path, pixel_range)
 
@@ -84,7 +86,9 @@ def _to_image_tensor(array, path: Path, pixel_range: str) -> torch.Tensor:
     if tensor.dim() == 3:
         tensor = tensor.unsqueeze(1)
     if tensor.dim() != 4:
-        raise ImageFileError(f"{path}: images must be [N, C, H, W], [N, H, W, C] or [N, H, W]; got shape {list(tensor.shape)}")
+        raise ImageFileError(
+            f"{path}: images must be [N, C, H, W], [N, H, W, C] or [N, H, W]; got shape {list(tensor.shape)}"
+        )
     if tensor.shape[1] not in (1, 3) and tensor.shape[3] in (1, 3):
         tensor = tensor.permute(0, 3, 1, 2)
     if tensor.shape[1] not in (1, 3):

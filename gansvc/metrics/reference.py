@@ -128,7 +128,8 @@ def _statistics_file(path: Path, extractor: FeatureExtractor, n_real: int | None
             f"gives {extractor.feature_dim}-d features"
         )
     kid = extra.get("kid_features")
-    kid_features = torch.from_numpy(kid) if kid is not None and kid.ndim == 2 and kid.shape[1] == extractor.feature_dim else None
+    usable = kid is not None and kid.ndim == 2 and kid.shape[1] == extractor.feature_dim
+    kid_features = torch.from_numpy(kid) if usable else None
     return RealReference(stats, kid_features, stats.count, f"stats:{path.resolve()}", path)
 
 

@@ -24,7 +24,9 @@ from gansvc.metrics.fmnist_cnn import ARCHITECTURE, WEIGHTS_PATH, FashionMNISTCl
 
 
 @torch.no_grad()
-def accuracy(model: FashionMNISTClassifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
+def accuracy(
+    model: FashionMNISTClassifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000
+) -> float:
     """Return the share of `images` (uint8 [N, 1, 28, 28]) that `model` classifies as `labels`."""
     model.eval()
     correct = 0

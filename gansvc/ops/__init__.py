@@ -27,3 +27,4 @@ def g_loss(fake_logits: torch.Tensor, kind: str):
 
 
 __all__ = ["cuda_compiled", "d_loss", "g_loss", "load_extension", "reference", "use_extension"]
+from gansvc.ops import fid  # noqa: E402  (the FID core: trace_sqrt_product, frechet_distance, feature moments)

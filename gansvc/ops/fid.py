@@ -197,7 +197,9 @@ def _prepare_covariance(sigma: torch.Tensor, name: str, psd_tol: float) -> torch
         raise ValueError(f"{name} is not symmetric: max |S - Sᵀ| = {asymmetry:g} for max |S| = {scale:g}")
     min_variance = float(s.diagonal().min())
     if min_variance < -psd_tol * scale:
-        raise ValueError(f"{name} is not a covariance matrix: it has a negative variance {min_variance:g} on its diagonal")
+        raise ValueError(
+            f"{name} is not a covariance matrix: it has a negative variance {min_variance:g} on its diagonal"
+        )
     return ((s + s.T) * 0.5).contiguous()
 
 
@@ -215,12 +217,14 @@ def _eigen_factor(s: torch.Tensor, name: str, psd_tol: float) -> torch.Tensor:
     values, vectors = torch.linalg.eigh(s)
     largest, smallest = float(values.max()), float(values.min())
     if smallest < -psd_tol * max(largest, 0.0):
-        raise ValueError(f"{name} is not positive semi-definite: its smallest eigenvalue is {smallest:g} (largest {largest:g})")
+        raise ValueError(
+            f"{name} is not positive semi-definite: its smallest eigenvalue is {smallest:g} (largest {largest:g})"
+        )
     keep = values > s.shape[0] * _EPS * largest
     return vectors[:, keep] * values[keep].sqrt()
 
 
-def _sum_sqrt_eigenvalues(sym: torch.Tensor, what: str, psd_tol: float) -> float:
+def _sum_sqrt_eigenvalues(sym: torch.Tensor, culprit: str, what: str, psd_tol: float) -> float:
     # Eigenvalues within the measured rounding-noise band (2 × |most negative|) count as 0; see the .cpp.
     if sym.numel() == 0:
         return 0.0
@@ -228,7 +232,7 @@ def _sum_sqrt_eigenvalues(sym: torch.Tensor, what: str, psd_tol: float) -> float
     largest, smallest = float(values.max()), float(values.min())
     if smallest < -psd_tol * max(largest, 0.0):
         raise ValueError(
-            f"the covariances are not positive semi-definite: {what} has the eigenvalue {smallest:g} (largest {largest:g})"
+            f"{culprit} is not positive semi-definite: {what} has the eigenvalue {smallest:g} (largest {largest:g})"
         )
     noise_band = -2.0 * smallest if smallest < 0 else 0.0
     return float(torch.where(values > noise_band, values, torch.zeros_like(values)).sqrt().sum())
@@ -239,7 +243,10 @@ def _small_gram(c: torch.Tensor) -> torch.Tensor:
 
 
 def reference_newton_schulz_nuclear_norm(
-    c: torch.Tensor, max_iter: int = DEFAULT_MAX_ITER, rtol: float = DEFAULT_RTOL, verify_tol: float = DEFAULT_VERIFY_TOL
+    c: torch.Tensor,
+    max_iter: int = DEFAULT_MAX_ITER,
+    rtol: float = DEFAULT_RTOL,
+    verify_tol: float = DEFAULT_VERIFY_TOL,
 ) -> tuple[float, int, float, bool]:
     """Return (||c||_*, steps, error bound, verified) by the polar Newton–Schulz iteration (see the .cpp)."""
     c = (c if c.shape[0] <= c.shape[1] else c.T).contiguous()
@@ -298,12 +305,14 @@ def reference_trace_sqrt_product(
     if not newton_schulz:
         l1 = _cholesky_factor(s1)
         if l1 is not None:
-            return TraceSqrtResult(_sum_sqrt_eigenvalues(l1.T @ s2 @ l1, "L1ᵀ S2 L1", psd_tol), "cholesky", 0, 0.0, False, rank)
+            value = _sum_sqrt_eigenvalues(l1.T @ s2 @ l1, "sigma2", "L1ᵀ S2 L1", psd_tol)
+            return TraceSqrtResult(value, "cholesky", 0, 0.0, False, rank)
         l2 = _cholesky_factor(s2)
         if l2 is not None:
-            return TraceSqrtResult(_sum_sqrt_eigenvalues(l2.T @ s1 @ l2, "L2ᵀ S1 L2", psd_tol), "cholesky", 0, 0.0, False, rank)
+            value = _sum_sqrt_eigenvalues(l2.T @ s1 @ l2, "sigma1", "L2ᵀ S1 L2", psd_tol)
+            return TraceSqrtResult(value, "cholesky", 0, 0.0, False, rank)
         f1 = _eigen_factor(s1, "sigma1", psd_tol)
-        value = _sum_sqrt_eigenvalues(f1.T @ s2 @ f1, "F1ᵀ S2 F1", psd_tol)
+        value = _sum_sqrt_eigenvalues(f1.T @ s2 @ f1, "sigma2", "F1ᵀ S2 F1", psd_tol)
         return TraceSqrtResult(value, "eigh", 0, 0.0, False, f1.shape[1])
     l1, l2 = _cholesky_factor(s1), _cholesky_factor(s2)
     route = "cholesky" if l1 is not None and l2 is not None else "eigh"
@@ -314,7 +323,7 @@ def reference_trace_sqrt_product(
     value, iterations, bound, verified = reference_newton_schulz_nuclear_norm(c, max_iter, rtol, verify_tol)
     if verified:
         return TraceSqrtResult(value, "newton-schulz", iterations, bound, False, rank)
-    value = _sum_sqrt_eigenvalues(_small_gram(c), "F2ᵀ F1", psd_tol)
+    value = _sum_sqrt_eigenvalues(_small_gram(c), "sigma1 or sigma2", "the Gram matrix of F2ᵀ F1", psd_tol)
     return TraceSqrtResult(value, route, iterations, bound, True, rank)
 
 
@@ -358,9 +367,10 @@ def reference_trace_sqrt_product_lowrank(
         value, iterations, bound, verified = reference_newton_schulz_nuclear_norm(c, max_iter, rtol, verify_tol)
         if verified:
             return TraceSqrtResult(value, "samples-newton-schulz", iterations, bound, False, rank)
-        value = _sum_sqrt_eigenvalues(_small_gram(c), "X F1", psd_tol)
+        value = _sum_sqrt_eigenvalues(_small_gram(c), "sigma1", "the Gram matrix of X F1", psd_tol)
         return TraceSqrtResult(value, "samples", iterations, bound, True, rank)
-    return TraceSqrtResult(_sum_sqrt_eigenvalues(x @ s1 @ x.T, "X S1 Xᵀ/(m-1)", psd_tol), "samples", 0, 0.0, False, rank)
+    value = _sum_sqrt_eigenvalues(x @ s1 @ x.T, "sigma1", "X S1 Xᵀ/(m-1)", psd_tol)
+    return TraceSqrtResult(value, "samples", 0, 0.0, False, rank)
 
 
 def _prepare_mean(mu: torch.Tensor, d: int, name: str) -> torch.Tensor:

@@ -27,7 +27,10 @@ class TokenFile:
         self._stamp: tuple[int, int] | None = None
         self._checked = 0.0
         self._tokens: tuple[bytes, ...] = ()
-        self._load()
+        try:
+            self._load()
+        except OSError as error:
+            raise ValueError(f"--auth-token-file {self.path}: cannot read it ({error.strerror or error})") from None
         if not self._tokens:
             raise ValueError(f"--auth-token-file {self.path}: no tokens in it (one per line)")
 

@@ -434,7 +434,10 @@ class Scheduler:
         elif self._draining or final.get("stopped"):
             resume = latest_checkpoint_step(worker.job_dir)
             where = f"resumes from the checkpoint at step {resume}" if resume else "restarts from the beginning"
-            self.store.set_state(job.id, "QUEUED", f"interrupted by a server shutdown; {where} on the next start")
+            if self._draining:
+                self.store.set_state(job.id, "QUEUED", f"interrupted by a server shutdown; {where} on the next start")
+            else:  # someone sent the worker SIGTERM: it checkpointed; run it again
+                self.store.set_state(job.id, "QUEUED", f"the worker was stopped from outside (SIGTERM); {where}")
         else:
             reason = describe_exit(returncode)
             tail = last_log_line(worker.job_dir / "worker.log")

@@ -132,7 +132,6 @@ class GanServer:
         self.bus = EventBus()
         self.store = JobStore(self.state_dir / "gansvc.db", on_append=self.bus.publish)
         self.scheduler = Scheduler(self.store, self.pool, self.state_dir / "jobs", self.config.cancel_timeout)
-        self.scheduler.start()
         self.servicer = GanServicer(
             self.store, self.bus, self.scheduler, self.pool, self.roots, self.state_dir,
             self.max_message_bytes, self.config.max_watchers,
@@ -157,17 +156,24 @@ class GanServer:
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             self.grpc_server,
         )
-        if self.config.tls_cert:
-            credentials = grpc.ssl_server_credentials(
-                [(Path(self.config.tls_key).read_bytes(), Path(self.config.tls_cert).read_bytes())]
-            )
-            self.port = self.grpc_server.add_secure_port(self.config.listen, credentials)
+        # Bind before any job starts: a server that cannot listen must not run the state directory's jobs.
+        try:
+            if self.config.tls_cert:
+                credentials = grpc.ssl_server_credentials(
+                    [(Path(self.config.tls_key).read_bytes(), Path(self.config.tls_cert).read_bytes())]
+                )
+                self.port = self.grpc_server.add_secure_port(self.config.listen, credentials)
+            else:
+                self.port = self.grpc_server.add_insecure_port(self.config.listen)
+        except (RuntimeError, OSError) as error:
+            self.port, reason = 0, str(error)
         else:
-            self.port = self.grpc_server.add_insecure_port(self.config.listen)
+            reason = "address in use or not available here"
         if not self.port:
-            self.scheduler.drain(timeout=0)
+            self._executor.shutdown(wait=False)
             self.store.close()
-            raise RuntimeError(f"cannot listen on {self.config.listen} (address in use or not available here)")
+            raise RuntimeError(f"cannot listen on {self.config.listen} ({reason})")
+        self.scheduler.start()  # requeues what a crashed predecessor left RUNNING, then starts jobs
         self.grpc_server.start()
         for service in ("", SERVICE_NAME):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)

@@ -107,6 +107,7 @@ class GanServicer(pb_grpc.GanServiceServicer):
 
     # ------------------------------------------------------------------ submit
     def SubmitTraining(self, request: pb.TrainingSpec, context) -> pb.Job:
+        """Return the queued training job (or the one a retried request_id made)."""
         with status_errors(context):
             self._accepting()
             request_id = validation.check_request_id("request_id", request.request_id)
@@ -119,6 +120,7 @@ class GanServicer(pb_grpc.GanServiceServicer):
             return job_to_proto(job)
 
     def SubmitEvaluation(self, request: pb.EvaluationSpec, context) -> pb.Job:
+        """Return the queued evaluation job (uploaded samples are stored before it exists)."""
         with status_errors(context):
             self._accepting()
             request_id = validation.check_request_id("request_id", request.request_id)
@@ -138,10 +140,12 @@ class GanServicer(pb_grpc.GanServiceServicer):
 
     # ------------------------------------------------------------------ jobs
     def GetJob(self, request: pb.GetJobRequest, context) -> pb.Job:
+        """Return the job."""
         with status_errors(context):
             return job_to_proto(self._job(request.job_id))
 
     def ListJobs(self, request: pb.ListJobsRequest, context) -> pb.ListJobsResponse:
+        """Return one page of jobs, newest first, and the token of the next page."""
         with status_errors(context):
             page_size = request.page_size or DEFAULT_PAGE_SIZE
             if not 1 <= page_size <= MAX_PAGE_SIZE:
@@ -162,12 +166,14 @@ class GanServicer(pb_grpc.GanServiceServicer):
             return response
 
     def CancelJob(self, request: pb.CancelJobRequest, context) -> pb.Job:
+        """Return the job after asking it to stop (CANCELLED at once when it was queued)."""
         with status_errors(context):
             self._job(request.job_id)
             return job_to_proto(self.scheduler.cancel(request.job_id))
 
     # ------------------------------------------------------------------ events
     def WatchJob(self, request: pb.WatchJobRequest, context):
+        """Yield the job's events after after_sequence, then the live ones until the job ends."""
         with status_errors(context):
             job = self._job(request.job_id)
             if request.after_sequence < 0:
@@ -201,6 +207,7 @@ class GanServicer(pb_grpc.GanServiceServicer):
             self._watch_slots.release()
 
     def GetMetrics(self, request: pb.GetMetricsRequest, context) -> pb.MetricsHistory:
+        """Return every metric point by step; after a resume, the resumed run's values replace the redone steps."""
         with status_errors(context):
             self._job(request.job_id)
             wanted = set(request.names)
@@ -226,11 +233,13 @@ class GanServicer(pb_grpc.GanServiceServicer):
 
     # ------------------------------------------------------------------ files
     def GetSamples(self, request: pb.GetSamplesRequest, context) -> pb.Samples:
+        """Return the trainer's grid for a step, or images generated from a checkpoint."""
         with status_errors(context):
             job = self._training_job(request.job_id)
             return self.renderer.render(self.jobs_dir / job.id, request)
 
     def ListArtifacts(self, request: pb.ListArtifactsRequest, context) -> pb.ListArtifactsResponse:
+        """Return the files of the job's run directory."""
         with status_errors(context):
             job = self._job(request.job_id)
             response = pb.ListArtifactsResponse()
@@ -241,6 +250,7 @@ class GanServicer(pb_grpc.GanServiceServicer):
             return response
 
     def DownloadArtifact(self, request: pb.DownloadArtifactRequest, context):
+        """Yield one artifact in chunks (the first carries the file's SHA-256)."""
         with status_errors(context):
             job = self._job(request.job_id)
             path = resolve_artifact(self.jobs_dir / job.id, request.name)

@@ -9,6 +9,7 @@ records its exit code and error for the launcher, which reports the first failin
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -30,7 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = int(cli.run("train", args) or 0)
     except UsageError as error:
-        print(f"gansvc train: error: {error}", file=sys.stderr)
+        world = os.environ.get("WORLD_SIZE", "1")
+        where = f" [rank {os.environ.get('RANK', '?')} of {world}]" if world != "1" else ""
+        print(f"gansvc train{where}: error: {error}", file=sys.stderr)
         record_failure(2, error)
         return 2
     except KeyboardInterrupt as error:

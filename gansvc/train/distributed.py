@@ -15,7 +15,7 @@ training group is NCCL, so polling for a stop never waits for the GPU.
 
 The launcher (gansvc.train.launch) talks to the ranks through environment variables:
 GANSVC_LAUNCH_DIR, a folder on each node where a file `stop` asks for a checkpoint-and-stop, each rank
-leaves `pids/<rank>` and a failing rank writes `failures/rank_<N>.json` (exit code, error, message);
+leaves its pid in `pids/` and a failing rank writes `failures/rank_<N>.json` (exit code, error, message);
 GANSVC_EVENT_SOCKET, where rank 0 sends trainer events as JSON lines; GANSVC_AGENT_PID, the torchrun
 agent each rank dies with.
 """
@@ -90,7 +90,9 @@ def world_from_env(environ=None) -> WorldInfo:
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"RANK={rank} and WORLD_SIZE={world_size}: expected 0 <= RANK < WORLD_SIZE")
     if not 0 <= local_rank < local_world_size:
-        raise ValueError(f"LOCAL_RANK={local_rank} and LOCAL_WORLD_SIZE={local_world_size}: expected 0 <= LOCAL_RANK < LOCAL_WORLD_SIZE")
+        raise ValueError(
+            f"LOCAL_RANK={local_rank} and LOCAL_WORLD_SIZE={local_world_size}: expected 0 <= LOCAL_RANK < LOCAL_WORLD_SIZE"
+        )
     return WorldInfo(rank, world_size, local_rank, local_world_size, node_rank)
 
 
@@ -211,7 +213,7 @@ class DistributedContext:
         return tensor
 
     def agree_stop(self, code: int) -> int:
-        """Return the strongest stop code any rank holds (STOP_NONE, STOP_BUDGET or STOP_REQUESTED), same on all ranks."""
+        """Return the strongest stop code of all ranks (STOP_NONE < STOP_BUDGET < STOP_REQUESTED), the same on each."""
         if not self.distributed:
             return code
         flag = torch.tensor([code], dtype=torch.int64)
@@ -296,7 +298,8 @@ def without_sync_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
                 module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
             )
             plain.load_state_dict(module.state_dict())
-            return plain.to(module.running_mean.device if module.running_mean is not None else "cpu").train(module.training)
+            held = [t for t in (module.weight, module.running_mean) if t is not None]
+            return plain.to(held[0].device if held else "cpu").train(module.training)
         for name, child in module.named_children():
             module.add_module(name, convert(child))
         return module
@@ -327,8 +330,9 @@ def merge_feature_stats(stats, context: DistributedContext | None = None):
     if local_dim not in (0, dim):
         raise ValueError(f"feature dimensions differ across ranks: this rank has {local_dim}, another {dim}")
     count = float(stats.count)
-    mean = stats.state_dict()["mean"].to(device) if stats.count else torch.zeros(dim, dtype=torch.float64, device=device)
-    m2 = stats.state_dict()["m2"].to(device) if stats.count else torch.zeros(dim, dim, dtype=torch.float64, device=device)
+    zeros = {"dtype": torch.float64, "device": device}
+    mean = stats.state_dict()["mean"].to(device) if stats.count else torch.zeros(dim, **zeros)
+    m2 = stats.state_dict()["m2"].to(device) if stats.count else torch.zeros(dim, dim, **zeros)
     first = torch.cat([torch.tensor([count], dtype=torch.float64, device=device), mean * count])
     dist.all_reduce(first, op=dist.ReduceOp.SUM)
     total = first[0].item()
@@ -448,6 +452,7 @@ def record_failure(exit_code: int, error: BaseException | None = None, message: 
     if error is not None and not message:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     record = {
+        "consequential": is_peer_failure(error, message),
         "rank": world.rank,
         "local_rank": world.local_rank,
         "node_rank": world.node_rank,
@@ -466,6 +471,21 @@ def record_failure(exit_code: int, error: BaseException | None = None, message: 
     except OSError:
         return None
     return path
+
+
+# What a rank sees when another rank died or hung: its own error is then a consequence, not the cause.
+_PEER_FAILURE_SIGNS = (
+    "connection closed by peer", "connection reset by peer", "broken pipe", "remote worker", "remote process exited",
+    "communicator was aborted", "ncclremoteerror", "timed out", "collective operation timeout", "socket closed",
+)  # fmt: skip
+
+
+def is_peer_failure(error: BaseException | None, message: str = "") -> bool:
+    """Return whether an error is how a collective fails when another rank died or hung (gloo, NCCL, the store)."""
+    if error is not None and isinstance(error, getattr(dist, "DistError", ())):
+        return True
+    text = (message or (str(error) if error is not None else "")).lower()
+    return any(sign in text for sign in _PEER_FAILURE_SIGNS)
 
 
 class EventSender:

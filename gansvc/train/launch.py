@@ -221,8 +221,10 @@ def launch(
         exit_code = agent.returncode
     except BaseException:
         if agent is not None and agent.poll() is None:
-            _signal_group(agent.pid, signal.SIGKILL)
+            _signal_group(agent.pid, signal.SIGKILL)  # the ranks die with it (parent-death signal), or are swept
             agent.wait()
+        _sweep_ranks(control / "pids")
+        shutil.rmtree(control, ignore_errors=True)
         raise
     finally:
         for signum, handler in previous.items():
@@ -280,29 +282,41 @@ def _sweep_ranks(pids_dir: Path) -> list[int]:
 
 
 def _first_failure(control: Path) -> RankFailure | None:
-    """Return the earliest failure a rank recorded, else what the agent saw (e.g. a rank killed by a signal)."""
+    """Return the failure that ended a run: the cause, not the errors it provoked in the other ranks.
+
+    In order: the earliest error a rank recorded that is not a lost peer; else the earliest rank that
+    torchrun saw die without recording anything (a signal such as the out-of-memory killer's, or a
+    crash); else the earliest lost-peer error (gloo's "connection closed by peer", NCCL aborts, timeouts).
+    """
     records = []
     for path in (control / "failures").glob("rank_*.json"):
         try:
             records.append(json.loads(path.read_text(encoding="utf-8")))
         except (OSError, ValueError):
             continue
-    if records:
-        first = min(records, key=lambda r: (r.get("time", 0.0), r.get("rank", 0)))
-        return RankFailure(
-            rank=first.get("rank"), exit_code=int(first.get("exit_code", 1)), error=first.get("error", ""),
-            message=first.get("message", ""), traceback=first.get("traceback", ""), host=first.get("host", ""),
-        )  # fmt: skip
+    causes = [r for r in records if not r.get("consequential")]
+    if causes:
+        return _from_record(min(causes, key=lambda r: (r.get("time", 0.0), r.get("rank", 0))))
     try:
         agent = json.loads((control / "agent.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None
-    failures = agent.get("failures") or []
-    if not failures:
-        return None
-    first = min(failures, key=lambda f: (f.get("time", 0.0), f.get("rank", 0)))
-    return RankFailure(rank=first.get("rank"), exit_code=int(first.get("exit_code", 1)),
-                       message=first.get("message", ""))  # fmt: skip
+        agent = {}
+    recorded = {r.get("rank") for r in records}
+    silent = [f for f in agent.get("failures") or [] if f.get("rank") not in recorded]
+    if silent:
+        first = min(silent, key=lambda f: (f.get("time", 0.0), f.get("rank", 0)))
+        return RankFailure(rank=first.get("rank"), exit_code=int(first.get("exit_code", 1)),
+                           message=first.get("message", ""))  # fmt: skip
+    if records:
+        return _from_record(min(records, key=lambda r: (r.get("time", 0.0), r.get("rank", 0))))
+    return None
+
+
+def _from_record(record: dict) -> RankFailure:
+    return RankFailure(
+        rank=record.get("rank"), exit_code=int(record.get("exit_code", 1)), error=record.get("error", ""),
+        message=record.get("message", ""), traceback=record.get("traceback", ""), host=record.get("host", ""),
+    )  # fmt: skip
 
 
 class _EventServer:
@@ -339,7 +353,10 @@ class _EventServer:
                     continue
                 if isinstance(event, dict):
                     self.count += 1
-                    self.on_event(event)
+                    try:
+                        self.on_event(event)
+                    except Exception as error:  # noqa: BLE001 - keep reading, or rank 0 would block on a full socket
+                        print(f"gansvc.train.launch: event handler failed: {error!r}", file=sys.stderr)
 
     def close(self) -> None:
         """Stop accepting, and wait for the readers to deliver what the ranks sent."""
@@ -386,13 +403,8 @@ def _agent_main(argv: list[str]) -> int:
 
 
 def _agent_message(failure) -> str:
-    if failure.exitcode < 0:
-        try:
-            name = signal.Signals(-failure.exitcode).name
-        except ValueError:
-            name = f"signal {-failure.exitcode}"
-        hint = " (most likely the out-of-memory killer)" if name == "SIGKILL" else ""
-        return f"killed by {name}{hint}"
+    if failure.exitcode < 0:  # RankFailure.describe() names the signal
+        return "most likely the out-of-memory killer" if failure.exitcode == -signal.SIGKILL else ""
     message = failure.message if isinstance(failure.message, str) else json.dumps(failure.message)
     return message if message and "To enable traceback" not in message else ""
 
