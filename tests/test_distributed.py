@@ -205,6 +205,8 @@ def test_spec_takes_nproc_and_wants_a_global_batch_that_divides():
     assert TrainSpec.from_dict({"steps": 4, "nproc": 4, "batch_size": 64}).nproc == 4
     with pytest.raises(SpecError, match=r"batch_size: the global batch 30 does not divide among nproc=4"):
         TrainSpec.from_dict({"steps": 4, "nproc": 4, "batch_size": 30})
+    with pytest.raises(SpecError, match=r"device: 'cuda:1' names one GPU, but nproc=2 processes need one each"):
+        TrainSpec.from_dict({"steps": 4, "nproc": 2, "device": "cuda:1"})
 
 
 def test_trainer_outside_torchrun_refuses_several_processes(tmp_path):

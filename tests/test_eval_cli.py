@@ -21,6 +21,16 @@ pytestmark = pytest.mark.skipif(load_extension() is None, reason="gansvc._C is n
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Run this module's torch work on one thread: on the 2 shared cores of these machines a 2-thread
+    OpenMP team stalls whenever the other core is busy (small ATen ops measured 70× slower)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
     """A private statistics cache for this module (the test set's statistics are computed once)."""

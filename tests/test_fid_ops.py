@@ -28,6 +28,16 @@ from tests.conftest import devices
 
 pytestmark = pytest.mark.skipif(load_extension() is None, reason="gansvc._C is not built (run scripts/setup.sh)")
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Run this module's torch work on one thread: on the 2 shared cores of these machines a 2-thread
+    OpenMP team stalls whenever the other core is busy (small ATen ops measured 70× slower)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
 RTOL = 1e-6
 KINDS = ["spd", "rank-deficient", "near-singular", "known-spectrum"]
 # known-spectrum with a positive definite S2: the main CPU route (Cholesky, Lᵀ S2 L, eigvalsh).

@@ -41,8 +41,9 @@ double psd_tolerance(int64_t d, std::initializer_list<at::ScalarType> input_type
 }
 // Relative asymmetry accepted in a covariance (float32 statistics are symmetric to ~1e-7).
 constexpr double kSymmetryTolerance = 1e-5;
-// Rows per float64 chunk of a feature batch: bounds the temporary memory at 2·chunk·d doubles.
-constexpr int64_t kMomentChunkRows = 1024;
+// Doubles per float64 chunk of a feature batch (16 MB): the temporaries stay at 2 chunks whatever
+// the batch size, and narrow features still get chunks of many rows (few, large ATen calls).
+constexpr int64_t kMomentChunkElements = int64_t{1} << 21;
 // Block size of the triangular-aware congruence Lᵀ S L (1.33 d³ flops instead of 4 d³).
 constexpr int64_t kCongruenceBlock = 256;
 
@@ -422,8 +423,9 @@ int64_t feature_moments_update_(at::Tensor& mean, at::Tensor& m2, int64_t count,
                     mean.device());
   TORCH_CHECK_VALUE(at::isFloatingType(batch.scalar_type()) || at::isIntegralType(batch.scalar_type(), false),
                     "batch must hold real numbers, got ", batch.scalar_type());
-  for (int64_t start = 0; start < batch.size(0); start += kMomentChunkRows) {
-    const int64_t rows = std::min(kMomentChunkRows, batch.size(0) - start);
+  const int64_t chunk_rows = std::max<int64_t>(1, kMomentChunkElements / d);
+  for (int64_t start = 0; start < batch.size(0); start += chunk_rows) {
+    const int64_t rows = std::min(chunk_rows, batch.size(0) - start);
     const at::Tensor chunk = batch.narrow(0, start, rows).to(at::kDouble);
     check_finite(chunk, "batch");
     const at::Tensor chunk_mean = chunk.mean(0);

@@ -394,7 +394,7 @@ def reference_frechet_distance(mu1, sigma1, mu2, sigma2, method: str = "auto") -
     return float(diff @ diff) + traces - 2.0 * trace
 
 
-_MOMENT_CHUNK_ROWS = 1024
+_MOMENT_CHUNK_ELEMENTS = 1 << 21  # doubles per chunk (16 MB), as in the .cpp
 
 
 def _check_moments(mean: torch.Tensor, m2: torch.Tensor, count: int, prefix: str = "") -> None:
@@ -424,8 +424,9 @@ def reference_feature_moments_update_(mean, m2, count: int, batch) -> int:
         raise ValueError(f"batch is on {batch.device} but the statistics are on {mean.device}")
     if batch.dtype.is_complex or batch.dtype == torch.bool:
         raise ValueError(f"batch must hold real numbers, got {batch.dtype}")
-    for start in range(0, batch.shape[0], _MOMENT_CHUNK_ROWS):
-        chunk = batch[start : start + _MOMENT_CHUNK_ROWS].to(torch.float64)
+    rows = max(1, _MOMENT_CHUNK_ELEMENTS // d)
+    for start in range(0, batch.shape[0], rows):
+        chunk = batch[start : start + rows].to(torch.float64)
         _check_finite(chunk, "batch")
         chunk_mean = chunk.mean(0)
         centred = chunk - chunk_mean
