@@ -15,6 +15,7 @@ import torch
 
 from gansvc.cli import main
 from gansvc.ops._ext import load_extension
+from tests.test_fid_ops import one_thread
 
 pytestmark = pytest.mark.skipif(load_extension() is None, reason="gansvc._C is not built (run scripts/setup.sh)")
 
@@ -22,13 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Run this module's torch work on one thread: on the 2 shared cores of these machines a 2-thread
-    OpenMP team stalls whenever the other core is busy (small ATen ops measured 70× slower)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def single_threaded():
+    """This module's computations on one thread (see tests/test_fid_ops.py: one_thread)."""
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -160,6 +158,8 @@ def test_bad_settings_exit_2(tmp_path, capsys, cache_dir, train_images, monkeypa
     fake = tmp_path / "fake.npz"
     code, _, err = run_eval(capsys, "--fake", fake, "--real", "cifar11:test")
     assert code == 2 and "unknown dataset 'cifar11'" in err
+    code, _, err = run_eval(capsys, "--fake", fake, "--real", tmp_path / "no_such_stats.npz")
+    assert code == 2 and "no_such_stats.npz': no such file or folder" in err
     code, _, err = run_eval(capsys, "--fake", fake, "--n-real", "1")
     assert code == 2 and "--n-real must be >= 2" in err
     monkeypatch.delenv("GANSVC_INCEPTION_WEIGHTS", raising=False)

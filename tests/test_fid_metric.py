@@ -15,18 +15,16 @@ from gansvc.metrics import FeatureStats, GaussianStatistics, fid_from_features, 
 from gansvc.metrics import reference as reference_module
 from gansvc.metrics.fid import load_statistics, save_statistics
 from gansvc.ops._ext import load_extension
+from tests.test_fid_ops import one_thread
 
 pytestmark = pytest.mark.skipif(load_extension() is None, reason="gansvc._C is not built (run scripts/setup.sh)")
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Run this module's torch work on one thread: on the 2 shared cores of these machines a 2-thread
-    OpenMP team stalls whenever the other core is busy (small ATen ops measured 70× slower)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def single_threaded():
+    """This module's computations on one thread (see tests/test_fid_ops.py: one_thread)."""
+    with one_thread():
+        yield
 
 # FID(Fashion-MNIST train, test) with fmnist-cnn features measured 0.40 (60 000 vs 10 000 images).
 # Two disjoint random parts of the *train* set, 50 000 vs 10 000, give 0.54 and 30 000 vs 30 000

@@ -14,6 +14,8 @@ and the m = 1000 < d = 2048 route.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import functools
 import math
 
@@ -29,14 +31,41 @@ from tests.conftest import devices
 pytestmark = pytest.mark.skipif(load_extension() is None, reason="gansvc._C is not built (run scripts/setup.sh)")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Run this module's torch work on one thread: on the 2 shared cores of these machines a 2-thread
-    OpenMP team stalls whenever the other core is busy (small ATen ops measured 70× slower)."""
-    previous = torch.get_num_threads()
+@contextlib.contextmanager
+def one_thread():
+    """Run torch (OpenMP/MKL) and NumPy/SciPy (their bundled OpenBLAS) on one thread, then restore.
+
+    On the 2 shared cores of these machines a 2-thread team stalls or spins whenever the other core
+    is busy: small ATen ops measured 70× slower, SciPy's 512×512 oracles 10×. One thread keeps the
+    time of these tests steady. (OpenBLAS is reached through ctypes; threadpoolctl is not a dependency.)
+    """
+    previous_torch = torch.get_num_threads()
+    restore = []
+    with open("/proc/self/maps") as maps:
+        libraries = {line.split()[-1] for line in maps if "openblas" in line and line.rstrip().endswith(".so")}
+    for path in sorted(libraries):
+        lib = ctypes.CDLL(path)
+        for suffix in ("64_", ""):
+            setter = getattr(lib, f"scipy_openblas_set_num_threads{suffix}", None)
+            getter = getattr(lib, f"scipy_openblas_get_num_threads{suffix}", None)
+            if setter is not None and getter is not None:
+                restore.append((setter, getter()))
+                setter(1)
+                break
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous_torch)
+        for setter, threads in restore:
+            setter(threads)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_threaded():
+    """This module's computations on one thread (see one_thread)."""
+    with one_thread():
+        yield
 
 RTOL = 1e-6
 KINDS = ["spd", "rank-deficient", "near-singular", "known-spectrum"]

@@ -9,16 +9,14 @@ import torch.nn.functional as F
 from gansvc.metrics import extractor_fits
 from gansvc.metrics.features import images_to_unit_range, load_extractor
 from gansvc.metrics.fmnist_cnn import WEIGHTS_PATH, load_classifier, uint8_to_unit_range
+from tests.test_fid_ops import one_thread
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Run this module's torch work on one thread: on the 2 shared cores of these machines a 2-thread
-    OpenMP team stalls whenever the other core is busy (small ATen ops measured 70× slower)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def single_threaded():
+    """This module's computations on one thread (see tests/test_fid_ops.py: one_thread)."""
+    with one_thread():
+        yield
 
 
 def test_shipped_classifier_is_small_and_accurate_on_the_test_set(fashion_mnist_root):

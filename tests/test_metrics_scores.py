@@ -8,16 +8,14 @@ import torch
 
 from gansvc.metrics.inception_score import inception_score, inception_score_per_split
 from gansvc.metrics.kid import kernel_inception_distance, kid_subset_indices, polynomial_mmd2_unbiased
+from tests.test_fid_ops import one_thread
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Run this module's torch work on one thread: on the 2 shared cores of these machines a 2-thread
-    OpenMP team stalls whenever the other core is busy (small ATen ops measured 70× slower)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def single_threaded():
+    """This module's computations on one thread (see tests/test_fid_ops.py: one_thread)."""
+    with one_thread():
+        yield
 
 
 def numpy_inception_score(logits: np.ndarray, splits: int) -> tuple[float, float]:

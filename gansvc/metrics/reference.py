@@ -83,7 +83,10 @@ def real_reference(
         source = f"file:{path.resolve()}"
     else:
         from gansvc.data import load_images
+        from gansvc.metrics.image_files import ARRAY_SUFFIXES
 
+        if not real.startswith("folder:") and (path.suffix.lower() in ARRAY_SUFFIXES or os.sep in real):
+            raise ValueError(f"real images {real!r}: no such file or folder (nor a data set name)")
         name, split = parse_dataset_spec(real)
         images = load_images(name, split, data_root).images
         source = f"{name}:{split}"
