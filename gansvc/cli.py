@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 
 # name -> (module, help). Each module defines `add_arguments(name, parser)` and
@@ -20,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "jobs": ("gansvc.service.cli", "list the service's jobs"),
     "samples": ("gansvc.service.cli", "download a job's sample grid"),
     "cancel": ("gansvc.service.cli", "cancel a job"),
+    "download": ("gansvc.service.cli", "download a job's checkpoint or exported generator"),
+    "health": ("gansvc.service.cli", "check that a service answers SERVING"),
 }
 
 
@@ -27,16 +28,12 @@ class UsageError(Exception):
     """Bad command-line input: printed as `gansvc: error: ...` and exit code 2."""
 
 
-def _available() -> dict[str, tuple[str, str]]:
-    return {name: entry for name, entry in COMMANDS.items() if importlib.util.find_spec(entry[0]) is not None}
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the gansvc command line; return the process exit code."""
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="gansvc", description="GAN training and evaluation service")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    commands = _available()
+    commands = COMMANDS
     chosen = next((a for a in argv if not a.startswith("-")), None)
     for name, (module_name, help_text) in commands.items():
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)
