@@ -19,7 +19,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], N
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         # mkstemp makes 0600 files; give the result the mode an ordinary open() would.
-        os.fchmod(fd, 0o666 & ~_umask())
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -34,10 +34,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], N
     return path
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# Read once at import: os.umask can only be read by setting it, which races with other threads.
+_UMASK = _read_umask()
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
