@@ -57,7 +57,8 @@ class DevicePool:
             raise ValueError(f"cpu job slots must be >= 1, got {cpu_slots}")
         self.gpus = sorted(set(gpus))
         self.cpu_slots = cpu_slots
-        self._cpu_threads = max(1, (cpu_count or os.cpu_count() or 1) // cpu_slots)
+        self.cpu_count = cpu_count or os.cpu_count() or 1
+        self._cpu_threads = max(1, self.cpu_count // cpu_slots)
         self._lock = threading.Lock()
         self._busy_gpus: set[int] = set()
         self._busy_cpu = 0
@@ -88,7 +89,10 @@ class DevicePool:
         """Return why a job asking for `device` x `nproc` can never run here, or None when it can."""
         kind, wanted = self._request(device)
         if kind == "cpu":
-            return None if nproc == 1 else f"nproc {nproc} needs GPUs; CPU jobs run in one process"
+            # several CPU processes (torch.distributed over gloo) in one job slot: at least a core each
+            if nproc > self.cpu_count:
+                return f"nproc {nproc} CPU processes need {nproc} cores, but this server has {self.cpu_count}"
+            return None
         if not self.gpus:
             return f"device {device!r} needs a GPU, but this server has none ({self.describe()})"
         if wanted is not None and wanted not in self.gpus:

@@ -368,7 +368,8 @@ class Scheduler:
         if job.kind == "training":
             spec["device"] = allocation.spec_device
             if allocation.kind == "cpu" and not spec.get("threads"):
-                spec["threads"] = allocation.cpu_threads
+                # nproc > 1: the worker starts that many processes (torchrun, gloo) sharing the slot's threads
+                spec["threads"] = max(1, allocation.cpu_threads // max(1, int(spec.get("nproc", 1) or 1)))
         else:
             if spec.get("source") == "checkpoint":
                 worker_input["source_run_dir"] = str(self.jobs_dir / spec["job_id"])

@@ -120,6 +120,8 @@ def run_training(job: dict, job_dir: Path, channel: EventChannel, stop: StopRequ
     from gansvc.train import Trainer, TrainSpec
 
     spec = TrainSpec.from_dict(job["spec"])
+    if spec.nproc > 1:
+        return run_distributed_training(spec, job_dir, channel, stop)
     announced = False
 
     def forward(event: dict) -> None:
@@ -134,6 +136,43 @@ def run_training(job: dict, job_dir: Path, channel: EventChannel, stop: StopRequ
 
     trainer = Trainer(spec, job_dir, on_event=forward, should_stop=stop.is_set)
     return trainer.run()
+
+
+def run_distributed_training(spec, job_dir: Path, channel: EventChannel, stop: StopRequests) -> dict:
+    """Run the job on spec.nproc processes with torchrun on this worker's devices; return rank 0's summary.
+
+    The devices are the allocation's (CUDA_VISIBLE_DEVICES is already this process's): rank r takes
+    the r-th visible GPU, or is a CPU process with gloo. Rank 0's events come back over a local socket;
+    a stop request becomes a checkpoint-and-stop of every rank. A failing rank raises
+    DistributedRunFailed naming it and its error, after torchrun has torn the other ranks down.
+    """
+    from gansvc.atomic import atomic_write_text
+    from gansvc.train.launch import DistributedRunFailed, LaunchConfig, launch
+
+    announced = False
+
+    def forward(event: dict) -> None:
+        nonlocal announced
+        if not announced and event.get("type") == "progress":
+            announced = True
+            if event.get("step", 0) > 0:  # the first progress event comes at the step training starts from
+                step = int(event["step"])
+                channel.send({"type": "log", "level": "info", "message": f"resumed from the checkpoint at step {step}",
+                              "resume_step": step})  # fmt: skip
+        channel.send(event)
+
+    spec_file = job_dir / "rank_spec.json"
+    atomic_write_text(spec_file, json.dumps(spec.to_dict(), indent=2) + "\n")
+    devices = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    where = f"GPUs {devices}" if devices else "CPU processes (gloo)"
+    channel.send(_log(f"starting {spec.nproc} processes with torchrun on {where}"))
+    result = launch(
+        LaunchConfig(nproc_per_node=spec.nproc), ["--spec", str(spec_file), "--out", str(job_dir), "--quiet"],
+        on_event=forward, should_stop=stop.is_set, cwd=job_dir,
+    )  # fmt: skip
+    if result.exit_code != 0:
+        raise DistributedRunFailed(result)
+    return json.loads((job_dir / "summary.json").read_text(encoding="utf-8"))
 
 
 def run_evaluation(job: dict, job_dir: Path, channel: EventChannel, stop: StopRequests) -> dict:
@@ -201,6 +240,8 @@ def failure_reason(error: BaseException) -> str:
     from gansvc.train.spec import SpecError
 
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if type(error).__name__ == "DistributedRunFailed":
+        return _rank_failure_reason(error)
     if type(error).__name__ == "TrainingDiverged":
         return text if "diverged" in text else f"training diverged: {text}"
     if isinstance(error, torch.cuda.OutOfMemoryError):
@@ -212,6 +253,21 @@ def failure_reason(error: BaseException) -> str:
     if isinstance(error, FileNotFoundError):
         return text
     return f"{type(error).__name__}: {text}"
+
+
+def _rank_failure_reason(error) -> str:
+    """Return why a distributed run failed, in the words a one-process run would use, naming the rank."""
+    failure = error.failure
+    if failure is None:
+        return f"the distributed run failed (torchrun exit code {error.result.exit_code}) without a rank saying why"
+    rank = f"rank {failure.rank}" if failure.rank is not None else "a rank"
+    if failure.error == "TrainingDiverged":
+        return failure.message if "diverged" in failure.message else f"training diverged: {failure.message}"
+    if failure.error == "OutOfMemoryError":
+        return f"out of GPU memory on {rank}: {failure.message}"
+    if failure.error == "UsageError":  # the rank's command line turned a SpecError or missing data into this
+        return f"invalid spec: {failure.message}"
+    return failure.describe()
 
 
 def main(argv: list[str] | None = None) -> int:
