@@ -259,10 +259,12 @@ def test_the_cause_of_a_failed_run_is_not_the_error_it_provoked_in_other_ranks(t
             {"rank": rank, "time": when, "message": message, "error": error, "exit_code": code,
              "consequential": lost_peer}))  # fmt: skip
 
-    # rank 2 was killed (no record); rank 0 then lost its peer: the cause is rank 2
+    # rank 2 was killed (no record); rank 0 then lost its peer, rank 1 was terminated by torchrun's teardown
+    # (in the same whole second torchrun stamps its failures with): the cause is rank 2
     record(0, 100.0, "[pair.cc:561] Connection closed by peer [127.0.0.1]:15249")
     (tmp_path / "agent.json").write_text(json.dumps({"failures": [
-        {"rank": 0, "exit_code": 1, "time": 99, "message": ""},
+        {"rank": 0, "exit_code": 1, "time": 100, "message": ""},
+        {"rank": 1, "exit_code": -15, "time": 100, "message": ""},
         {"rank": 2, "exit_code": -9, "time": 100, "message": "most likely the out-of-memory killer"}]}))  # fmt: skip
     cause = _first_failure(tmp_path)
     assert (cause.rank, cause.exit_code) == (2, -9)

@@ -477,6 +477,7 @@ def record_failure(exit_code: int, error: BaseException | None = None, message: 
 _PEER_FAILURE_SIGNS = (
     "connection closed by peer", "connection reset by peer", "broken pipe", "remote worker", "remote process exited",
     "communicator was aborted", "ncclremoteerror", "timed out", "collective operation timeout", "socket closed",
+    "connection refused", "gloo/transport/",  # any error of gloo's TCP transport is about the other end
 )  # fmt: skip
 
 

@@ -286,7 +286,8 @@ def _first_failure(control: Path) -> RankFailure | None:
 
     In order: the earliest error a rank recorded that is not a lost peer; else the earliest rank that
     torchrun saw die without recording anything (a signal such as the out-of-memory killer's, or a
-    crash); else the earliest lost-peer error (gloo's "connection closed by peer", NCCL aborts, timeouts).
+    crash), ranks torchrun itself terminated (SIGTERM) last; else the earliest lost-peer error (gloo's
+    "connection closed by peer", NCCL aborts, timeouts).
     """
     records = []
     for path in (control / "failures").glob("rank_*.json"):
@@ -304,7 +305,9 @@ def _first_failure(control: Path) -> RankFailure | None:
     recorded = {r.get("rank") for r in records}
     silent = [f for f in agent.get("failures") or [] if f.get("rank") not in recorded]
     if silent:
-        first = min(silent, key=lambda f: (f.get("time", 0.0), f.get("rank", 0)))
+        # SIGTERM is what torchrun sends the survivors when it tears a failed run down (and its
+        # timestamps are whole seconds): a rank it killed is not the cause when another one died
+        first = min(silent, key=lambda f: (f.get("exit_code") == -signal.SIGTERM, f.get("time", 0.0), f.get("rank", 0)))
         return RankFailure(rank=first.get("rank"), exit_code=int(first.get("exit_code", 1)),
                            message=first.get("message", ""))  # fmt: skip
     if records:
