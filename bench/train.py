@@ -171,7 +171,12 @@ def main() -> int:
           f"{median(our_cpu) / median(seed_cpu):.2f}x per CPU-second (goal >= 3x)")  # fmt: skip
     if args.dcgan_batches:
         wall, cpu, _ = gansvc_run({}, args.dcgan_batches, threads)
-        print(f"gansvc default recipe (DCGAN width 64, hinge + spectral norm + EMA, batch 64): {wall:.0f} images/s "
+        from gansvc.train import TrainSpec
+
+        d = TrainSpec()
+        recipe = (f"DCGAN width {d.width}, {d.loss}{' + spectral norm' if d.spectral_norm else ''}, lr_g {d.lr_g:g} "
+                  f"lr_d {d.lr_d:g}, EMA {d.ema_decay:g}, batch {d.batch_size}")  # fmt: skip
+        print(f"gansvc default recipe ({recipe}): {wall:.0f} images/s "
               f"({60000 / wall:.0f} s/epoch), {cpu:.0f} images per CPU-second")  # fmt: skip
     return 0
 

@@ -249,7 +249,7 @@ BAD_SPECS = [
     ({"device": "tpu"}, "device", "'tpu'"),
     ({"device": "cuda"}, "device", "'cuda'"),  # valid, but this server has no GPU
     ({"eval_samples": 1}, "eval_samples", "1"),
-    ({"nproc": 4}, "nproc", "4"),
+    ({"nproc": 512, "batch_size": 512}, "nproc", "512"),  # more CPU processes than this server has cores
     ({"image_size": 3}, "image_size", "3"),
     ({"seed": -1}, "seed", "-1"),
 ]

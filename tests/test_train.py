@@ -28,7 +28,8 @@ def losses(run_dir) -> list[tuple[int, float, float]]:
 
 
 RECIPES = {
-    "dcgan-hinge-sn-ema": {},
+    "defaults": {},
+    "dcgan-hinge-sn": {"loss": "hinge", "spectral_norm": True},
     "dcgan-bce-batchnorm-ncritic2": {"loss": "bce", "spectral_norm": False, "n_critic": 2, "real_label": 0.9},
     "mlp-wasserstein-gp": {"model": "mlp", "loss": "wasserstein", "spectral_norm": False, "gradient_penalty": 10.0},
     "dcgan-r1-saturating": {"loss": "bce", "g_saturating": True, "spectral_norm": False, "r1_gamma": 1.0},

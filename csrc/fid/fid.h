@@ -4,6 +4,8 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <tuple>
+
 namespace gansvc {
 namespace fid {
 
@@ -16,13 +18,21 @@ at::Tensor ns_polar_step_cpu(at::Tensor& x, const at::Tensor& q, const at::Tenso
 // sum((a - b)^2) as a 0-dim float64 tensor (the verification residual of the iteration), fixed order.
 at::Tensor sum_squared_difference_cpu(const at::Tensor& a, const at::Tensor& b);
 
+// One pass over a covariance matrix s [d, d] (float64, contiguous): returns (its symmetric part
+// (s + sᵀ)/2, stats float64 [3] = [max |s_ij|, max |s_ij - s_ji|, number of non-finite entries]) —
+// the checks and the symmetrisation the FID ops start with, instead of six passes of ATen calls
+// (two of them reading a transpose). Maxima are order-independent: results do not depend on threads.
+std::tuple<at::Tensor, at::Tensor> symmetrize_checked_cpu(const at::Tensor& s);
+
 #ifdef GANSVC_WITH_CUDA
 at::Tensor ns_polar_step_cuda(at::Tensor& x, const at::Tensor& q, const at::Tensor& b);
 at::Tensor sum_squared_difference_cuda(const at::Tensor& a, const at::Tensor& b);
+std::tuple<at::Tensor, at::Tensor> symmetrize_checked_cuda(const at::Tensor& s);
 #endif
 
 // Argument checks shared by the CPU and CUDA entries of the element kernels.
 void check_elementwise_operands(const at::Tensor& a, const at::Tensor& b, const char* name_a, const char* name_b);
+void check_square_float64(const at::Tensor& s, const char* name);
 
 }  // namespace fid
 }  // namespace gansvc

@@ -85,23 +85,28 @@ void check_finite(const at::Tensor& t, const char* name) {
   TORCH_CHECK_VALUE(at::isfinite(t).all().item<bool>(), name, " contains NaN or Inf");
 }
 
-// float64, contiguous, finite, symmetric (checked, then made exactly symmetric) [d, d].
+at::Tensor call_ns_polar_step(at::Tensor& x, const at::Tensor& q, const at::Tensor& b);
+at::Tensor call_sum_squared_difference(const at::Tensor& a, const at::Tensor& b);
+std::tuple<at::Tensor, at::Tensor> call_symmetrize_checked(const at::Tensor& s);
+
+// float64, contiguous, finite, symmetric (checked, then made exactly symmetric) [d, d]: one fused
+// pass (symmetrize_checked) over the matrix, then a look at its diagonal.
 at::Tensor prepare_covariance(const at::Tensor& sigma, const char* name, double psd_tol) {
   TORCH_CHECK_VALUE(sigma.dim() == 2 && sigma.size(0) == sigma.size(1), name,
                     " must be a square covariance matrix [d, d], got shape ", sigma.sizes());
   TORCH_CHECK_VALUE(sigma.size(0) > 0, name, " is empty (d = 0)");
   TORCH_CHECK_VALUE(at::isFloatingType(sigma.scalar_type()), name, " must be a floating-point tensor, got ",
                     sigma.scalar_type());
-  at::Tensor s = sigma.to(at::kDouble).contiguous();
-  check_finite(s, name);
-  const double scale = s.abs().max().item<double>();
-  const double asymmetry = (s - s.t()).abs().max().item<double>();
-  TORCH_CHECK_VALUE(asymmetry <= kSymmetryTolerance * scale, name, " is not symmetric: max |S - Sᵀ| = ", asymmetry,
-                    " for max |S| = ", scale);
+  auto [s, stats_device] = call_symmetrize_checked(sigma.to(at::kDouble).contiguous());
+  const at::Tensor stats = stats_device.cpu();
+  const double* st = stats.const_data_ptr<double>();
+  TORCH_CHECK_VALUE(st[2] == 0.0, name, " contains NaN or Inf (", static_cast<int64_t>(st[2]), " entries)");
+  TORCH_CHECK_VALUE(st[1] <= kSymmetryTolerance * st[0], name, " is not symmetric: max |S - Sᵀ| = ", st[1],
+                    " for max |S| = ", st[0]);
   const double min_variance = s.diagonal().min().item<double>();
-  TORCH_CHECK_VALUE(min_variance >= -psd_tol * scale, name,
+  TORCH_CHECK_VALUE(min_variance >= -psd_tol * st[0], name,
                     " is not a covariance matrix: it has a negative variance ", min_variance, " on its diagonal");
-  return ((s + s.t()) * 0.5).contiguous();
+  return s;
 }
 
 void check_same_problem(const at::Tensor& a, const at::Tensor& b, const char* name_a, const char* name_b) {
@@ -122,6 +127,13 @@ at::Tensor call_sum_squared_difference(const at::Tensor& a, const at::Tensor& b)
                        .findSchemaOrThrow("gansvc::sum_squared_difference", "")
                        .typed<at::Tensor(const at::Tensor&, const at::Tensor&)>();
   return op.call(a, b);
+}
+
+std::tuple<at::Tensor, at::Tensor> call_symmetrize_checked(const at::Tensor& s) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("gansvc::symmetrize_checked", "")
+                       .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&)>();
+  return op.call(s);
 }
 
 // Lower Cholesky factor of s, or nothing when s is not (numerically) positive definite: a failed
@@ -492,6 +504,7 @@ TORCH_LIBRARY_FRAGMENT(gansvc, m) {
   // The fused element kernels of the Newton–Schulz iteration (CPU and CUDA versions).
   m.def("ns_polar_step_(Tensor(a!) x, Tensor q, Tensor b) -> Tensor");
   m.def("sum_squared_difference(Tensor a, Tensor b) -> Tensor");
+  m.def("symmetrize_checked(Tensor s) -> (Tensor sym, Tensor stats)");
 }
 
 // The composite ops are the same device-agnostic code on CPU and CUDA.
