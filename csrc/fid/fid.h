@@ -19,7 +19,8 @@ at::Tensor ns_polar_step_cpu(at::Tensor& x, const at::Tensor& q, const at::Tenso
 at::Tensor sum_squared_difference_cpu(const at::Tensor& a, const at::Tensor& b);
 
 // One pass over a covariance matrix s [d, d] (float64, contiguous): returns (its symmetric part
-// (s + sᵀ)/2, stats float64 [3] = [max |s_ij|, max |s_ij - s_ji|, number of non-finite entries]) —
+// (s + sᵀ)/2, stats float64 [3] = [max |s_ij|, max |s_ij - s_ji|, number of entries (i, j) with
+// s_ij or s_ji non-finite]; the maxima skip those) —
 // the checks and the symmetrisation the FID ops start with, instead of six passes of ATen calls
 // (two of them reading a transpose). Maxima are order-independent: results do not depend on threads.
 std::tuple<at::Tensor, at::Tensor> symmetrize_checked_cpu(const at::Tensor& s);

@@ -107,7 +107,7 @@ std::tuple<at::Tensor, at::Tensor> symmetrize_checked_cpu(const at::Tensor& s) {
         for (int64_t j = (bi == bj ? i : bj * kTile); j < std::min(d, (bj + 1) * kTile); ++j) {
           const double a = in[i * d + j], b = in[j * d + i];
           if (!std::isfinite(a) || !std::isfinite(b)) {
-            ++tile_bad;
+            tile_bad += i == j ? 1 : 2;  // entries (i, j) and (j, i), as the CUDA kernel counts them
             continue;
           }
           tile_abs = std::max(tile_abs, std::max(std::abs(a), std::abs(b)));

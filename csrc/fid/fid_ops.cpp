@@ -85,9 +85,27 @@ void check_finite(const at::Tensor& t, const char* name) {
   TORCH_CHECK_VALUE(at::isfinite(t).all().item<bool>(), name, " contains NaN or Inf");
 }
 
-at::Tensor call_ns_polar_step(at::Tensor& x, const at::Tensor& q, const at::Tensor& b);
-at::Tensor call_sum_squared_difference(const at::Tensor& a, const at::Tensor& b);
-std::tuple<at::Tensor, at::Tensor> call_symmetrize_checked(const at::Tensor& s);
+// The element kernels go through the dispatcher, which picks the CPU or the CUDA version.
+at::Tensor call_ns_polar_step(at::Tensor& x, const at::Tensor& q, const at::Tensor& b) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("gansvc::ns_polar_step_", "")
+                       .typed<at::Tensor(at::Tensor&, const at::Tensor&, const at::Tensor&)>();
+  return op.call(x, q, b);
+}
+
+at::Tensor call_sum_squared_difference(const at::Tensor& a, const at::Tensor& b) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("gansvc::sum_squared_difference", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&)>();
+  return op.call(a, b);
+}
+
+std::tuple<at::Tensor, at::Tensor> call_symmetrize_checked(const at::Tensor& s) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("gansvc::symmetrize_checked", "")
+                       .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&)>();
+  return op.call(s);
+}
 
 // float64, contiguous, finite, symmetric (checked, then made exactly symmetric) [d, d]: one fused
 // pass (symmetrize_checked) over the matrix, then a look at its diagonal.
@@ -112,28 +130,6 @@ at::Tensor prepare_covariance(const at::Tensor& sigma, const char* name, double 
 void check_same_problem(const at::Tensor& a, const at::Tensor& b, const char* name_a, const char* name_b) {
   TORCH_CHECK_VALUE(a.device() == b.device(), name_a, " and ", name_b, " must be on the same device, got ",
                     a.device(), " and ", b.device());
-}
-
-// The element kernels go through the dispatcher, which picks the CPU or the CUDA version.
-at::Tensor call_ns_polar_step(at::Tensor& x, const at::Tensor& q, const at::Tensor& b) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("gansvc::ns_polar_step_", "")
-                       .typed<at::Tensor(at::Tensor&, const at::Tensor&, const at::Tensor&)>();
-  return op.call(x, q, b);
-}
-
-at::Tensor call_sum_squared_difference(const at::Tensor& a, const at::Tensor& b) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("gansvc::sum_squared_difference", "")
-                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&)>();
-  return op.call(a, b);
-}
-
-std::tuple<at::Tensor, at::Tensor> call_symmetrize_checked(const at::Tensor& s) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("gansvc::symmetrize_checked", "")
-                       .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&)>();
-  return op.call(s);
 }
 
 // Lower Cholesky factor of s, or nothing when s is not (numerically) positive definite: a failed
@@ -161,21 +157,38 @@ at::Tensor eigen_factor(const at::Tensor& s, const char* name, double psd_tol) {
 }
 
 // The lower triangle of Lᵀ S L for lower-triangular L, in blocks that skip L's zero upper triangle
-// and the result's upper triangle (eigvalsh reads the lower one only).
+// and the result's upper triangle (eigvalsh reads the lower one only): 1.33 d³ flops, not 4 d³.
+// Every block product is written by the GEMM straight into its place (row blocks of row-major
+// matrices are BLAS-addressable views), so no block is copied.
 at::Tensor lower_congruence(const at::Tensor& lower, const at::Tensor& s) {
   const int64_t d = s.size(0);
-  at::Tensor w = at::empty_like(s);  // W = S L, by column blocks: L[k, j] = 0 for k < j.
+  at::Tensor wt = at::empty_like(s);  // Wᵀ = Lᵀ S by row blocks: L[k, j] = 0 for k < j.
   for (int64_t j = 0; j < d; j += kCongruenceBlock) {
-    const int64_t width = std::min(kCongruenceBlock, d - j);
-    w.narrow(1, j, width).copy_(at::mm(s.narrow(1, j, d - j), lower.narrow(0, j, d - j).narrow(1, j, width)));
+    const int64_t height = std::min(kCongruenceBlock, d - j);
+    at::Tensor out = wt.narrow(0, j, height);
+    at::mm_out(out, lower.narrow(0, j, d - j).narrow(1, j, height).t(), s.narrow(0, j, d - j));
   }
   at::Tensor m = at::zeros_like(s);  // M = Lᵀ W, lower block triangle only.
   for (int64_t i = 0; i < d; i += kCongruenceBlock) {
     const int64_t height = std::min(kCongruenceBlock, d - i);
     // M[block i, blocks <= i] = L[rows >= i, block i]ᵀ W[rows >= i, blocks <= i]
     const at::Tensor lower_block = lower.narrow(0, i, d - i).narrow(1, i, height);
-    const at::Tensor w_block = w.narrow(0, i, d - i).narrow(1, 0, i + height);
-    m.narrow(0, i, height).narrow(1, 0, i + height).copy_(at::mm(lower_block.t(), w_block));
+    const at::Tensor w_block = wt.narrow(0, 0, i + height).narrow(1, i, d - i).t();
+    at::Tensor out = m.narrow(0, i, height).narrow(1, 0, i + height);
+    at::mm_out(out, lower_block.t(), w_block);
+  }
+  return m;
+}
+
+// The lower block triangle of a bᵀ (a, b: [n, k]), for a symmetric product whose eigenvalues are
+// wanted: half the GEMM flops of the whole product.
+at::Tensor lower_product(const at::Tensor& a, const at::Tensor& b) {
+  const int64_t n = a.size(0);
+  at::Tensor m = at::zeros({n, n}, a.options());
+  for (int64_t i = 0; i < n; i += kCongruenceBlock) {
+    const int64_t height = std::min(kCongruenceBlock, n - i);
+    at::Tensor out = m.narrow(0, i, height).narrow(1, 0, i + height);
+    at::mm_out(out, a.narrow(0, i, height), b.narrow(0, 0, i + height).t());
   }
   return m;
 }
@@ -379,7 +392,7 @@ std::tuple<at::Tensor, at::Tensor> trace_sqrt_product_lowrank(const at::Tensor& 
     result.value = sum_sqrt_eigenvalues(small_gram(c), "sigma1", "the Gram matrix of X F1", psd_tol);
     return result.as_tensors(s1.options());
   }
-  result.value = sum_sqrt_eigenvalues(at::mm(at::mm(x, s1), x.t()), "sigma1", "X S1 Xᵀ/(m-1)", psd_tol);
+  result.value = sum_sqrt_eigenvalues(lower_product(at::mm(x, s1), x), "sigma1", "X S1 Xᵀ/(m-1)", psd_tol);
   return result.as_tensors(s1.options());
 }
 

@@ -153,6 +153,18 @@ def sum_squared_difference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a - b).square().sum()
 
 
+def symmetrize_checked(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ((s + sᵀ)/2, [max |s|, max |s - sᵀ|, non-finite count]) of a float64 matrix in one pass."""
+    if use_extension():
+        return torch.ops.gansvc.symmetrize_checked(s)
+    if s.dim() != 2 or s.shape[0] != s.shape[1] or s.dtype != torch.float64 or not s.is_contiguous():
+        raise ValueError(f"s must be a contiguous float64 square matrix, got {s.dtype} {list(s.shape)}")
+    finite = torch.isfinite(s) & torch.isfinite(s.T)
+    clean = torch.where(finite, s, torch.zeros_like(s))
+    stats = torch.stack([clean.abs().max(), (clean - clean.T).abs().max(), (~finite).sum().to(s.dtype)])
+    return (s + s.T) * 0.5, stats
+
+
 # ---------------------------------------------------------------------------------------------
 # Pure-PyTorch reference: the same algorithms in plain ATen calls (the extension's .cpp mirrors
 # them step for step). The tests' oracle is independent of both: SciPy / NumPy in float64.
