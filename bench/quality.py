@@ -32,6 +32,9 @@ sys.path.insert(0, str(ROOT))
 PLAIN = {"loss": "bce", "spectral_norm": False, "ema_decay": 0.0, "lr_g": 2e-4, "lr_d": 2e-4, "beta1": 0.5,
          "beta2": 0.999}  # fmt: skip
 RECIPES = {"plain": PLAIN, "gansvc": {}}
+# Checkpoints every this many steps let the gansvc run also be scored at the plain run's step count:
+# the machine is shared, so the two budgets may not buy the same number of steps.
+CHECKPOINT_EVERY = 250
 
 
 def train(name: str, overrides: dict, minutes: float, threads: int, run_dir: Path, seed: int) -> dict:
@@ -40,7 +43,7 @@ def train(name: str, overrides: dict, minutes: float, threads: int, run_dir: Pat
 
     spec = TrainSpec.from_dict({
         "dataset": "fashion-mnist", "model": "dcgan", "steps": 10**9, "max_minutes": minutes, "threads": threads,
-        "seed": seed, "log_every": 200, "sample_every": 2000, "eval_samples": 0, "checkpoint_every": 0,
+        "seed": seed, "log_every": 200, "sample_every": 2000, "eval_samples": 0, "checkpoint_every": CHECKPOINT_EVERY,
         "tensorboard": False, **overrides,
     })  # fmt: skip
     if run_dir.exists():
@@ -53,13 +56,13 @@ def train(name: str, overrides: dict, minutes: float, threads: int, run_dir: Pat
     return summary
 
 
-def score(run_dir: Path, samples: int, threads: int) -> dict:
+def score(run_dir: Path, samples: int, threads: int, source: Path | None = None) -> dict:
     """Return fmnist-cnn FID / IS / KID of `samples` images from the run's generator (EMA where kept)."""
     from gansvc.metrics import evaluate
     from gansvc.train.sampling import generate, load_generator
 
     torch.set_num_threads(threads)
-    generator, _ = load_generator(run_dir)
+    generator, _ = load_generator(source or run_dir)
     fake = generate(generator, samples, seed=2024)
     return evaluate(fake, real="fashion-mnist:test", extractor="fmnist-cnn")
 
@@ -112,6 +115,14 @@ def main() -> int:
         if not args.no_docs:
             target = ROOT / "docs" / ("quality_grid.png" if name == "gansvc" else "quality_grid_plain.png")
             write_grid(run_dir, target)
+    if len(results["recipes"]) == 2:
+        # the same comparison at equal steps: the gansvc checkpoint at (or just below) the plain run's step count
+        plain_steps = results["recipes"]["plain"]["steps"]
+        matched = min(plain_steps // CHECKPOINT_EVERY * CHECKPOINT_EVERY, results["recipes"]["gansvc"]["steps"])
+        checkpoint = out / "gansvc" / "checkpoints" / f"step_{matched:07d}.pt"
+        if matched > 0 and checkpoint.is_file():
+            scores = score(out / "gansvc", args.samples, threads, checkpoint)
+            results["gansvc_at_plain_steps"] = {"steps": matched, "fid": scores["fid"], "is_mean": scores["is_mean"]}
     # calibration: real training images scored the same way (the floor of this FID)
     from gansvc.data import load_images
 
@@ -129,6 +140,11 @@ def main() -> int:
     if len(results["recipes"]) == 2:
         ratio = results["recipes"]["gansvc"]["fid"] / results["recipes"]["plain"]["fid"]
         print(f"gansvc defaults / plain FID ratio: {ratio:.2f} (goal < 0.5)")
+    if "gansvc_at_plain_steps" in results:
+        matched = results["gansvc_at_plain_steps"]
+        print(f"at equal steps: gansvc at step {matched['steps']} FID {matched['fid']:.2f} "
+              f"(ratio {matched['fid'] / results['recipes']['plain']['fid']:.2f} to plain at step "
+              f"{results['recipes']['plain']['steps']})")  # fmt: skip
     print(f"({(time.time() - started) / 60:.1f} min in all; results in {out / 'quality.json'})")
     return 0
 

@@ -117,7 +117,9 @@ def test_evaluate_api(cache_dir, train_images):
 BAD_FILES = {
     "missing.npz": (None, "no such file or folder"),
     "notes.txt": (b"hello", "unsupported file type '.txt'"),
-    "corrupt.npz": (b"PK\x03\x04 not really a zip", "cannot read it as .npz"),
+    "text.npz": (b"not an archive", "not an .npz file"),
+    "text.npy": (b"not an array", "not an .npy file"),
+    "corrupt.npz": (b"PK\x03\x04 a broken zip", "not an .npz file"),
     "corrupt.pt": (b"\x80\x02garbage", "cannot read it as .pt"),
 }
 

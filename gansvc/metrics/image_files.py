@@ -8,6 +8,7 @@ Every problem is an ImageFileError (a ValueError) that names the file and what w
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,13 @@ def load_image_set(path: str | os.PathLike, pixel_range: str = "-1,1") -> torch.
 
 
 def _read_array(path: Path, suffix: str):
+    # A wrong file type is named as such, not as whatever its parser stumbles over first.
+    if suffix == ".npz" and not zipfile.is_zipfile(path):
+        raise ImageFileError(f"{path}: not an .npz file (it is not a zip archive of .npy arrays)")
+    if suffix == ".npy":
+        with open(path, "rb") as f:
+            if f.read(6) != b"\x93NUMPY":
+                raise ImageFileError(f"{path}: not an .npy file (no NumPy header)")
     try:
         if suffix == ".npy":
             return np.load(path, allow_pickle=False)

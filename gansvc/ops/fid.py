@@ -5,9 +5,10 @@ reference below it, as `gansvc.ops._ext.use_extension()` decides (GANSVC_KERNELS
 Inputs may be tensors or NumPy arrays of any floating dtype; the work is done in float64.
 
 Routes for the trace term (`method`):
-- "eigh" (the default on CPU): Cholesky factors where the covariances are positive definite
-  (eigen-factors with the zero modes dropped where not), then the eigenvalues only of one symmetric
-  matrix, clamped at 0, square-rooted and summed.
+- "eigh" (the default on CPU): the eigenvalues of S1 S2 are those of Lᵀ S L for a Cholesky factor
+  L of whichever covariance is positive definite (an eigen-factor with the zero modes dropped when
+  neither is), so one eigenvalues-only call on a symmetric matrix; eigenvalues inside the measured
+  rounding-noise band count as 0, the rest are square-rooted and summed.
 - "newton-schulz" (the default on GPUs): the GEMM-bound polar Newton–Schulz iteration for the nuclear
   norm ||L2ᵀ L1||_* = Tr((S1 S2)^{1/2}); it stops when the trace stops changing, verifies an error
   bound, and falls back to the eigen route when the bound does not hold.
