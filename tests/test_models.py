@@ -80,13 +80,13 @@ def test_discriminator_normalisation_choice():
     assert discriminator_norm(_spec(spectral_norm=False, gradient_penalty=10.0)) == "none"
     assert discriminator_norm(_spec(spectral_norm=False, r1_gamma=1.0)) == "none"
     assert has_batchnorm(build_discriminator(_spec(spectral_norm=False, width=8), (1, 28, 28)))
-    assert not has_batchnorm(build_discriminator(_spec(width=8), (1, 28, 28)))
+    assert not has_batchnorm(build_discriminator(_spec(width=8, spectral_norm=True), (1, 28, 28)))
 
 
 @pytest.mark.parametrize("model", ["mlp", "dcgan"])
 def test_spectral_norm_makes_every_layer_1_lipschitz(model):
     torch.manual_seed(0)
-    discriminator = build_discriminator(_spec(model=model, width=8), (1, 28, 28))
+    discriminator = build_discriminator(_spec(model=model, width=8, spectral_norm=True), (1, 28, 28))
     discriminator.train()
     for _ in range(100):  # power iterations run in train-mode forwards (one each)
         discriminator(torch.randn(2, 1, 28, 28))

@@ -55,7 +55,8 @@ def test_toml_file_plain_and_with_train_table(tmp_path):
         ({"steps": 10, "precision": "fp16"}, "precision"),
         ({"steps": 10, "device": "tpu"}, "device"),
         ({"steps": 10, "eval_samples": 1}, "eval_samples"),
-        ({"steps": 10, "nproc": 2}, "nproc"),
+        ({"steps": 10, "nproc": 0}, "nproc"),
+        ({"steps": 10, "nproc": 3}, "batch_size"),  # the global batch (64) does not divide among 3 processes
         ({"steps": 10, "colour": "red"}, "colour"),
         ({}, "epochs"),
         ({"steps": 10, "epochs": 2}, "steps"),

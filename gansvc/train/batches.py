@@ -10,13 +10,24 @@ class DeviceBatches:
 
     uint8 images become float32 in [-1, 1] one batch at a time; float data (2-D points) is used as is.
     All randomness comes from one CPU torch.Generator, so the order is reproducible and resumable.
+
+    With several ranks, `batch_size` is the global batch: every rank draws the same permutation and
+    takes rows [rank * b, (rank + 1) * b) of each global batch (b = batch_size / world_size), so the
+    ranks read disjoint shards of every epoch, together exactly the batches one process would read,
+    and the state (permutation, position) is the same on every rank and for any number of ranks.
     """
 
-    def __init__(self, data: torch.Tensor, batch_size: int, seed: int, device: torch.device):
+    def __init__(
+        self, data: torch.Tensor, batch_size: int, seed: int, device: torch.device, rank: int = 0, world_size: int = 1
+    ):
         if data.shape[0] < batch_size:
             raise ValueError(f"batch_size: {batch_size} is larger than the data set ({data.shape[0]} samples)")
+        if batch_size % world_size:
+            raise ValueError(f"batch_size: the global batch {batch_size} does not divide among {world_size} processes")
         self.data = data.to(device)
         self.batch_size = batch_size
+        self.local_batch_size = batch_size // world_size
+        self.offset = rank * self.local_batch_size
         self.device = device
         self.generator = torch.Generator().manual_seed(seed)
         self.batches_per_epoch = data.shape[0] // batch_size
@@ -25,11 +36,12 @@ class DeviceBatches:
         self.batches_served = 0
 
     def next(self) -> torch.Tensor:
-        """Return the next batch: float32 [B, ...] ([-1, 1] for images) on the device."""
+        """Return this rank's rows of the next global batch: float32 [B / world_size, ...] ([-1, 1] for images)."""
         if self.perm is None or self.position + self.batch_size > self.perm.shape[0]:
             self.perm = torch.randperm(self.data.shape[0], generator=self.generator).to(self.device)
             self.position = 0
-        index = self.perm[self.position : self.position + self.batch_size]
+        start = self.position + self.offset
+        index = self.perm[start : start + self.local_batch_size]
         self.position += self.batch_size
         self.batches_served += 1
         batch = self.data.index_select(0, index)

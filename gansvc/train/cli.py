@@ -37,7 +37,8 @@ _HELP = {
     "keep_checkpoints": "step checkpoints kept besides latest.pt (0 = all)",
     "tensorboard": "write TensorBoard event files",
     "max_minutes": "end cleanly after this many wall-clock minutes (0 = no limit)",
-    "nproc": "processes/devices (1 for now)",
+    "nproc": "processes (devices) per node under torch.distributed; batch-size stays the global batch "
+             "(same as --nproc-per-node)",
 }
 
 
@@ -66,6 +67,20 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--download", action="store_true",
                         help="fetch a missing fashion-mnist/mnist/cifar10 into --data-root with torchvision")  # fmt: skip
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    launch = parser.add_argument_group(
+        "several processes / nodes (torch.distributed under torchrun; see docs/distributed.md)"
+    )
+    launch.add_argument("--nproc-per-node", type=int, default=None, metavar="N",
+                        help="processes on this node, one per GPU (or CPU processes with gloo); "
+                        "re-launches this command under torchrun (default: the spec's nproc)")  # fmt: skip
+    launch.add_argument("--nnodes", default=None, metavar="N|MIN:MAX",
+                        help="nodes taking part (run the same command on each; default 1)")  # fmt: skip
+    launch.add_argument("--rdzv-endpoint", default=None, metavar="HOST:PORT",
+                        help="c10d rendezvous all nodes reach (one node's address, a free port)")  # fmt: skip
+    launch.add_argument("--rdzv-id", default=None, metavar="ID",
+                        help="run name shared by the nodes of one run (default gansvc-train)")  # fmt: skip
+    launch.add_argument("--local-addr", default=None, metavar="ADDR",
+                        help="this node's address as the other nodes reach it (default: torchrun's guess)")  # fmt: skip
     defaults = TrainSpec()
     for field in dataclasses.fields(TrainSpec):
         flag = "--" + field.name.replace("_", "-")
@@ -102,12 +117,34 @@ def spec_from_args(args):
 def _run_train(args) -> int:
     import time
 
-    from gansvc.data import DatasetNotFound
+    from gansvc.train.launch import launched_by_torchrun
     from gansvc.train.spec import SpecError
-    from gansvc.train.trainer import Trainer, TrainingDiverged
 
     spec = spec_from_args(args)
     out = Path(args.out) if args.out else Path("runs") / f"{spec.model}-{spec.loss}-{time.strftime('%Y%m%d-%H%M%S')}"
+    launch_options = [name for name in _LAUNCH_OPTIONS if getattr(args, name, None) is not None]
+    if not launched_by_torchrun():
+        nproc = _nproc_per_node(args, spec)
+        if nproc > 1 or (args.nnodes or "1") != "1":
+            try:
+                spec = spec.with_overrides(nproc=nproc)
+            except SpecError as error:
+                raise UsageError(f"--{error.field.replace('_', '-')}: {error.message}") from None
+            return _launch(args, spec, out)  # this process only waits: it never imports torch
+    elif launch_options:
+        option = "--" + launch_options[0].replace("_", "-")
+        raise UsageError(f"{option}: this process is already a rank started by torchrun; give {option} to torchrun")
+    return _train_here(args, spec, out)
+
+
+def _train_here(args, spec, out: Path) -> int:
+    """Train in this process (one rank of several when torchrun started it); return the exit code."""
+    from gansvc.data import DatasetNotFound
+    from gansvc.train import distributed
+    from gansvc.train.spec import SpecError
+    from gansvc.train.trainer import Trainer, TrainingDiverged
+
+    world = distributed.world_from_env()
     interrupted = []
 
     def on_interrupt(signum, frame):
@@ -119,20 +156,79 @@ def _run_train(args) -> int:
 
     previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
-        trainer = Trainer(spec, out, should_stop=lambda: bool(interrupted), progress=not args.quiet,
-                          download=args.download)  # fmt: skip
-        summary = trainer.run()
+        # Under a launcher the stop request comes as a file every rank polls; rank 0 sends the events.
+        events = distributed.event_sender_from_env()
+        trainer = Trainer(
+            spec, out, on_event=events, should_stop=lambda: bool(interrupted) or distributed.stop_file_requested(),
+            progress=not args.quiet and world.is_main, download=args.download,
+        )  # fmt: skip
+        try:
+            summary = trainer.run()
+        finally:
+            if events is not None:
+                events.close()
     except SpecError as error:
         raise UsageError(f"--{error.field.replace('_', '-')}: {error.message}") from None
     except DatasetNotFound as error:
         raise UsageError(f"--dataset: {error}") from None
     except TrainingDiverged as error:
-        print(f"gansvc train: error: {error}; the last good checkpoint is in {out / 'checkpoints'}", file=sys.stderr)
+        distributed.record_failure(1, error)
+        if world.is_main:
+            print(f"gansvc train: error: {error}; the last good checkpoint is in {out / 'checkpoints'}",
+                  file=sys.stderr)  # fmt: skip
         return 1
     finally:
         signal.signal(signal.SIGINT, previous)
-    _print_summary(summary, out)
+    if world.is_main:
+        _print_summary(summary, out)
     return 0
+
+
+_LAUNCH_OPTIONS = ("nproc_per_node", "nnodes", "rdzv_endpoint", "rdzv_id", "local_addr")
+
+
+def _nproc_per_node(args, spec) -> int:
+    """Return the processes per node: --nproc-per-node, else the spec's nproc (they must agree when both are given)."""
+    if args.nproc_per_node is None:
+        return spec.nproc
+    if args.nproc_per_node < 1:
+        raise UsageError(f"--nproc-per-node: got {args.nproc_per_node}, expected >= 1")
+    if args.nproc is not None and args.nproc != args.nproc_per_node:
+        raise UsageError(f"--nproc-per-node: {args.nproc_per_node} contradicts --nproc {args.nproc}; give one of them")
+    return args.nproc_per_node
+
+
+def _launch(args, spec, out: Path) -> int:
+    """Run this training on several processes under torchrun (gansvc.train.launch); return the exit code."""
+    import json
+    import tempfile
+
+    from gansvc.train.launch import LaunchConfig, launch
+
+    config = LaunchConfig(
+        nproc_per_node=spec.nproc, nnodes=args.nnodes or "1", rdzv_endpoint=args.rdzv_endpoint or "",
+        rdzv_id=args.rdzv_id or "gansvc-train", local_addr=args.local_addr or "",
+    )  # fmt: skip
+    try:
+        config.validate()
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    with tempfile.TemporaryDirectory(prefix="gansvc-train-") as folder:
+        # every rank reads the spec resolved here, so the command line is parsed (and checked) once
+        spec_file = Path(folder) / "spec.json"
+        spec_file.write_text(json.dumps(spec.to_dict()), encoding="utf-8")
+        rank_args = ["--spec", str(spec_file), "--out", str(out)]
+        rank_args += ["--download"] * bool(args.download) + ["--quiet"] * bool(args.quiet)
+        nodes = f" on each of {config.nnodes} nodes" if config.max_nodes > 1 else ""
+        if not args.quiet:
+            print(f"gansvc train: starting {spec.nproc} processes{nodes} with torchrun (global batch "
+                  f"{spec.batch_size}); run directory {out}", file=sys.stderr)  # fmt: skip
+        result = launch(config, rank_args, forward_signals=True)
+    if result.exit_code and result.failure is not None:
+        print(f"gansvc train: error: {result.failure.describe()}", file=sys.stderr)
+    elif result.exit_code:
+        print(f"gansvc train: error: the distributed run ended with exit code {result.exit_code}", file=sys.stderr)
+    return result.exit_code
 
 
 def _print_summary(summary: dict, out: Path) -> None:

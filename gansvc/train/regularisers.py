@@ -6,11 +6,22 @@ import torch
 
 
 def gradient_penalty(
-    discriminator, real: torch.Tensor, fake: torch.Tensor, weight: float, generator: torch.Generator
+    discriminator,
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    weight: float,
+    generator: torch.Generator,
+    global_batch: int | None = None,
+    offset: int = 0,
 ) -> torch.Tensor:
-    """Return weight * E[(||grad D(x_hat)|| - 1)^2] at random points x_hat between real and fake samples."""
-    shape = (real.shape[0],) + (1,) * (real.dim() - 1)
-    alpha = torch.rand(shape, device=real.device, generator=generator, dtype=real.dtype)
+    """Return weight * E[(||grad D(x_hat)|| - 1)^2] at random points x_hat between real and fake samples.
+
+    With several ranks, `real` and `fake` are rows [offset, offset + n) of a global batch of `global_batch`:
+    the mixing weights are drawn for the whole global batch and sliced, as one process would draw them.
+    """
+    n = real.shape[0]
+    shape = (global_batch or n,) + (1,) * (real.dim() - 1)
+    alpha = torch.rand(shape, device=real.device, generator=generator, dtype=real.dtype)[offset : offset + n]
     x_hat = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
     (grad,) = torch.autograd.grad(discriminator(x_hat).sum(), x_hat, create_graph=True)
     # the epsilon keeps the norm's derivative finite where a gradient is exactly zero

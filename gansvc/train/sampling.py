@@ -79,15 +79,26 @@ def load_generator(path: str | os.PathLike, device="cpu") -> tuple[nn.Module, Tr
 
 
 @torch.no_grad()
-def generate(generator: nn.Module, n: int, seed: int = 0, device="cpu", batch_size: int = 500) -> torch.Tensor:
+def generate(
+    generator: nn.Module,
+    n: int,
+    seed: int = 0,
+    device="cpu",
+    batch_size: int = 500,
+    part: tuple[int, int] | None = None,
+) -> torch.Tensor:
     """Return n samples as float32 on the CPU: images [N, C, H, W] clamped to [-1, 1], or 2-D points [N, 2].
 
     The noise comes from its own generator seeded with `seed`, so the same call gives the same samples.
+    part=(start, stop) returns only samples [start, stop) of those n (one rank's share), from the same noise.
     """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    start_at, stop_at = (0, n) if part is None else part
+    if not 0 <= start_at <= stop_at <= n:
+        raise ValueError(f"part must be (start, stop) with 0 <= start <= stop <= n={n}, got {part}")
     device = torch.device(device)
     was_training = generator.training
     generator.eval()
@@ -96,7 +107,9 @@ def generate(generator: nn.Module, n: int, seed: int = 0, device="cpu", batch_si
     try:
         for start in range(0, n, batch_size):
             z = torch.randn(min(batch_size, n - start), generator.z_dim, device=device, generator=rng)
-            chunks.append(generator(z).float().cpu())
+            lo, hi = max(start_at - start, 0), min(stop_at - start, z.shape[0])
+            if lo < hi:  # the noise of every chunk is drawn, so a part sees the same noise as the whole
+                chunks.append(generator(z[lo:hi]).float().cpu())
     finally:
         generator.train(was_training)
     if not chunks:

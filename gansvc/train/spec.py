@@ -72,7 +72,7 @@ class TrainSpec:
     keep_checkpoints: int = 0  # newest step_*.pt files kept (latest.pt always); 0 = keep all
     tensorboard: bool = True  # write TensorBoard event files under run_dir/tensorboard
     max_minutes: float = 0.0  # 0 = no wall-clock limit
-    nproc: int = 1  # processes/devices (torch.distributed), later issue
+    nproc: int = 1  # processes (devices) per node under torch.distributed; batch_size is the global batch
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -190,8 +190,18 @@ class TrainSpec:
         _at_least("keep_checkpoints", self.keep_checkpoints, 0)
         _at_least("max_minutes", self.max_minutes, 0.0)
         _at_least("nproc", self.nproc, 1)
-        if self.nproc != 1:
-            raise SpecError("nproc", f"got {self.nproc}: multi-process training is not available yet, use 1")
+        if self.nproc > 1 and self.device.startswith("cuda:"):
+            raise SpecError(
+                "device",
+                f"{self.device!r} names one GPU, but nproc={self.nproc} processes need one each: use 'cuda' (rank r "
+                "takes the r-th visible GPU; choose them with CUDA_VISIBLE_DEVICES) or 'auto'",
+            )
+        if self.batch_size % self.nproc:
+            raise SpecError(
+                "batch_size",
+                f"the global batch {self.batch_size} does not divide among nproc={self.nproc} processes; use a "
+                f"multiple of {self.nproc}",
+            )
         return self
 
     # ------------------------------------------------------------------ derived

@@ -24,7 +24,7 @@ import torch
 
 from gansvc.atomic import atomic_write_bytes, atomic_write_text
 from gansvc.losses import discriminator_loss, generator_loss
-from gansvc.train import checkpoints
+from gansvc.train import checkpoints, distributed
 from gansvc.train.batches import DeviceBatches
 from gansvc.train.ema import EMA
 from gansvc.train.sampling import sampling_model
@@ -40,6 +40,7 @@ POINT_SAMPLES = 2500  # samples in a gaussian-mixture scatter plot and its ring 
 RESUMABLE_CHANGES = {
     "epochs", "steps", "max_minutes", "log_every", "sample_every", "eval_every", "eval_samples",
     "checkpoint_every", "keep_checkpoints", "tensorboard", "threads", "device", "data_root",
+    "nproc",  # a checkpoint holds no per-rank state: N ranks' checkpoint resumes on M
 }  # fmt: skip
 _TRAIN_STATS = ("d_loss", "g_loss", "d_real", "d_fake", "d_accuracy")
 
@@ -95,12 +96,16 @@ class Trainer:
         from gansvc.data import load_dataset
         from gansvc.models import build_discriminator, build_generator, has_batchnorm
 
+        self.dist = self._join_ranks()
         spec = self.spec
-        self.device = resolve_device(spec.device)
-        self.threads = spec.threads or cpu_threads()
+        world = self.dist.world
+        self.is_main = world.is_main
+        self.device = self.dist.device
+        # ranks on one node share its cores
+        self.threads = spec.threads or max(1, cpu_threads() // world.local_world_size)
         if self.device.type == "cpu":
             torch.set_num_threads(self.threads)
-        data = load_dataset(spec.dataset, "train", spec.data_root or None, spec.image_size, self.download)
+        data = self._load_data(load_dataset)
         self.points = not hasattr(data, "images")
         tensor = data.points if self.points else data.images
         self.data_info = data
@@ -115,17 +120,23 @@ class Trainer:
             except ValueError as error:
                 raise SpecError("image_size", f"{error} (the data set's images are {self.data_shape[-1]} px)") from None
 
-        torch.manual_seed(spec.seed)  # model initialisation and spectral-norm vectors
+        torch.manual_seed(spec.seed)  # model initialisation and spectral-norm vectors (the same on every rank)
         self.G = build_generator(spec, self.data_shape).to(self.device)
         self.D = build_discriminator(spec, self.data_shape).to(self.device)
         # Without BatchNorm in D, real and fake go through D as one batch (one forward instead of two).
         self.joint_d = not has_batchnorm(self.D)
+        # self.G / self.D are the plain modules (state, EMA, samples); the steps run G_train / D_train,
+        # their DistributedDataParallel wrappers when several ranks take part.
+        self.G_train, self.D_train = self._wrap(self.G), self._wrap(self.D)
         betas = (spec.beta1, spec.beta2)
         fused = {"fused": True}  # one kernel for all parameters (CPU and CUDA)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=spec.lr_g, betas=betas, **fused)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=spec.lr_d, betas=betas, **fused)
         self.ema = EMA(self.G, spec.ema_decay) if spec.ema_decay > 0 else None
-        self.batches = DeviceBatches(tensor, spec.batch_size, spec.seed, self.device)
+        self.batches = DeviceBatches(tensor, spec.batch_size, spec.seed, self.device, world.rank, world.world_size)
+        # this rank's rows of every global batch: [batch_lo, batch_hi)
+        self.batch_lo = world.rank * self.batches.local_batch_size
+        self.batch_hi = self.batch_lo + self.batches.local_batch_size
         self.noise = torch.Generator(device=self.device).manual_seed(spec.seed + 1)
         fixed = torch.Generator().manual_seed(spec.seed + 2)
         count = POINT_SAMPLES if self.points else FIXED_NOISE
@@ -146,17 +157,83 @@ class Trainer:
         self._sampler_cache: tuple[int, torch.nn.Module] | None = None
         self._eval_unavailable_warned = False
 
-        resume_from = checkpoints.latest_checkpoint(self.run_dir)
-        if resume_from is not None:
-            self._resume(resume_from)
+        # Rank 0 reads the checkpoint and hands it to the others: their nodes need not share its disk.
+        resume_from = checkpoints.latest_checkpoint(self.run_dir) if self.is_main else None
+        state = checkpoints.load_checkpoint(resume_from, map_location="cpu") if resume_from is not None else None
+        resume_from, state = self.dist.broadcast_object((resume_from, state))
+        if state is not None:
+            self._resume(resume_from, state)
         self.resumed_from = self.step if resume_from is not None else None
         self._train_seconds_at_start = self.train_seconds
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.run_dir / "spec.json", json.dumps(spec.to_dict(), indent=2) + "\n")
-        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", self.resumed_from or 0)
-        self.warning_log = MetricsLog(self.run_dir / "warnings.jsonl", self.resumed_from or 0)
+        if self.is_main:  # only rank 0 writes to the run directory
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.run_dir / "spec.json", json.dumps(spec.to_dict(), indent=2) + "\n")
+            self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", self.resumed_from or 0)
+            self.warning_log = MetricsLog(self.run_dir / "warnings.jsonl", self.resumed_from or 0)
+        else:
+            self.metrics = self.warning_log = _NoLog()
         self.warnings = [r for r in self.warning_log.records]
-        self.tensorboard = TensorBoard(self.run_dir / "tensorboard", spec.tensorboard, self.step + 1)
+        self.tensorboard = TensorBoard(self.run_dir / "tensorboard", spec.tensorboard and self.is_main, self.step + 1)
+
+    def _join_ranks(self) -> distributed.DistributedContext:
+        """Join the process group when torchrun started several ranks; adopt its size as the spec's nproc."""
+        try:
+            context = distributed.init(self.spec.device)
+        except SpecError:
+            raise
+        except ValueError as error:  # "setting: message" from the environment or the device of this rank
+            field, _, message = str(error).partition(": ")
+            raise SpecError(field if message else "device", message or str(error)) from None
+        world = context.world
+        try:
+            if world.distributed:
+                if self.spec.nproc != world.local_world_size:
+                    self.spec = self.spec.with_overrides(nproc=world.local_world_size)
+                distributed.local_batch_size(self.spec.batch_size, world.world_size)
+            elif self.spec.nproc > 1:
+                raise SpecError(
+                    "nproc",
+                    f"{self.spec.nproc} processes asked for, but this process was not started by torchrun; run "
+                    f"`gansvc train --nproc-per-node {self.spec.nproc} ...` or "
+                    f"`torchrun --nproc-per-node {self.spec.nproc} -m gansvc.train ...`",
+                )
+        except ValueError as error:
+            context.close()
+            if isinstance(error, SpecError):
+                raise
+            raise SpecError("batch_size", str(error).partition(": ")[2]) from None
+        return context
+
+    def _load_data(self, load_dataset):
+        """Return the training data; with a download, one rank per node fetches it while the others wait."""
+        spec = self.spec
+        load = lambda download: load_dataset(  # noqa: E731
+            spec.dataset, "train", spec.data_root or None, spec.image_size, download
+        )
+        if not (self.download and self.dist.distributed):
+            return load(self.download)
+        data = load(True) if self.dist.world.local_rank == 0 else None
+        self.dist.barrier()
+        return data if data is not None else load(False)
+
+    def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Return `model` wrapped in DistributedDataParallel when several ranks take part, else `model`.
+
+        Gradients are averaged over the ranks in backward; buffers (BatchNorm running statistics,
+        spectral-norm power-iteration vectors) are sent from rank 0 before every forward. On GPUs,
+        BatchNorm layers become SyncBatchNorm, so they normalise with the statistics of the global batch.
+        """
+        if not self.dist.distributed:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        from gansvc.models import has_batchnorm
+
+        if self.device.type == "cuda" and has_batchnorm(model):
+            # converts in place: the new layers share the old ones' parameters and buffers
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        device_ids = [self.device] if self.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=device_ids, forward_sync_buffers=True)
 
     def _autocast(self):
         """Return a fresh autocast context: bf16 for precision 'bf16', a no-op for fp32."""
@@ -177,10 +254,12 @@ class Trainer:
         d_stats = None
         for i in range(spec.n_critic):
             real = self.batches.next()
+            # the global batch's noise from the shared stream, this rank's rows of it: N ranks draw what one would
             z = torch.randn(spec.batch_size, spec.z_dim, device=self.device, generator=self.noise)
+            z = z[self.batch_lo : self.batch_hi]
             last = i == spec.n_critic - 1
             with self._autocast(), torch.set_grad_enabled(last):
-                fake = self.G(z)
+                fake = self.G_train(z)
             stats = self._d_step(real, fake.detach())
             d_stats = stats if d_stats is None else d_stats + stats
         d_stats = d_stats / spec.n_critic
@@ -195,15 +274,18 @@ class Trainer:
             real.requires_grad_(True)
         with self._autocast():
             if self.joint_d:
-                real_logits, fake_logits = self.D(torch.cat([real, fake])).split(real.shape[0])
+                real_logits, fake_logits = self.D_train(torch.cat([real, fake])).split(real.shape[0])
             else:
-                real_logits, fake_logits = self.D(real), self.D(fake)
+                real_logits, fake_logits = self.D_train(real), self.D_train(fake)
         out = discriminator_loss(real_logits.float(), fake_logits.float(), spec.loss, spec.real_label)
         loss = out.loss
         extras = []
         if spec.gradient_penalty > 0:
             with self._autocast():
-                penalty = gradient_penalty(self.D, real, fake, spec.gradient_penalty, self.noise)
+                # the plain D: its weight gradients join the DDP forward's in the one backward below
+                penalty = gradient_penalty(
+                    self.D, real, fake, spec.gradient_penalty, self.noise, spec.batch_size, self.batch_lo
+                )
             loss = loss + penalty
             extras.append(penalty.detach().reshape(1))
         if spec.r1_gamma > 0:
@@ -218,7 +300,9 @@ class Trainer:
     def _g_step(self, fake: torch.Tensor) -> torch.Tensor:
         spec = self.spec
         self.opt_g.zero_grad(set_to_none=True)
-        self.D.requires_grad_(False)  # no weight gradients for D in the G step: only dD/dx is needed
+        # no weight gradients for D in the G step: only dD/dx is needed. The plain D (not its DDP
+        # wrapper) runs here, so no gradient synchronisation of D is started.
+        self.D.requires_grad_(False)
         try:
             with self._autocast():
                 logits = self.D(fake)
@@ -240,11 +324,13 @@ class Trainer:
             self._setup()
         except BaseException:
             torch.set_num_threads(threads_before)
+            if getattr(self, "dist", None) is not None:
+                self.dist.close()
             raise
         self.setup_seconds = time.perf_counter() - started  # data decoding, models, resume
         bar = None
         try:
-            if self.progress:
+            if self.progress and self.is_main:
                 from tqdm import tqdm
 
                 bar = tqdm(
@@ -260,6 +346,7 @@ class Trainer:
             self.metrics.close()
             self.warning_log.close()
             self.tensorboard.close()
+            self.dist.close()
 
     def _loop(self) -> dict:
         spec = self.spec
@@ -270,14 +357,21 @@ class Trainer:
         self._event({"type": "progress", **self._progress_fields(0.0)})
         self._check_cpu_load()
         while self.step < self.total_steps:
+            # the step's time includes agreeing on a stop: with several ranks that is a collective too
+            started, cpu_started = time.perf_counter(), time.process_time()
+            stop = distributed.STOP_NONE
             if self.should_stop is not None and self.should_stop():
+                stop = distributed.STOP_REQUESTED
+            elif budget and self.wall_before + time.monotonic() - session_start >= budget:
+                stop = distributed.STOP_BUDGET
+            stop = self.dist.agree_stop(stop)  # every rank stops at the same step
+            if stop == distributed.STOP_REQUESTED:
                 ended_by = "stopped"
                 break
-            if budget and self.wall_before + time.monotonic() - session_start >= budget:
+            if stop == distributed.STOP_BUDGET:
                 ended_by = "max_minutes"
                 break
-            started, cpu_started = time.perf_counter(), time.process_time()
-            stats = self._train_step()
+            stats = self.dist.all_reduce_mean(self._train_step())  # the global batch's statistics
             self.window_sum += stats
             elapsed = time.perf_counter() - started
             self.window_seconds += elapsed
@@ -292,26 +386,27 @@ class Trainer:
             step = self.step
             if step % spec.log_every == 0 or step == self.total_steps:
                 self._log(session_start)
-            if spec.sample_every and step % spec.sample_every == 0:
+            if spec.sample_every and step % spec.sample_every == 0 and self.is_main:
                 self._samples()
             if spec.eval_every and step % spec.eval_every == 0 and step != self.total_steps:
                 self._evaluate()
-            if spec.checkpoint_every and step % spec.checkpoint_every == 0:
+            if spec.checkpoint_every and step % spec.checkpoint_every == 0 and self.is_main:
                 self._checkpoint(session_start)
 
         if ended_by == "stopped":
-            if self.checkpointed_step != self.step:
+            if self.checkpointed_step != self.step and self.is_main:
                 self._checkpoint(session_start)
         else:
             if self.window_steps:
                 self._log(session_start)
-            if not (spec.sample_every and self.step % spec.sample_every == 0) or self.step == 0:
+            if (not (spec.sample_every and self.step % spec.sample_every == 0) or self.step == 0) and self.is_main:
                 self._samples()
             if spec.eval_samples:
                 self._evaluate()
-            if self.checkpointed_step != self.step:
+            if self.checkpointed_step != self.step and self.is_main:
                 self._checkpoint(session_start)
-        plot_loss_curve(self.metrics.records, self.run_dir / "loss_curve.png", f"{spec.model} / {spec.loss}")
+        if self.is_main:
+            plot_loss_curve(self.metrics.records, self.run_dir / "loss_curve.png", f"{spec.model} / {spec.loss}")
         return self._summary(ended_by, session_start)
 
     def _check_cpu_load(self) -> None:
@@ -349,7 +444,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ what the user watches
     def _event(self, event: dict) -> None:
-        if self.on_event is not None:
+        if self.on_event is not None and self.is_main:
             self.on_event(event)
 
     def _warn(self, code: str, message: str) -> None:
@@ -408,7 +503,8 @@ class Trainer:
         """Return the model samples come from: EMA of G where kept, with BatchNorm statistics for its weights."""
         if self._sampler_cache is None or self._sampler_cache[0] != self.step:
             source = self.ema.model if self.ema is not None else self.G
-            model = sampling_model(source, self.spec, self.device)
+            # SyncBatchNorm (several GPUs) would wait for the other ranks: sample with plain BatchNorm
+            model = sampling_model(distributed.without_sync_batchnorm(source), self.spec, self.device)
             self._sampler_cache = (self.step, model)
         return self._sampler_cache[1]
 
@@ -492,11 +588,22 @@ class Trainer:
             return {}
         from gansvc.train.sampling import generate
 
-        fake = generate(sampler, spec.eval_samples, seed, self.device)
-        result = evaluate(
-            fake, real=f"{dataset}:test", extractor="fmnist-cnn", data_root=spec.data_root or None,
-            device=str(self.device),
-        )  # fmt: skip
+        if self.dist.distributed:
+            # each rank scores its share of the same samples; FID statistics are merged across the ranks
+            world = self.dist.world
+            part = distributed.shard_bounds(spec.eval_samples, world.rank, world.world_size)
+            fake = generate(sampler, spec.eval_samples, seed, self.device, part=part)
+            result = distributed.evaluate_sharded(
+                fake, self.dist, real=f"{dataset}:test", extractor="fmnist-cnn", data_root=spec.data_root or None,
+                device=str(self.device),
+            )  # fmt: skip
+            result = self.dist.broadcast_object(result)
+        else:
+            fake = generate(sampler, spec.eval_samples, seed, self.device)
+            result = evaluate(
+                fake, real=f"{dataset}:test", extractor="fmnist-cnn", data_root=spec.data_root or None,
+                device=str(self.device),
+            )  # fmt: skip
         values = {k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and k not in ("n_real", "n_fake")}
         coverage = self._class_coverage(fake) if dataset == "fashion-mnist" else None
         if coverage is not None:
@@ -523,8 +630,9 @@ class Trainer:
                 return None
         predictions = torch.cat([
             self._classifier(chunk.to(self.device)).argmax(1).cpu() for chunk in fake.split(1000)
-        ])  # fmt: skip
-        shares = torch.bincount(predictions, minlength=NUM_CLASSES).double() / fake.shape[0]
+        ] or [torch.empty(0, dtype=torch.int64)])  # fmt: skip
+        counts = self.dist.all_reduce_sum(torch.bincount(predictions, minlength=NUM_CLASSES).double())
+        shares = counts / counts.sum().clamp_min(1)
         return int((shares >= 0.2 / NUM_CLASSES).sum()), NUM_CLASSES
 
     def _checkpoint(self, session_start: float) -> None:
@@ -537,7 +645,8 @@ class Trainer:
             "step": self.step,
             "spec": self.spec.to_dict(),
             "data_shape": list(self.data_shape),
-            "G": self.G.state_dict(),
+            "world_size": self.dist.world.world_size,  # for the record: nothing below depends on it
+            "G": self.G.state_dict(),  # the plain modules: no DDP "module." prefixes
             "D": self.D.state_dict(),
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict(),
@@ -546,7 +655,8 @@ class Trainer:
             "rng": {
                 "noise": self.noise.get_state(),
                 "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                # this rank's device only: a resume may see a different number of GPUs
+                "cuda": [torch.cuda.get_rng_state(self.device)] if self.device.type == "cuda" else [],
             },
             "window": {"sum": self.window_sum.cpu(), "steps": self.window_steps, "seconds": self.window_seconds},
             "watch": {"history": list(self.watch.history), "active": sorted(self.watch.active)},
@@ -562,8 +672,7 @@ class Trainer:
         self.checkpointed_step = self.step
         self._event({"type": "checkpoint", "step": self.step, "path": str(path.relative_to(self.run_dir))})
 
-    def _resume(self, path: Path) -> None:
-        state = checkpoints.load_checkpoint(path, map_location="cpu")
+    def _resume(self, path: Path, state: dict) -> None:
         saved = state["spec"]
         for name, value in self.spec.to_dict().items():
             if name not in RESUMABLE_CHANGES and name in saved and saved[name] != value:
@@ -586,8 +695,8 @@ class Trainer:
         except RuntimeError:  # saved on another kind of device: continue reproducibly, if not bit-exactly
             self.noise.manual_seed(spec_seed_for_step(self.spec.seed, state["step"]))
         torch.set_rng_state(state["rng"]["torch"])
-        if state["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        if state["rng"]["cuda"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"][0], self.device)
         self.window_sum = state["window"]["sum"].to(self.device)
         self.window_steps = state["window"]["steps"]
         self.window_seconds = state["window"]["seconds"]
@@ -618,11 +727,13 @@ class Trainer:
             "eval": self.last_eval,
             "warnings": [w["code"] for w in self.warnings],
             "device": str(self.device),
+            "world_size": self.dist.world.world_size,  # processes; images_per_sec counts all of them
             "threads": self.threads if self.device.type == "cpu" else None,
             "generator": "generator.pt",
             "run_dir": str(self.run_dir),
         }
-        atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        if self.is_main:
+            atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary
 
 
@@ -643,3 +754,15 @@ def _diversity_ratio(fake: torch.Tensor, real: torch.Tensor) -> float:
     fake_spread = torch.pdist(fake.flatten(1).float()).mean()
     real_spread = torch.pdist(real.flatten(1).float()).mean()
     return float(fake_spread / real_spread.clamp_min(1e-12))
+
+
+class _NoLog:
+    """Stands in for a MetricsLog on ranks other than 0, which write nothing."""
+
+    records: list = []
+
+    def append(self, record: dict) -> None:
+        """Drop the record."""
+
+    def close(self) -> None:
+        """Nothing to close."""
