@@ -21,3 +21,13 @@ def fashion_mnist_root():
     """The Debian package's Fashion-MNIST folder; scripts/setup.sh installs it."""
     assert DEBIAN_FASHION_MNIST.is_dir(), "run scripts/setup.sh (apt-get install -y dataset-fashion-mnist)"
     return DEBIAN_FASHION_MNIST
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Tests run on one intra-op thread: on a 2-core machine with the other core busy, 2-thread
+    OpenMP makes small ATen ops up to 70x slower, and results then depend on nothing but timing."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -244,7 +244,7 @@ BAD_SPECS = [
     ({"beta2": 1.0}, "beta2", "1.0"),
     ({"ema_decay": -0.1}, "ema_decay", "-0.1"),
     ({"n_critic": 0}, "n_critic", "0"),
-    ({"real_label": 0.9}, "real_label", "0.9"),  # smoothing needs loss bce (TINY uses the default hinge)
+    ({"real_label": 0.9, "loss": "hinge"}, "real_label", "0.9"),  # label smoothing applies to loss bce only
     ({"precision": "fp8"}, "precision", "'fp8'"),
     ({"device": "tpu"}, "device", "'tpu'"),
     ({"device": "cuda"}, "device", "'cuda'"),  # valid, but this server has no GPU
