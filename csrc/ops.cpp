@@ -183,29 +183,19 @@ std::tuple<at::Tensor, at::Tensor> g_loss_plain(const at::Tensor& fake, c10::str
   return {std::get<0>(out), std::get<2>(out)};
 }
 
-DLossOut d_loss_fused_checked_cpu(const at::Tensor& real, const at::Tensor& fake, c10::string_view kind,
-                                  double real_label) {
+// The fused kernels behind their argument checks, one instantiation per device.
+template <DLossOut (*kernel)(const at::Tensor&, const at::Tensor&, c10::string_view, double)>
+DLossOut d_loss_fused_checked(const at::Tensor& real, const at::Tensor& fake, c10::string_view kind,
+                              double real_label) {
   check_pair(real, fake, real_label);
-  return d_loss_fused_cpu(real, fake, kind, real_label);
+  return kernel(real, fake, kind, real_label);
 }
 
-GLossOut g_loss_fused_checked_cpu(const at::Tensor& fake, c10::string_view kind) {
+template <GLossOut (*kernel)(const at::Tensor&, c10::string_view)>
+GLossOut g_loss_fused_checked(const at::Tensor& fake, c10::string_view kind) {
   check_logits(fake, "fake_logits");
-  return g_loss_fused_cpu(fake, kind);
+  return kernel(fake, kind);
 }
-
-#ifdef GANSVC_WITH_CUDA
-DLossOut d_loss_fused_checked_cuda(const at::Tensor& real, const at::Tensor& fake, c10::string_view kind,
-                                   double real_label) {
-  check_pair(real, fake, real_label);
-  return d_loss_fused_cuda(real, fake, kind, real_label);
-}
-
-GLossOut g_loss_fused_checked_cuda(const at::Tensor& fake, c10::string_view kind) {
-  check_logits(fake, "fake_logits");
-  return g_loss_fused_cuda(fake, kind);
-}
-#endif
 
 }  // namespace
 }  // namespace losses
@@ -221,15 +211,15 @@ TORCH_LIBRARY(gansvc, m) {
 
 TORCH_LIBRARY_IMPL(gansvc, CPU, m) {
   using namespace gansvc::losses;
-  m.impl("d_loss_fused", &d_loss_fused_checked_cpu);
-  m.impl("g_loss_fused", &g_loss_fused_checked_cpu);
+  m.impl("d_loss_fused", &d_loss_fused_checked<d_loss_fused_cpu>);
+  m.impl("g_loss_fused", &g_loss_fused_checked<g_loss_fused_cpu>);
 }
 
 #ifdef GANSVC_WITH_CUDA
 TORCH_LIBRARY_IMPL(gansvc, CUDA, m) {
   using namespace gansvc::losses;
-  m.impl("d_loss_fused", &d_loss_fused_checked_cuda);
-  m.impl("g_loss_fused", &g_loss_fused_checked_cuda);
+  m.impl("d_loss_fused", &d_loss_fused_checked<d_loss_fused_cuda>);
+  m.impl("g_loss_fused", &g_loss_fused_checked<g_loss_fused_cuda>);
 }
 #endif
 

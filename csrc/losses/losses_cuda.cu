@@ -47,6 +47,27 @@ __device__ void reduce_partials(const double* partials, int num_blocks, double* 
   }
 }
 
+// Each block stores its sums; the last block to finish adds every block's sums in block order into
+// `totals` and returns true (in all of its threads); the other blocks return false.
+template <typename acc_t>
+__device__ bool reduce_across_blocks(const acc_t (&acc)[kSums], double* partials, unsigned int* finished_blocks,
+                                     double* shared, double (&totals)[kSums]) {
+  __shared__ bool is_last;
+  for (int k = 0; k < kSums; ++k) {
+    double block_total = block_sum(acc[k], shared);
+    if (threadIdx.x == 0) partials[blockIdx.x * kSums + k] = block_total;
+  }
+  if (threadIdx.x == 0) {
+    __threadfence();
+    is_last = atomicAdd(finished_blocks, 1u) == gridDim.x - 1;
+  }
+  __syncthreads();
+  if (!is_last) return false;
+  __threadfence();
+  reduce_partials(partials, gridDim.x, shared, totals);
+  return true;
+}
+
 // The real and the fake side as one index range [0, n_real + n_fake).
 template <typename scalar_t, typename acc_t>
 __global__ void d_loss_kernel(const scalar_t* __restrict__ real, int64_t n_real, const scalar_t* __restrict__ fake,
@@ -55,7 +76,6 @@ __global__ void d_loss_kernel(const scalar_t* __restrict__ real, int64_t n_real,
                               unsigned int* __restrict__ finished_blocks, acc_t* __restrict__ loss_out,
                               acc_t* __restrict__ stats_out) {
   __shared__ double shared[kThreads];
-  __shared__ bool is_last;
   acc_t acc[kSums] = {0, 0, 0, 0, 0, 0};
   const acc_t inv_real = acc_t(1) / static_cast<acc_t>(n_real), inv_fake = acc_t(1) / static_cast<acc_t>(n_fake);
   const int64_t total = n_real + n_fake;
@@ -74,19 +94,8 @@ __global__ void d_loss_kernel(const scalar_t* __restrict__ real, int64_t n_real,
       grad_fake[i - n_real] = static_cast<scalar_t>(t.grad * inv_fake);
     }
   }
-  for (int k = 0; k < kSums; ++k) {
-    double block_total = block_sum(acc[k], shared);
-    if (threadIdx.x == 0) partials[blockIdx.x * kSums + k] = block_total;
-  }
-  if (threadIdx.x == 0) {
-    __threadfence();
-    is_last = atomicAdd(finished_blocks, 1u) == gridDim.x - 1;
-  }
-  __syncthreads();
-  if (is_last) {
-    __threadfence();
-    double t[kSums];
-    reduce_partials(partials, gridDim.x, shared, t);
+  double t[kSums];
+  if (reduce_across_blocks(acc, partials, finished_blocks, shared, t)) {
     if (threadIdx.x == 0) {
       const double n_r = static_cast<double>(n_real), n_f = static_cast<double>(n_fake);
       *loss_out = static_cast<acc_t>(t[0] / n_r + t[3] / n_f);
@@ -103,7 +112,6 @@ __global__ void g_loss_kernel(const scalar_t* __restrict__ fake, int64_t n_fake,
                               unsigned int* __restrict__ finished_blocks, acc_t* __restrict__ loss_out,
                               acc_t* __restrict__ stats_out) {
   __shared__ double shared[kThreads];
-  __shared__ bool is_last;
   acc_t acc[kSums] = {0, 0, 0, 0, 0, 0};
   const acc_t inv_fake = acc_t(1) / static_cast<acc_t>(n_fake);
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n_fake;
@@ -113,19 +121,8 @@ __global__ void g_loss_kernel(const scalar_t* __restrict__ fake, int64_t n_fake,
     acc[1] += t.stat;
     grad_fake[i] = static_cast<scalar_t>(t.grad * inv_fake);
   }
-  for (int k = 0; k < kSums; ++k) {
-    double block_total = block_sum(acc[k], shared);
-    if (threadIdx.x == 0) partials[blockIdx.x * kSums + k] = block_total;
-  }
-  if (threadIdx.x == 0) {
-    __threadfence();
-    is_last = atomicAdd(finished_blocks, 1u) == gridDim.x - 1;
-  }
-  __syncthreads();
-  if (is_last) {
-    __threadfence();
-    double t[kSums];
-    reduce_partials(partials, gridDim.x, shared, t);
+  double t[kSums];
+  if (reduce_across_blocks(acc, partials, finished_blocks, shared, t)) {
     if (threadIdx.x == 0) {
       *loss_out = static_cast<acc_t>(t[0] / static_cast<double>(n_fake));
       stats_out[0] = static_cast<acc_t>(t[1] / static_cast<double>(n_fake));
