@@ -12,6 +12,7 @@ from PIL import Image
 
 from gansvc.client import GanClient, state_name
 from gansvc.service.server import GanServer, ServerConfig
+from gansvc.train.spec import TrainSpec
 
 SMALL = [
     "--dataset", "fashion-mnist", "--model", "mlp", "--mlp-hidden", "64", "--z-dim", "16", "--batch-size", "32",
@@ -47,7 +48,8 @@ def test_submit_watch_jobs_samples_download(server, tmp_path):
     submitted = gansvc("submit", "--server", server.address, *SMALL, "--steps", "20")
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip()
-    assert job_id.startswith("train-") and "mlp / hinge on fashion-mnist, 20 steps" in submitted.stderr
+    default_loss = TrainSpec().loss  # SMALL leaves the loss at the trainer's default
+    assert job_id.startswith("train-") and f"mlp / {default_loss} on fashion-mnist, 20 steps" in submitted.stderr
 
     watched = gansvc("watch", job_id, "--server", server.address)
     assert watched.returncode == 0, watched.stderr
