@@ -281,3 +281,27 @@ def test_evaluation_scores_the_ema_generator_with_fmnist_cnn(tmp_path):
     assert summary["eval"]["fid"] == pytest.approx(expected["fid"], rel=1e-6)
     assert summary["eval"]["is_mean"] == pytest.approx(expected["is_mean"], rel=1e-6)
     assert 0 <= summary["eval"]["classes_covered"] <= 10
+
+
+def test_fused_adam_matches_torch_adam_bit_for_bit():
+    import copy
+
+    from gansvc.train.optim import FusedAdam
+
+    torch.manual_seed(0)
+    ours = torch.nn.Sequential(torch.nn.Linear(10, 20), torch.nn.ReLU(), torch.nn.Linear(20, 3))
+    reference = copy.deepcopy(ours)
+    optimiser = FusedAdam(ours.parameters(), lr=1e-3, betas=(0.5, 0.999))
+    torch_adam = torch.optim.Adam(reference.parameters(), lr=1e-3, betas=(0.5, 0.999), fused=True)
+    for step in range(25):
+        x = torch.randn(8, 10)
+        for model, opt in ((ours, optimiser), (reference, torch_adam)):
+            opt.zero_grad()
+            model(x).pow(2).sum().backward()
+            opt.step()
+        if step == 10:  # a reload through state_dict, as a resumed run does
+            state = optimiser.state_dict()
+            optimiser = FusedAdam(ours.parameters(), lr=1e-3, betas=(0.5, 0.999))
+            optimiser.load_state_dict(state)
+    assert all(torch.equal(a, b) for a, b in zip(ours.parameters(), reference.parameters()))
+    assert optimiser.state_dict()["state"][0]["step"] == torch_adam.state_dict()["state"][0]["step"] == 25

@@ -76,7 +76,8 @@ def test_end_to_end_fashion_mnist_dcgan_hinge_sn(tmp_path):
     out = tmp_path / "x"
     result = _gansvc("train", "--dataset", "fashion-mnist", "--model", "dcgan", "--loss", "hinge", "--spectral-norm",
                      "--epochs", "0.15", "--log-every", "50", "--sample-every", "50", "--eval-every", "100",
-                     "--eval-samples", "2000", "--checkpoint-every", "100", "--out", str(out), cwd=tmp_path)  # fmt: skip
+                     "--eval-samples", "2000", "--checkpoint-every", "100", "--threads", "1", "--out", str(out),
+                     cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "finished at step 141/141" in result.stdout
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

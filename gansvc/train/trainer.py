@@ -28,6 +28,7 @@ from gansvc.train import checkpoints, distributed
 from gansvc.train.batches import DeviceBatches
 from gansvc.train.ema import EMA
 from gansvc.train.sampling import sampling_model
+from gansvc.train.optim import FusedAdam
 from gansvc.train.monitor import FailureWatch, MetricsLog, TensorBoard, plot_loss_curve, plot_points
 from gansvc.train.regularisers import gradient_penalty, r1_penalty
 from gansvc.train.spec import SpecError, TrainSpec
@@ -129,9 +130,8 @@ class Trainer:
         # their DistributedDataParallel wrappers when several ranks take part.
         self.G_train, self.D_train = self._wrap(self.G), self._wrap(self.D)
         betas = (spec.beta1, spec.beta2)
-        fused = {"fused": True}  # one kernel for all parameters (CPU and CUDA)
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=spec.lr_g, betas=betas, **fused)
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=spec.lr_d, betas=betas, **fused)
+        self.opt_g = FusedAdam(self.G.parameters(), lr=spec.lr_g, betas=betas)
+        self.opt_d = FusedAdam(self.D.parameters(), lr=spec.lr_d, betas=betas)
         self.ema = EMA(self.G, spec.ema_decay) if spec.ema_decay > 0 else None
         self.batches = DeviceBatches(tensor, spec.batch_size, spec.seed, self.device, world.rank, world.world_size)
         # this rank's rows of every global batch: [batch_lo, batch_hi)
