@@ -10,6 +10,7 @@ from gansvc.metrics.features import EXTRACTORS, FeatureExtractor, extractor_fits
 from gansvc.metrics.fid import fid_from_features
 from gansvc.metrics.inception_score import inception_score
 from gansvc.metrics.kid import kernel_inception_distance
+from gansvc.metrics.prdc import precision_recall_density_coverage
 from gansvc.metrics.reference import real_reference
 
 _EXTRACTOR_CACHE: dict[tuple, FeatureExtractor] = {}
@@ -41,12 +42,16 @@ def evaluate(
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,
     seed: int = 0,
+    precision_recall: bool = False,
+    prdc_k: int = 3,
 ) -> dict:
     """Return {fid, is_mean, is_std, kid_mean, kid_std, n_real, n_fake, extractor} for images `fake`.
 
     `fake`: [N, C, H, W] float in [-1, 1] or uint8. `real`: a data set 'NAME[:SPLIT]', a file or folder
     of images, or a statistics .npz (see gansvc.metrics.reference); its statistics are cached.
-    kid_* are None when the real side is a statistics file without feature rows.
+    kid_* are None when the real side is a statistics file without feature rows. With
+    precision_recall, precision / recall / density / coverage (k = prdc_k) of the generated features
+    against the real feature rows are added (gansvc.metrics.prdc; None without real feature rows).
     """
     if extractor not in EXTRACTORS:
         raise ValueError(f"unknown extractor {extractor!r}: expected one of {', '.join(EXTRACTORS)}")
@@ -68,7 +73,15 @@ def evaluate(
         kid_mean, kid_std = kernel_inception_distance(
             reference.kid_features, fake_features, kid_subsets, kid_subset_size, seed
         )
+    scores = {}
+    if precision_recall:
+        names = ("precision", "recall", "density", "coverage")
+        scores = dict.fromkeys(names)
+        if reference.kid_features is not None:
+            found = precision_recall_density_coverage(reference.kid_features, fake_features, k=prdc_k)
+            scores = {name: found[name] for name in names}
     return {
+        **scores,
         "fid": fid,
         "is_mean": is_mean,
         "is_std": is_std,
