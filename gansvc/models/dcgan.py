@@ -3,12 +3,16 @@
 G: a transposed convolution from the noise to a base x base map of width * 2^(k-1) channels, then k
 stride-2 up-convolutions halving the channels (BatchNorm + ReLU), Tanh at the end. D mirrors it with
 stride-2 convolutions and LeakyReLU(0.2), then one base x base convolution to a single logit.
+With classes, G's BatchNorms are conditional and D adds the projection term on its last feature map
+(summed over positions); without classes the layout (and its state_dict) is the plain DCGAN's.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from gansvc.models.conditional import batch_norm, check_labels, run_sequence
 
 
 def layout(image_size: int) -> tuple[int, int]:
@@ -27,29 +31,38 @@ def layout(image_size: int) -> tuple[int, int]:
 class DCGANGenerator(nn.Module):
     """Noise [N, z_dim] -> images [N, C, S, S] in [-1, 1]."""
 
-    def __init__(self, z_dim: int = 100, channels: int = 1, image_size: int = 28, width: int = 64):
+    def __init__(self, z_dim: int = 100, channels: int = 1, image_size: int = 28, width: int = 64,
+                 num_classes: int = 0):  # fmt: skip
         super().__init__()
         self.z_dim = z_dim
+        self.num_classes = num_classes
         self.out_shape = (channels, image_size, image_size)
         base, levels = layout(image_size)
         ch = width * 2 ** (levels - 1)
-        layers: list[nn.Module] = [nn.ConvTranspose2d(z_dim, ch, base, 1, 0, bias=False), nn.BatchNorm2d(ch), nn.ReLU(True)]
+        layers: list[nn.Module] = [nn.ConvTranspose2d(z_dim, ch, base, 1, 0, bias=False), batch_norm(ch, num_classes),
+                                   nn.ReLU(True)]  # fmt: skip
         for _ in range(levels - 1):
-            layers += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ch // 2), nn.ReLU(True)]
+            layers += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False), batch_norm(ch // 2, num_classes),
+                       nn.ReLU(True)]  # fmt: skip
             ch //= 2
         layers += [nn.ConvTranspose2d(ch, channels, 4, 2, 1), nn.Tanh()]
         self.main = nn.Sequential(*layers)
         init_weights(self)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.main(z.view(z.shape[0], -1, 1, 1))
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if not self.num_classes:
+            return self.main(z.view(z.shape[0], -1, 1, 1))
+        check_labels(labels, self.num_classes, z.shape[0])
+        return run_sequence(self.main, z.view(z.shape[0], -1, 1, 1), labels)
 
 
 class DCGANDiscriminator(nn.Module):
     """Images [N, C, S, S] -> one logit each [N]. norm: 'batch' (classic DCGAN) or 'none' (with SN / penalties)."""
 
-    def __init__(self, channels: int = 1, image_size: int = 28, width: int = 64, norm: str = "batch"):
+    def __init__(self, channels: int = 1, image_size: int = 28, width: int = 64, norm: str = "batch",
+                 num_classes: int = 0):  # fmt: skip
         super().__init__()
+        self.num_classes = num_classes
         if norm not in ("batch", "none"):
             raise ValueError(f"norm must be 'batch' or 'none', got {norm!r}")
         base, levels = layout(image_size)
@@ -63,10 +76,17 @@ class DCGANDiscriminator(nn.Module):
             ch *= 2
         layers.append(nn.Conv2d(ch, 1, base, 1, 0))
         self.main = nn.Sequential(*layers)
+        self.embed = nn.Embedding(num_classes, ch) if num_classes else None
         init_weights(self)
+        if self.embed is not None:
+            nn.init.normal_(self.embed.weight, 0.0, 0.02)  # the projection starts as small as the other weights
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.main(x).view(-1)
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if self.embed is None:
+            return self.main(x).view(-1)
+        check_labels(labels, self.num_classes, x.shape[0])
+        h = self.main[:-1](x)
+        return self.main[-1](h).view(-1) + (self.embed(labels) * h.sum(dim=(2, 3))).sum(1)
 
 
 def init_weights(module: nn.Module) -> None:
@@ -76,6 +96,6 @@ def init_weights(module: nn.Module) -> None:
             nn.init.normal_(m.weight, 0.0, 0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
+        elif isinstance(m, nn.BatchNorm2d) and m.affine:  # conditional BatchNorm keeps its own (1, 0) start
             nn.init.normal_(m.weight, 1.0, 0.02)
             nn.init.zeros_(m.bias)

@@ -17,27 +17,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
+from gansvc.models.conditional import batch_norm, check_labels
 from gansvc.models.dcgan import layout
-
-
-class ConditionalBatchNorm(nn.Module):
-    """BatchNorm whose scale and shift are chosen by the class label (plain BatchNorm without classes)."""
-
-    def __init__(self, channels: int, num_classes: int):
-        super().__init__()
-        self.num_classes = num_classes
-        self.bn = nn.BatchNorm2d(channels, affine=num_classes == 0)
-        if num_classes:
-            self.scale = nn.Embedding(num_classes, channels)
-            self.shift = nn.Embedding(num_classes, channels)
-            nn.init.ones_(self.scale.weight)
-            nn.init.zeros_(self.shift.weight)
-
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        x = self.bn(x)
-        if not self.num_classes:
-            return x
-        return x * self.scale(labels)[:, :, None, None] + self.shift(labels)[:, :, None, None]
 
 
 class SelfAttention(nn.Module):
@@ -65,13 +46,15 @@ class GeneratorBlock(nn.Module):
 
     def __init__(self, cin: int, cout: int, num_classes: int):
         super().__init__()
-        self.bn1, self.bn2 = ConditionalBatchNorm(cin, num_classes), ConditionalBatchNorm(cout, num_classes)
+        self.bn1, self.bn2 = batch_norm(cin, num_classes), batch_norm(cout, num_classes)
+        self.conditional = num_classes > 0
         self.conv1, self.conv2 = nn.Conv2d(cin, cout, 3, 1, 1), nn.Conv2d(cout, cout, 3, 1, 1)
         self.shortcut = nn.Conv2d(cin, cout, 1)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        h = F.interpolate(F.relu(self.bn1(x, labels)), scale_factor=2, mode="nearest")
-        h = self.conv2(F.relu(self.bn2(self.conv1(h), labels)))
+        extra = (labels,) if self.conditional else ()
+        h = F.interpolate(F.relu(self.bn1(x, *extra)), scale_factor=2, mode="nearest")
+        h = self.conv2(F.relu(self.bn2(self.conv1(h), *extra)))
         return h + self.shortcut(F.interpolate(x, scale_factor=2, mode="nearest"))
 
 
@@ -113,7 +96,7 @@ class ResNetGenerator(nn.Module):
         self.out = nn.Conv2d(width, channels, 3, 1, 1)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        _check_labels(labels, self.num_classes, z.shape[0])
+        check_labels(labels, self.num_classes, z.shape[0])
         h = self.linear(z.flatten(1)).view(z.shape[0], self.width, self.base, self.base)
         for i, block in enumerate(self.blocks):
             h = block(h, labels)
@@ -148,7 +131,7 @@ class ResNetDiscriminator(nn.Module):
         self.embed = spectral_norm(nn.Embedding(num_classes, width)) if num_classes else None
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        _check_labels(labels, self.num_classes, x.shape[0])
+        check_labels(labels, self.num_classes, x.shape[0])
         h = x
         for i, block in enumerate(self.blocks):
             h = block(h)
@@ -160,9 +143,3 @@ class ResNetDiscriminator(nn.Module):
         if self.embed is not None:
             logits = logits + (self.embed(labels) * h).sum(1)  # projection (Miyato & Koyama 2018)
         return logits
-
-
-def _check_labels(labels: torch.Tensor | None, num_classes: int, n: int) -> None:
-    if num_classes and (labels is None or labels.shape != (n,)):
-        raise ValueError(f"labels: a conditional model needs one label per sample ([{n}]), got "
-                         f"{None if labels is None else list(labels.shape)}")  # fmt: skip
