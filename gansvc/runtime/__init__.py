@@ -1,0 +1,1 @@
+"""The layer beneath train and service: registry of names, run-directory layout, events, processes."""
