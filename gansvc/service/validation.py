@@ -226,7 +226,8 @@ def _samples(tensor: pb.Tensor) -> np.ndarray:
         raise InvalidField("samples.shape", f"got C = {shape[1]} channels, expected 1 or 3")
     dtypes = {pb.DTYPE_UINT8: np.dtype(np.uint8), pb.DTYPE_FLOAT32: np.dtype("<f4")}
     if tensor.dtype not in dtypes:
-        raise InvalidField("samples.dtype", f"got {pb.DType.Name(tensor.dtype)}, expected DTYPE_UINT8 or DTYPE_FLOAT32")
+        name = pb.DType.Name(tensor.dtype) if tensor.dtype in pb.DType.values() else str(tensor.dtype)
+        raise InvalidField("samples.dtype", f"got {name}, expected DTYPE_UINT8 or DTYPE_FLOAT32")
     dtype = dtypes[tensor.dtype]
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(tensor.data) != expected:
