@@ -71,7 +71,7 @@ class TrainSpec:
     gradient_penalty: float = setting(0.0, "WGAN-GP weight (0 = off)", min=0.0, max=1e6)
     r1_gamma: float = setting(0.0, "R1 penalty weight on real data (0 = off)", min=0.0, max=1e6)
     n_critic: int = setting(1, "D steps per G step", min=1, max=100)
-    real_label: float = setting(1.0, "bce target for real samples (< 1: one-sided label smoothing)")
+    real_label: float = setting(1.0, "bce target for real samples (< 1: one-sided label smoothing)", min=0.0, max=1.0)
     # optimisation
     batch_size: int = setting(64, "global batch size", min=1, max=65536)
     epochs: float = setting(0.0, "passes over the data (or give --steps)", min=0.0, max=1e6)
@@ -79,11 +79,12 @@ class TrainSpec:
     # Two time scales, G the faster. Measured on Fashion-MNIST (DCGAN, 2990 steps, fmnist-cnn FID):
     # 2e-4 / 2e-4 gave 87.7, G 1e-3 / D 4e-4 gave 47.0 (G 1.6e-3: 43.9); hinge + spectral norm learnt
     # slower than BatchNorm in D on such budgets (see bench/quality.py and the README).
-    lr_g: float = setting(1e-3, "G's learning rate")
-    lr_d: float = setting(4e-4, "D's learning rate")
-    beta1: float = setting(0.5, "Adam beta1")
-    beta2: float = setting(0.999, "Adam beta2")
-    ema_decay: float = setting(0.999, "EMA decay of G's weights (0 = no EMA; a short warm-up)")
+    lr_g: float = setting(1e-3, "G's learning rate", min=0.0, max=1.0)
+    lr_d: float = setting(4e-4, "D's learning rate", min=0.0, max=1.0)
+    beta1: float = setting(0.5, "Adam beta1", min=0.0, max=1.0)
+    beta2: float = setting(0.999, "Adam beta2", min=0.0, max=1.0)
+    ema_decay: float = setting(0.999, "EMA decay of G's weights (0 = no EMA; a short warm-up)", min=0.0,
+                        max=1.0)  # fmt: skip
     precision: str = setting("fp32", " | ".join(registry.precision_names()) + " (autocast)",
                              choices=registry.precision_names)  # fmt: skip
     device: str = setting("auto", "auto | cpu | cuda | cuda:N")
