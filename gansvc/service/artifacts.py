@@ -76,7 +76,9 @@ def resolve_artifact(run_dir: Path, name: str, field: str = "name") -> Path:
     if root not in path.parents:
         raise InvalidField(field, f"{paths.short_repr(name)} leaves the job's run directory")
     if not paths.is_file(path):  # never an OSError: a 300-character name is simply not an artifact
-        raise MissingReference(field, f"job {run_dir.name} has no artifact {paths.short_repr(name)} (see ListArtifacts)")
+        raise MissingReference(
+            field, f"job {run_dir.name} has no artifact {paths.short_repr(name)} (see ListArtifacts)"
+        )
     return path
 
 
