@@ -6,6 +6,10 @@ import argparse
 import importlib
 import sys
 
+# UsageError lives beneath the subcommand modules (they raise it, this module imports them); it stays
+# importable from here for older callers.
+from gansvc.runtime.console import UsageError
+
 # name -> (module, help). Each module defines `add_arguments(name, parser)` and
 # `run(name, args) -> int`; modules are imported only when their command runs, so that
 # `gansvc --help` and the light commands do not pay for torch or grpc imports they do not use.
@@ -22,10 +26,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "download": ("gansvc.service.cli", "download a job's checkpoint or exported generator"),
     "health": ("gansvc.service.cli", "check that a service answers SERVING"),
 }
-
-
-class UsageError(Exception):
-    """Bad command-line input: printed as `gansvc: error: ...` and exit code 2."""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,8 +11,14 @@ import numpy as np
 import torch
 
 from gansvc.atomic import atomic_write_bytes
+from gansvc.runtime import paths
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+
+
+def uint8_to_unit_range(images: torch.Tensor) -> torch.Tensor:
+    """Return uint8 images [0, 255] as float32 in [-1, 1] (x / 127.5 - 1, correctly rounded), on their device."""
+    return images.to(torch.float32).div_(127.5).sub_(1.0)
 
 
 def to_uint8(images) -> np.ndarray:
@@ -68,9 +74,70 @@ def save_grid(images, path: str | os.PathLike, nrow: int | None = None) -> Path:
 def list_images(folder: str | os.PathLike) -> list[Path]:
     """Return the image files directly in `folder` (and its subfolders), sorted by path."""
     folder = Path(folder)
-    if not folder.is_dir():
+    if not paths.is_dir(folder):
         raise FileNotFoundError(f"image folder {str(folder)!r} does not exist")
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def count_images(folder: str | os.PathLike, stop_at: int | None = None) -> int:
+    """Return how many image files list_images finds in `folder`, counting no further than `stop_at`."""
+    count = 0
+    for path in Path(folder).rglob("*"):
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+            count += 1
+            if stop_at is not None and count >= stop_at:
+                break
+    return count
+
+
+# Pillow modes that hold one grey channel: an image folder of only these is read as C = 1.
+GREY_MODES = ("1", "L", "LA", "I", "I;16")
+
+
+def read_images(files: list[Path], size: int | None = None) -> torch.Tensor:
+    """Return image files as one uint8 tensor [N, C, H, W]: C = 1 when every image is grey, else 3.
+
+    size: each image center-cropped to a square and resized to size x size (Lanczos); None: the
+    images must share one size (a ValueError names the odd one out). An unreadable file is a ValueError.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    pictures = []
+    for file in files:
+        try:
+            with Image.open(file) as picture:
+                picture.load()
+                pictures.append(picture.copy() if size is None else _square(picture, size))
+        except (UnidentifiedImageError, OSError) as error:
+            raise ValueError(f"{file}: cannot read this image ({error})") from None
+    if not pictures:
+        raise ValueError("no images to read")
+    grey = all(p.mode in GREY_MODES for p in pictures)
+    first = pictures[0].size
+    arrays = []
+    for file, picture in zip(files, pictures):
+        if picture.size != first:
+            raise ValueError(f"{file}: size {picture.size} differs from {first} of {files[0].name}")
+        array = np.asarray(picture.convert("L" if grey else "RGB"), dtype=np.uint8)
+        arrays.append(array[None] if grey else array.transpose(2, 0, 1))
+    return torch.from_numpy(np.ascontiguousarray(np.stack(arrays)))
+
+
+def _square(picture, size: int):
+    """Return the picture center-cropped to a square and resized to size x size (its mode kept)."""
+    from PIL import Image
+
+    if picture.mode not in GREY_MODES + ("RGB",):
+        picture = picture.convert("RGB")  # palette, CMYK, RGBA, ...: resampled as colour
+    elif picture.mode in ("1", "I", "I;16", "LA"):
+        picture = picture.convert("L")  # Lanczos needs 8 bits per channel; grey stays grey
+    width, height = picture.size
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    picture = picture.crop((left, top, left + side, top + side))
+    if side != size:
+        picture = picture.resize((size, size), Image.Resampling.LANCZOS)
+    return picture
 
 
 def load_png_folder(path: str | os.PathLike) -> torch.Tensor:
@@ -78,22 +145,7 @@ def load_png_folder(path: str | os.PathLike) -> torch.Tensor:
 
     The images must share one size (see gansvc.data.folder to resize); the error names the odd one out.
     """
-    from PIL import Image
-
     files = list_images(path)
     if not files:
         raise ValueError(f"image folder {str(path)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    pictures = []
-    for file in files:
-        with Image.open(file) as picture:
-            picture.load()
-            pictures.append((file, picture.copy()))
-    grey = all(p.mode in ("L", "1", "I;16", "I") for _, p in pictures)
-    size = pictures[0][1].size
-    arrays = []
-    for file, picture in pictures:
-        if picture.size != size:
-            raise ValueError(f"{file}: size {picture.size} differs from {size} of {pictures[0][0].name}")
-        array = np.asarray(picture.convert("L" if grey else "RGB"), dtype=np.uint8)
-        arrays.append(array[None] if grey else array.transpose(2, 0, 1))
-    return torch.from_numpy(np.stack(arrays))
+    return read_images(files)

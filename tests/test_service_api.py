@@ -75,6 +75,9 @@ def wait_running(client, job_id, min_step=1, timeout=120.0):
 def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     (root / "empty-images").mkdir()
+    (root / "broken-images").mkdir()
+    for index in range(40):  # enough files for a batch of 32, none of them an image: the worker fails
+        (root / "broken-images" / f"{index}.png").write_bytes(b"not a png")
     outside = tmp_path_factory.mktemp("outside")
     (root / "escape").symlink_to(outside)
     return root
@@ -399,10 +402,13 @@ def test_killed_worker_fails_the_job_and_the_server_lives_on(client):
 
 
 def test_a_failing_run_reports_its_reason(client):
-    job = client.submit_training(dict(TINY, dataset="folder:empty-images"))
+    # an empty folder is refused at submit: the batch cannot be filled from it
+    code, details = code_of(lambda: client.submit_training(dict(TINY, dataset="folder:empty-images")))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("batch_size:") and "0 samples" in details
+    job = client.submit_training(dict(TINY, dataset="folder:broken-images"))
     done = client.wait(job.id, timeout=120)
     assert state_name(done.state) == "FAILED"
-    assert "empty-images" in done.message and "no images" in done.message, done.message
+    assert "0.png" in done.message and "cannot read this image" in done.message, done.message
     last = history(client, job.id)[-1]
     assert state_name(last.state.state) == "FAILED" and last.state.reason == done.message
 

@@ -10,9 +10,11 @@ import os
 
 from gansvc.data.datasets import DatasetNotFound, ImageData, load_idx_dataset
 from gansvc.data.mixture import PointData
+from gansvc.runtime import registry
 
-IMAGE_DATASETS = ("fashion-mnist", "mnist", "cifar10")  # plus folder:PATH
-ALL_DATASETS = IMAGE_DATASETS + ("gaussian-mixture",)
+# Kept importable; the names live in gansvc.runtime.registry.
+IMAGE_DATASETS = registry.image_dataset_names()  # plus folder:PATH
+ALL_DATASETS = registry.dataset_names()
 
 
 def load_images(
@@ -24,10 +26,10 @@ def load_images(
     (None = the default places). `download=True` fetches fashion-mnist, mnist or cifar10 into `root`
     with torchvision when they are missing (needs internet; never done unless asked).
     """
-    if name.startswith("folder:"):
+    if registry.is_folder_dataset(name):
         from gansvc.data.folder import load_image_folder
 
-        return load_image_folder(name[len("folder:") :], image_size)
+        return load_image_folder(registry.folder_path(name), image_size)
     if name == "gaussian-mixture":
         raise ValueError("dataset 'gaussian-mixture' holds 2-D points, not images: use gansvc.data.load_dataset")
     if name not in IMAGE_DATASETS:

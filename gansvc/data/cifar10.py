@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from gansvc.data.datasets import DatasetNotFound, ImageData
+from gansvc.runtime import paths
 
 FOLDER = "cifar-10-batches-py"
 ARCHIVE = "cifar-10-python.tar.gz"
@@ -64,11 +65,11 @@ def load_cifar10(split: str = "train", root: str | os.PathLike | None = None) ->
     roots = _candidate_roots(root)
     for folder in roots:
         for batch_dir in (folder, folder / FOLDER):
-            if all((batch_dir / name).is_file() for name in names):
+            if all(paths.is_file(batch_dir / name) for name in names):
                 parts = [_decode_batch((batch_dir / name).read_bytes(), str(batch_dir / name)) for name in names]
                 return _join(parts)
         archive = folder / ARCHIVE
-        if archive.is_file():
+        if paths.is_file(archive):
             with tarfile.open(archive, "r:gz") as tar:
                 parts = []
                 for name in names:

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from gansvc.data.idx import read_idx
+from gansvc.runtime import paths
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -39,7 +40,7 @@ def _find_idx(root: Path, stem: str) -> Path | None:
     """Return the IDX file `stem` under root (plain or .gz, also torchvision's */raw layout)."""
     for folder in (root, root / "raw", root / "FashionMNIST" / "raw", root / "MNIST" / "raw"):
         for name in (stem, stem + ".gz"):
-            if (folder / name).is_file():
+            if paths.is_file(folder / name):
                 return folder / name
     return None
 

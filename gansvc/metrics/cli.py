@@ -12,7 +12,8 @@ import json
 import os
 import sys
 
-from gansvc.cli import UsageError
+from gansvc.runtime import registry
+from gansvc.runtime.console import UsageError
 
 
 def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
@@ -23,12 +24,12 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
         "or a folder of PNG/JPEG images",
     )
     parser.add_argument(
-        "--real", default="fashion-mnist:test", metavar="SPEC",
+        "--real", default=registry.DEFAULT_REAL, metavar="SPEC",
         help="real images: a data set NAME[:SPLIT] (fashion-mnist:test, mnist:train, cifar10:test, folder:PATH), "
         "a file or folder of images, or a statistics .npz with mu and sigma (default: %(default)s)",
     )
     parser.add_argument(
-        "--extractor", default="auto", choices=("auto", "fmnist-cnn", "inception-v3"),
+        "--extractor", default="auto", choices=("auto", *registry.extractor_names()),
         help="feature network; auto = fmnist-cnn for 1x28x28 images, inception-v3 otherwise (default: auto)",
     )
     parser.add_argument(
@@ -85,6 +86,8 @@ def run(name: str, args) -> int:
         fake = load_image_set(args.fake, args.pixel_range)
     except ImageFileError as error:
         raise UsageError(f"--fake {error}") from None
+    except OSError as error:  # a name the file system refuses (too long, no permission, ...)
+        raise UsageError(f"--fake {args.fake!r}: {error.strerror or error}") from None
     extractor = args.extractor
     if extractor == "auto":
         extractor = "fmnist-cnn" if extractor_fits("fmnist-cnn", fake.shape[1:]) else "inception-v3"
@@ -98,6 +101,8 @@ def run(name: str, args) -> int:
         raise UsageError(f"--real {error}") from None
     except (DatasetNotFound, FileNotFoundError, ValueError) as error:
         raise UsageError(str(error)) from None
+    except OSError as error:  # a --real, --data-root or weights path the file system refuses
+        raise UsageError(f"{error.filename or ''}: {error.strerror or error}") from None
     report = {
         "fid": result["fid"],
         "is": {"mean": result["is_mean"], "std": result["is_std"]},

@@ -16,7 +16,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-EXTRACTORS = ("fmnist-cnn", "inception-v3")
+from gansvc.images import uint8_to_unit_range
+from gansvc.runtime import registry
+
+EXTRACTORS = registry.extractor_names()  # kept importable; the names live in the registry
 # Float images may overshoot [-1, 1] by this much (resampling, bf16 rounding) before being clamped.
 _RANGE_SLACK = 1e-3
 
@@ -36,7 +39,7 @@ def extractor_fits(name: str, image_shape) -> bool:
 def images_to_unit_range(images: torch.Tensor) -> torch.Tensor:
     """Return images (uint8, or float in [-1, 1]) as float32 in [-1, 1]; error for floats far outside."""
     if images.dtype == torch.uint8:
-        return images.to(torch.float32).div_(127.5).sub_(1.0)
+        return uint8_to_unit_range(images)
     if not images.dtype.is_floating_point:
         raise ValueError(f"images must be uint8 or floating point in [-1, 1], got {images.dtype}")
     images = images.to(torch.float32)

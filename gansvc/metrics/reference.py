@@ -27,6 +27,8 @@ from tqdm import tqdm
 
 from gansvc.metrics.features import FeatureExtractor
 from gansvc.metrics.fid import FeatureStats, GaussianStatistics, load_statistics, save_statistics
+from gansvc.runtime import paths
+from gansvc.runtime.registry import parse_real
 
 CACHE_ENV = "GANSVC_CACHE_DIR"
 # Real feature rows kept for KID (a seeded random subset when the set is larger): KID's subsets of
@@ -55,11 +57,11 @@ class RealReference:
 
 
 def parse_dataset_spec(spec: str) -> tuple[str, str]:
-    """Return (data set name, split) of 'NAME[:train|:test]' (split defaults to 'train')."""
-    for split in ("train", "test"):
-        if spec.endswith(":" + split):
-            return spec[: -len(split) - 1], split
-    return spec, "train"
+    """Return (data set name, split) of 'NAME[:train|:test]' or 'folder:PATH' (see registry.parse_real)."""
+    source = parse_real(spec)
+    if source.kind == "path":
+        raise ValueError(f"{spec!r} names a file or folder, not a data set")
+    return source.name, source.split
 
 
 def real_reference(
@@ -73,23 +75,23 @@ def real_reference(
     """Return the statistics of the real set named `real` for `extractor`, from the cache when there."""
     if n_real is not None and n_real < 2:
         raise ValueError(f"n_real must be at least 2, got {n_real}")
-    path = Path(real).expanduser()
-    if path.suffix.lower() == ".npz" and path.is_file() and _is_statistics_file(path):
-        return _statistics_file(path, extractor, n_real)
-    if path.exists():
+    parsed = parse_real(real, is_path=lambda text: paths.exists(Path(text).expanduser()))
+    if parsed.kind == "path":
+        path = Path(parsed.path).expanduser()
+        check = paths.check_path(path)
+        if check.kind is None:
+            raise ValueError(f"real images {real!r}: " + (check.problem if check.refused else "no such file or folder"))
+        if path.suffix.lower() == ".npz" and check.kind == "file" and _is_statistics_file(path):
+            return _statistics_file(path, extractor, n_real)
         from gansvc.metrics.image_files import load_image_set
 
         images = load_image_set(path, pixel_range)
         source = f"file:{path.resolve()}"
     else:
         from gansvc.data import load_images
-        from gansvc.metrics.image_files import ARRAY_SUFFIXES
 
-        if not real.startswith("folder:") and (path.suffix.lower() in ARRAY_SUFFIXES or os.sep in real):
-            raise ValueError(f"real images {real!r}: no such file or folder (nor a data set name)")
-        name, split = parse_dataset_spec(real)
-        images = load_images(name, split, data_root).images
-        source = f"{name}:{split}"
+        images = load_images(parsed.name, parsed.split, data_root).images
+        source = f"{parsed.name}:{parsed.split}"
     if not extractor.fits(images.shape[1:]):
         raise ValueError(
             f"the real images of {real!r} have shape {list(images.shape[1:])}, which the {extractor.name} extractor "
@@ -148,7 +150,7 @@ def _slug(text: str) -> str:
 
 
 def _read_cache(path: Path) -> RealReference | None:
-    if not path.is_file():
+    if not paths.is_file(path):
         return None
     try:
         stats, extra = load_statistics(path)

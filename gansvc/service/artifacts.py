@@ -10,7 +10,21 @@ import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from gansvc.runtime import paths
+from gansvc.runtime.rundir import (
+    checkpoint_steps,
+    generator_source,
+    latest_checkpoint_step,
+    numbered_files,
+    sample_grid_steps,
+)
 from gansvc.service.errors import InvalidField, MissingReference
+
+# The layout is gansvc.runtime.rundir's; these names stay importable from here for the service's callers.
+__all__ = [
+    "ArtifactInfo", "checkpoint_file", "checkpoint_steps", "latest_checkpoint_step", "list_artifacts",
+    "numbered_files", "resolve_artifact", "sample_grid_steps",
+]  # fmt: skip
 
 # Files of a job directory that are the service's own bookkeeping, not results.
 PRIVATE_FILES = frozenset({"worker_input.json", "worker.lock"})
@@ -28,7 +42,7 @@ class ArtifactInfo:
 def list_artifacts(run_dir: Path) -> list[ArtifactInfo]:
     """Return the run directory's files (hidden and bookkeeping files left out), sorted by name."""
     found = []
-    if not run_dir.is_dir():
+    if not paths.is_dir(run_dir):
         return found
     for folder, dirs, files in os.walk(run_dir):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
@@ -58,36 +72,14 @@ def resolve_artifact(run_dir: Path, name: str, field: str = "name") -> Path:
     if len(posix.parts) == 1 and name in PRIVATE_FILES:
         raise MissingReference(field, f"job {run_dir.name} has no artifact {name!r}")
     root = run_dir.resolve()
-    path = (root / posix).resolve()
+    path = (root / posix).resolve()  # non-strict: a name the OS refuses (too long, ...) resolves as it is
     if root not in path.parents:
-        raise InvalidField(field, f"{name!r} leaves the job's run directory")
-    if not path.is_file():
-        raise MissingReference(field, f"job {run_dir.name} has no artifact {name!r} (see ListArtifacts)")
+        raise InvalidField(field, f"{paths.short_repr(name)} leaves the job's run directory")
+    if not paths.is_file(path):  # never an OSError: a 300-character name is simply not an artifact
+        raise MissingReference(
+            field, f"job {run_dir.name} has no artifact {paths.short_repr(name)} (see ListArtifacts)"
+        )
     return path
-
-
-def numbered_files(folder: Path, suffix: str) -> dict[int, Path]:
-    """Return {step: path} for the files step_N<suffix> in `folder`."""
-    found = {}
-    try:
-        names = os.listdir(folder)
-    except FileNotFoundError:
-        return found
-    for name in names:
-        digits = name[len("step_") : -len(suffix)]
-        if name.startswith("step_") and name.endswith(suffix) and digits.isdigit():
-            found[int(digits)] = folder / name
-    return found
-
-
-def checkpoint_steps(run_dir: Path) -> dict[int, Path]:
-    """Return {step: path} of the run's checkpoints/step_N.pt files."""
-    return numbered_files(run_dir / "checkpoints", ".pt")
-
-
-def sample_grid_steps(run_dir: Path) -> dict[int, Path]:
-    """Return {step: path} of the run's samples/step_N.png grids."""
-    return numbered_files(run_dir / "samples", ".png")
 
 
 def checkpoint_file(run_dir: Path, step: int, field: str = "checkpoint.step") -> Path:
@@ -96,33 +88,12 @@ def checkpoint_file(run_dir: Path, step: int, field: str = "checkpoint.step") ->
     Raises MissingReference naming `field` when there is none.
     """
     if step == 0:
-        for candidate in (run_dir / "generator.pt", run_dir / "checkpoints" / "latest.pt"):
-            if candidate.is_file():
-                return candidate
-        raise MissingReference(field, f"job {run_dir.name} has no checkpoint yet")
+        source = generator_source(run_dir)
+        if source is None:
+            raise MissingReference(field, f"job {run_dir.name} has no checkpoint yet")
+        return source
     steps = checkpoint_steps(run_dir)
     if step not in steps:
         known = ", ".join(map(str, sorted(steps))) or "none yet"
         raise MissingReference(field, f"job {run_dir.name} has no checkpoint at step {step} (steps kept: {known})")
     return steps[step]
-
-
-def latest_checkpoint_step(run_dir: Path) -> int | None:
-    """Return the step of checkpoints/latest.pt (the one a resumed run starts from), or None without one.
-
-    latest.pt is a hard link to its step file, so the inode names the step without loading the file;
-    where it is a copy, the newest step file is the best answer.
-    """
-    latest = run_dir / "checkpoints" / "latest.pt"
-    try:
-        inode = latest.stat().st_ino
-    except FileNotFoundError:
-        return None
-    steps = checkpoint_steps(run_dir)
-    for step, path in steps.items():
-        try:
-            if path.stat().st_ino == inode:
-                return step
-        except FileNotFoundError:
-            continue
-    return max(steps) if steps else None

@@ -12,7 +12,8 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
-from gansvc.service.artifacts import checkpoint_file, latest_checkpoint_step, sample_grid_steps
+from gansvc.runtime.rundir import LATEST_SAMPLES, SAMPLES, latest_samples_path, sample_grid_steps
+from gansvc.service.artifacts import checkpoint_file, latest_checkpoint_step
 from gansvc.service.errors import InvalidField, MissingReference, WrongState
 from gansvc.service.messages import pb
 
@@ -45,14 +46,14 @@ class SampleRenderer:
     def _stored_grid(self, run_dir: Path, step: int) -> pb.Samples:
         grids = sample_grid_steps(run_dir)
         if step == 0:
-            latest = run_dir / "samples" / "latest.png"
+            latest = latest_samples_path(run_dir)
             if not latest.is_file():
                 raise MissingReference("job_id", f"job {run_dir.name} has drawn no samples yet")
-            return pb.Samples(png=latest.read_bytes(), step=max(grids, default=0), source="samples/latest.png")
+            return pb.Samples(png=latest.read_bytes(), step=max(grids, default=0), source=f"{SAMPLES}/{LATEST_SAMPLES}")
         if step not in grids:
             known = ", ".join(map(str, sorted(grids))) or "none yet"
             raise MissingReference("step", f"job {run_dir.name} has no sample grid at step {step} (steps: {known})")
-        return pb.Samples(png=grids[step].read_bytes(), step=step, source=f"samples/{grids[step].name}")
+        return pb.Samples(png=grids[step].read_bytes(), step=step, source=f"{SAMPLES}/{grids[step].name}")
 
     def _generated(self, run_dir: Path, request: pb.GetSamplesRequest) -> pb.Samples:
         from gansvc.images import encode_png
@@ -93,7 +94,10 @@ class SampleRenderer:
 
         from gansvc.train.sampling import load_generator
 
-        stat = path.stat()
+        try:
+            stat = path.stat()
+        except FileNotFoundError:  # pruned by the trainer (keep_checkpoints) since it was listed
+            raise MissingReference("step", f"{path.name} was removed meanwhile; ask again") from None
         key = (str(path), stat.st_ino, stat.st_mtime_ns)
         with self._cache_lock:
             if key in self._cache:
@@ -102,7 +106,12 @@ class SampleRenderer:
         with self._slots:
             if torch.get_num_threads() > self._threads:
                 torch.set_num_threads(max(1, min(self._threads, os.cpu_count() or 1)))
-            generator, _ = load_generator(path, "cpu")
+            try:
+                generator, _ = load_generator(path, "cpu")
+            except FileNotFoundError:
+                raise MissingReference("step", f"{path.name} was removed meanwhile; ask again") from None
+            except ValueError as error:  # a damaged file: the job's state, not the request, is at fault
+                raise WrongState(str(error)) from None
         with self._cache_lock:
             self._cache[key] = generator
             while len(self._cache) > _CACHE_SIZE:

@@ -14,18 +14,19 @@ from pathlib import Path
 
 import numpy as np
 
+from gansvc.runtime import paths as _paths
+from gansvc.runtime import registry
 from gansvc.service.artifacts import checkpoint_file
 from gansvc.service.devices import DevicePool
 from gansvc.service.errors import InvalidField, MissingReference
 from gansvc.service.messages import pb, training_spec_to_dict
 
 MAX_REQUEST_ID = 128
-MAX_EVAL_SAMPLES = 100_000
-DEFAULT_EVAL_SAMPLES = 5000
-DEFAULT_REAL = "fashion-mnist:test"
-EXTRACTORS = ("fmnist-cnn", "inception-v3")  # as gansvc.metrics.features.EXTRACTORS
-REAL_DATASETS = ("fashion-mnist", "mnist", "cifar10")
-SPLITS = ("train", "test")
+# Kept importable; the values live in gansvc.runtime.registry.
+MAX_EVAL_SAMPLES = registry.MAX_EVAL_SAMPLES
+DEFAULT_EVAL_SAMPLES = registry.DEFAULT_EVAL_SAMPLES
+DEFAULT_REAL = registry.DEFAULT_REAL
+SPLITS = registry.SPLITS
 
 
 @dataclass(frozen=True)
@@ -35,12 +36,12 @@ class DataRoots:
     roots: tuple[Path, ...]
 
     @classmethod
-    def of(cls, paths) -> DataRoots:
+    def of(cls, folders) -> DataRoots:
         """Return the data roots for a list of folders (each must exist)."""
         resolved = []
-        for path in paths:
+        for path in folders:
             real = Path(path).expanduser().resolve()
-            if not real.is_dir():
+            if not _paths.is_dir(real):
                 raise ValueError(f"--data-root {str(path)!r} is not a folder")
             resolved.append(real)
         return cls(tuple(resolved))
@@ -51,26 +52,33 @@ class DataRoots:
         Relative paths are taken relative to each root in turn (the first that exists wins).
         `expect` is 'dir', 'file' or 'any': the path must exist (and be one).
         """
+        shown = _paths.short_repr(value)
         if "\x00" in value:
-            raise InvalidField(field, f"{value!r} contains a NUL character")
+            raise InvalidField(field, f"{shown} contains a NUL character")
         path = Path(value)
         if ".." in path.parts:
-            raise InvalidField(field, f"{value!r}: '..' is not allowed in paths")
+            raise InvalidField(field, f"{shown}: '..' is not allowed in paths")
         if not self.roots:
-            raise InvalidField(field, f"{value!r} is not allowed: this server was started without --data-root")
+            raise InvalidField(field, f"{shown} is not allowed: this server was started without --data-root")
         roots = ", ".join(str(r) for r in self.roots)
         if path.is_absolute():
             candidates = [path]
         else:  # relative to each root in turn; a name that exists in none is reported as missing below
             candidates = [root / path for root in self.roots if os.path.lexists(root / path)] or [self.roots[0] / path]
-        for candidate in candidates:
-            real = candidate.resolve()  # follows every symlink, so a link out of a root is caught here
-            if not any(real == root or root in real.parents for root in self.roots):
-                raise InvalidField(field, f"{value!r} is outside the server's data roots ({roots})")
-            if real.is_dir() if expect == "dir" else real.is_file() if expect == "file" else real.exists():
-                return str(real)
         kind = {"dir": "folder", "file": "file"}.get(expect, "file or folder")
-        raise InvalidField(field, f"{value!r}: no such {kind} under the server's data roots ({roots})")
+        for candidate in candidates:
+            try:
+                real = candidate.resolve()  # follows every symlink, so a link out of a root is caught here
+            except (OSError, RuntimeError) as error:  # a symlink loop, ...
+                raise InvalidField(field, f"{shown}: cannot be resolved ({error})") from None
+            if not any(real == root or root in real.parents for root in self.roots):
+                raise InvalidField(field, f"{shown} is outside the server's data roots ({roots})")
+            check = _paths.check_path(real)  # never raises: too long, no permission, ... come back as a problem
+            if check.refused:
+                raise InvalidField(field, f"{shown}: cannot be used as a {kind} ({check.problem})")
+            if check.kind == expect or (expect == "any" and check.kind is not None):
+                return str(real)
+        raise InvalidField(field, f"{shown}: no such {kind} under the server's data roots ({roots})")
 
 
 def check_request_id(field: str, value: str) -> str | None:
@@ -105,11 +113,15 @@ def training_spec(message: pb.TrainingSpec, roots: DataRoots, pool: DevicePool) 
     settings = training_spec_to_dict(message)
     if settings.get("data_root"):
         settings["data_root"] = roots.confine("data_root", settings["data_root"], "dir")
-    dataset = settings.get("dataset", "")
-    if dataset.startswith("folder:") and dataset[len("folder:") :].strip():
-        settings["dataset"] = "folder:" + roots.confine("dataset", dataset[len("folder:") :], "dir")
+    folder = registry.folder_path(settings.get("dataset", ""))
+    if folder is not None and folder.strip():
+        settings["dataset"] = registry.FOLDER_PREFIX + roots.confine("dataset", folder, "dir")
     try:
         spec = TrainSpec.from_dict(settings)
+        if spec.folder_path is not None:  # what the trainer would find: refuse a batch the folder cannot fill
+            from gansvc.images import count_images
+
+            spec.check_dataset_size(count_images(spec.folder_path, stop_at=spec.batch_size))
     except SpecError as error:
         message = error.message
         if error.field in settings:  # every refusal names the value, also for a bad combination
@@ -174,24 +186,21 @@ def evaluation_spec(message: pb.EvaluationSpec, roots: DataRoots, pool: DevicePo
 
 def _reference(message: pb.EvaluationSpec, roots: DataRoots) -> dict:
     """Return real / data_root / extractor / inception_weights, checked."""
-    real = message.real or DEFAULT_REAL
-    if real.startswith("folder:"):
-        real = "folder:" + roots.confine("real", real[len("folder:") :], "dir")
-    elif "/" in real or real.endswith(".npz"):  # a file or folder of images, or a statistics .npz
-        real = roots.confine("real", real, "any")
-    else:
-        name, _, split = real.partition(":")
-        if name not in REAL_DATASETS:
-            raise InvalidField(
-                "real", f"got {real!r}, expected DATASET[:SPLIT] with DATASET one of {', '.join(REAL_DATASETS)}, "
-                "folder:PATH, or a statistics .npz / image folder under a data root",
-            )  # fmt: skip
-        if split and split not in SPLITS:
-            raise InvalidField("real", f"got {real!r}: the split must be one of {', '.join(SPLITS)}")
+    real = message.real or registry.DEFAULT_REAL
+    try:
+        source = registry.parse_real(real)
+    except ValueError as error:
+        raise InvalidField("real", f"{_paths.short_repr(real)}: {error}") from None
+    if source.kind == "folder":
+        real = registry.FOLDER_PREFIX + roots.confine("real", source.path, "dir")
+    elif source.kind == "path":  # a file or folder of images, or a statistics .npz
+        real = roots.confine("real", source.path, "any")
     data_root = roots.confine("data_root", message.data_root, "dir") if message.data_root else ""
-    extractor = message.extractor or "fmnist-cnn"
-    if extractor not in EXTRACTORS:
-        raise InvalidField("extractor", f"got {extractor!r}, expected one of {', '.join(EXTRACTORS)}")
+    extractor = message.extractor or registry.DEFAULT_EXTRACTOR
+    if extractor not in registry.extractor_names():
+        raise InvalidField(
+            "extractor", f"got {_paths.short_repr(extractor)}, expected one of {', '.join(registry.extractor_names())}"
+        )
     weights = ""
     if extractor == "inception-v3":
         if message.inception_weights:
@@ -217,7 +226,8 @@ def _samples(tensor: pb.Tensor) -> np.ndarray:
         raise InvalidField("samples.shape", f"got C = {shape[1]} channels, expected 1 or 3")
     dtypes = {pb.DTYPE_UINT8: np.dtype(np.uint8), pb.DTYPE_FLOAT32: np.dtype("<f4")}
     if tensor.dtype not in dtypes:
-        raise InvalidField("samples.dtype", f"got {pb.DType.Name(tensor.dtype)}, expected DTYPE_UINT8 or DTYPE_FLOAT32")
+        name = pb.DType.Name(tensor.dtype) if tensor.dtype in pb.DType.values() else str(tensor.dtype)
+        raise InvalidField("samples.dtype", f"got {name}, expected DTYPE_UINT8 or DTYPE_FLOAT32")
     dtype = dtypes[tensor.dtype]
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(tensor.data) != expected:

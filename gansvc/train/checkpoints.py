@@ -1,27 +1,26 @@
-"""Checkpoint files of a run: written atomically, step_NNNNNNN.pt plus latest.pt, older ones pruned."""
+"""Checkpoint files of a run: written atomically, step_NNNNNNN.pt plus latest.pt, older ones pruned.
+
+The names and the format tag are gansvc.runtime.rundir's; this module reads and writes the files.
+"""
 
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import torch
 
 from gansvc.atomic import atomic_torch_save
+from gansvc.runtime.rundir import (
+    CHECKPOINT_FORMAT,
+    checkpoint_dir,
+    checkpoint_path,
+    checkpoint_steps,
+    latest_checkpoint,
+    latest_checkpoint_path,
+)
 
-_STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
-
-
-def checkpoint_dir(run_dir: str | os.PathLike) -> Path:
-    """Return run_dir/checkpoints."""
-    return Path(run_dir) / "checkpoints"
-
-
-def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    """Return run_dir/checkpoints/latest.pt if it exists, else None."""
-    path = checkpoint_dir(run_dir) / "latest.pt"
-    return path if path.is_file() else None
+__all__ = ["CHECKPOINT_FORMAT", "checkpoint_dir", "latest_checkpoint", "load_checkpoint", "save_checkpoint"]
 
 
 def save_checkpoint(state: dict, run_dir: str | os.PathLike, step: int, keep: int = 0) -> Path:
@@ -30,21 +29,17 @@ def save_checkpoint(state: dict, run_dir: str | os.PathLike, step: int, keep: in
     latest.pt is a hard link to the step file (renamed into place, so it is never half-written);
     where links are not possible it is a second copy.
     """
-    folder = checkpoint_dir(run_dir)
-    path = atomic_torch_save(state, folder / f"step_{step:07d}.pt")
-    latest = folder / "latest.pt"
-    tmp = folder / f".latest.{os.getpid()}.tmp"
+    path = atomic_torch_save(state, checkpoint_path(run_dir, step))
+    latest = latest_checkpoint_path(run_dir)
+    tmp = latest.with_name(f".{latest.name}.{os.getpid()}.tmp")  # the atomic temp pattern: clean_leftovers knows it
     try:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
         os.link(path, tmp)
         os.replace(tmp, latest)
     except OSError:
         atomic_torch_save(state, latest)
     if keep > 0:
-        steps = sorted(
-            (int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_FILE.match(p.name)) and int(m.group(1)) <= step
-        )
+        steps = sorted((s, p) for s, p in checkpoint_steps(run_dir).items() if s <= step)
         for _, old in steps[:-keep]:
             old.unlink(missing_ok=True)
     return path
@@ -57,6 +52,6 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # pickle, zip and I/O errors all mean the same thing to a user
         raise ValueError(f"{path}: not a readable gansvc checkpoint ({error})") from None
-    if not isinstance(state, dict) or state.get("format") != "gansvc-checkpoint":
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a gansvc checkpoint")
     return state

@@ -8,39 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from gansvc.cli import UsageError
-
-_HELP = {
-    "dataset": "fashion-mnist | mnist | cifar10 | folder:PATH | gaussian-mixture",
-    "data_root": "folder holding the data set's files (default: its usual place)",
-    "image_size": "resize images to this many pixels (0 = the data set's own; folders: 64)",
-    "model": "mlp | dcgan",
-    "width": "DCGAN base channel count",
-    "mlp_hidden": "MLP hidden units",
-    "loss": "bce | hinge | wasserstein",
-    "g_saturating": "bce only: the minimax G loss log(1 - D(G(z)))",
-    "spectral_norm": "spectral normalisation of D's layers",
-    "gradient_penalty": "WGAN-GP weight (0 = off)",
-    "r1_gamma": "R1 penalty weight on real data (0 = off)",
-    "n_critic": "D steps per G step",
-    "real_label": "bce target for real samples (< 1: one-sided label smoothing)",
-    "epochs": "passes over the data (or give --steps)",
-    "steps": "generator steps (or give --epochs)",
-    "ema_decay": "EMA decay of G's weights (0 = no EMA)",
-    "precision": "fp32 | bf16 (autocast)",
-    "device": "auto | cpu | cuda | cuda:N",
-    "threads": "CPU threads (0 = all cores)",
-    "sample_every": "steps between sample grids (0 = at the end only)",
-    "eval_every": "steps between FID/IS evaluations (0 = at the end only)",
-    "eval_samples": "samples scored per evaluation (0 = no evaluation)",
-    "checkpoint_every": "steps between checkpoints (0 = at the end only)",
-    "keep_checkpoints": "step checkpoints kept besides latest.pt (0 = all)",
-    "tensorboard": "write TensorBoard event files",
-    "max_minutes": "end cleanly after this many wall-clock minutes (0 = no limit)",
-    "nproc": "processes (devices) per node under torch.distributed; batch-size stays the global batch "
-             "(same as --nproc-per-node)",
-}
-
+from gansvc.runtime.console import UsageError, format_duration
 
 def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
     """Add the options of `gansvc train` or `gansvc sample` to `parser`."""
@@ -59,7 +27,7 @@ def run(name: str, args) -> int:
 
 # ---------------------------------------------------------------------- train
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
-    from gansvc.train.spec import TrainSpec
+    from gansvc.train.spec import TrainSpec, field_help
 
     parser.add_argument("--spec", metavar="FILE", help="TOML or JSON spec file; options given here override it")
     parser.add_argument("--out", "-o", metavar="RUN_DIR", help="run directory (default runs/<model>-<loss>-<time>); "
@@ -85,7 +53,7 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     for field in dataclasses.fields(TrainSpec):
         flag = "--" + field.name.replace("_", "-")
         default = getattr(defaults, field.name)
-        help_text = f"{_HELP.get(field.name, field.name.replace('_', ' '))} (default {default})"
+        help_text = f"{field_help(field.name)} (default {default})"
         if field.type in ("bool", bool):
             parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None,
                                 help=help_text)  # fmt: skip
@@ -236,7 +204,7 @@ def _print_summary(summary: dict, out: Path) -> None:
               "stopped": "stopped (resume with the same command)"}[summary["status"]]  # fmt: skip
     lines = [
         f"gansvc train: {status} at step {summary['step']}/{summary['total_steps']} "
-        f"(epoch {summary['epoch']:.2f}) in {_duration(summary['elapsed_seconds'])}, "
+        f"(epoch {summary['epoch']:.2f}) in {format_duration(summary['elapsed_seconds'])}, "
         f"{summary['images_per_sec']:.0f} images/s on {summary['device']}",
     ]
     final = summary.get("final") or {}
@@ -253,12 +221,6 @@ def _print_summary(summary: dict, out: Path) -> None:
     lines.append(f"  run directory {out}: metrics.jsonl, samples/latest.png, loss_curve.png, generator.pt, "
                  f"checkpoints/, tensorboard/ (tensorboard --logdir {out / 'tensorboard'})")  # fmt: skip
     print("\n".join(lines))
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
 
 
 # ---------------------------------------------------------------------- sample

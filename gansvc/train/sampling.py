@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from gansvc.atomic import atomic_torch_save
+from gansvc.runtime import paths
+from gansvc.runtime.rundir import CHECKPOINT_FORMAT, GENERATOR_FORMAT, generator_source
 from gansvc.train.spec import TrainSpec
-
-GENERATOR_FORMAT = "gansvc-generator"
 
 
 def export_generator(generator: nn.Module, spec: TrainSpec, data_shape, step: int, ema: bool, path) -> Path:
@@ -41,13 +41,14 @@ def sampling_model(generator: nn.Module, spec: TrainSpec, device) -> nn.Module:
 
 def _resolve(path: str | os.PathLike) -> Path:
     path = Path(path)
-    if path.is_dir():
-        for candidate in (path / "generator.pt", path / "checkpoints" / "latest.pt"):
-            if candidate.is_file():
-                return candidate
-        raise FileNotFoundError(f"{path}: no generator.pt or checkpoints/latest.pt in this run directory")
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such run directory, checkpoint or generator file")
+    check = paths.check_path(path)
+    if check.kind == "dir":
+        source = generator_source(path)
+        if source is None:
+            raise FileNotFoundError(f"{path}: no generator.pt or checkpoints/latest.pt in this run directory")
+        return source
+    if check.kind != "file":
+        raise FileNotFoundError(paths.describe_missing(str(path), check, "run directory, checkpoint or generator file"))
     return path
 
 
@@ -65,7 +66,7 @@ def load_generator(path: str | os.PathLike, device="cpu") -> tuple[nn.Module, Tr
     except Exception as error:  # pickle, zip and I/O errors all mean "not a generator" to the user
         raise ValueError(f"{file}: not a readable gansvc generator or checkpoint ({error})") from None
     kind = state.get("format") if isinstance(state, dict) else None
-    if kind not in (GENERATOR_FORMAT, "gansvc-checkpoint"):
+    if kind not in (GENERATOR_FORMAT, CHECKPOINT_FORMAT):
         raise ValueError(f"{file}: not a gansvc generator or checkpoint")
     spec = TrainSpec.from_dict(state["spec"])
     shape = tuple(state["data_shape"])

@@ -8,14 +8,21 @@ import math
 import re
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-DATASETS = ("fashion-mnist", "mnist", "cifar10", "gaussian-mixture")  # plus folder:PATH
-MODELS = ("mlp", "dcgan")
-LOSSES = ("bce", "hinge", "wasserstein")
-PRECISIONS = ("fp32", "bf16")
-DCGAN_SIZES = (28, 32, 64, 128)
+from gansvc.runtime import registry
+
+# Kept importable for callers that read them from here; the names themselves live in the registry.
+DATASETS = registry.dataset_names()  # plus folder:PATH
+MODELS = registry.model_names()
+LOSSES = registry.loss_names()
+PRECISIONS = registry.precision_names()
+DCGAN_SIZES = registry.model_info("dcgan").image_sizes
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+# Bounds that keep a run inside what can run at all; the proto's int32 fields hold every value allowed.
+_MAX_INT32 = 2**31 - 1
+_MAX_STEPS = 10**9  # a billion generator steps is decades of training
+_MAX_INTERVAL = 10**9
 
 
 class SpecError(ValueError):
@@ -27,53 +34,76 @@ class SpecError(ValueError):
         super().__init__(f"{field}: {message}")
 
 
+def setting(
+    default,
+    help: str = "",
+    *,
+    min: float | None = None,
+    max: float | None = None,
+    choices: Callable[[], tuple[str, ...]] | None = None,
+):
+    """Return a TrainSpec field: its default, help text (CLI), inclusive bounds and allowed names (validation)."""
+    return dataclasses.field(default=default, metadata={"help": help, "min": min, "max": max, "choices": choices})
+
+
 @dataclass
 class TrainSpec:
-    """All settings of one training run; JSON/TOML keys are the field names."""
+    """All settings of one training run; JSON/TOML keys are the field names.
+
+    Each field's metadata (see `setting`) is the single source of its help text, bounds and allowed
+    names: the `gansvc train` flags, the service's validation and the proto parity test read it.
+    """
 
     # data
-    dataset: str = "fashion-mnist"  # fashion-mnist | mnist | cifar10 | folder:PATH | gaussian-mixture
-    data_root: str = ""  # "" = the data set's default location
-    image_size: int = 0  # 0 = the data set's own (folder: 64); otherwise images are resized to it
+    dataset: str = setting("fashion-mnist", registry.dataset_choices_text())
+    data_root: str = setting("", "folder holding the data set's files (default: its usual place)")
+    image_size: int = setting(0, "resize images to this many pixels (0 = the data set's own; folders: 64)", min=0,
+                              max=1024)  # fmt: skip
     # models
-    model: str = "dcgan"  # mlp | dcgan
-    z_dim: int = 100
-    width: int = 64  # DCGAN base channels
-    mlp_hidden: int = 256  # MLP hidden units (the seeds' 256)
+    model: str = setting("dcgan", " | ".join(registry.model_names()), choices=registry.model_names)
+    z_dim: int = setting(100, "noise dimensions", min=1, max=4096)
+    width: int = setting(64, "DCGAN base channel count", min=1, max=1024)
+    mlp_hidden: int = setting(256, "MLP hidden units (the seeds' 256)", min=1, max=16384)
     # objective and regularisers
-    loss: str = "bce"  # bce | hinge | wasserstein
-    g_saturating: bool = False  # bce only: the minimax G loss log(1 - D(G(z)))
-    spectral_norm: bool = False  # spectral normalisation of every D layer (replaces D's BatchNorm)
-    gradient_penalty: float = 0.0  # WGAN-GP weight (penalty on ||grad D(x_hat)|| - 1), 0 = off
-    r1_gamma: float = 0.0  # R1 weight (gamma/2 * ||grad D(x)||^2 on real data), 0 = off
-    n_critic: int = 1  # D steps per G step
-    real_label: float = 1.0  # < 1: one-sided label smoothing (bce only)
+    loss: str = setting("bce", " | ".join(registry.loss_names()), choices=registry.loss_names)
+    g_saturating: bool = setting(False, "bce only: the minimax G loss log(1 - D(G(z)))")
+    spectral_norm: bool = setting(False, "spectral normalisation of D's layers (replaces D's BatchNorm)")
+    gradient_penalty: float = setting(0.0, "WGAN-GP weight (0 = off)", min=0.0, max=1e6)
+    r1_gamma: float = setting(0.0, "R1 penalty weight on real data (0 = off)", min=0.0, max=1e6)
+    n_critic: int = setting(1, "D steps per G step", min=1, max=100)
+    real_label: float = setting(1.0, "bce target for real samples (< 1: one-sided label smoothing)", min=0.0, max=1.0)
     # optimisation
-    batch_size: int = 64
-    epochs: float = 0.0  # exactly one of epochs / steps is > 0
-    steps: int = 0  # generator steps
+    batch_size: int = setting(64, "global batch size", min=1, max=65536)
+    epochs: float = setting(0.0, "passes over the data (or give --steps)", min=0.0, max=1e6)
+    steps: int = setting(0, "generator steps (or give --epochs)", min=0, max=_MAX_STEPS)
     # Two time scales, G the faster. Measured on Fashion-MNIST (DCGAN, 2990 steps, fmnist-cnn FID):
     # 2e-4 / 2e-4 gave 87.7, G 1e-3 / D 4e-4 gave 47.0 (G 1.6e-3: 43.9); hinge + spectral norm learnt
     # slower than BatchNorm in D on such budgets (see bench/quality.py and the README).
-    lr_g: float = 1e-3
-    lr_d: float = 4e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-    ema_decay: float = 0.999  # EMA of G's weights (with a short warm-up), 0 = off
-    precision: str = "fp32"  # fp32 | bf16 (autocast: GPUs, and CPUs with bf16 units)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    seed: int = 0
-    threads: int = 0  # CPU threads for torch, 0 = all cores
+    lr_g: float = setting(1e-3, "G's learning rate", min=0.0, max=1.0)
+    lr_d: float = setting(4e-4, "D's learning rate", min=0.0, max=1.0)
+    beta1: float = setting(0.5, "Adam beta1", min=0.0, max=1.0)
+    beta2: float = setting(0.999, "Adam beta2", min=0.0, max=1.0)
+    ema_decay: float = setting(0.999, "EMA decay of G's weights (0 = no EMA; a short warm-up)", min=0.0,
+                        max=1.0)  # fmt: skip
+    precision: str = setting("fp32", " | ".join(registry.precision_names()) + " (autocast)",
+                             choices=registry.precision_names)  # fmt: skip
+    device: str = setting("auto", "auto | cpu | cuda | cuda:N")
+    seed: int = setting(0, "random seed", min=0, max=2**63 - 1)
+    threads: int = setting(0, "CPU threads (0 = all cores)", min=0, max=4096)
     # what the user watches
-    log_every: int = 50
-    sample_every: int = 500  # 0 = at the end only
-    eval_every: int = 0  # 0 = at the end only
-    eval_samples: int = 5000  # 0 = no FID / IS
-    checkpoint_every: int = 1000  # 0 = at the end only
-    keep_checkpoints: int = 0  # newest step_*.pt files kept (latest.pt always); 0 = keep all
-    tensorboard: bool = True  # write TensorBoard event files under run_dir/tensorboard
-    max_minutes: float = 0.0  # 0 = no wall-clock limit
-    nproc: int = 1  # processes (devices) per node under torch.distributed; batch_size is the global batch
+    log_every: int = setting(50, "steps between progress lines", min=1, max=_MAX_INTERVAL)
+    sample_every: int = setting(500, "steps between sample grids (0 = at the end only)", min=0, max=_MAX_INTERVAL)
+    eval_every: int = setting(0, "steps between FID/IS evaluations (0 = at the end only)", min=0, max=_MAX_INTERVAL)
+    eval_samples: int = setting(5000, "samples scored per evaluation (0 = no evaluation)", min=0,
+                                max=registry.MAX_EVAL_SAMPLES)  # fmt: skip
+    checkpoint_every: int = setting(1000, "steps between checkpoints (0 = at the end only)", min=0,
+                                    max=_MAX_INTERVAL)  # fmt: skip
+    keep_checkpoints: int = setting(0, "step checkpoints kept besides latest.pt (0 = all)", min=0, max=_MAX_INT32)
+    tensorboard: bool = setting(True, "write TensorBoard event files under run_dir/tensorboard")
+    max_minutes: float = setting(0.0, "end cleanly after this many wall-clock minutes (0 = no limit)", min=0.0,
+                                 max=1e8)  # fmt: skip
+    nproc: int = setting(1, "processes (devices) per node under torch.distributed; batch-size stays the global "
+                         "batch (same as --nproc-per-node)", min=1, max=1024)  # fmt: skip
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -129,40 +159,42 @@ class TrainSpec:
     # ------------------------------------------------------------------ checks
     def validate(self) -> TrainSpec:
         """Check every setting and their combinations; return self or raise SpecError naming the field."""
-        if self.dataset.startswith("folder:"):
-            if not self.dataset[len("folder:") :].strip():
+        for spec_field in fields(self):  # the bounds and names each field declares
+            _check_declared(spec_field, getattr(self, spec_field.name))
+        info = registry.dataset_info(self.dataset)
+        if registry.is_folder_dataset(self.dataset):
+            if not registry.folder_path(self.dataset).strip():
                 raise SpecError("dataset", "folder:PATH needs a path, e.g. 'folder:/data/faces'")
-        elif self.dataset not in DATASETS:
-            raise SpecError("dataset", f"got {self.dataset!r}, expected one of {', '.join(DATASETS)} or folder:PATH")
-        _at_least("image_size", self.image_size, 0)
+        elif info is None:
+            raise SpecError(
+                "dataset", f"got {self.dataset!r}, expected one of {', '.join(registry.dataset_names())} or folder:PATH"
+            )
         if self.image_size and not 4 <= self.image_size <= 1024:
             raise SpecError("image_size", f"got {self.image_size}, expected 0 (the data set's own) or 4..1024")
-        _choice("model", self.model, MODELS)
-        if self.dataset == "gaussian-mixture":
-            if self.model != "mlp":
-                raise SpecError("model", f"gaussian-mixture is 2-D points: use model 'mlp', not {self.model!r}")
+        model = registry.model_info(self.model)
+        if info is not None and info.kind == "points":
+            if not model.points:
+                points_models = [m for m in registry.model_names() if registry.model_info(m).points]
+                raise SpecError(
+                    "model", f"{self.dataset} is 2-D points: use model {' or '.join(map(repr, points_models))}, not "
+                    f"{self.model!r}",
+                )  # fmt: skip
             if self.image_size:
-                raise SpecError("image_size", "gaussian-mixture has no images: leave image_size at 0")
-        if self.model == "dcgan" and self.image_size and self.image_size not in DCGAN_SIZES:
-            raise SpecError(
-                "image_size", f"dcgan builds {', '.join(map(str, DCGAN_SIZES))} pixel images, got {self.image_size}"
-            )
-        _at_least("z_dim", self.z_dim, 1)
-        _at_least("width", self.width, 1)
-        _at_least("mlp_hidden", self.mlp_hidden, 1)
-        _choice("loss", self.loss, LOSSES)
+                raise SpecError("image_size", f"{self.dataset} has no images: leave image_size at 0")
+        if model.image_sizes is not None:
+            size = self.image_size or (registry.FOLDER_IMAGE_SIZE if info is None else info.shape[-1])
+            if size not in model.image_sizes:
+                field = "image_size" if self.image_size else "dataset"
+                raise SpecError(
+                    field, f"{self.model} builds {', '.join(map(str, model.image_sizes))} pixel images, got {size}"
+                    + ("" if self.image_size else f" (the size of {self.dataset}; set image_size)"),
+                )  # fmt: skip
         if self.g_saturating and self.loss != "bce":
             raise SpecError("g_saturating", f"the saturating G loss exists for loss 'bce' only, not {self.loss!r}")
-        _at_least("gradient_penalty", self.gradient_penalty, 0.0)
-        _at_least("r1_gamma", self.r1_gamma, 0.0)
-        _at_least("n_critic", self.n_critic, 1)
         if not 0.0 < self.real_label <= 1.0:
             raise SpecError("real_label", f"got {self.real_label}, expected 0 < real_label <= 1")
         if self.real_label != 1.0 and self.loss != "bce":
             raise SpecError("real_label", f"label smoothing applies to loss 'bce' only, not {self.loss!r}")
-        _at_least("batch_size", self.batch_size, 1)
-        _at_least("epochs", self.epochs, 0.0)
-        _at_least("steps", self.steps, 0)
         if (self.epochs > 0) == (self.steps > 0):
             field = "steps" if self.steps > 0 else "epochs"
             raise SpecError(
@@ -176,21 +208,10 @@ class TrainSpec:
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise SpecError(name, f"got {value}, expected 0 <= {name} < 1")
-        _choice("precision", self.precision, PRECISIONS)
         if not _DEVICE.match(self.device):
             raise SpecError("device", f"got {self.device!r}, expected auto, cpu, cuda or cuda:N")
-        if not 0 <= self.seed < 2**63:
-            raise SpecError("seed", f"got {self.seed}, expected 0 <= seed < 2**63")
-        _at_least("threads", self.threads, 0)
-        _at_least("log_every", self.log_every, 1)
-        _at_least("sample_every", self.sample_every, 0)
-        _at_least("eval_every", self.eval_every, 0)
         if self.eval_samples == 1 or self.eval_samples < 0:
             raise SpecError("eval_samples", f"got {self.eval_samples}, expected 0 (no evaluation) or >= 2")
-        _at_least("checkpoint_every", self.checkpoint_every, 0)
-        _at_least("keep_checkpoints", self.keep_checkpoints, 0)
-        _at_least("max_minutes", self.max_minutes, 0.0)
-        _at_least("nproc", self.nproc, 1)
         if self.nproc > 1 and self.device.startswith("cuda:"):
             raise SpecError(
                 "device",
@@ -203,13 +224,23 @@ class TrainSpec:
                 f"the global batch {self.batch_size} does not divide among nproc={self.nproc} processes; use a "
                 f"multiple of {self.nproc}",
             )
+        if info is not None and info.size("train") is not None:
+            self.check_dataset_size(info.size("train"))
         return self
+
+    def check_dataset_size(self, samples: int) -> None:
+        """Raise SpecError('batch_size') when the global batch does not fit a data set of `samples` samples."""
+        if samples < self.batch_size:
+            where = f"the folder {self.folder_path!r}" if self.folder_path is not None else self.dataset
+            raise SpecError(
+                "batch_size", f"{self.batch_size} is larger than the data set ({where} holds {samples} samples)"
+            )
 
     # ------------------------------------------------------------------ derived
     @property
     def folder_path(self) -> str | None:
         """Return the PATH of a folder:PATH data set, else None."""
-        return self.dataset[len("folder:") :] if self.dataset.startswith("folder:") else None
+        return registry.folder_path(self.dataset)
 
 
 def _coerce(name: str, annotation: str, value: Any) -> Any:
@@ -240,11 +271,24 @@ def _coerce(name: str, annotation: str, value: Any) -> Any:
     return value
 
 
-def _at_least(name: str, value, minimum) -> None:
-    if value < minimum:
-        raise SpecError(name, f"got {value}, expected >= {minimum}")
+def _check_declared(spec_field: dataclasses.Field, value) -> None:
+    """Raise SpecError when `value` is outside the field's declared bounds or names."""
+    meta = spec_field.metadata
+    name = spec_field.name
+    if meta.get("min") is not None and value < meta["min"]:
+        raise SpecError(name, f"got {value}, expected >= {meta['min']}")
+    if meta.get("max") is not None and value > meta["max"]:
+        raise SpecError(name, f"got {value}, expected <= {meta['max']}")
+    if meta.get("choices") is not None and value not in meta["choices"]():
+        raise SpecError(name, f"got {value!r}, expected one of {', '.join(meta['choices']())}")
 
 
-def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise SpecError(name, f"got {value!r}, expected one of {', '.join(choices)}")
+def field_help(name: str) -> str:
+    """Return the help text TrainSpec declares for field `name`."""
+    return TrainSpec.__dataclass_fields__[name].metadata.get("help", "") or name.replace("_", " ")
+
+
+def field_bounds(name: str) -> tuple[float | None, float | None]:
+    """Return the (min, max) TrainSpec declares for field `name` (None = unbounded)."""
+    meta = TrainSpec.__dataclass_fields__[name].metadata
+    return meta.get("min"), meta.get("max")

@@ -1,0 +1,234 @@
+"""One registry of names and defaults: data sets, models, losses, extractors, job states, server defaults.
+
+Everything that lists or checks a name reads it from here (the spec, service validation, the CLIs,
+the servicer), through functions such as `dataset_names()`: installed plugins (issue 11: entry
+points `gansvc.models`, `gansvc.datasets`, `gansvc.extractors`) join the built-ins through
+`register_*`, so callers never change when a name is added.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+# ---------------------------------------------------------------------- data sets
+FOLDER_PREFIX = "folder:"  # folder:PATH names an image folder
+SPLITS = ("train", "test")
+FOLDER_IMAGE_SIZE = 64  # folder images are resized to this when the spec's image_size is 0
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """A named data set: what it holds, its shape, its sizes per split, its classes (None = unknown)."""
+
+    name: str
+    kind: str  # "images" | "points"
+    shape: tuple[int, ...]  # one sample: (C, H, W) for images, (2,) for points
+    sizes: dict[str, int] = field(default_factory=dict)  # split -> samples
+    num_classes: int | None = None
+    description: str = ""
+
+    def size(self, split: str = "train") -> int | None:
+        """Return the number of samples in `split`, or None when unknown."""
+        return self.sizes.get(split)
+
+
+_DATASETS: dict[str, DatasetInfo] = {}
+
+
+def register_dataset(info: DatasetInfo) -> DatasetInfo:
+    """Add a data set (a built-in or a plugin's); return it. A name already taken is a ValueError."""
+    if info.name in _DATASETS or info.name.startswith(FOLDER_PREFIX):
+        raise ValueError(f"data set name {info.name!r} is taken")
+    _DATASETS[info.name] = info
+    return info
+
+
+register_dataset(DatasetInfo("fashion-mnist", "images", (1, 28, 28), {"train": 60000, "test": 10000}, 10,
+                             "Zalando's clothing images"))  # fmt: skip
+register_dataset(DatasetInfo("mnist", "images", (1, 28, 28), {"train": 60000, "test": 10000}, 10, "handwritten digits"))
+register_dataset(DatasetInfo("cifar10", "images", (3, 32, 32), {"train": 50000, "test": 10000}, 10, "CIFAR-10"))
+register_dataset(DatasetInfo("gaussian-mixture", "points", (2,), {"train": 64000, "test": 10000}, 8,
+                             "eight 2-D Gaussians on a ring"))  # fmt: skip
+
+
+def dataset_names() -> tuple[str, ...]:
+    """Return the named data sets (folder:PATH comes on top of these)."""
+    return tuple(_DATASETS)
+
+
+def image_dataset_names() -> tuple[str, ...]:
+    """Return the named data sets that hold images (the ones FID can use as the real side)."""
+    return tuple(name for name, info in _DATASETS.items() if info.kind == "images")
+
+
+def dataset_info(name: str) -> DatasetInfo | None:
+    """Return what is known of data set `name` (None for folder:PATH and unknown names)."""
+    return _DATASETS.get(name)
+
+
+def is_folder_dataset(name: str) -> bool:
+    """Return whether `name` is folder:PATH."""
+    return name.startswith(FOLDER_PREFIX)
+
+
+def folder_path(name: str) -> str | None:
+    """Return the PATH of folder:PATH, else None."""
+    return name[len(FOLDER_PREFIX) :] if is_folder_dataset(name) else None
+
+
+def dataset_choices_text() -> str:
+    """Return the data set names as a user reads them: 'fashion-mnist | ... | folder:PATH'."""
+    return " | ".join((*dataset_names(), "folder:PATH"))
+
+
+# ---------------------------------------------------------------------- the real side of FID
+ARRAY_SUFFIXES = (".npz", ".npy", ".pt", ".pth")  # files of images, or a statistics .npz
+
+
+@dataclass(frozen=True)
+class RealSource:
+    """A parsed 'real' argument: a named data set split, an image folder data set, or a file / folder path."""
+
+    kind: str  # "dataset" | "folder" | "path"
+    name: str  # the data set name ("folder:PATH" for a folder), or the path as given
+    split: str = "train"
+    path: str = ""  # for "folder" and "path"
+
+
+def parse_real(text: str, is_path=None) -> RealSource:
+    """Return the RealSource a 'real' argument names; ValueError saying what was expected.
+
+    'folder:PATH' is an image folder data set; text with a path separator or an array/statistics
+    suffix is a file or folder; otherwise NAME[:SPLIT] with NAME an image data set and SPLIT train|test
+    (default train). `is_path(text)`, where given, lets an existing bare name be a path (the CLI).
+    """
+    if not text:
+        raise ValueError("is empty")
+    if is_folder_dataset(text):
+        path = folder_path(text)
+        if not path.strip():
+            raise ValueError("folder:PATH needs a path, e.g. 'folder:/data/faces'")
+        return RealSource("folder", text, "train", path)
+    looks_like_path = "/" in text or os.sep in text or text.lower().endswith(ARRAY_SUFFIXES)
+    name, _, split = text.partition(":")
+    if not looks_like_path and name not in image_dataset_names() and is_path is not None and is_path(text):
+        looks_like_path = True
+    if looks_like_path:
+        return RealSource("path", text, "train", text)
+    if name not in image_dataset_names():
+        raise ValueError(
+            f"unknown dataset {name!r}: expected DATASET[:SPLIT] with DATASET one of "
+            f"{', '.join(image_dataset_names())}, folder:PATH, or a file or folder of images / a statistics .npz"
+        )
+    split = split or "train"
+    if split not in SPLITS:
+        raise ValueError(f"got {text!r}: the split must be one of {', '.join(SPLITS)}")
+    return RealSource("dataset", name, split)
+
+
+# ---------------------------------------------------------------------- models, losses, precisions
+@dataclass(frozen=True)
+class ModelInfo:
+    """A GAN architecture: the image sizes it builds (None = any) and whether it takes 2-D points."""
+
+    name: str
+    image_sizes: tuple[int, ...] | None = None
+    points: bool = False
+    description: str = ""
+
+
+_MODELS: dict[str, ModelInfo] = {}
+
+
+def register_model(info: ModelInfo) -> ModelInfo:
+    """Add a model (a built-in or a plugin's); return it. A name already taken is a ValueError."""
+    if info.name in _MODELS:
+        raise ValueError(f"model name {info.name!r} is taken")
+    _MODELS[info.name] = info
+    return info
+
+
+register_model(ModelInfo("mlp", None, True, "the seeds' MLP GAN"))
+register_model(ModelInfo("dcgan", (28, 32, 64, 128), False, "DCGAN (Radford et al., 2016)"))
+
+
+def model_names() -> tuple[str, ...]:
+    """Return the model names."""
+    return tuple(_MODELS)
+
+
+def model_info(name: str) -> ModelInfo | None:
+    """Return what is known of model `name`, or None."""
+    return _MODELS.get(name)
+
+
+LOSSES = ("bce", "hinge", "wasserstein")
+PRECISIONS = ("fp32", "bf16")
+
+
+def loss_names() -> tuple[str, ...]:
+    """Return the loss families."""
+    return LOSSES
+
+
+def precision_names() -> tuple[str, ...]:
+    """Return the training precisions."""
+    return PRECISIONS
+
+
+# ---------------------------------------------------------------------- feature extractors
+@dataclass(frozen=True)
+class ExtractorInfo:
+    """A feature network for FID / IS / KID."""
+
+    name: str
+    description: str = ""
+
+
+_EXTRACTORS: dict[str, ExtractorInfo] = {}
+
+
+def register_extractor(info: ExtractorInfo) -> ExtractorInfo:
+    """Add a feature extractor; return it. A name already taken is a ValueError."""
+    if info.name in _EXTRACTORS:
+        raise ValueError(f"extractor name {info.name!r} is taken")
+    _EXTRACTORS[info.name] = info
+    return info
+
+
+register_extractor(ExtractorInfo("fmnist-cnn", "the shipped Fashion-MNIST classifier (1x28x28 images)"))
+register_extractor(ExtractorInfo("inception-v3", "pytorch-fid's FID Inception-v3 (weights from a local file)"))
+DEFAULT_EXTRACTOR = "fmnist-cnn"
+
+
+def extractor_names() -> tuple[str, ...]:
+    """Return the feature extractor names."""
+    return tuple(_EXTRACTORS)
+
+
+# ---------------------------------------------------------------------- jobs and the server
+JOB_STATES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
+TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+JOB_KINDS = ("training", "evaluation")
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"  # where the server listens and clients look
+DEFAULT_REAL = "fashion-mnist:test"  # the real side of an evaluation job
+DEFAULT_EVAL_SAMPLES = 5000
+MAX_EVAL_SAMPLES = 100_000
+
+
+@dataclass(frozen=True)
+class ServerDefaults:
+    """The defaults of `gansvc serve` (ServerConfig and the CLI read them from here)."""
+
+    listen: str = DEFAULT_ADDRESS
+    devices: str = "cpu"
+    cpu_jobs: int = 1
+    max_message_mb: int = 64
+    max_watchers: int = 64
+    shutdown_timeout: float = 60.0
+    cancel_timeout: float = 120.0
+
+
+SERVER_DEFAULTS = ServerDefaults()
