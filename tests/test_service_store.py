@@ -18,7 +18,8 @@ from gansvc.service.bus import EventBus
 from gansvc.service.devices import DevicePool
 from gansvc.service.errors import InvalidField, MissingReference
 from gansvc.service.messages import job_to_proto, pb, state_name, training_spec_fields
-from gansvc.service.scheduler import describe_exit, normalize_event
+from gansvc.runtime import events as ev
+from gansvc.service.scheduler import describe_exit
 from gansvc.service.store import InvalidTransition, JobStore, RequestIdConflict
 from gansvc.service.validation import DataRoots, evaluation_spec, training_spec
 from gansvc.train.spec import TrainSpec
@@ -138,10 +139,27 @@ def test_bus_wakes_a_waiter_on_publish_and_not_before():
     bus.publish("j", 4)
     thread.join(5.0)
     assert woke == [True] and time.monotonic() - started < 2.0
-    assert bus.wait("j", 3, timeout=0.0) is True  # an event already there: no wait
-    assert bus.wait("j", 4, timeout=0.05) is False
+    with bus.subscribe("j"):
+        bus.publish("j", 5)  # published between a watcher's read of the store and its wait: not missed
+        assert bus.wait("j", 4, timeout=0.0) is True
+        assert bus.wait("j", 5, timeout=0.05) is False
     bus.close()
     assert bus.wait("j", 4, timeout=5.0) is False and bus.closed
+
+
+def test_bus_holds_nothing_for_jobs_nobody_watches():
+    """Issue 9.5: the bus kept a condition (and a sequence) for every job it ever saw."""
+    bus = EventBus()
+    for i in range(200):
+        job = f"job-{i}"
+        waiter = threading.Thread(target=bus.wait, args=(job, 0, 5.0))
+        waiter.start()
+        while bus.watched() == 0:  # the waiter has subscribed
+            time.sleep(0.001)
+        bus.publish(job, 1)
+        waiter.join(5.0)
+        bus.publish(f"unwatched-{i}", 1)
+    assert bus.watched() == 0
 
 
 # ---------------------------------------------------------------------- messages
@@ -171,13 +189,20 @@ def test_job_message_round_trips_the_resolved_spec(store):
     assert state_name(message.state) == "QUEUED" and message.request_id == "rid"
 
 
-def test_normalize_event_checks_types_and_keeps_protocol_messages_out():
-    assert normalize_event({"type": "finished", "summary": {}}) is None
-    assert normalize_event({"type": "metrics", "step": "5", "values": {"a": 1, "b": "x", "c": True}}) == {
-        "type": "metrics", "step": 5, "values": {"a": 1.0},
-    }  # fmt: skip
-    odd = normalize_event({"type": "surprise", "x": 1})
-    assert odd["type"] == "log" and "surprise" in odd["message"]
+def test_records_are_typed_when_stored_and_protocol_messages_refused(store):
+    job, _ = store.create_job("training", {})
+    store.set_state(job.id, "RUNNING", "go")
+    (metrics, odd) = store.append_events(
+        job.id, [{"type": "metrics", "step": "5", "values": {"a": 1, "b": "x", "c": True}}, {"type": "surprise", "x": 1}]
+    )
+    assert metrics.event == ev.Metrics(step=5, values={"a": 1.0}) and store.require_job(job.id).latest_metrics == {
+        "a": 1.0
+    }
+    assert isinstance(odd.event, ev.Log) and "surprise" in odd.event.message
+    with pytest.raises(ValueError):
+        store.append_events(job.id, [ev.Finished(summary={})])
+    with pytest.raises(ValueError):
+        store.append_events(job.id, [ev.State(state="SUCCEEDED")])
     assert "SIGKILL" in describe_exit(-9) and "code 3" in describe_exit(3)
 
 
