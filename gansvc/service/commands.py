@@ -115,10 +115,7 @@ def print_summary(client, job) -> None:
     for line in render.summary_lines(job):
         print(line)
     if job.kind == pb.JOB_KIND_TRAINING and job.state == pb.JOB_STATE_SUCCEEDED:
-        from gansvc.cli import COMMANDS
-
-        download = "gansvc download" if "download" in COMMANDS else "python -m gansvc.service.cli download"
-        print(f"results: gansvc samples {job.id} -o grid.png; {download} {job.id} generator.pt")
+        print(f"results: gansvc samples {job.id} -o grid.png; gansvc download {job.id} generator.pt")
 
 
 def watch(client, args) -> int:
