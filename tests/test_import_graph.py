@@ -46,7 +46,9 @@ def imports_of(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
             else:
                 origin = node.module or ""
             # `from package import submodule` imports the submodule; `from module import name` the module.
-            targets = [f"{origin}.{alias.name}" if f"{origin}.{alias.name}" in modules else origin for alias in node.names]
+            targets = [
+                f"{origin}.{alias.name}" if f"{origin}.{alias.name}" in modules else origin for alias in node.names
+            ]
         else:
             continue
         for target in targets:

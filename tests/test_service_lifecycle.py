@@ -56,8 +56,8 @@ def test_leftovers_of_a_killed_run_are_gone_after_a_restart_and_real_files_kept(
 
     run = state / "jobs" / job.id
     # What kill -9 in the middle of gansvc.atomic writes leaves (names as tempfile.mkstemp makes them) ...
-    leftovers = [run / "checkpoints" / ".step_0000100.pt.k3j_x9ab.tmp", run / "samples" / ".step_0001000.png.a1b2c3d4.tmp",
-                 run / ".summary.json.zzzz0000.tmp"]  # fmt: skip
+    leftovers = [run / "checkpoints" / ".step_0000100.pt.k3j_x9ab.tmp",
+                 run / "samples" / ".step_0001000.png.a1b2c3d4.tmp", run / ".summary.json.zzzz0000.tmp"]  # fmt: skip
     # ... and the run's real files, some with names close to theirs.
     kept = [run / "checkpoints" / "step_0000100.pt", run / "samples" / "step_0001000.png", run / "notes.tmp",
             run / ".hidden", run / "checkpoints" / ".step.pt.tmp", run / "worker.log"]  # fmt: skip
@@ -95,7 +95,8 @@ def test_remove_temp_leftovers_matches_the_atomic_writers_names(tmp_path):
 def _missing_upload_job(store: JobStore, tmp_path: Path) -> str:
     """Queue an evaluation whose uploaded samples file is gone: its worker fails before importing torch."""
     spec = {"source": "samples", "samples_file": str(tmp_path / "gone.npy"), "real": "fashion-mnist:test",
-            "extractor": "fmnist-cnn", "device": "cpu", "samples_shape": [4, 1, 28, 28], "samples_dtype": "uint8"}  # fmt: skip
+            "extractor": "fmnist-cnn", "device": "cpu", "samples_shape": [4, 1, 28, 28],
+            "samples_dtype": "uint8"}  # fmt: skip
     return store.create_job("evaluation", spec)[0].id
 
 

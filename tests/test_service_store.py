@@ -192,12 +192,10 @@ def test_job_message_round_trips_the_resolved_spec(store):
 def test_records_are_typed_when_stored_and_protocol_messages_refused(store):
     job, _ = store.create_job("training", {})
     store.set_state(job.id, "RUNNING", "go")
-    (metrics, odd) = store.append_events(
-        job.id, [{"type": "metrics", "step": "5", "values": {"a": 1, "b": "x", "c": True}}, {"type": "surprise", "x": 1}]
-    )
-    assert metrics.event == ev.Metrics(step=5, values={"a": 1.0}) and store.require_job(job.id).latest_metrics == {
-        "a": 1.0
-    }
+    records = [{"type": "metrics", "step": "5", "values": {"a": 1, "b": "x", "c": True}}, {"type": "surprise", "x": 1}]
+    metrics, odd = store.append_events(job.id, records)
+    assert metrics.event == ev.Metrics(step=5, values={"a": 1.0})
+    assert store.require_job(job.id).latest_metrics == {"a": 1.0}
     assert isinstance(odd.event, ev.Log) and "surprise" in odd.event.message
     with pytest.raises(ValueError):
         store.append_events(job.id, [ev.Finished(summary={})])

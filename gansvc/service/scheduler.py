@@ -1,8 +1,8 @@
 """The scheduler: queued jobs get devices and a worker process each; worker events go to the store.
 
 One long-lived thread starts every worker (Linux ties PR_SET_PDEATHSIG to the thread that forked),
-and a reader thread per worker decodes its lines (gansvc.runtime.events) and stores the job events. When a worker ends, its last
-word ("finished" / "failed") or its exit status decides the job's next state:
+and a reader thread per worker decodes its lines (gansvc.runtime.events) and stores the job events.
+When a worker ends, its last word (Finished / Failed) or its exit status decides the job's next state:
 
 - finished          -> SUCCEEDED (or CANCELLED / back to QUEUED when it stopped because it was asked to)
 - failed            -> FAILED with the worker's reason (divergence, OOM, bad data, ...)
