@@ -371,3 +371,48 @@ def test_every_event_type_becomes_its_message(store):
     assert log.log.message == "resumed"
     assert state_name(failed.state.state) == "FAILED" and failed.state.reason == "training diverged at step 4"
     assert all(m.job_id == job.id and m.time.seconds > 0 for m in messages)
+
+
+def test_every_stored_event_type_converts_by_its_schema():
+    """The one generic conversion: each field lands in the proto field of its name (or RENAME), by value."""
+    import dataclasses
+
+    from gansvc.service.convert import job_event
+
+    examples = {int: 7, float: 0.25, str: "x", bool: True}
+    for cls in ev.event_types().values():
+        if cls.PROTO is None:
+            continue
+        values = {}
+        for f in dataclasses.fields(cls):
+            hint = ev._fields(cls)[f.name]
+            values[f.name] = {"fid": 1.5} if hint == dict[str, float] else examples.get(hint, 3)
+        if cls is ev.State:
+            values["state"] = "RUNNING"
+        message = job_event(cls(**values), "job-1", 4, 1000.5)
+        assert message.WhichOneof("payload") == cls.PROTO and (message.job_id, message.sequence) == ("job-1", 4)
+        payload = getattr(message, cls.PROTO)
+        for name, value in values.items():
+            proto_name = cls.RENAME.get(name, name)
+            if proto_name not in payload.DESCRIPTOR.fields_by_name:
+                continue  # a field the proto does not carry (Log.resume_step) is dropped
+            got = getattr(payload, proto_name)
+            if cls is ev.State and name == "state":
+                got = state_name(got)
+            assert (dict(got) if isinstance(value, dict) else got) == value, (cls.TYPE, name)
+
+
+def test_failure_reasons_come_from_the_error_types():
+    from gansvc.service.worker import failure_reason
+    from gansvc.train import SpecError, TrainingDiverged
+    from gansvc.train.launch import DistributedRunFailed, LaunchResult, RankFailure
+
+    class NaNLoss(TrainingDiverged):  # another name, the same kind of failure
+        pass
+
+    assert failure_reason(NaNLoss("loss is NaN at step 4")) == "training diverged: loss is NaN at step 4"
+    assert failure_reason(SpecError("batch_size", "must be > 0")).startswith("invalid spec: batch_size")
+    result = LaunchResult(exit_code=1, failure=RankFailure(rank=1, exit_code=1, error="ValueError", message="bad"))
+    assert failure_reason(DistributedRunFailed(result)) == "rank 1 failed (exit code 1): ValueError: bad"
+    assert failure_reason(FileNotFoundError("no such file: x.npy")) == "no such file: x.npy"
+    assert failure_reason(RuntimeError("boom")) == "RuntimeError: boom"
