@@ -10,7 +10,8 @@
         open("grid.png", "wb").write(client.samples(job.id).png)
         client.download(job.id, "generator.pt", "generator.pt")
 
-Messages are the generated gansvc.v1 protobuf classes (`gansvc.client.pb`); no torch needed here.
+Messages are the generated gansvc.v1 protobuf classes (`gansvc.client.pb`); no torch and no server code
+needed here: this module imports only the stubs and gansvc.service.convert.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gansvc.service.messages import pb, pb_grpc, state_name, state_to_proto, training_spec_from_dict
+from gansvc.service.convert import pb, pb_grpc, state_name, state_to_proto, training_spec_from_dict
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 TERMINAL = {pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED}

@@ -18,7 +18,8 @@ from gansvc.service.bus import EventBus
 from gansvc.service.devices import DevicePool
 from gansvc.service.errors import InvalidField, MissingReference
 from gansvc.service.messages import job_to_proto, pb, state_name, training_spec_fields
-from gansvc.service.scheduler import describe_exit, normalize_event
+from gansvc.runtime import events as ev
+from gansvc.service.scheduler import describe_exit
 from gansvc.service.store import InvalidTransition, JobStore, RequestIdConflict
 from gansvc.service.validation import DataRoots, evaluation_spec, training_spec
 from gansvc.train.spec import TrainSpec
@@ -138,10 +139,27 @@ def test_bus_wakes_a_waiter_on_publish_and_not_before():
     bus.publish("j", 4)
     thread.join(5.0)
     assert woke == [True] and time.monotonic() - started < 2.0
-    assert bus.wait("j", 3, timeout=0.0) is True  # an event already there: no wait
-    assert bus.wait("j", 4, timeout=0.05) is False
+    with bus.subscribe("j"):
+        bus.publish("j", 5)  # published between a watcher's read of the store and its wait: not missed
+        assert bus.wait("j", 4, timeout=0.0) is True
+        assert bus.wait("j", 5, timeout=0.05) is False
     bus.close()
     assert bus.wait("j", 4, timeout=5.0) is False and bus.closed
+
+
+def test_bus_holds_nothing_for_jobs_nobody_watches():
+    """Issue 9.5: the bus kept a condition (and a sequence) for every job it ever saw."""
+    bus = EventBus()
+    for i in range(200):
+        job = f"job-{i}"
+        waiter = threading.Thread(target=bus.wait, args=(job, 0, 5.0))
+        waiter.start()
+        while bus.watched() == 0:  # the waiter has subscribed
+            time.sleep(0.001)
+        bus.publish(job, 1)
+        waiter.join(5.0)
+        bus.publish(f"unwatched-{i}", 1)
+    assert bus.watched() == 0
 
 
 # ---------------------------------------------------------------------- messages
@@ -171,13 +189,18 @@ def test_job_message_round_trips_the_resolved_spec(store):
     assert state_name(message.state) == "QUEUED" and message.request_id == "rid"
 
 
-def test_normalize_event_checks_types_and_keeps_protocol_messages_out():
-    assert normalize_event({"type": "finished", "summary": {}}) is None
-    assert normalize_event({"type": "metrics", "step": "5", "values": {"a": 1, "b": "x", "c": True}}) == {
-        "type": "metrics", "step": 5, "values": {"a": 1.0},
-    }  # fmt: skip
-    odd = normalize_event({"type": "surprise", "x": 1})
-    assert odd["type"] == "log" and "surprise" in odd["message"]
+def test_records_are_typed_when_stored_and_protocol_messages_refused(store):
+    job, _ = store.create_job("training", {})
+    store.set_state(job.id, "RUNNING", "go")
+    records = [{"type": "metrics", "step": "5", "values": {"a": 1, "b": "x", "c": True}}, {"type": "surprise", "x": 1}]
+    metrics, odd = store.append_events(job.id, records)
+    assert metrics.event == ev.Metrics(step=5, values={"a": 1.0})
+    assert store.require_job(job.id).latest_metrics == {"a": 1.0}
+    assert isinstance(odd.event, ev.Log) and "surprise" in odd.event.message
+    with pytest.raises(ValueError):
+        store.append_events(job.id, [ev.Finished(summary={})])
+    with pytest.raises(ValueError):
+        store.append_events(job.id, [ev.State(state="SUCCEEDED")])
     assert "SIGKILL" in describe_exit(-9) and "code 3" in describe_exit(3)
 
 
@@ -348,3 +371,48 @@ def test_every_event_type_becomes_its_message(store):
     assert log.log.message == "resumed"
     assert state_name(failed.state.state) == "FAILED" and failed.state.reason == "training diverged at step 4"
     assert all(m.job_id == job.id and m.time.seconds > 0 for m in messages)
+
+
+def test_every_stored_event_type_converts_by_its_schema():
+    """The one generic conversion: each field lands in the proto field of its name (or RENAME), by value."""
+    import dataclasses
+
+    from gansvc.service.convert import job_event
+
+    examples = {int: 7, float: 0.25, str: "x", bool: True}
+    for cls in ev.event_types().values():
+        if cls.PROTO is None:
+            continue
+        values = {}
+        for f in dataclasses.fields(cls):
+            hint = ev._fields(cls)[f.name]
+            values[f.name] = {"fid": 1.5} if hint == dict[str, float] else examples.get(hint, 3)
+        if cls is ev.State:
+            values["state"] = "RUNNING"
+        message = job_event(cls(**values), "job-1", 4, 1000.5)
+        assert message.WhichOneof("payload") == cls.PROTO and (message.job_id, message.sequence) == ("job-1", 4)
+        payload = getattr(message, cls.PROTO)
+        for name, value in values.items():
+            proto_name = cls.RENAME.get(name, name)
+            if proto_name not in payload.DESCRIPTOR.fields_by_name:
+                continue  # a field the proto does not carry (Log.resume_step) is dropped
+            got = getattr(payload, proto_name)
+            if cls is ev.State and name == "state":
+                got = state_name(got)
+            assert (dict(got) if isinstance(value, dict) else got) == value, (cls.TYPE, name)
+
+
+def test_failure_reasons_come_from_the_error_types():
+    from gansvc.service.worker import failure_reason
+    from gansvc.train import SpecError, TrainingDiverged
+    from gansvc.train.launch import DistributedRunFailed, LaunchResult, RankFailure
+
+    class NaNLoss(TrainingDiverged):  # another name, the same kind of failure
+        pass
+
+    assert failure_reason(NaNLoss("loss is NaN at step 4")) == "training diverged: loss is NaN at step 4"
+    assert failure_reason(SpecError("batch_size", "must be > 0")).startswith("invalid spec: batch_size")
+    result = LaunchResult(exit_code=1, failure=RankFailure(rank=1, exit_code=1, error="ValueError", message="bad"))
+    assert failure_reason(DistributedRunFailed(result)) == "rank 1 failed (exit code 1): ValueError: bad"
+    assert failure_reason(FileNotFoundError("no such file: x.npy")) == "no such file: x.npy"
+    assert failure_reason(RuntimeError("boom")) == "RuntimeError: boom"

@@ -1,8 +1,8 @@
 """The scheduler: queued jobs get devices and a worker process each; worker events go to the store.
 
 One long-lived thread starts every worker (Linux ties PR_SET_PDEATHSIG to the thread that forked),
-and a reader thread per worker turns its JSON lines into stored events. When a worker ends, its last
-word ("finished" / "failed") or its exit status decides the job's next state:
+and a reader thread per worker decodes its lines (gansvc.runtime.events) and stores the job events.
+When a worker ends, its last word (Finished / Failed) or its exit status decides the job's next state:
 
 - finished          -> SUCCEEDED (or CANCELLED / back to QUEUED when it stopped because it was asked to)
 - failed            -> FAILED with the worker's reason (divergence, OOM, bad data, ...)
@@ -12,6 +12,7 @@ word ("finished" / "failed") or its exit status decides the job's next state:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import select
 import signal
@@ -23,55 +24,21 @@ from pathlib import Path
 
 import gansvc
 from gansvc.atomic import atomic_write_text
+from gansvc.runtime import events
+from gansvc.runtime.process import command_line, kill_if
 from gansvc.service.artifacts import latest_checkpoint_step
 from gansvc.service.devices import Allocation, DevicePool
 from gansvc.service.errors import WrongState
+from gansvc.service.leftovers import remove_temp_leftovers
 from gansvc.service.store import InvalidTransition, JobRecord, JobStore
 
-_PROGRESS_FIELDS = ("step", "total_steps", "epoch", "images_per_sec", "eta_seconds", "d_loss", "g_loss")
+log = logging.getLogger(__name__)
 _SIGNAL_HINTS = {
     signal.SIGKILL: "killed (SIGKILL): most likely the kernel's out-of-memory killer",
     signal.SIGSEGV: "crashed (SIGSEGV, a segmentation fault)",
     signal.SIGBUS: "crashed (SIGBUS)",
     signal.SIGABRT: "aborted (SIGABRT)",
 }
-
-
-def _number(value, default=0.0) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return default
-
-
-def normalize_event(event: dict) -> dict | None:
-    """Return a worker event in the stored shape (types checked), or None for protocol messages."""
-    kind = event.get("type")
-    if kind in ("hello", "finished", "failed"):
-        return None
-    if kind == "progress":
-        return {"type": "progress", **{k: _number(event.get(k, 0.0)) for k in _PROGRESS_FIELDS}}
-    if kind == "metrics":
-        values = event.get("values") if isinstance(event.get("values"), dict) else {}
-        numbers = {
-            str(k): float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-        }
-        return {"type": "metrics", "step": int(_number(event.get("step"))), "values": numbers}
-    if kind in ("samples", "checkpoint"):
-        return {"type": kind, "step": int(_number(event.get("step"))), "path": str(event.get("path", ""))}
-    if kind == "warning":
-        return {
-            "type": "warning",
-            "step": int(_number(event.get("step"))),
-            "code": str(event.get("code", "")),
-            "message": str(event.get("message", "")),
-        }
-    if kind == "log":
-        out = {"type": "log", "level": str(event.get("level", "info")), "message": str(event.get("message", ""))}
-        if "resume_step" in event:
-            out["resume_step"] = int(_number(event["resume_step"]))
-        return out
-    return {"type": "log", "level": "info", "message": json.dumps(event, default=str)[:2000]}
 
 
 def describe_exit(returncode: int) -> str:
@@ -106,11 +73,14 @@ class WorkerProcess:
         self.allocation = allocation
         self.scheduler = scheduler
         self.process: subprocess.Popen | None = None
-        self.final: dict | None = None
+        self.final: events.Finished | events.Failed | None = None
         self.stop_requested_at: float | None = None
         self.killed = False
         self._event_fd = -1
         self._control_fd = -1
+        # The control pipe is written by request threads (cancel, drain) and closed once the worker is
+        # gone: one lock, so a "stop" never goes to a closed fd or to a file that reused its number.
+        self._control_lock = threading.Lock()
 
     @property
     def pid(self) -> int:
@@ -167,23 +137,29 @@ class WorkerProcess:
         if self.kind != "training":
             self.kill()
             return
-        try:
-            os.write(self._control_fd, b"stop\n")
-        except OSError:  # already gone: its exit finishes the job
-            pass
+        with self._control_lock:
+            if self._control_fd < 0:  # already gone: its exit finishes the job
+                return
+            try:
+                os.write(self._control_fd, b"stop\n")
+            except OSError:  # exiting: its exit finishes the job
+                pass
+
+    def close_control(self) -> None:
+        """Close the control pipe (the worker has exited); later stop requests do nothing."""
+        with self._control_lock:
+            fd, self._control_fd = self._control_fd, -1
+        if fd >= 0:
+            os.close(fd)
 
     def kill(self) -> None:
         """SIGKILL the worker and everything it started (its own process group)."""
         self.killed = True
-        if self.process is None or self.process.poll() is not None:
+        process = self.process
+        if process is None or process.poll() is not None:
             return
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            try:
-                self.process.kill()
-            except ProcessLookupError:
-                pass
+        # poll() said it runs, and only this object reaps it: the pid is still the worker's.
+        kill_if(process.pid, lambda pid: process.returncode is None, group=True)
 
     def _read_events(self) -> None:
         buffer = b""
@@ -203,16 +179,14 @@ class WorkerProcess:
                 self._record(lines)
             if buffer.strip():
                 self._record([buffer])
-        except Exception as error:  # noqa: BLE001 - a store failure must not leave the job RUNNING forever
-            print(f"gansvc serve: reading events of {self.job_id} failed: {error!r}", file=sys.stderr)
+        except Exception:  # a store failure must not leave the job RUNNING forever
+            log.exception("reading the events of %s failed", self.job_id)
             self.kill()
         finally:
             returncode = self.process.wait()
             os.close(self._event_fd)
-            try:
-                os.close(self._control_fd)
-            except OSError:
-                pass
+            # The control pipe stays open until worker_exited has removed this worker under the
+            # scheduler's lock, and closes under the worker's own lock (see request_stop).
             self.scheduler.worker_exited(self, returncode)
 
     def _record(self, lines: list[bytes]) -> None:
@@ -220,19 +194,11 @@ class WorkerProcess:
         for line in lines:
             if not line.strip():
                 continue
-            try:
-                event = json.loads(line)
-            except ValueError:
-                batch.append({"type": "log", "level": "warning", "message": f"unreadable worker output {line[:200]!r}"})
-                continue
-            if not isinstance(event, dict):
-                continue
-            if event.get("type") in ("finished", "failed"):
+            event = events.decode(line)  # typed and coerced; a bad line becomes a Log quoting it
+            if isinstance(event, (events.Finished, events.Failed)):
                 self.final = event
-                continue
-            normalized = normalize_event(event)
-            if normalized is not None:
-                batch.append(normalized)
+            elif event.stored:
+                batch.append(event)
         if batch:
             self.scheduler.store.append_events(self.job_id, batch)
 
@@ -254,8 +220,12 @@ class Scheduler:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
-        """Recover jobs a crashed server left RUNNING, then start the scheduling thread."""
+        """Recover jobs a crashed server left RUNNING, sweep crash leftovers, then start the scheduling thread."""
         self.recover()
+        # No worker runs now (recover killed any a dead server left): every temp file is a leftover.
+        for job_dir in sorted(p for p in self.jobs_dir.iterdir() if p.is_dir()) if self.jobs_dir.is_dir() else ():
+            for path in remove_temp_leftovers(job_dir):
+                log.info("removed the crash leftover %s", path)
         self._thread = threading.Thread(target=self._loop, name="gansvc-scheduler", daemon=True)
         self._thread.start()
 
@@ -274,6 +244,14 @@ class Scheduler:
         with self._lock:
             return {job_id: w.pid for job_id, w in self._workers.items()}
 
+    def kill_all(self) -> list[str]:
+        """SIGKILL every running worker (they resume from their last checkpoint); return their job ids."""
+        with self._lock:
+            workers = list(self._workers.values())
+        for worker in workers:
+            worker.kill()
+        return [worker.job_id for worker in workers]
+
     def drain(self, timeout: float) -> None:
         """Stop starting jobs; ask running ones to checkpoint and stop (back to QUEUED), then end the thread.
 
@@ -291,7 +269,7 @@ class Scheduler:
                 self._changed.wait(timeout=min(1.0, max(0.01, deadline - time.monotonic())))
             late = list(self._workers.values())
         for worker in late:
-            print(f"gansvc serve: job {worker.job_id} did not stop within {timeout:.0f} s: killing it", file=sys.stderr)
+            log.warning("job %s did not stop within %.0f s: killing it", worker.job_id, timeout)
             worker.kill()
         with self._lock:
             end = time.monotonic() + 15.0
@@ -316,12 +294,9 @@ class Scheduler:
                 return self.store.require_job(job_id)
             if job.cancel_requested:
                 return job
-            job = self.store.set_cancel_requested(job_id)
-            worker = self._workers.get(job_id)
             what = "writes a checkpoint and stops" if job.kind == "training" else "stops"
-            self.store.append_events(
-                job_id, [{"type": "log", "level": "info", "message": f"cancel requested: the job {what}"}]
-            )
+            self.store.set_cancel_requested(job_id, f"cancel requested: the job {what}")
+            worker = self._workers.get(job_id)
             if worker is not None:
                 worker.request_stop()
             self._changed.notify_all()
@@ -337,8 +312,8 @@ class Scheduler:
                     if not self._draining:
                         self._start_queued()
                     self._enforce_cancel_timeouts()
-                except Exception as error:  # noqa: BLE001 - the scheduler must outlive any one job's trouble
-                    print(f"gansvc serve: scheduler error: {error!r}", file=sys.stderr)
+                except Exception:  # the scheduler must outlive any one job's trouble
+                    log.exception("scheduler error")
                 self._changed.wait(timeout=2.0)
 
     def _start_queued(self) -> None:
@@ -400,7 +375,7 @@ class Scheduler:
         for worker in self._workers.values():
             started = worker.stop_requested_at
             if started is not None and not worker.killed and not self._draining and now - started > self.cancel_timeout:
-                print(f"gansvc serve: job {worker.job_id} ignored its stop request: killing it", file=sys.stderr)
+                log.warning("job %s ignored its stop request: killing it", worker.job_id)
                 worker.kill()
 
     # ------------------------------------------------------------------ endings
@@ -410,9 +385,10 @@ class Scheduler:
             try:
                 self._finish(worker, returncode)
             except InvalidTransition as error:
-                print(f"gansvc serve: {error}", file=sys.stderr)
+                log.warning("%s", error)
             finally:
                 self._workers.pop(worker.job_id, None)
+                worker.close_control()
                 self.pool.release(worker.allocation)
                 self._changed.notify_all()
 
@@ -420,19 +396,20 @@ class Scheduler:
         job = self.store.require_job(worker.job_id)
         if job.state != "RUNNING":
             return
-        final = worker.final or {}
-        summary = final.get("summary") if isinstance(final.get("summary"), dict) else None
-        step = int(_number((summary or {}).get("step"), 0))
-        if final.get("type") == "finished" and not final.get("stopped"):
+        final = worker.final
+        finished = isinstance(final, events.Finished)
+        summary = final.summary if finished and final.summary else None
+        step = _step_of(summary)
+        if finished and not final.stopped:
             message = "completed"
             if summary and summary.get("status") == "max_minutes":
                 message = f"stopped at the max_minutes limit, step {step} of {summary.get('total_steps', '?')}"
             self.store.set_state(job.id, "SUCCEEDED", message, summary=summary)
-        elif final.get("type") == "failed" and not job.cancel_requested:
-            self.store.set_state(job.id, "FAILED", str(final.get("reason", "failed")))
+        elif isinstance(final, events.Failed) and not job.cancel_requested:
+            self.store.set_state(job.id, "FAILED", final.reason or "failed")
         elif job.cancel_requested:
             self.store.set_state(job.id, "CANCELLED", _cancel_reason(worker.job_dir, f"at step {step}" if step else ""))
-        elif self._draining or final.get("stopped"):
+        elif self._draining or (finished and final.stopped):
             resume = latest_checkpoint_step(worker.job_dir)
             where = f"resumes from the checkpoint at step {resume}" if resume else "restarts from the beginning"
             if self._draining:
@@ -465,29 +442,19 @@ def _cancel_reason(job_dir: Path, when: str) -> str:
     return f"cancelled {when}".rstrip() + kept
 
 
+def _step_of(summary: dict | None) -> int:
+    try:
+        return int((summary or {}).get("step") or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
 def kill_stale_worker(pid: int, job_dir: Path, timeout: float = 10.0) -> bool:
     """SIGKILL a worker of `job_dir` left by a dead server, if that pid is still one; return whether one was."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            command = f.read().split(b"\0")
-    except OSError:  # gone (or no /proc: the worker's own parent watch and the run-dir lock cover it)
-        return False
-    if b"gansvc.service.worker" not in command or str(job_dir).encode() not in command:
-        return False  # the pid now belongs to some other process
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            return False
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}/cmdline"):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    break
-        except OSError:
-            break
-        time.sleep(0.05)
-    return True
+
+    def is_its_worker(pid: int) -> bool:
+        # The pid may belong to some other process by now: only a worker of this job directory is killed.
+        command = command_line(pid)
+        return bool(command) and b"gansvc.service.worker" in command and str(job_dir).encode() in command
+
+    return kill_if(pid, is_its_worker, group=True, wait=timeout)

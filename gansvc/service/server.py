@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import fcntl
 import ipaddress
+import logging
 import os
-import sys
 import threading
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -19,18 +19,19 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from gansvc.service.auth import BearerTokenInterceptor, TokenFile
 from gansvc.service.bus import EventBus
 from gansvc.service.devices import DevicePool
-from gansvc.service.messages import SERVICE_NAME, pb_grpc
+from gansvc.service.convert import SERVICE_NAME, pb_grpc, reflection_pool
 from gansvc.service.scheduler import Scheduler
 from gansvc.service.servicer import GanServicer
 from gansvc.service.store import JobStore
 from gansvc.service.validation import DataRoots
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -152,9 +153,11 @@ class GanServer:
         pb_grpc.add_GanServiceServicer_to_server(self.servicer, self.grpc_server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
+        # Reflection serves the proto under the name in protos/ (not the build's gansvc/_proto/... name).
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             self.grpc_server,
+            pool=reflection_pool(health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR),
         )
         # Bind before any job starts: a server that cannot listen must not run the state directory's jobs.
         try:
@@ -178,10 +181,16 @@ class GanServer:
         for service in ("", SERVICE_NAME):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         if self.tokens and not self.config.tls_cert and not is_loopback(self.config.listen):
-            print(
-                "gansvc serve: warning: bearer tokens travel unencrypted without --tls-cert/--tls-key", file=sys.stderr
-            )
+            log.warning("bearer tokens travel unencrypted without --tls-cert/--tls-key")
         return self.port
+
+    def running_jobs(self) -> dict[str, int]:
+        """Return {job id: worker pid} of the jobs running now."""
+        return self.scheduler.running_workers()
+
+    def kill_running_jobs(self) -> list[str]:
+        """SIGKILL every running job's worker now (they resume from their last checkpoint); return their ids."""
+        return self.scheduler.kill_all()
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Stop gracefully: NOT_SERVING, running jobs checkpoint and requeue, watchers end, server stops."""

@@ -18,6 +18,7 @@ import grpc
 import numpy as np
 
 from gansvc.atomic import atomic_write
+from gansvc.runtime import events as ev
 from gansvc.service import validation
 from gansvc.service.artifacts import list_artifacts, resolve_artifact
 from gansvc.service.bus import EventBus
@@ -185,24 +186,26 @@ class GanServicer(pb_grpc.GanServiceServicer):
             )
         if not self._watch_slots.acquire(blocking=False):
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"too many watchers (limit {self.max_watchers})")
+        # Subscribed before the first read of the store, so no commit between a read and a wait is missed.
         try:
-            sequence = request.after_sequence
-            while context.is_active():
-                events = self.store.events_after(request.job_id, sequence, _EVENTS_PER_READ)
-                for event in events:
-                    yield event_to_proto(event)
-                    sequence = event.sequence
-                if len(events) == _EVENTS_PER_READ:
-                    continue
-                job = self.store.get_job(request.job_id)
-                if request.history_only or (job.terminal and sequence >= job.last_sequence):
-                    return
-                if self.bus.closed:
-                    context.abort(
-                        grpc.StatusCode.UNAVAILABLE,
-                        f"the server is shutting down; reconnect with after_sequence={sequence}",
-                    )
-                self.bus.wait(request.job_id, sequence, _WATCH_WAKE_SECONDS)
+            with self.bus.subscribe(request.job_id):
+                sequence = request.after_sequence
+                while context.is_active():
+                    stored = self.store.events_after(request.job_id, sequence, _EVENTS_PER_READ)
+                    for event in stored:
+                        yield event_to_proto(event)
+                        sequence = event.sequence
+                    if len(stored) == _EVENTS_PER_READ:
+                        continue
+                    job = self.store.get_job(request.job_id)
+                    if request.history_only or (job.terminal and sequence >= job.last_sequence):
+                        return
+                    if self.bus.closed:
+                        context.abort(
+                            grpc.StatusCode.UNAVAILABLE,
+                            f"the server is shutting down; reconnect with after_sequence={sequence}",
+                        )
+                    self.bus.wait(request.job_id, sequence, _WATCH_WAKE_SECONDS)
         finally:
             self._watch_slots.release()
 
@@ -212,17 +215,17 @@ class GanServicer(pb_grpc.GanServiceServicer):
             self._job(request.job_id)
             wanted = set(request.names)
             points: dict[int, tuple[float, dict]] = {}
-            for event in self.store.events_of_types(request.job_id, ("metrics", "log")):
-                payload = event.payload
-                if event.type == "log":
-                    if "resume_step" in payload:  # a resumed run: what came after its checkpoint is redone
-                        resume = int(payload["resume_step"])
-                        points = {s: p for s, p in points.items() if s <= resume}
+            for stored in self.store.events_of_types(request.job_id, (ev.Metrics.TYPE, ev.Log.TYPE)):
+                event = stored.event
+                if isinstance(event, ev.Log):
+                    if event.resume_step is not None:  # a resumed run: what came after its checkpoint is redone
+                        points = {s: p for s, p in points.items() if s <= event.resume_step}
                     continue
-                step = int(payload.get("step", 0))
-                _, values = points.get(step, (event.time, {}))
-                values.update(payload.get("values", {}))
-                points[step] = (event.time, values)
+                if not isinstance(event, ev.Metrics):
+                    continue
+                _, values = points.get(event.step, (stored.time, {}))
+                values.update(event.values)
+                points[event.step] = (stored.time, values)
             history = pb.MetricsHistory(job_id=request.job_id)
             for step in sorted(points):
                 time, values = points[step]

@@ -3,20 +3,26 @@
 Every change to a job is an event with the next per-job sequence number (1, 2, 3, ... without gaps),
 written in the same transaction as the job row it changes. An event is committed (fsync'd: WAL with
 synchronous=FULL) before anyone is told about it, so nothing a watcher has seen can be lost.
-One connection writes (behind a lock); every reading thread has its own connection, which WAL lets
-read while the writer writes.
+One connection writes (behind a lock); readers borrow a connection from a small pool for each read
+(WAL lets them read while the writer writes), so short-lived threads leave no connection behind.
+
+Events are the typed events of gansvc.runtime.events, stored as their records ({"type", fields});
+the job row changes with the progress, metrics, checkpoint and state events only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from gansvc.runtime import events as ev
 
 STATES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
 TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
@@ -27,6 +33,7 @@ _TRANSITIONS = {
     "RUNNING": {"QUEUED", "SUCCEEDED", "FAILED", "CANCELLED"},
 }
 _SCHEMA_VERSION = 1
+_IDLE_READERS = 4  # reader connections kept open between reads; more are opened while needed, then closed
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
@@ -86,14 +93,19 @@ class InvalidTransition(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Event:
-    """One stored event of a job."""
+class StoredEvent:
+    """One stored event of a job: its place in the job's history and its record (type and fields)."""
 
     job_id: str
     sequence: int
     time: float
     type: str
     payload: dict
+
+    @property
+    def event(self) -> ev.Event:
+        """Return the typed event (a record of no known type becomes a Log line quoting it)."""
+        return ev.from_dict({**self.payload, "type": self.type})
 
     def as_dict(self) -> dict:
         """Return the event as {"type": ..., **payload, "sequence": ..., "time": ...}."""
@@ -172,6 +184,10 @@ def _row_to_job(row: sqlite3.Row) -> JobRecord:
     )
 
 
+def _row_to_event(row: sqlite3.Row) -> StoredEvent:
+    return StoredEvent(row["job_id"], row["sequence"], row["time"], row["type"], json.loads(row["payload"]))
+
+
 class JobStore:
     """The jobs and events tables; `on_append(job_id, last_sequence)` is called after each commit."""
 
@@ -180,8 +196,7 @@ class JobStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._on_append = on_append
         self._write_lock = threading.RLock()
-        self._local = threading.local()
-        self._readers: list[sqlite3.Connection] = []
+        self._idle: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._closed = False
         self._writer = self._connect()
@@ -202,32 +217,45 @@ class JobStore:
         conn.execute("PRAGMA foreign_keys=ON")
         return conn
 
-    def _reader(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """Lend a reader connection for one read, then take it back (closed beyond _IDLE_READERS)."""
+        with self._readers_lock:
             if self._closed:
                 raise RuntimeError("job store is closed")
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
             conn = self._connect()
-            self._local.conn = conn
+        try:
+            yield conn
+        finally:
             with self._readers_lock:
-                self._readers.append(conn)
-        return conn
+                keep = not self._closed and len(self._idle) < _IDLE_READERS
+                if keep:
+                    self._idle.append(conn)
+            if not keep:
+                conn.close()
+
+    def _read(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
+        """Return every row of one query, read on a pooled connection."""
+        with self._reading() as conn:
+            return conn.execute(sql, params).fetchall()
 
     def close(self) -> None:
-        """Close every connection (the store cannot be used afterwards)."""
-        self._closed = True
+        """Close every connection (the store cannot be used afterwards; a read in progress closes its own)."""
+        with self._readers_lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
         with self._write_lock:
             self._writer.close()
-        with self._readers_lock:
-            for conn in self._readers:
-                conn.close()
-            self._readers.clear()
 
     # ------------------------------------------------------------------ reads
     def get_job(self, job_id: str) -> JobRecord | None:
         """Return the job `job_id`, or None."""
-        row = self._reader().execute("SELECT rowid, * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return _row_to_job(row) if row else None
+        rows = self._read("SELECT rowid, * FROM jobs WHERE id = ?", (job_id,))
+        return _row_to_job(rows[0]) if rows else None
 
     def require_job(self, job_id: str) -> JobRecord:
         """Return the job `job_id` or raise JobNotFound."""
@@ -252,42 +280,30 @@ class JobStore:
             clauses.append("rowid < ?")
             params.append(before_rowid)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        rows = (
-            self._reader()
-            .execute(f"SELECT rowid, * FROM jobs {where} ORDER BY rowid DESC LIMIT ?", (*params, limit))
-            .fetchall()
-        )
+        rows = self._read(f"SELECT rowid, * FROM jobs {where} ORDER BY rowid DESC LIMIT ?", (*params, limit))
         return [_row_to_job(row) for row in rows]
 
     def jobs_in_state(self, state: str) -> list[JobRecord]:
         """Return every job in `state`, oldest first (the order the scheduler serves them)."""
-        rows = self._reader().execute("SELECT rowid, * FROM jobs WHERE state = ? ORDER BY rowid", (state,)).fetchall()
+        rows = self._read("SELECT rowid, * FROM jobs WHERE state = ? ORDER BY rowid", (state,))
         return [_row_to_job(row) for row in rows]
 
-    def events_after(self, job_id: str, after_sequence: int = 0, limit: int = 1000) -> list[Event]:
+    def events_after(self, job_id: str, after_sequence: int = 0, limit: int = 1000) -> list[StoredEvent]:
         """Return the job's events with sequence > after_sequence, in order, at most `limit`."""
-        rows = (
-            self._reader()
-            .execute(
-                "SELECT * FROM events WHERE job_id = ? AND sequence > ? ORDER BY sequence LIMIT ?",
-                (job_id, after_sequence, limit),
-            )
-            .fetchall()
+        rows = self._read(
+            "SELECT * FROM events WHERE job_id = ? AND sequence > ? ORDER BY sequence LIMIT ?",
+            (job_id, after_sequence, limit),
         )
-        return [Event(r["job_id"], r["sequence"], r["time"], r["type"], json.loads(r["payload"])) for r in rows]
+        return [_row_to_event(r) for r in rows]
 
-    def events_of_types(self, job_id: str, types: Iterable[str]) -> list[Event]:
+    def events_of_types(self, job_id: str, types: Iterable[str]) -> list[StoredEvent]:
         """Return the job's events of the given types, in order."""
         types = list(types)
-        rows = (
-            self._reader()
-            .execute(
-                f"SELECT * FROM events WHERE job_id = ? AND type IN ({', '.join('?' * len(types))}) ORDER BY sequence",
-                (job_id, *types),
-            )
-            .fetchall()
+        rows = self._read(
+            f"SELECT * FROM events WHERE job_id = ? AND type IN ({', '.join('?' * len(types))}) ORDER BY sequence",
+            (job_id, *types),
         )
-        return [Event(r["job_id"], r["sequence"], r["time"], r["type"], json.loads(r["payload"])) for r in rows]
+        return [_row_to_event(r) for r in rows]
 
     # ------------------------------------------------------------------ writes
     def create_job(
@@ -321,7 +337,7 @@ class JobStore:
                     " message) VALUES (?, ?, 'QUEUED', ?, ?, ?, ?, ?, 'queued')",
                     (job_id, kind, _dumps(spec), request_id or None, request_hash, now, now),
                 )
-                self._insert_events(job_id, 0, [{"type": "state", "state": "QUEUED", "reason": "queued"}], now)
+                self._insert_events(job_id, 0, [ev.State(state="QUEUED", reason="queued")], now)
                 self._writer.execute("UPDATE jobs SET last_sequence = 1 WHERE id = ?", (job_id,))
             self._notify(job_id, 1)
             return self.require_job_locked(job_id), True
@@ -333,17 +349,21 @@ class JobStore:
             raise JobNotFound(job_id)
         return _row_to_job(row)
 
-    def append_events(self, job_id: str, events: list[dict]) -> list[Event]:
-        """Append events (dicts with a "type") to a job that has not ended; return them as stored.
+    def append_events(self, job_id: str, events: Iterable[ev.Event | dict]) -> list[StoredEvent]:
+        """Append events (typed, or records with a "type") to a job that has not ended; return them as stored.
 
-        Progress, metric and checkpoint events also update the job row (latest progress, latest value of
-        each metric, last checkpoint step) in the same transaction. Events for an ended job are dropped.
+        Records are typed first (fields coerced). Progress, metric and checkpoint events also update the
+        job row (latest progress, latest value of each metric, last checkpoint step) in the same
+        transaction. Events for an ended job are dropped.
         """
+        events = [e if isinstance(e, ev.Event) else ev.from_dict(e) for e in events]
         if not events:
             return []
         for event in events:
-            if event.get("type") == "state":
+            if isinstance(event, ev.State):
                 raise ValueError("state events are written by set_state, which also updates the job")
+            if not event.stored:
+                raise ValueError(f"{event.TYPE} is a worker-protocol message, not a job event")
         with self._write_lock:
             job = self.require_job_locked(job_id)
             if job.terminal:
@@ -351,12 +371,12 @@ class JobStore:
             now = time.time()
             progress, metrics, checkpoint_step = job.progress, dict(job.latest_metrics), job.last_checkpoint_step
             for event in events:
-                if event["type"] == "progress":
-                    progress = {k: v for k, v in event.items() if k != "type"}
-                elif event["type"] == "metrics":
-                    metrics.update(event.get("values", {}))
-                elif event["type"] == "checkpoint":
-                    checkpoint_step = int(event.get("step", checkpoint_step))
+                if isinstance(event, ev.Progress):
+                    progress = {k: v for k, v in ev.to_dict(event).items() if k != "type"}
+                elif isinstance(event, ev.Metrics):
+                    metrics.update(event.values)
+                elif isinstance(event, ev.Checkpoint):
+                    checkpoint_step = event.step
             with self._transaction():
                 stored = self._insert_events(job_id, job.last_sequence, events, now)
                 self._writer.execute(
@@ -385,7 +405,7 @@ class JobStore:
         worker_pid: int | None = None,
         resume_step: int | None = None,
         summary: dict | None = None,
-    ) -> Event:
+    ) -> StoredEvent:
         """Move the job to `state` and append the state event; return the event.
 
         RUNNING counts an attempt and records the device and worker pid; leaving RUNNING clears the pid;
@@ -399,16 +419,15 @@ class JobStore:
             if state not in _TRANSITIONS.get(job.state, set()):
                 raise InvalidTransition(f"job {job_id} cannot go from {job.state} to {state}")
             now = time.time()
-            payload = {"type": "state", "state": state, "reason": reason}
+            event = ev.State(state=state, reason=reason)
             columns = {"state": state, "message": reason, "updated_at": now}
             if state == "RUNNING":
-                payload["attempt"] = attempt if attempt is not None else job.attempts + 1
-                payload["device"] = device or ""
-                columns.update(attempts=payload["attempt"], device=device or "", worker_pid=worker_pid or 0)
+                attempt = attempt if attempt is not None else job.attempts + 1
+                event = ev.State(state=state, reason=reason, attempt=attempt, device=device or "",
+                                 resume_step=int(resume_step or 0))  # fmt: skip
+                columns.update(attempts=attempt, device=device or "", worker_pid=worker_pid or 0)
                 if job.started_at is None:
                     columns["started_at"] = now
-                if resume_step:
-                    payload["resume_step"] = int(resume_step)
             else:
                 columns["worker_pid"] = 0
             if state in TERMINAL_STATES:
@@ -416,29 +435,41 @@ class JobStore:
             if summary is not None:
                 columns["summary"] = _dumps(summary)
             with self._transaction():
-                (event,) = self._insert_events(job_id, job.last_sequence, [payload], now)
-                columns["last_sequence"] = event.sequence
+                (stored,) = self._insert_events(job_id, job.last_sequence, [event], now)
+                columns["last_sequence"] = stored.sequence
                 assignments = ", ".join(f"{name} = ?" for name in columns)
                 self._writer.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*columns.values(), job_id))
-            self._notify(job_id, event.sequence)
-            return event
+            self._notify(job_id, stored.sequence)
+            return stored
 
-    def set_cancel_requested(self, job_id: str) -> JobRecord:
-        """Mark a job as asked to cancel (the scheduler stops its worker); return the job."""
-        with self._write_lock, self._transaction():
-            self._writer.execute(
-                "UPDATE jobs SET cancel_requested = 1, updated_at = ? WHERE id = ?", (time.time(), job_id)
-            )
+    def set_cancel_requested(self, job_id: str, message: str = "cancel requested") -> JobRecord:
+        """Mark a job as asked to cancel (the scheduler stops its worker) with a log event saying so; return the job.
+
+        The flag and its event are one transaction: every change of a job is an event.
+        """
+        with self._write_lock:
+            job = self.require_job_locked(job_id)
+            if job.terminal:
+                raise InvalidTransition(f"job {job_id} already ended ({job.state}); it cannot be cancelled")
+            now = time.time()
+            with self._transaction():
+                (stored,) = self._insert_events(job_id, job.last_sequence, [ev.Log(message=message)], now)
+                self._writer.execute(
+                    "UPDATE jobs SET cancel_requested = 1, last_sequence = ?, updated_at = ? WHERE id = ?",
+                    (stored.sequence, now, job_id),
+                )
+            self._notify(job_id, stored.sequence)
             return self.require_job_locked(job_id)
 
     def _transaction(self):
         return _Transaction(self._writer)
 
-    def _insert_events(self, job_id: str, last_sequence: int, events: list[dict], now: float) -> list[Event]:
+    def _insert_events(self, job_id: str, last_sequence: int, events: list[ev.Event], now: float) -> list[StoredEvent]:
         stored = []
         for offset, event in enumerate(events, start=1):
-            payload = {k: v for k, v in event.items() if k != "type"}
-            stored.append(Event(job_id, last_sequence + offset, now, str(event["type"]), payload))
+            payload = ev.to_dict(event)
+            del payload["type"]
+            stored.append(StoredEvent(job_id, last_sequence + offset, now, event.TYPE, payload))
         self._writer.executemany(
             "INSERT INTO events (job_id, sequence, time, type, payload) VALUES (?, ?, ?, ?, ?)",
             [(e.job_id, e.sequence, e.time, e.type, _dumps(e.payload)) for e in stored],

@@ -24,51 +24,32 @@ import time
 import traceback
 from pathlib import Path
 
-EXIT_ORPHANED = 3  # the server is gone: nobody would record what this process does
+from gansvc.runtime import events
+from gansvc.runtime.process import EXIT_ORPHANED, die_with_parent
+
 LOCK_TIMEOUT_SECONDS = 120.0
 
 
-def die_with_parent(parent_pid: int) -> None:
-    """Ask the kernel to SIGKILL this process when its parent dies; exit now if it already has."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
-            print(f"gansvc worker: prctl(PR_SET_PDEATHSIG) failed: errno {ctypes.get_errno()}", file=sys.stderr)
-    # The parent may have died before prctl: then this process was re-parented already.
-    if os.getppid() != parent_pid:
-        os._exit(EXIT_ORPHANED)
-
-
-def _jsonable(value):
-    if hasattr(value, "item"):  # NumPy / torch scalars
-        return value.item()
-    if isinstance(value, (set, tuple)):
-        return list(value)
-    if isinstance(value, Path):
-        return str(value)
-    return str(value)
-
-
 class EventChannel:
-    """Sends events to the server as JSON lines on a pipe; a closed pipe means the server is gone."""
+    """Sends typed events to the server as JSON lines on a pipe; a closed pipe means the server is gone."""
 
     def __init__(self, fd: int):
         self.fd = fd
         self.lock = threading.Lock()
 
-    def send(self, event: dict) -> None:
-        """Write one event (a JSON-serialisable dict with a "type")."""
-        data = (json.dumps(event, default=_jsonable) + "\n").encode()
+    def send(self, event: events.Event | dict) -> None:
+        """Write one event (typed; a record with a "type" is typed first)."""
+        if not isinstance(event, events.Event):
+            # The trainer and the launcher hand over records until they emit typed events themselves.
+            event = events.from_dict(event)
+        data = events.encode(event)
         with self.lock:
             try:
                 view = memoryview(data)
                 while view:
                     written = os.write(self.fd, view)
                     view = view[written:]
-            except (BrokenPipeError, OSError):
+            except OSError:  # BrokenPipeError included
                 os._exit(EXIT_ORPHANED)
 
 
@@ -122,20 +103,8 @@ def run_training(job: dict, job_dir: Path, channel: EventChannel, stop: StopRequ
     spec = TrainSpec.from_dict(job["spec"])
     if spec.nproc > 1:
         return run_distributed_training(spec, job_dir, channel, stop)
-    announced = False
-
-    def forward(event: dict) -> None:
-        nonlocal announced
-        if not announced and event.get("type") == "progress":
-            announced = True
-            resumed = getattr(trainer, "resumed_from", None)
-            if resumed is not None:
-                message = f"resumed from the checkpoint at step {resumed}"
-                channel.send({"type": "log", "level": "info", "message": message, "resume_step": int(resumed)})
-        channel.send(event)
-
-    trainer = Trainer(spec, job_dir, on_event=forward, should_stop=stop.is_set)
-    return trainer.run()
+    # The trainer's events (a resume announces itself with a Log carrying resume_step) go out as they come.
+    return Trainer(spec, job_dir, on_event=channel.send, should_stop=stop.is_set).run()
 
 
 def run_distributed_training(spec, job_dir: Path, channel: EventChannel, stop: StopRequests) -> dict:
@@ -149,18 +118,6 @@ def run_distributed_training(spec, job_dir: Path, channel: EventChannel, stop: S
     from gansvc.atomic import atomic_write_text
     from gansvc.train.launch import DistributedRunFailed, LaunchConfig, launch
 
-    announced = False
-
-    def forward(event: dict) -> None:
-        nonlocal announced
-        if not announced and event.get("type") == "progress":
-            announced = True
-            if event.get("step", 0) > 0:  # the first progress event comes at the step training starts from
-                step = int(event["step"])
-                channel.send({"type": "log", "level": "info", "message": f"resumed from the checkpoint at step {step}",
-                              "resume_step": step})  # fmt: skip
-        channel.send(event)
-
     spec_file = job_dir / "rank_spec.json"
     atomic_write_text(spec_file, json.dumps(spec.to_dict(), indent=2) + "\n")
     devices = os.environ.get("CUDA_VISIBLE_DEVICES", "")
@@ -168,7 +125,7 @@ def run_distributed_training(spec, job_dir: Path, channel: EventChannel, stop: S
     channel.send(_log(f"starting {spec.nproc} processes with torchrun on {where}"))
     result = launch(
         LaunchConfig(nproc_per_node=spec.nproc), ["--spec", str(spec_file), "--out", str(job_dir), "--quiet"],
-        on_event=forward, should_stop=stop.is_set, cwd=job_dir,
+        on_event=channel.send, should_stop=stop.is_set, cwd=job_dir,
     )  # fmt: skip
     if result.exit_code != 0:
         raise DistributedRunFailed(result)
@@ -178,12 +135,15 @@ def run_distributed_training(spec, job_dir: Path, channel: EventChannel, stop: S
 def run_evaluation(job: dict, job_dir: Path, channel: EventChannel, stop: StopRequests) -> dict:
     """Score a checkpoint's samples or uploaded images with gansvc.metrics.evaluate; return the result."""
     import numpy as np
+
+    spec, device = job["spec"], job["device"]
+    # Uploaded images are read before torch is imported: a missing upload fails in a fraction of a second.
+    uploaded = np.load(spec["samples_file"]) if spec["source"] != "checkpoint" else None
     import torch
 
     from gansvc.atomic import atomic_write_text
     from gansvc.metrics import evaluate
 
-    spec, device = job["spec"], job["device"]
     step = 0
     if spec["source"] == "checkpoint":
         from gansvc.service.artifacts import checkpoint_file
@@ -197,7 +157,7 @@ def run_evaluation(job: dict, job_dir: Path, channel: EventChannel, stop: StopRe
         generator, _ = load_generator(path, device)
         fake = generate(generator, int(spec["num_samples"]), int(spec.get("seed", 0)), device)
     else:
-        fake = torch.from_numpy(np.load(spec["samples_file"]))
+        fake = torch.from_numpy(uploaded)
     if stop.is_set():
         return {"status": "stopped", "stopped": True}
     channel.send(_log(f"scoring {fake.shape[0]} images against {spec['real']} with {spec['extractor']}"))
@@ -212,10 +172,10 @@ def run_evaluation(job: dict, job_dir: Path, channel: EventChannel, stop: StopRe
         progress=False,
     )
     values = {k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    channel.send({"type": "metrics", "step": step, "values": values})
-    summary = {"status": "completed", "stopped": False, "step": step, **{k: _plain(v) for k, v in result.items()}}
-    atomic_write_text(job_dir / "result.json", json.dumps(summary, indent=2, default=_jsonable) + "\n")
-    return summary
+    channel.send(events.Metrics(step=step, values=values))
+    summary = events.to_dict(events.Finished(summary={"status": "completed", "stopped": False, "step": step, **result}))
+    atomic_write_text(job_dir / "result.json", json.dumps(summary["summary"], indent=2) + "\n")
+    return summary["summary"]
 
 
 def _generator_step(path: Path) -> int:
@@ -225,27 +185,29 @@ def _generator_step(path: Path) -> int:
     return int(state.get("step", 0)) if isinstance(state, dict) else 0
 
 
-def _plain(value):
-    return value if isinstance(value, (bool, int, float, str, type(None))) else _jsonable(value)
-
-
-def _log(message: str, level: str = "info") -> dict:
-    return {"type": "log", "level": level, "message": message}
+def _log(message: str, level: str = "info") -> events.Log:
+    return events.Log(level=level, message=message)
 
 
 def failure_reason(error: BaseException) -> str:
     """Return a one-line reason for a failed job, in a user's words."""
-    import torch
-
+    from gansvc.train.launch import DistributedRunFailed
     from gansvc.train.spec import SpecError
 
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    if type(error).__name__ == "DistributedRunFailed":
+    if isinstance(error, DistributedRunFailed):
         return _rank_failure_reason(error)
-    if type(error).__name__ == "TrainingDiverged":
-        return text if "diverged" in text else f"training diverged: {text}"
-    if isinstance(error, torch.cuda.OutOfMemoryError):
-        return f"out of GPU memory: {text}"
+    # The trainer's and torch's errors exist only once torch is loaded: a job that failed before that
+    # (a missing upload) does not pay seconds of imports to be told so.
+    if "torch" in sys.modules:
+        import torch
+
+        from gansvc.train import TrainingDiverged
+
+        if isinstance(error, TrainingDiverged):
+            return text if "diverged" in text else f"training diverged: {text}"
+        if isinstance(error, torch.cuda.OutOfMemoryError):
+            return f"out of GPU memory: {text}"
     if isinstance(error, MemoryError):
         return "out of memory (host RAM)"
     if isinstance(error, SpecError):
@@ -289,18 +251,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         lock_run_dir(args.job_dir)
         job = json.loads((args.job_dir / "worker_input.json").read_text(encoding="utf-8"))
-        channel.send({"type": "hello", "pid": os.getpid()})
+        channel.send(events.Hello(pid=os.getpid()))
         if job["kind"] == "training":
             summary = run_training(job, args.job_dir, channel, stop)
         else:
             summary = run_evaluation(job, args.job_dir, channel, stop)
-        channel.send({"type": "finished", "stopped": bool(summary.get("stopped")), "summary": summary})
+        channel.send(events.Finished(stopped=bool(summary.get("stopped")), summary=summary))
         return 0
     except BaseException as error:  # noqa: BLE001 - every failure is reported, then the process ends
         traceback.print_exc()
         sys.stderr.flush()
         reason = failure_reason(error) if isinstance(error, Exception) else f"{type(error).__name__}"
-        channel.send({"type": "failed", "reason": reason, "error": type(error).__name__})
+        channel.send(events.Failed(reason=reason, error=type(error).__name__))
         return 1
 
 

@@ -1,0 +1,193 @@
+"""The command-line options of `gansvc serve | submit | watch | jobs | samples | cancel | download | health`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+DEFAULT_SERVER = "127.0.0.1:50051"
+DEFAULT_STATE_DIR = "runs/service"
+CLIENT_COMMANDS = ("submit", "watch", "jobs", "samples", "cancel", "download", "health")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
+    """Add the options of command `name` to its parser."""
+    if name == "serve":
+        _serve_arguments(parser)
+        return
+    _client_arguments(parser)
+    if name == "submit":
+        _submit_arguments(parser)
+    elif name == "watch":
+        parser.add_argument("job", help="job id")
+        parser.add_argument("--after", type=int, default=0, metavar="N", help="start after event N (default: all)")
+        parser.add_argument("--json", action="store_true", help="print each event as one JSON line, no bar")
+    elif name == "jobs":
+        parser.add_argument(
+            "--state",
+            action="append",
+            default=[],
+            metavar="STATE",
+            help="only jobs in this state (repeatable): queued, running, succeeded, failed, cancelled",
+        )
+        parser.add_argument("--kind", choices=("training", "evaluation"), help="only this kind of job")
+        parser.add_argument("--limit", type=int, default=20, help="at most this many jobs, newest first (default 20)")
+        parser.add_argument("--json", action="store_true", help="print the jobs as JSON lines")
+    elif name == "samples":
+        parser.add_argument("job", help="job id")
+        parser.add_argument("-o", "--output", required=True, type=Path, help="PNG file to write")
+        parser.add_argument("--step", type=int, default=0, help="a checkpoint / grid step (default: the latest)")
+        parser.add_argument("--seed", type=int, help="generate fresh images with this noise seed")
+        parser.add_argument("--count", type=int, help="generate this many images (default 64)")
+        parser.add_argument("--nrow", type=int, default=0, help="images per row of a generated grid")
+        parser.add_argument(
+            "--tensor", type=Path, metavar="FILE.npy", help="also save the raw images (float32, [-1, 1])"
+        )
+    elif name == "cancel":
+        parser.add_argument("job", help="job id")
+        parser.add_argument(
+            "--no-wait", action="store_true", help="return at once instead of waiting for the job to stop"
+        )
+    elif name == "download":
+        parser.add_argument("job", help="job id")
+        parser.add_argument("name", nargs="?", help="artifact, e.g. generator.pt or checkpoints/latest.pt")
+        parser.add_argument("-o", "--output", type=Path, help="file to write (default: the artifact's file name)")
+        parser.add_argument("--list", action="store_true", help="list the job's artifacts instead")
+    elif name == "health":
+        parser.add_argument("--service", default="", help="service name to ask about (default: the server)")
+
+
+def _serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--listen",
+        default="127.0.0.1:50051",
+        metavar="HOST:PORT",
+        help="address to listen on (default 127.0.0.1:50051; port 0 picks a free one)",
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(os.environ.get("GANSVC_STATE_DIR", DEFAULT_STATE_DIR)),
+        help=f"jobs database and run directories (default $GANSVC_STATE_DIR or {DEFAULT_STATE_DIR})",
+    )
+    parser.add_argument(
+        "--devices",
+        default="cpu",
+        help="GPUs jobs may use: cpu (none), all, or a list like cuda:0,cuda:1 (default cpu)",
+    )
+    parser.add_argument("--cpu-jobs", type=int, default=1, help="CPU jobs run at the same time (default 1)")
+    parser.add_argument(
+        "--data-root",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="DIR",
+        help="a folder clients may name data paths in (repeatable); paths elsewhere are refused",
+    )
+    parser.add_argument(
+        "--auth-token-file",
+        type=Path,
+        default=os.environ.get("GANSVC_AUTH_TOKEN_FILE") or None,
+        help="accepted bearer tokens, one per line (default $GANSVC_AUTH_TOKEN_FILE; none = no auth)",
+    )
+    parser.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve TLS")
+    parser.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    parser.add_argument("--max-message-mb", type=int, default=64, help="largest message in or out (default 64 MiB)")
+    parser.add_argument("--max-watchers", type=int, default=64, help="concurrent WatchJob streams (default 64)")
+    parser.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=60.0,
+        help="seconds running jobs get to checkpoint on SIGTERM before they are killed (default 60)",
+    )
+    parser.add_argument(
+        "--cancel-timeout",
+        type=float,
+        default=120.0,
+        help="seconds a cancelled job gets to checkpoint before it is killed (default 120)",
+    )
+    parser.add_argument(
+        "--allow-unauthenticated", action="store_true", help="listen beyond loopback without --auth-token-file"
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default="info",
+        help="the server's log messages (and grpc's) at this level and above, on stderr (default info)",
+    )
+    parser.add_argument(
+        "--ready-file",
+        type=Path,
+        help="write {address, port, pid} as JSON here once serving (for scripts using port 0)",
+    )
+
+
+def _client_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("connection")
+    group.add_argument(
+        "--server",
+        default=os.environ.get("GANSVC_SERVER", DEFAULT_SERVER),
+        metavar="HOST:PORT",
+        help=f"the service (default $GANSVC_SERVER or {DEFAULT_SERVER})",
+    )
+    group.add_argument(
+        "--token-file",
+        type=Path,
+        default=os.environ.get("GANSVC_TOKEN_FILE") or None,
+        help="file whose first line is the bearer token (default $GANSVC_TOKEN_FILE, or the token in $GANSVC_TOKEN)",
+    )
+    group.add_argument(
+        "--tls-ca",
+        type=Path,
+        default=os.environ.get("GANSVC_TLS_CA") or None,
+        help="CA certificate (PEM) to verify the server with: use TLS (default $GANSVC_TLS_CA)",
+    )
+    group.add_argument(
+        "--tls-server-name",
+        default=os.environ.get("GANSVC_TLS_SERVER_NAME") or None,
+        help="name the server certificate must carry, if not its address (default $GANSVC_TLS_SERVER_NAME)",
+    )
+    group.add_argument("--timeout", type=float, default=60.0, help="seconds per call (default 60)")
+
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _submit_arguments(parser: argparse.ArgumentParser) -> None:
+    from google.protobuf.descriptor import FieldDescriptor
+
+    from gansvc.service.convert import training_spec_fields
+
+    parser.add_argument("--spec", type=Path, help="training spec file (.json or .toml); flags override its values")
+    parser.add_argument("--request-id", help="makes a retried submit return the same job")
+    parser.add_argument("--watch", action="store_true", help="follow the job until it ends (as `gansvc watch`)")
+    group = parser.add_argument_group("training settings (TrainSpec fields; unset ones take the trainer's defaults)")
+    types = {FieldDescriptor.TYPE_STRING: str, FieldDescriptor.TYPE_DOUBLE: float, FieldDescriptor.TYPE_FLOAT: float}
+    for name, descriptor in training_spec_fields().items():
+        if descriptor.type == FieldDescriptor.TYPE_BOOL:
+            group.add_argument(_option(name), dest=f"spec_{name}", action=argparse.BooleanOptionalAction, default=None)
+        else:
+            group.add_argument(
+                _option(name),
+                dest=f"spec_{name}",
+                type=types.get(descriptor.type, int),
+                default=None,
+                metavar=name.upper(),
+            )
+    evaluation = parser.add_argument_group("evaluation instead of training (uses --data-root, --seed, --device too)")
+    evaluation.add_argument("--evaluate", metavar="JOB", help="score this training job's checkpoint (FID, IS, KID)")
+    evaluation.add_argument(
+        "--evaluate-images",
+        type=Path,
+        metavar="PATH",
+        help="score these images: a folder of PNGs or a .npy [N, C, H, W] file",
+    )
+    evaluation.add_argument("--step", type=int, default=0, help="checkpoint step of --evaluate (default: the latest)")
+    evaluation.add_argument("--real", default="", help="reference data set and split (default fashion-mnist:test)")
+    evaluation.add_argument("--extractor", default="", help="fmnist-cnn (default) or inception-v3")
+    evaluation.add_argument("--inception-weights", default="", help="Inception weights file under a data root")
+    evaluation.add_argument("--num-samples", type=int, help="images generated from the checkpoint (default 5000)")
+    evaluation.add_argument("--num-real", type=int, help="reference images used (default: the whole split)")

@@ -1,0 +1,91 @@
+"""`gansvc serve`: run the server until SIGTERM / SIGINT, logging through `logging` (grpc's logger too)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+
+from gansvc.cli import UsageError
+
+log = logging.getLogger("gansvc.service")
+_PREFIX = "gansvc serve: "
+
+
+class _Formatter(logging.Formatter):
+    """'gansvc serve: message', with 'warning: ' / 'error: ' before worse than info, and grpc's name on its own."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = "" if record.levelno <= logging.INFO else f"{record.levelname.lower()}: "
+        origin = "grpc: " if record.name == "grpc" or record.name.startswith("grpc.") else ""
+        text = f"{_PREFIX}{origin}{level}{record.getMessage()}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+def configure_logging(level: str = "info", stream=None) -> logging.Handler:
+    """Send gansvc's and grpc's log records at `level` and above to stderr (or `stream`); return the handler."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(_Formatter())
+    for name in ("gansvc", "grpc"):
+        logger = logging.getLogger(name)
+        logger.setLevel(level.upper())
+        logger.addHandler(handler)
+        logger.propagate = False  # one line per record, whatever the root logger does
+    return handler
+
+
+def serve(args) -> int:
+    """Run the server until SIGTERM / SIGINT; return 0 after a clean shutdown."""
+    from gansvc.atomic import atomic_write_text
+    from gansvc.service.server import GanServer, ServerConfig
+
+    configure_logging(args.log_level)
+    config = ServerConfig(
+        state_dir=args.state_dir, listen=args.listen, devices=args.devices, cpu_jobs=args.cpu_jobs,
+        data_roots=args.data_root, auth_token_file=args.auth_token_file, tls_cert=args.tls_cert,
+        tls_key=args.tls_key, max_message_mb=args.max_message_mb, max_watchers=args.max_watchers,
+        shutdown_timeout=args.shutdown_timeout, cancel_timeout=args.cancel_timeout,
+        allow_unauthenticated=args.allow_unauthenticated,
+    )  # fmt: skip
+    try:
+        server = GanServer(config)
+    except (ValueError, OSError) as error:
+        raise UsageError(str(error)) from None
+    stop = threading.Event()
+    signals = {"count": 0}
+
+    def on_signal(number, _frame):
+        signals["count"] += 1
+        stop.set()
+        if signals["count"] > 1:  # a second Ctrl-C / SIGTERM: do not wait for checkpoints
+            log.info("stopping now: killing running jobs (they resume from their last checkpoint)")
+            server.kill_running_jobs()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        server.start()
+    except RuntimeError as error:
+        log.error("%s", error)
+        return 1
+    security = ("TLS" if config.tls_cert else "plaintext") + (", bearer tokens" if server.tokens else ", no auth")
+    # The command's own output (scripts read the address here), not a log record.
+    print(f"{_PREFIX}listening on {server.address} ({security}); state {server.state_dir}; "
+          f"{server.pool.describe()}", flush=True)  # fmt: skip
+    if args.ready_file:
+        ready = {"address": server.address, "port": server.port, "pid": os.getpid()}
+        atomic_write_text(args.ready_file, json.dumps(ready) + "\n")
+    while not stop.wait(1.0):
+        pass
+    running = server.running_jobs()
+    log.info("shutting down: %d running job(s) checkpoint and resume on the next start", len(running))
+    server.shutdown()
+    if args.ready_file:
+        args.ready_file.unlink(missing_ok=True)
+    log.info("stopped")
+    return 0
