@@ -149,7 +149,7 @@ def test_clean_leftovers_removes_what_a_killed_atomic_write_left(tmp_path):
     for path in keep:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"keep")
-    extra = [run_dir / "samples" / ".latest.png.k2j3l4.tmp", run_dir / "checkpoints" / ".latest.pt.1234.tmp"]
+    extra = [run_dir / "samples" / ".latest.png.k2j3l4m5.tmp", run_dir / "checkpoints" / ".latest.pt.1234.tmp"]
     for path in extra:
         path.write_bytes(b"partial")
     removed = rundir.clean_leftovers(run_dir)

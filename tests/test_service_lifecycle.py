@@ -16,7 +16,7 @@ import pytest
 
 from gansvc.runtime import events as ev
 from gansvc.service.devices import DevicePool
-from gansvc.service.leftovers import remove_temp_leftovers
+from gansvc.runtime.rundir import clean_leftovers
 from gansvc.service.scheduler import Scheduler
 from gansvc.service.server import GanServer, ServerConfig
 from gansvc.service.store import JobStore
@@ -74,7 +74,7 @@ def test_leftovers_of_a_killed_run_are_gone_after_a_restart_and_real_files_kept(
         again.shutdown(timeout=5)
 
 
-def test_remove_temp_leftovers_matches_the_atomic_writers_names(tmp_path):
+def test_clean_leftovers_matches_the_atomic_writers_names(tmp_path):
     from gansvc.atomic import atomic_write
 
     target = tmp_path / "deep" / "checkpoint.pt"
@@ -87,7 +87,7 @@ def test_remove_temp_leftovers_matches_the_atomic_writers_names(tmp_path):
     atomic_write(target, interrupted)
     (temp,) = seen
     temp.write_bytes(b"half")  # as if the process died before the rename
-    assert remove_temp_leftovers(tmp_path) == [temp]
+    assert clean_leftovers(tmp_path) == [temp]
     assert target.read_bytes() == b"data" and not temp.exists()
 
 

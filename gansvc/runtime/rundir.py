@@ -26,8 +26,9 @@ GENERATOR_FILE = "generator.pt"
 CHECKPOINT_SUFFIX = ".pt"
 SAMPLES_SUFFIX = ".png"
 _STEP_FILE = re.compile(r"^step_(\d+)(\.[A-Za-z0-9]+)$")
-# gansvc.atomic's temp files: mkstemp(prefix=f".{name}.", suffix=".tmp") -> .NAME.XXXXXXXX.tmp
-_TEMP_FILE = re.compile(r"^\..+\.[^.]+\.tmp$")
+# gansvc.atomic's temp files: mkstemp(prefix=f".{name}.", suffix=".tmp") -> .NAME.XXXXXXXX.tmp (8 random
+# characters), and the checkpoint link's .latest.pt.PID.tmp; nothing else (".step.pt.tmp" is a user's file)
+_TEMP_FILE = re.compile(r"^\..+\.([A-Za-z0-9_]{8}|\d+)\.tmp$")
 
 
 def step_name(step: int, suffix: str) -> str:

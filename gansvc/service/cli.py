@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from gansvc.cli import UsageError
+from gansvc.runtime.console import UsageError
 from gansvc.service.cli_args import CLIENT_COMMANDS, DEFAULT_SERVER, DEFAULT_STATE_DIR, add_arguments
 
 __all__ = ["CLIENT_COMMANDS", "DEFAULT_SERVER", "DEFAULT_STATE_DIR", "add_arguments", "main", "run"]

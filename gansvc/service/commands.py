@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from gansvc.cli import UsageError
+from gansvc.runtime.console import UsageError
 from gansvc.service import render
 from gansvc.service.convert import pb, state_name
 

@@ -29,7 +29,7 @@ from gansvc.runtime.process import command_line, kill_if
 from gansvc.service.artifacts import latest_checkpoint_step
 from gansvc.service.devices import Allocation, DevicePool
 from gansvc.service.errors import WrongState
-from gansvc.service.leftovers import remove_temp_leftovers
+from gansvc.runtime.rundir import clean_leftovers
 from gansvc.service.store import InvalidTransition, JobRecord, JobStore
 
 log = logging.getLogger(__name__)
@@ -224,7 +224,7 @@ class Scheduler:
         self.recover()
         # No worker runs now (recover killed any a dead server left): every temp file is a leftover.
         for job_dir in sorted(p for p in self.jobs_dir.iterdir() if p.is_dir()) if self.jobs_dir.is_dir() else ():
-            for path in remove_temp_leftovers(job_dir):
+            for path in clean_leftovers(job_dir):
                 log.info("removed the crash leftover %s", path)
         self._thread = threading.Thread(target=self._loop, name="gansvc-scheduler", daemon=True)
         self._thread.start()

@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 
-from gansvc.cli import UsageError
+from gansvc.runtime.console import UsageError
 
 log = logging.getLogger("gansvc.service")
 _PREFIX = "gansvc serve: "

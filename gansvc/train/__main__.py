@@ -15,7 +15,7 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     """Run `gansvc train` with these arguments on this rank; return the exit code."""
-    from gansvc.cli import UsageError
+    from gansvc.runtime.console import UsageError
     from gansvc.train import cli
     from gansvc.train.distributed import record_failure
 
