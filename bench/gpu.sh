@@ -45,8 +45,11 @@ step() {
         echo "\`$shown\` — $( [ "$status" = 0 ] && echo ok || echo "**FAILED (exit $status)**" ), ${took} s"
         echo
         echo '```'
-        # tqdm's carriage-return redraws: keep the last state of each line; long logs keep their end.
-        tr '\r' '\n' <"$OUT/step.log" | grep -v '^\s*$' | tail -n 80
+        # tqdm redraws a bar with carriage returns: keep only the last state of each run of bar lines;
+        # long logs keep their end.
+        tr '\r' '\n' <"$OUT/step.log" | grep -v '^\s*$' \
+            | awk '/%\|/ { bar = $0; next } bar != "" { print bar; bar = "" } { print } END { if (bar != "") print bar }' \
+            | tail -n 80
         echo '```'
     } >>"$REPORT"
     rm -f "$OUT/step.log"
@@ -116,7 +119,7 @@ fi
 
 # ------------------------------------------------------------------ speed
 if [ "$DRY_RUN" = 1 ]; then
-    step "bench/losses.py" "$PY" bench/losses.py --device cpu --kinds bce,hinge --sizes 64,4096 --seconds 0.1
+    step "bench/losses.py" "$PY" bench/losses.py --device cpu --threads 1 --kinds bce,hinge --sizes 64,4096 --seconds 0.1
     step "bench/fid.py" "$PY" bench/fid.py --dims 64 --repeat 1 --skip-memory
 else
     step "bench/losses.py" "$PY" bench/losses.py --device cuda

@@ -61,7 +61,7 @@ echo "run.sh: service SERVING on $GANSVC_SERVER after $((SECONDS - SERVE_START))
 
 # The default recipe (DCGAN, BCE, two time scales, EMA of G): about 1 600 steps in three minutes on 2 idle
 # CPU cores, and FID / IS / KID of 5 000 samples at the end. The spec file says what differs from the defaults.
-echo "run.sh: submitting $SPEC ${OVERRIDES[*]}" >&2
+echo "run.sh: submitting $SPEC${OVERRIDES[*]:+ ${OVERRIDES[*]}}" >&2
 JOB=$("$GANSVC" submit --spec "$SPEC" "${OVERRIDES[@]}" --request-id "run-sh-$$-$(date +%s)")
 STATUS=0
 "$GANSVC" watch "$JOB" || STATUS=$?
@@ -69,6 +69,7 @@ if [ "$STATUS" -eq 0 ]; then
     "$GANSVC" samples "$JOB" -o "$OUT/samples.png"
     echo "sample grid: $OUT/samples.png   generator: $STATE/jobs/$JOB/generator.pt"
 fi
+stop_server
 ELAPSED=$((SECONDS - RUN_START))
 echo "run.sh: done in $((ELAPSED / 60))m$(printf %02d $((ELAPSED % 60)))s" >&2
 exit "$STATUS"
