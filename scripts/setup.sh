@@ -1,39 +1,79 @@
 #!/usr/bin/env bash
 # Set up everything gansvc needs on a fresh machine: venv, pinned wheels, the Fashion-MNIST
 # Debian package (when root), and the C++/CUDA extension (incremental after the first build).
+#
+# The terminal gets one line per step with its time; everything the tools print (pip's notices,
+# hundreds of compiler warnings from torch's headers) goes to the log, build/setup.log by default
+# (GANSVC_SETUP_LOG overrides). When a step fails, the log's last lines are shown and the script
+# exits with the step's status.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
+LOG=${GANSVC_SETUP_LOG:-build/setup.log}
+mkdir -p "$(dirname "$LOG")"
+# flock: several set-ups in one checkout (parallel shells, tests) must not share pip, the log or
+# ninja's build dir at once.
+exec 9>"$LOG.lock"
+flock 9
+: >"$LOG"
+
+# Microseconds since the epoch (bash 5's EPOCHREALTIME, whose decimal mark follows the locale).
+now_us() { echo "${EPOCHREALTIME/[.,]/}"; }
+# seconds_since START_US: "12.3 s"
+seconds_since() {
+    local tenths=$((($(now_us) - $1) / 100000))
+    echo "$((tenths / 10)).$((tenths % 10)) s"
+}
+say() { echo "gansvc setup: $*" >&2; }
+SETUP_START=$(now_us)
+
+# step DESCRIPTION COMMAND...: run COMMAND with its output in the log; print DESCRIPTION and its time.
+step() {
+    local what=$1 started status=0
+    started=$(now_us)
+    shift
+    printf 'gansvc setup: %s ... ' "$what" >&2
+    printf '\n===== %s: %s\n===== $ %s\n' "$(date '+%F %T')" "$what" "$*" >>"$LOG"
+    "$@" >>"$LOG" 2>&1 </dev/null || status=$?
+    if [ "$status" -ne 0 ]; then
+        echo "FAILED after $(seconds_since "$started") (exit $status)" >&2
+        echo "----- last 40 lines of $LOG -----" >&2
+        tail -n 40 "$LOG" >&2
+        echo "----- the whole log: $LOG" >&2
+        exit "$status"
+    fi
+    echo "done ($(seconds_since "$started"))" >&2
+}
+
 if [ ! -x .venv/bin/python ]; then
-    echo "gansvc setup: creating .venv" >&2
-    "$PYTHON" -m venv .venv
+    step "creating .venv with $PYTHON" "$PYTHON" -m venv .venv
 fi
 # A stamp keeps repeated runs fast: pip is asked again only when requirements.txt changed.
 if ! cmp -s requirements.txt .venv/.requirements.stamp 2>/dev/null; then
-    echo "gansvc setup: installing pinned wheels (first time: ~2 min, 5.7 GB)" >&2
-    .venv/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
+    step "installing the pinned wheels of requirements.txt (torch, grpcio, ...; first time ~2 min, 5.7 GB)" \
+        .venv/bin/pip install --disable-pip-version-check --no-input --progress-bar off -r requirements.txt
     cp requirements.txt .venv/.requirements.stamp
 fi
 
-if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "gansvc setup: installing dataset-fashion-mnist" >&2
+install_dataset() {
     export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
-        || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null; } \
-        || echo "gansvc setup: could not install dataset-fashion-mnist; pass a data root instead" >&2
+    apt-get install -y -q dataset-fashion-mnist || { apt-get update -q && apt-get install -y -q dataset-fashion-mnist; }
+}
+if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    # A missing data package is not fatal: a user can pass a data root instead.
+    ( step "installing the Debian package dataset-fashion-mnist" install_dataset ) \
+        || say "could not install dataset-fashion-mnist; pass a data root instead"
 fi
 
-# The CUDA build on a machine without a GPU needs these (see ENVIRONMENT facts in the README).
+# The CUDA build on a machine without a GPU needs these (see "Building the extension" in the README).
 if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then export CUDA_HOME=/usr/local/cuda; fi
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-"8.0;9.0"}
 export MAX_JOBS=${MAX_JOBS:-2}
-# flock: several builds in one checkout (parallel shells, tests) must not share ninja's build dir at once.
-exec 9>.venv/.build.lock
-flock 9
 if [ ! -x .venv/bin/gansvc ]; then
-    echo "gansvc setup: installing gansvc (editable) and building the extension" >&2
-    .venv/bin/pip install --quiet --disable-pip-version-check --no-build-isolation --no-deps -e .
+    step "installing gansvc (editable) and building its C++/CUDA extension (first time ~1-2 min)" \
+        .venv/bin/pip install --disable-pip-version-check --no-input --no-build-isolation --no-deps -e .
 fi
 # Incremental rebuild of gansvc._C and regeneration of the gRPC stubs (seconds when nothing changed).
-.venv/bin/python setup.py --quiet build_ext --inplace
+step "building the extension and the gRPC stubs (incremental)" .venv/bin/python setup.py --quiet build_ext --inplace
+say "ready in $(seconds_since "$SETUP_START") (full log: $LOG)"
