@@ -33,33 +33,19 @@ def _want_cuda() -> bool:
     )
 
 
-def _cpu_capability_flags() -> list[str]:
-    """Flags that make at::vec::Vectorized use AVX2 + FMA (and Sleef's vector exp/log) in our CPU kernels.
-
-    GANSVC_CPU_CAPABILITY=AVX2|DEFAULT overrides the guess from the build machine's /proc/cpuinfo.
-    """
-    choice = os.environ.get("GANSVC_CPU_CAPABILITY", "").upper()
-    if not choice:
-        try:
-            with open("/proc/cpuinfo") as f:
-                flags = f.read()
-            choice = "AVX2" if (" avx2" in flags and " fma" in flags) else "DEFAULT"
-        except OSError:
-            choice = "DEFAULT"
-    if choice == "AVX2":
-        return ["-mavx2", "-mfma", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"]
-    return []
-
-
 def _extensions():
     _configure_cuda_env()
     from torch.utils import cpp_extension
 
-    cpp_sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
+    # The CPU loss kernels are built twice, for any CPU and for AVX2 + FMA (csrc/losses/losses_cpu_avx2.cpp
+    # compiles itself for AVX2 with a target pragma), and chosen at run time: no -march/-mavx2 here, so a
+    # wheel built on an AVX2 machine runs on one without. The AVX2 object links last, so that any inline
+    # function both builds emit resolves to the baseline copy.
+    cpp_sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True), key=lambda p: ("_avx2" in p, p))
     cuda_sources = sorted(glob.glob("csrc/**/*.cu", recursive=True))
     with_cuda = _want_cuda()
     # -g0: Python's default -g doubles compile time and makes an 11 MB .so.
-    args = {"cxx": ["-O3", "-g0", *_cpu_capability_flags()], "nvcc": ["-O3"]}
+    args = {"cxx": ["-O3", "-g0"], "nvcc": ["-O3"]}
     common = dict(name="gansvc._C", include_dirs=[os.path.join(ROOT, "csrc")], py_limited_api=False)
     if with_cuda:
         ext = cpp_extension.CUDAExtension(

@@ -4,13 +4,24 @@
 // Ops:
 //   d_loss_fused / g_loss_fused  one pass: loss, gradient w.r.t. the logits, statistics (CPU, CUDA)
 //   d_loss / g_loss              (loss, stats), differentiable; backward scales the saved gradient
+// and, outside the dispatcher (gansvc._C, since they write gradients as a side effect):
+//   d_loss_step / g_loss_step    the fused kernel, then its gradient added to the logits' gradients
+//                                without an autograd node: one call, one output, for a training step
 // The FID ops declare themselves in csrc/fid/ with TORCH_LIBRARY_FRAGMENT.
 #include <ATen/ATen.h>
+#include <c10/core/impl/alloc_cpu.h>
+#include <c10/util/accumulate.h>
 #include <pybind11/pybind11.h>
+#include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/autograd/variable.h>
+#include <torch/csrc/utils/pybind.h>
 #include <torch/library.h>
 
+#include <mutex>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "losses/losses.h"
 
@@ -197,6 +208,148 @@ GLossOut g_loss_fused_checked(const at::Tensor& fake, c10::string_view kind) {
   return kernel(fake, kind);
 }
 
+// A leaf whose gradient a step may write itself, exactly as AccumulateGrad would: no hooks of any
+// kind (tensor, accumulator, post-accumulate, retain_grad), contiguous, and a gradient that is absent
+// or a dense tensor of its shape and dtype that does not require grad. Anything else goes through
+// the autograd engine.
+bool plain_leaf(const at::Tensor& t) {
+  namespace impl = torch::autograd::impl;
+  if (!t.is_leaf() || !t.is_contiguous() || t.layout() != at::kStrided) return false;
+  if (!impl::hooks(t).empty() || impl::post_acc_grad_hooks(t) != nullptr) return false;
+  if (auto acc = impl::try_get_grad_accumulator(t)) {
+    if (!acc->pre_hooks().empty() || !acc->tensor_pre_hooks().empty() || !acc->retains_grad_hooks().empty() ||
+        !acc->post_hooks().empty()) {
+      return false;
+    }
+  }
+  const at::Tensor& grad = t.grad();
+  return !grad.defined() || (grad.layout() == at::kStrided && !grad.requires_grad() && grad.sizes() == t.sizes() &&
+                             grad.scalar_type() == t.scalar_type() && grad.device() == t.device());
+}
+
+// Adds each gradient to its logits' gradient (as loss.backward() would have): a plain leaf takes it
+// as its .grad (or adds it in place), the rest go through the engine in one backward call.
+void propagate(const at::Tensor& a, const at::Tensor& grad_a, const at::Tensor& b, const at::Tensor& grad_b) {
+  torch::autograd::variable_list roots, grads;
+  for (const auto& [t, g] : {std::pair{&a, &grad_a}, std::pair{&b, &grad_b}}) {
+    if (!t->defined() || !t->requires_grad()) continue;
+    if (plain_leaf(*t)) {
+      at::Tensor& current = const_cast<at::Tensor&>(*t).mutable_grad();
+      if (current.defined()) {
+        current.add_(*g);
+      } else {
+        current = *g;  // freshly allocated by the step and referenced nowhere else: no copy needed
+      }
+    } else {
+      roots.push_back(*t);
+      grads.push_back(*g);
+    }
+  }
+  if (!roots.empty()) torch::autograd::backward(roots, grads);
+}
+
+// Recycled CPU buffers for the steps' gradients. A step's gradient becomes a parameter's .grad and is
+// freed at the next zero_grad(set_to_none=True); glibc hands buffers of 128 KiB and more back to the
+// kernel on free, so without the pool every step would page-fault its gradients in again (at 65 536
+// logits that cost more than the whole kernel). Holds at most kMaxBuffers freed buffers, kMaxBytes in all.
+class GradPool {
+ public:
+  static GradPool& instance() {
+    static auto* pool = new GradPool();  // never destroyed: tensors may be freed during interpreter exit
+    return *pool;
+  }
+
+  at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
+    const int64_t numel = c10::multiply_integers(sizes);
+    const size_t bytes = static_cast<size_t>(numel) * options.dtype().itemsize();
+    if (bytes < kMinBytes) return at::empty(sizes, options);
+    void* data = take(bytes);
+    if (data == nullptr) data = c10::alloc_cpu(bytes);
+    return at::from_blob(data, sizes, [this, bytes](void* p) { give(p, bytes); }, options);
+  }
+
+ private:
+  static constexpr size_t kMinBytes = size_t(64) << 10, kMaxBytes = size_t(256) << 20;
+  static constexpr size_t kMaxBuffers = 8;
+
+  void* take(size_t bytes) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto it = free_.begin(); it != free_.end(); ++it) {
+      if (it->second == bytes) {
+        void* p = it->first;
+        held_ -= bytes;
+        free_.erase(it);
+        return p;
+      }
+    }
+    return nullptr;
+  }
+
+  void give(void* p, size_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (free_.size() < kMaxBuffers && held_ + bytes <= kMaxBytes) {
+        free_.emplace_back(p, bytes);
+        held_ += bytes;
+        return;
+      }
+    }
+    c10::free_cpu(p);
+  }
+
+  std::mutex mutex_;
+  std::vector<std::pair<void*, size_t>> free_;
+  size_t held_ = 0;
+};
+
+at::Tensor d_loss_step(const at::Tensor& real, const at::Tensor& fake, const std::string& kind, double real_label) {
+  check_pair(real, fake, real_label);
+  const DKind k = parse_d_kind(kind);
+  at::Tensor grad_r, grad_f, values;
+  {
+    at::NoGradGuard no_grad;
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    if (real.device().is_cpu()) {
+      const at::Tensor r = compute_input(real), f = compute_input(fake);
+      const bool same_type = r.scalar_type() == real.scalar_type();
+      // The kernel writes the gradients straight into tensors of the logits' shape when no cast is needed.
+      grad_r = GradPool::instance().empty(same_type ? real.sizes() : r.sizes(), r.options());
+      grad_f = GradPool::instance().empty(same_type ? fake.sizes() : f.sizes(), f.options());
+      const DValues v = d_loss_values_cpu(r, f, k, real_label, grad_r, grad_f);
+      if (!same_type) {
+        grad_r = grad_r.view(real.sizes()).to(real.scalar_type());
+        grad_f = grad_f.view(fake.sizes()).to(fake.scalar_type());
+      }
+      values = at::empty({4}, r.options());
+      AT_DISPATCH_FLOATING_TYPES(r.scalar_type(), "gansvc::d_loss_step", [&] {
+        auto* out = values.mutable_data_ptr<scalar_t>();
+        for (int i = 0; i < 4; ++i) out[i] = static_cast<scalar_t>(v[i]);
+      });
+    } else {
+      auto [loss, gr, gf, stats] = call_d_fused(real, fake, kind, real_label);
+      grad_r = gr;
+      grad_f = gf;
+      values = at::cat({loss.view({1}), stats});
+    }
+  }
+  propagate(real, grad_r, fake, grad_f);
+  return values;
+}
+
+at::Tensor g_loss_step(const at::Tensor& fake, const std::string& kind) {
+  check_logits(fake, "fake_logits");
+  at::Tensor grad_f, values;
+  {
+    at::NoGradGuard no_grad;
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [loss, gf, stats] = call_g_fused(fake, kind);
+    grad_f = gf;
+    values = at::cat({loss.view({1}), stats});
+  }
+  propagate(fake, grad_f, at::Tensor(), at::Tensor());
+  return values;
+}
+
 }  // namespace
 }  // namespace losses
 }  // namespace gansvc
@@ -240,9 +393,18 @@ PYBIND11_MODULE(_C, module) {
 #else
   module.attr("cuda_compiled") = false;
 #endif
-#if defined(CPU_CAPABILITY_AVX2)
-  module.attr("cpu_capability") = "AVX2";
-#else
-  module.attr("cpu_capability") = "DEFAULT";
-#endif
+  namespace py = pybind11;
+  using namespace gansvc::losses;
+  module.def("cpu_capability", &cpu_capability_name,
+             "The CPU loss-kernel build in use: 'avx2' (AVX2 + FMA) or 'default' (any CPU).");
+  module.def("_set_cpu_capability", &set_cpu_capability, py::arg("name"),
+             "Use the 'default' or 'avx2' CPU kernels ('' chooses again); returns the previous choice. For tests.");
+  // The GIL is released while the step runs: its backward may reach Python autograd nodes on other threads.
+  module.def("d_loss_step", &d_loss_step, py::arg("real_logits"), py::arg("fake_logits"), py::arg("kind"),
+             py::arg("real_label") = 1.0, py::call_guard<py::gil_scoped_release>(),
+             "D's fused loss; adds d loss / d logits to the logits' gradients and returns "
+             "[loss, mean_real, mean_fake, accuracy] (float64 for float64 logits, else float32).");
+  module.def("g_loss_step", &g_loss_step, py::arg("fake_logits"), py::arg("kind"),
+             py::call_guard<py::gil_scoped_release>(),
+             "G's fused loss; adds d loss / d logits to the logits' gradient and returns [loss, mean_fake].");
 }

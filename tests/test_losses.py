@@ -395,3 +395,116 @@ def test_cuda_kernels_were_built_where_they_can_be():
     if expected:
         assert torch._C._dispatch_has_kernel_for_dispatch_key("gansvc::d_loss_fused", "CUDA")
         assert torch._C._dispatch_has_kernel_for_dispatch_key("gansvc::g_loss_fused", "CUDA")
+
+
+# ---- the step API (no autograd node) and the CPU kernel builds --------------------------------
+
+
+def _autograd_step(real, fake, kind, label=1.0):
+    """What d_loss_step stands for: the differentiable op and loss.backward()."""
+    loss, stats = reference.d_loss(real, fake, kind, label)
+    loss.backward()
+    return torch.cat([loss.detach().reshape(1), stats])
+
+
+@pytest.mark.parametrize("kind", reference.D_KINDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("n", [1, 7, 64, 16385, 70001])
+def test_d_loss_step_matches_loss_backward(kind, dtype, n):
+    gen = torch.Generator().manual_seed(n)
+    base_r, base_f = torch.randn(n, generator=gen) * 4, torch.randn(n, generator=gen) * 4
+    r1, f1 = base_r.to(dtype).requires_grad_(), base_f.to(dtype).requires_grad_()
+    r2, f2 = base_r.to(dtype).requires_grad_(), base_f.to(dtype).requires_grad_()
+    got = ops.d_loss_step(r1, f1, kind, 0.9 if kind == "bce" else 1.0)
+    want = _autograd_step(r2, f2, kind, 0.9 if kind == "bce" else 1.0)
+    tol = TOL[dtype]
+    torch.testing.assert_close(got, want.to(got.dtype), **tol)
+    torch.testing.assert_close(r1.grad, r2.grad, **tol)
+    torch.testing.assert_close(f1.grad, f2.grad, **tol)
+    assert r1.grad.dtype == dtype and r1.grad.shape == r1.shape
+
+
+def test_d_loss_step_accumulates_and_reaches_non_leaves_and_hooks():
+    gen = torch.Generator().manual_seed(3)
+    w = torch.randn(50, generator=gen, dtype=torch.float64).requires_grad_()
+    x = torch.randn(50, generator=gen, dtype=torch.float64)
+    real_leaf = torch.randn(50, generator=gen, dtype=torch.float64).requires_grad_()
+    real_leaf.grad = torch.ones_like(real_leaf)  # accumulated into, as backward() does
+    seen = []
+    real_leaf.register_hook(lambda g: seen.append(g.clone()))
+    fake = w * x  # non-leaf: the gradient must reach w through the engine
+    ops.d_loss_step(real_leaf, fake, "bce")
+    w2, r2 = w.detach().clone().requires_grad_(), real_leaf.detach().clone().requires_grad_()
+    loss, _ = reference.d_loss(r2, w2 * x, "bce")
+    loss.backward()
+    torch.testing.assert_close(w.grad, w2.grad, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(real_leaf.grad, 1 + r2.grad, rtol=1e-12, atol=1e-15)
+    assert len(seen) == 1  # the hook ran (the leaf went through the engine)
+    torch.testing.assert_close(seen[0], r2.grad, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("kind", reference.G_KINDS)
+def test_g_loss_step_matches_loss_backward(kind):
+    gen = torch.Generator().manual_seed(5)
+    base = torch.randn(333, generator=gen, dtype=torch.float64) * 3
+    f1, f2 = base.clone().requires_grad_(), base.clone().requires_grad_()
+    got = ops.g_loss_step(f1, kind)
+    loss, stats = reference.g_loss(f2, kind)
+    loss.backward()
+    torch.testing.assert_close(got, torch.cat([loss.detach().reshape(1), stats]), rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(f1.grad, f2.grad, rtol=1e-12, atol=1e-15)
+
+
+def test_d_loss_step_is_deterministic_whatever_the_thread_count():
+    gen = torch.Generator().manual_seed(9)
+    real, fake = torch.randn(300_001, generator=gen) * 3, torch.randn(300_001, generator=gen) * 3
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            results.append(ops.d_loss_step(real, fake, "bce"))
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        assert torch.equal(results[0], other)
+
+
+@pytest.mark.skipif(ext is not None and ext.cpu_capability() != "avx2", reason="this CPU has no AVX2 + FMA")
+@pytest.mark.parametrize("kind", reference.D_KINDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_baseline_and_avx2_cpu_kernels_agree(kind, dtype):
+    """Both kernel builds, forced in turn (as GANSVC_CPU_CAPABILITY does), agree with each other and the oracle.
+
+    Not bit for bit: the AVX2 build's exp is Sleef's and the baseline's is libm's (both within 1 ulp).
+    """
+    gen = torch.Generator().manual_seed(11)
+    real = (torch.randn(40_003, generator=gen) * 5).to(dtype)
+    fake = (torch.randn(40_003, generator=gen) * 5).to(dtype)
+    results = {}
+    previous = ext._set_cpu_capability("default")
+    try:
+        for capability in ("default", "avx2"):
+            ext._set_cpu_capability(capability)
+            assert ops.cpu_capability() == capability
+            _, grad_r, grad_f, _ = torch.ops.gansvc.d_loss_fused(real, fake, kind, 1.0)
+            results[capability] = (ops.d_loss_step(real, fake, kind), grad_r, grad_f)
+    finally:
+        ext._set_cpu_capability(previous)
+    tol = dict(rtol=4 * torch.finfo(dtype).eps, atol=4 * torch.finfo(dtype).eps / real.numel())
+    for a, b in zip(results["default"], results["avx2"]):
+        torch.testing.assert_close(a, b, **tol)
+    want = _autograd_step(real.double().requires_grad_(), fake.double().requires_grad_(), kind)
+    torch.testing.assert_close(results["default"][0].double(), want, **TOL[dtype])
+
+
+def test_cpu_capability_env_var_is_honoured_and_checked():
+    import subprocess
+    import sys
+
+    code = "from gansvc import ops; ops.load_extension(); print(ops.cpu_capability())"
+    env = dict(os.environ, GANSVC_CPU_CAPABILITY="default")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "default"
+    with pytest.raises(ValueError, match="GANSVC_CPU_CAPABILITY must be"):
+        ext._set_cpu_capability("sse9")

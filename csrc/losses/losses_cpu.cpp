@@ -1,177 +1,118 @@
-// CPU kernels of the fused GAN losses: one pass over the logits writes the gradient and
-// accumulates loss, statistic and correct-count sums. SIMD over at::vec::Vectorized (exp and log
-// are vectorised there; log1p is not, hence log1p_small in loss_math.h), threads over fixed-size
-// blocks whose partial sums are added in block order, so results do not depend on the thread count.
+// The CPU fused GAN losses at tensor level: argument shaping, the choice of the kernel build for the
+// running CPU (baseline or AVX2 + FMA, losses_cpu_kernel.h), and the ops' outputs.
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-#include <ATen/cpu/vec/vec.h>
 
-#include <array>
-#include <vector>
+#include <atomic>
+#include <cstdlib>
+#include <string>
 
 #include "losses/losses.h"
+#include "losses/losses_cpu_sums.h"
 
 namespace gansvc {
 namespace losses {
 namespace {
 
-template <typename Scalar>
-struct VecMath {
-  using T = Scalar;
-  using V = at::vec::Vectorized<Scalar>;
-  using Mask = V;  // comparisons give all-ones lanes
-  static V splat(T x) { return V(x); }
-  static V exp(V x) { return x.exp(); }
-  static V log(V x) { return x.log(); }
-  static V abs(V x) { return x.abs(); }
-  static V max(V a, V b) { return at::vec::maximum(a, b); }  // propagates NaN
-  static V select(Mask m, V if_true, V if_false) { return V::blendv(if_false, if_true, m); }
-  static Mask gt(V a, V b) { return a > b; }
-  static Mask lt(V a, V b) { return a < b; }
-  static Mask ge(V a, V b) { return a >= b; }
-  static Mask eq(V a, V b) { return a == b; }
-  static V ones_where(Mask m) { return m & V(T(1)); }
-};
+bool cpu_has_avx2_fma() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+#else
+  return false;
+#endif
+}
 
-constexpr int64_t kBlock = 16384;  // elements per thread task: large enough to amortise, small for balance
-constexpr int kFlushEvery = 32;    // vectors summed in T before moving into double
+// -1: not chosen yet; else a CpuCapability. Chosen once per process (GANSVC_CPU_CAPABILITY, then the CPU).
+std::atomic<int> g_capability{-1};
 
-// Sums over one side (real or fake): loss terms, statistics, correct classifications.
-struct Sums {
-  double loss = 0, stat = 0, correct = 0;
-  void add(const Sums& o) {
-    loss += o.loss;
-    stat += o.stat;
-    correct += o.correct;
+CpuCapability parse_capability(const std::string& name) {
+  if (name == "default") return CpuCapability::kDefault;
+  if (name == "avx2") {
+    TORCH_CHECK_VALUE(cpu_has_avx2_fma(), "GANSVC_CPU_CAPABILITY=avx2 but this CPU lacks AVX2, FMA or F16C");
+    return CpuCapability::kAvx2;
   }
-};
+  TORCH_CHECK_VALUE(false, "GANSVC_CPU_CAPABILITY must be 'default' or 'avx2', got '", name, "'");
+}
 
-template <typename T>
-double horizontal_sum(const at::vec::Vectorized<T>& v) {
-  alignas(64) T lanes[at::vec::Vectorized<T>::size()];
-  v.store(lanes);
-  double s = 0;
-  for (int i = 0; i < at::vec::Vectorized<T>::size(); ++i) s += lanes[i];
+std::string lower(std::string s) {
+  for (auto& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   return s;
 }
 
-// Runs `term(x) -> {loss, grad, stat[, correct]}` over n logits: writes grad * scale, returns sums.
-// TermV / TermS are the same formula instantiated with the SIMD and the scalar math policy.
-template <typename T, bool kHasCorrect, typename TermV, typename TermS>
-Sums run_side(const T* logits, T* grad, int64_t n, T scale, const TermV& term_v, const TermS& term_s) {
-  using Vec = at::vec::Vectorized<T>;
-  const int64_t num_blocks = (n + kBlock - 1) / kBlock;
-  std::vector<Sums> partial(num_blocks);
-  at::parallel_for(0, num_blocks, 1, [&](int64_t block_begin, int64_t block_end) {
-    for (int64_t b = block_begin; b < block_end; ++b) {
-      const int64_t begin = b * kBlock, end = std::min(n, begin + kBlock);
-      Sums sums;
-      Vec acc_loss(T(0)), acc_stat(T(0)), acc_correct(T(0));
-      const Vec vscale(scale);
-      int64_t i = begin;
-      int pending = 0;
-      for (; i + Vec::size() <= end; i += Vec::size()) {
-        auto t = term_v(Vec::loadu(logits + i));
-        (t.grad * vscale).store(grad + i);
-        acc_loss += t.loss;
-        acc_stat += t.stat;
-        if constexpr (kHasCorrect) acc_correct += t.correct;
-        if (++pending == kFlushEvery) {
-          sums.loss += horizontal_sum(acc_loss);
-          sums.stat += horizontal_sum(acc_stat);
-          sums.correct += horizontal_sum(acc_correct);
-          acc_loss = acc_stat = acc_correct = Vec(T(0));
-          pending = 0;
-        }
-      }
-      sums.loss += horizontal_sum(acc_loss);
-      sums.stat += horizontal_sum(acc_stat);
-      sums.correct += horizontal_sum(acc_correct);
-      for (; i < end; ++i) {
-        auto t = term_s(logits[i]);
-        grad[i] = t.grad * scale;
-        sums.loss += t.loss;
-        sums.stat += t.stat;
-        if constexpr (kHasCorrect) sums.correct += t.correct;
-      }
-      partial[b] = sums;
-    }
-  });
-  Sums total;
-  for (const auto& p : partial) total.add(p);
-  return total;
+}  // namespace
+
+CpuCapability cpu_capability() {
+  int c = g_capability.load(std::memory_order_relaxed);
+  if (c < 0) {
+    const char* env = std::getenv("GANSVC_CPU_CAPABILITY");
+    CpuCapability chosen = (env != nullptr && *env != '\0') ? parse_capability(lower(env))
+                           : cpu_has_avx2_fma()             ? CpuCapability::kAvx2
+                                                            : CpuCapability::kDefault;
+    c = static_cast<int>(chosen);
+    g_capability.store(c, std::memory_order_relaxed);
+  }
+  return static_cast<CpuCapability>(c);
 }
 
-// Logits as a contiguous tensor in the compute type (float32 for half/bfloat16).
+std::string cpu_capability_name() { return cpu_capability() == CpuCapability::kAvx2 ? "avx2" : "default"; }
+
+std::string set_cpu_capability(const std::string& name) {
+  const std::string previous = cpu_capability_name();
+  if (name.empty()) {
+    g_capability.store(-1, std::memory_order_relaxed);  // choose again (environment, then CPU)
+  } else {
+    g_capability.store(static_cast<int>(parse_capability(lower(name))), std::memory_order_relaxed);
+  }
+  return previous;
+}
+
 at::Tensor compute_input(const at::Tensor& logits) {
   return logits.to(opmath_type(logits.scalar_type())).contiguous().view(-1);
 }
 
-template <typename T, DKind K, bool kIsReal>
-Sums d_side(const at::Tensor& logits, const at::Tensor& grad, T real_label) {
-  const int64_t n = logits.numel();
-  auto term_v = [real_label](at::vec::Vectorized<T> s) { return d_term<VecMath<T>>(K, kIsReal, s, real_label); };
-  auto term_s = [real_label](T s) { return d_term<ScalarMath<T>>(K, kIsReal, s, real_label); };
-  return run_side<T, true>(logits.data_ptr<T>(), grad.data_ptr<T>(), n, T(1) / T(n), term_v, term_s);
+DValues d_loss_values_cpu(const at::Tensor& r, const at::Tensor& f, DKind kind, double real_label,
+                          const at::Tensor& grad_r, const at::Tensor& grad_f) {
+  DSums sums;
+  const bool avx2 = cpu_capability() == CpuCapability::kAvx2;
+  AT_DISPATCH_FLOATING_TYPES(r.scalar_type(), "gansvc::d_loss", [&] {
+    const DArgs<scalar_t> a{r.const_data_ptr<scalar_t>(), r.numel(), f.const_data_ptr<scalar_t>(), f.numel(),
+                            grad_r.mutable_data_ptr<scalar_t>(), grad_f.mutable_data_ptr<scalar_t>(), kind, real_label};
+    sums = avx2 ? AVX2::d_sums(a) : DEFAULT::d_sums(a);
+  });
+  const double n_r = static_cast<double>(r.numel()), n_f = static_cast<double>(f.numel());
+  return {sums.real.loss / n_r + sums.fake.loss / n_f, sums.real.stat / n_r, sums.fake.stat / n_f,
+          (sums.real.correct + sums.fake.correct) / (n_r + n_f)};
 }
-
-template <typename T, DKind K>
-std::array<Sums, 2> d_both(const at::Tensor& real, const at::Tensor& fake, const at::Tensor& grad_real,
-                           const at::Tensor& grad_fake, T real_label) {
-  return {d_side<T, K, true>(real, grad_real, real_label), d_side<T, K, false>(fake, grad_fake, real_label)};
-}
-
-template <typename T, GKind K>
-Sums g_side(const at::Tensor& logits, const at::Tensor& grad) {
-  const int64_t n = logits.numel();
-  auto term_v = [](at::vec::Vectorized<T> s) { return g_term<VecMath<T>>(K, s); };
-  auto term_s = [](T s) { return g_term<ScalarMath<T>>(K, s); };
-  return run_side<T, false>(logits.data_ptr<T>(), grad.data_ptr<T>(), n, T(1) / T(n), term_v, term_s);
-}
-
-}  // namespace
 
 DLossOut d_loss_fused_cpu(const at::Tensor& real, const at::Tensor& fake, c10::string_view kind, double real_label) {
   const DKind k = parse_d_kind(kind);
   const at::Tensor r = compute_input(real), f = compute_input(fake);
   at::Tensor grad_r = at::empty_like(r), grad_f = at::empty_like(f);
-  std::array<Sums, 2> sums;
-  AT_DISPATCH_FLOATING_TYPES(r.scalar_type(), "gansvc::d_loss", [&] {
-    const auto label = static_cast<scalar_t>(real_label);
-    switch (k) {
-      case DKind::kBce: sums = d_both<scalar_t, DKind::kBce>(r, f, grad_r, grad_f, label); break;
-      case DKind::kHinge: sums = d_both<scalar_t, DKind::kHinge>(r, f, grad_r, grad_f, label); break;
-      case DKind::kWasserstein: sums = d_both<scalar_t, DKind::kWasserstein>(r, f, grad_r, grad_f, label); break;
-    }
+  const DValues v = d_loss_values_cpu(r, f, k, real_label, grad_r, grad_f);
+  // Separate tensors (not views of one): outputs of an op must not alias each other.
+  at::Tensor loss = at::empty({}, r.options()), stats = at::empty({3}, r.options());
+  AT_DISPATCH_FLOATING_TYPES(r.scalar_type(), "gansvc::d_loss_values", [&] {
+    *loss.mutable_data_ptr<scalar_t>() = static_cast<scalar_t>(v[0]);
+    auto* st = stats.mutable_data_ptr<scalar_t>();
+    for (int i = 0; i < 3; ++i) st[i] = static_cast<scalar_t>(v[i + 1]);
   });
-  const double n_r = static_cast<double>(r.numel()), n_f = static_cast<double>(f.numel());
-  const auto out_opts = r.options();
-  at::Tensor loss = at::scalar_tensor(sums[0].loss / n_r + sums[1].loss / n_f, out_opts);
-  at::Tensor stats = at::empty({3}, out_opts.dtype(at::kDouble));
-  auto* st = stats.data_ptr<double>();
-  st[0] = sums[0].stat / n_r;
-  st[1] = sums[1].stat / n_f;
-  st[2] = (sums[0].correct + sums[1].correct) / (n_r + n_f);
   return {loss, grad_r.view(real.sizes()).to(real.scalar_type()), grad_f.view(fake.sizes()).to(fake.scalar_type()),
-          stats.to(r.scalar_type())};
+          stats};
 }
 
 GLossOut g_loss_fused_cpu(const at::Tensor& fake, c10::string_view kind) {
   const GKind k = parse_g_kind(kind);
   const at::Tensor f = compute_input(fake);
   at::Tensor grad_f = at::empty_like(f);
-  Sums sums;
+  const bool avx2 = cpu_capability() == CpuCapability::kAvx2;
+  at::Tensor loss = at::empty({}, f.options()), stats = at::empty({1}, f.options());
   AT_DISPATCH_FLOATING_TYPES(f.scalar_type(), "gansvc::g_loss", [&] {
-    switch (k) {
-      case GKind::kNonSaturating: sums = g_side<scalar_t, GKind::kNonSaturating>(f, grad_f); break;
-      case GKind::kMinimax: sums = g_side<scalar_t, GKind::kMinimax>(f, grad_f); break;
-      case GKind::kHinge: sums = g_side<scalar_t, GKind::kHinge>(f, grad_f); break;
-      case GKind::kWasserstein: sums = g_side<scalar_t, GKind::kWasserstein>(f, grad_f); break;
-    }
+    const auto* in = f.const_data_ptr<scalar_t>();
+    auto* grad = grad_f.mutable_data_ptr<scalar_t>();
+    const Sums sums = avx2 ? AVX2::g_sums(in, grad, f.numel(), k) : DEFAULT::g_sums(in, grad, f.numel(), k);
+    const double n = static_cast<double>(f.numel());
+    *loss.mutable_data_ptr<scalar_t>() = static_cast<scalar_t>(sums.loss / n);
+    *stats.mutable_data_ptr<scalar_t>() = static_cast<scalar_t>(sums.stat / n);
   });
-  const double n = static_cast<double>(f.numel());
-  at::Tensor loss = at::scalar_tensor(sums.loss / n, f.options());
-  at::Tensor stats = at::scalar_tensor(sums.stat / n, f.options()).view({1});
   return {loss, grad_f.view(fake.sizes()).to(fake.scalar_type()), stats};
 }
 

@@ -26,5 +26,40 @@ def g_loss(fake_logits: torch.Tensor, kind: str):
     return reference.g_loss(fake_logits, kind)
 
 
-__all__ = ["cuda_compiled", "d_loss", "g_loss", "load_extension", "reference", "use_extension"]
+def d_loss_step(real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: str, real_label: float = 1.0):
+    """Add d loss / d logits to the logits' gradients (as `loss.backward()` would) and return the detached
+    [loss, mean D(x), mean D(G(z)), accuracy] of D's loss `kind`: one call and one output for a training step.
+
+    No autograd node is built (so no create_graph / gradient penalty through it: use `d_loss` for that);
+    leaf logits get their `.grad` directly, others through one autograd-engine call.
+    """
+    if use_extension():
+        return load_extension().d_loss_step(real_logits, fake_logits, kind, float(real_label))
+    loss, stats = reference.d_loss(real_logits, fake_logits, kind, real_label)
+    if loss.requires_grad:
+        loss.backward()
+    return torch.cat([loss.detach().reshape(1), stats])
+
+
+def g_loss_step(fake_logits: torch.Tensor, kind: str):
+    """Add d loss / d logits to the logits' gradient and return the detached [loss, mean D(G(z))] of G's loss."""
+    if use_extension():
+        return load_extension().g_loss_step(fake_logits, kind)
+    loss, stats = reference.g_loss(fake_logits, kind)
+    if loss.requires_grad:
+        loss.backward()
+    return torch.cat([loss.detach().reshape(1), stats])
+
+
+def cpu_capability() -> str:
+    """Return the CPU loss-kernel build in use: 'avx2' or 'default' ('reference' without the extension).
+
+    Chosen once per process from GANSVC_CPU_CAPABILITY=default|avx2, else from the running CPU.
+    """
+    module = load_extension()
+    return module.cpu_capability() if module is not None else "reference"
+
+
+__all__ = ["cpu_capability", "cuda_compiled", "d_loss", "d_loss_step", "g_loss", "g_loss_step", "load_extension",
+           "reference", "use_extension"]
 from gansvc.ops import fid  # noqa: E402  (the FID core: trace_sqrt_product, frechet_distance, feature moments)

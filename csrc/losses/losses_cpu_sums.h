@@ -1,0 +1,54 @@
+// The raw-pointer interface between the CPU loss kernels (one build per CPU capability, see
+// losses_cpu_kernel.h) and their tensor-level wrapper losses_cpu.cpp.
+#pragma once
+
+#include <cstdint>
+
+#include "losses/loss_math.h"
+
+namespace gansvc {
+namespace losses {
+
+constexpr int64_t kSumBlock = 65536;  // elements per thread task: large enough to amortise, small for balance
+
+// Sums over one side (real or fake): loss terms, statistics, correct classifications.
+struct Sums {
+  double loss = 0, stat = 0, correct = 0;
+  void add(const Sums& o) {
+    loss += o.loss;
+    stat += o.stat;
+    correct += o.correct;
+  }
+};
+
+struct DSums {
+  Sums real, fake;
+};
+
+// Contiguous logits in the compute type and the gradient buffers the kernel fills.
+template <typename T>
+struct DArgs {
+  const T* real;
+  int64_t n_real;
+  const T* fake;
+  int64_t n_fake;
+  T* grad_real;
+  T* grad_fake;
+  DKind kind;
+  double real_label;
+};
+
+// One declaration per capability; the definitions are in losses_cpu_kernel.h.
+#define GANSVC_DECLARE_LOSS_SUMS(capability)                                         \
+  namespace capability {                                                             \
+  DSums d_sums(const DArgs<float>& a);                                               \
+  DSums d_sums(const DArgs<double>& a);                                              \
+  Sums g_sums(const float* fake, float* grad, int64_t n, GKind kind);                \
+  Sums g_sums(const double* fake, double* grad, int64_t n, GKind kind);              \
+  }
+GANSVC_DECLARE_LOSS_SUMS(DEFAULT)
+GANSVC_DECLARE_LOSS_SUMS(AVX2)
+#undef GANSVC_DECLARE_LOSS_SUMS
+
+}  // namespace losses
+}  // namespace gansvc
