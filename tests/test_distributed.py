@@ -258,8 +258,8 @@ def test_the_cause_of_a_failed_run_is_not_the_error_it_provoked_in_other_ranks(t
 
     def record(rank, when, message, error="RuntimeError", code=1, kind="error"):
         kind = "peer_lost" if distributed.is_peer_failure(None, message) else kind
-        (tmp_path / "failures" / f"rank_{rank}.json").write_text(json.dumps(
-            {"rank": rank, "time": when, "message": message, "error": error, "exit_code": code, "kind": kind}))  # fmt: skip
+        record = {"rank": rank, "time": when, "message": message, "error": error, "exit_code": code, "kind": kind}
+        (tmp_path / "failures" / f"rank_{rank}.json").write_text(json.dumps(record))
 
     # rank 2 was killed (no record); rank 0 then lost its peer, rank 1 was terminated by torchrun's teardown
     # (in the same whole second torchrun stamps its failures with): the cause is rank 2

@@ -334,7 +334,8 @@ def test_training_scoring_names_the_extractor_and_flags_one_trained_on_another_d
     assert "fmnist-cnn" in own.message and "fashion-mnist:test" in own.message
     borrowed = training_scoring("mnist", (1, 28, 28), points=False)
     assert borrowed.extractor == "fmnist-cnn" and "trained on fashion-mnist" in borrowed.mismatch
-    for dataset, shape in [("cifar10", (3, 32, 32)), ("folder:/data/faces", (1, 28, 28)), ("fashion-mnist", (1, 32, 32))]:
+    unscored = [("cifar10", (3, 32, 32)), ("folder:/data/faces", (1, 28, 28)), ("fashion-mnist", (1, 32, 32))]
+    for dataset, shape in unscored:
         none = training_scoring(dataset, shape, points=False)
         assert none.extractor is None and "FID / IS skipped" in none.unavailable and not none.mismatch, dataset
     points = training_scoring("gaussian-mixture", (2,), points=True)

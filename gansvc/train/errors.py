@@ -27,7 +27,7 @@ class TrainingDiverged(RuntimeError):
     """A loss or statistic became NaN or infinite; training stops with no checkpoint of the bad state."""
 
 
-class FailureKind(enum.StrEnum):
+class FailureKind(str, enum.Enum):
     """Why a run (or one of its ranks) failed: the codes written to a rank's failure file and read by the service."""
 
     INVALID_SPEC = "invalid_spec"  # a bad setting or missing data: the user's to fix

@@ -45,7 +45,7 @@ class Scoring:
 
 
 def training_scoring(dataset: str, data_shape, points: bool) -> Scoring:
-    """Return how a run on `dataset` (samples of `data_shape`; `points` for 2-D point data) is scored during training."""
+    """Return how a run on `dataset` is scored during training (`data_shape`: one sample's; `points`: 2-D point data)."""
     if points:
         return Scoring(None, "evaluation: samples are scored with the ring metric (modes covered, high-quality "
                              "fraction); no feature extractor")  # fmt: skip

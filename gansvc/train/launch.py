@@ -131,8 +131,9 @@ def launch(
     """Run `python -m <module> <module_args>` on every rank under torchrun; return how it ended.
 
     env: the ranks' environment (default: this process's). on_event: called here with each event rank 0's
-    trainer emits (a gansvc.runtime.events.Event). should_stop: polled; when true the ranks checkpoint and stop. forward_signals (main
-    thread only): a first SIGINT stops gracefully, a second SIGINT or a SIGTERM aborts the ranks.
+    trainer emits (a gansvc.runtime.events.Event). should_stop: polled; when true the ranks checkpoint and stop.
+    forward_signals (main thread only): a first SIGINT stops gracefully, a second SIGINT or a SIGTERM aborts
+    the ranks.
     The call returns only when the agent and every rank it started are gone.
     """
     config.validate()

@@ -80,7 +80,7 @@ def record_failure(
     if kind is None:
         kind = FailureKind.PEER_LOST if is_peer_failure(error, message) else failure_kind(error)
     record = {
-        "kind": str(kind),
+        "kind": FailureKind(kind).value,
         "rank": world.rank,
         "local_rank": world.local_rank,
         "node_rank": world.node_rank,

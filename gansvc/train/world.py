@@ -69,7 +69,8 @@ def world_from_env(environ=None) -> WorldInfo:
         raise bad(f"RANK={rank} and WORLD_SIZE={world_size}: expected 0 <= RANK < WORLD_SIZE")
     if not 0 <= local_rank < local_world_size:
         raise bad(
-            f"LOCAL_RANK={local_rank} and LOCAL_WORLD_SIZE={local_world_size}: expected 0 <= LOCAL_RANK < LOCAL_WORLD_SIZE"
+            f"LOCAL_RANK={local_rank} and LOCAL_WORLD_SIZE={local_world_size}: "
+            "expected 0 <= LOCAL_RANK < LOCAL_WORLD_SIZE"
         )
     return WorldInfo(rank, world_size, local_rank, local_world_size, node_rank)
 
