@@ -27,10 +27,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from gansvc.runtime import events as ev
 from gansvc.train import TrainSpec, Trainer
 from gansvc.train import distributed
 from gansvc.train.batches import DeviceBatches
-from gansvc.train.launch import LaunchConfig, RankFailure, launch
+from gansvc.train.errors import DistributedRunFailed, FailureKind, TrainingDiverged, failure_kind
+from gansvc.train.launch import LaunchConfig, LaunchResult, RankFailure, launch
 from gansvc.train.spec import SpecError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,7 +127,7 @@ def test_shard_bounds_split_everything_once_and_evenly(total, world):
 
 def test_local_batch_size_names_the_setting_when_uneven():
     assert distributed.local_batch_size(64, 4) == 16
-    with pytest.raises(ValueError, match=r"batch_size: the global batch 30 does not divide among 4"):
+    with pytest.raises(SpecError, match=r"batch_size: the global batch 30 does not divide among 4"):
         distributed.local_batch_size(30, 4)
 
 
@@ -135,9 +137,9 @@ def test_world_from_torchrun_environment():
     world = distributed.world_from_env(env)
     assert (world.rank, world.world_size, world.local_rank, world.local_world_size, world.node_rank) == (3, 4, 1, 2, 1)
     assert world.distributed and not world.is_main
-    with pytest.raises(ValueError, match="RANK=4 and WORLD_SIZE=4"):
+    with pytest.raises(SpecError, match="nproc: torchrun's environment is inconsistent: RANK=4 and WORLD_SIZE=4"):
         distributed.world_from_env({**env, "RANK": "4"})
-    with pytest.raises(ValueError, match="LOCAL_RANK='x'"):
+    with pytest.raises(SpecError, match="LOCAL_RANK='x'"):
         distributed.world_from_env({**env, "LOCAL_RANK": "x"})
 
 
@@ -146,13 +148,13 @@ def test_device_per_rank():
     assert distributed.device_for_rank("cpu", two) == torch.device("cpu")
     assert distributed.backend_for(torch.device("cpu")) == "gloo"
     assert distributed.backend_for(torch.device("cuda", 1)) == "nccl"
-    with pytest.raises(ValueError, match=r"device: 'cuda:1' names one GPU, but 2 ranks run on this node"):
+    with pytest.raises(SpecError, match=r"device: 'cuda:1' names one GPU, but 2 ranks run on this node"):
         distributed.device_for_rank("cuda:1", two)
     if torch.cuda.is_available():
         assert distributed.device_for_rank("auto", two) == torch.device("cuda", 1)
     else:
         assert distributed.device_for_rank("auto", two) == torch.device("cpu")
-        with pytest.raises(ValueError, match="no CUDA device"):
+        with pytest.raises(SpecError, match="device: 'cuda' asked for, but no CUDA device"):
             distributed.device_for_rank("cuda", two)
 
 
@@ -170,7 +172,7 @@ def test_rank_shards_of_batches_are_the_single_process_batches(world):
     resumed = DeviceBatches(data, 8, seed=0, device=torch.device("cpu"))
     resumed.load_state_dict(ranks[0].state_dict())
     assert torch.equal(resumed.next(), single.next())
-    with pytest.raises(ValueError, match="batch_size: the global batch 8 does not divide among 3"):
+    with pytest.raises(SpecError, match="batch_size: the global batch 8 does not divide among 3"):
         DeviceBatches(data, 8, seed=0, device=torch.device("cpu"), rank=0, world_size=3)
 
 
@@ -254,11 +256,10 @@ def test_the_cause_of_a_failed_run_is_not_the_error_it_provoked_in_other_ranks(t
 
     (tmp_path / "failures").mkdir()
 
-    def record(rank, when, message, error="RuntimeError", code=1):
-        lost_peer = distributed.is_peer_failure(None, message)
-        (tmp_path / "failures" / f"rank_{rank}.json").write_text(json.dumps(
-            {"rank": rank, "time": when, "message": message, "error": error, "exit_code": code,
-             "consequential": lost_peer}))  # fmt: skip
+    def record(rank, when, message, error="RuntimeError", code=1, kind="error"):
+        kind = "peer_lost" if distributed.is_peer_failure(None, message) else kind
+        record = {"rank": rank, "time": when, "message": message, "error": error, "exit_code": code, "kind": kind}
+        (tmp_path / "failures" / f"rank_{rank}.json").write_text(json.dumps(record))
 
     # rank 2 was killed (no record); rank 0 then lost its peer, rank 1 was terminated by torchrun's teardown
     # (in the same whole second torchrun stamps its failures with): the cause is rank 2
@@ -271,8 +272,8 @@ def test_the_cause_of_a_failed_run_is_not_the_error_it_provoked_in_other_ranks(t
     assert (cause.rank, cause.exit_code) == (2, -9)
     assert cause.describe() == "rank 2 was killed by SIGKILL: most likely the out-of-memory killer"
     # a rank's own error beats both, even when recorded later than a lost-peer error
-    record(3, 101.0, "CUDA out of memory", error="OutOfMemoryError")
-    assert _first_failure(tmp_path).rank == 3
+    record(3, 101.0, "CUDA out of memory", error="OutOfMemoryError", kind="gpu_out_of_memory")
+    assert (_first_failure(tmp_path).rank, _first_failure(tmp_path).kind) == (3, FailureKind.GPU_OUT_OF_MEMORY)
     # the earliest of several causes
     record(1, 100.5, "--dataset: no such folder", error="UsageError", code=2)
     assert (_first_failure(tmp_path).rank, _first_failure(tmp_path).exit_code) == (1, 2)
@@ -342,12 +343,17 @@ def test_a_failing_rank_fails_the_run_with_its_error_and_leaves_no_process(tmp_p
     pids = tmp_path / "pids"
     pids.mkdir()
     started = time.monotonic()
+    events = []
     result = launch(
         LaunchConfig(2), ["fail", "1", "3", "--", *train_args(tmp_path / "run", 500)], module="distributed_programs",
-        env=rank_env(TEST_PID_DIR=str(pids)),
+        env=rank_env(TEST_PID_DIR=str(pids)), on_event=events.append,
     )  # fmt: skip
     assert result.exit_code == 1
-    assert (result.failure.rank, result.failure.error) == (1, "RuntimeError")
+    assert (result.failure.rank, result.failure.error, result.failure.kind) == (1, "RuntimeError", FailureKind.ERROR)
+    assert failure_kind(DistributedRunFailed(result)) is FailureKind.ERROR
+    # rank 0's events came over the side channel decoded to the typed events it sent: it started at step 0
+    assert events and all(isinstance(e, ev.Event) for e in events) and result.events == len(events)
+    assert [e.step for e in events if isinstance(e, ev.Progress)][0] == 0
     assert result.failure.message == "injected failure on rank 1 at step 3"
     assert "failing_step" in result.failure.traceback
     # rank 0 was blocked in the step's all-reduce: torchrun tore it down, nothing was left to sweep
@@ -408,3 +414,33 @@ def test_gradient_penalty_recipe_matches_over_its_first_steps(tmp_path):
     assert two.returncode == 0, two.stderr[-3000:]
     stats = ("d_loss", "g_loss", "d_real", "d_fake", "gradient_penalty", "g_grad_norm", "d_grad_norm")
     assert_same_training(train_records(tmp_path / "two"), train_records(tmp_path / "one"), range(1, 4), stats)
+
+
+def test_a_rank_failure_crosses_the_process_boundary_as_a_kind_code(tmp_path, monkeypatch):
+    """record_failure (a rank) writes a FailureKind code; the launcher reads it back as the same kind, so the
+    service tells a diverged or out-of-memory rank apart without the exception's class name."""
+    from gansvc.train.launch import _first_failure
+    from gansvc.train.sidechannel import ENV_LAUNCH_DIR, record_failure
+
+    monkeypatch.setenv(ENV_LAUNCH_DIR, str(tmp_path))
+    cases = [
+        (0, TrainingDiverged("training diverged at step 7: d_loss became NaN/Inf"), FailureKind.DIVERGED),
+        (1, MemoryError(), FailureKind.HOST_OUT_OF_MEMORY),
+        (2, SpecError("dataset", "no such folder"), FailureKind.INVALID_SPEC),
+        (3, RuntimeError("[pair.cc:561] Connection closed by peer [127.0.0.1]:1"), FailureKind.PEER_LOST),
+    ]
+    for rank, error, kind in cases:
+        monkeypatch.setenv("WORLD_SIZE", "4")
+        monkeypatch.setenv("RANK", str(rank))
+        path = record_failure(1, error)
+        assert json.loads(path.read_text())["kind"] == kind.value
+        assert record_failure(1, ValueError("later")) == path  # the first failure a rank records is kept
+    # the earliest cause, not the lost peer; its kind survives the trip
+    failure = _first_failure(tmp_path)
+    assert (failure.rank, failure.kind, failure.error) == (0, FailureKind.DIVERGED, "TrainingDiverged")
+    failed = DistributedRunFailed(LaunchResult(exit_code=1, failure=failure))
+    assert failed.kind is failure_kind(failed) is FailureKind.DIVERGED
+    assert str(failed).startswith("rank 0 failed (exit code 1): TrainingDiverged: training diverged at step 7")
+    assert failure_kind(DistributedRunFailed(LaunchResult(exit_code=1))) is FailureKind.ERROR
+    # a code a newer version wrote is read as a plain error, not a crash
+    assert FailureKind.parse("some_future_kind") is FailureKind.ERROR

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from gansvc.runtime import events as ev
 from gansvc.train import Trainer, TrainingDiverged, TrainSpec
 from gansvc.train.ema import EMA
 from gansvc.train.monitor import FailureWatch
@@ -166,15 +167,18 @@ def test_run_directory_and_events(tmp_path):
     events = []
     spec = tiny(steps=12, log_every=4, sample_every=6, checkpoint_every=5, keep_checkpoints=2, tensorboard=True)
     summary = Trainer(spec, tmp_path, on_event=events.append).run()
-    json.dumps(events)  # all JSON-serialisable
-    kinds = [e["type"] for e in events]
-    assert {"progress", "metrics", "samples", "checkpoint"} <= set(kinds)
-    progress = [e for e in events if e["type"] == "progress"][-1]
-    assert set(progress) >= {"step", "total_steps", "epoch", "images_per_sec", "eta_seconds", "d_loss", "g_loss"}
-    assert progress["step"] == progress["total_steps"] == 12 and progress["eta_seconds"] == 0
-    samples = [e["path"] for e in events if e["type"] == "samples"]
+    assert all(isinstance(e, ev.Event) and e.stored for e in events)
+    # every event crosses the pipe unchanged (the first progress has no losses yet: NaN, compared as text)
+    assert [repr(ev.decode(ev.encode(e))) for e in events] == [repr(e) for e in events]
+    kinds = {type(e) for e in events}
+    assert {ev.Progress, ev.Metrics, ev.Samples, ev.Checkpoint} <= kinds
+    assert not any(isinstance(e, ev.Log) and e.resume_step is not None for e in events)  # a fresh run
+    progress = [e for e in events if isinstance(e, ev.Progress)][-1]
+    assert progress.step == progress.total_steps == 12 and progress.eta_seconds == 0
+    assert progress.d_loss == summary["final"]["d_loss"] and progress.g_loss == summary["final"]["g_loss"]
+    samples = [e.path for e in events if isinstance(e, ev.Samples)]
     assert samples == ["samples/step_0000006.png", "samples/step_0000012.png"]
-    checkpoints = [e["path"] for e in events if e["type"] == "checkpoint"]
+    checkpoints = [e.path for e in events if isinstance(e, ev.Checkpoint)]
     assert checkpoints == ["checkpoints/step_0000005.pt", "checkpoints/step_0000010.pt", "checkpoints/step_0000012.pt"]
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest.pt", "step_0000010.pt",
                                                                             "step_0000012.pt"]  # fmt: skip
@@ -203,8 +207,14 @@ def test_should_stop_checkpoints_and_resume_finishes(tmp_path):
     summary = Trainer(tiny(steps=10), tmp_path, should_stop=lambda: len(calls) > 3 or calls.append(1)).run()
     assert summary["stopped"] and summary["status"] == "stopped" and summary["step"] == 4
     assert (tmp_path / "checkpoints" / "step_0000004.pt").is_file()
-    summary = Trainer(tiny(steps=10), tmp_path).run()
+    events = []
+    summary = Trainer(tiny(steps=10), tmp_path, on_event=events.append).run()
     assert summary["step"] == 10 and not summary["stopped"] and summary["resumed_from"] == 4
+    # the resume is said once, first, with the step training continues from
+    resumes = [e for e in events if isinstance(e, ev.Log) and e.resume_step is not None]
+    assert resumes == [events[0]] and resumes[0].resume_step == 4 and "step 4" in resumes[0].message
+    first_progress = next(e for e in events if isinstance(e, ev.Progress))
+    assert first_progress.step == 4
 
 
 def test_max_minutes_ends_cleanly(tmp_path):
@@ -230,7 +240,7 @@ def test_nan_stops_with_an_error_and_no_bad_checkpoint(tmp_path, monkeypatch):
     events = []
     with pytest.raises(TrainingDiverged, match="step 4"):
         Trainer(tiny(steps=10, checkpoint_every=1), tmp_path, on_event=events.append).run()
-    assert [e["code"] for e in events if e["type"] == "warning"] == ["diverged"]
+    assert [e.code for e in events if isinstance(e, ev.Warning)] == ["diverged"]
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir())[-1] == "step_0000003.pt"
 
 
@@ -273,8 +283,15 @@ def test_evaluation_scores_the_ema_generator_with_fmnist_cnn(tmp_path):
     spec = tiny(steps=4, eval_samples=200, eval_every=2, log_every=2)
     events = []
     summary = Trainer(spec, tmp_path, on_event=events.append).run()
-    evals = [e for e in events if e["type"] == "metrics" and "fid" in e["values"]]
-    assert [e["step"] for e in evals] == [2, 4]
+    evals = [e for e in events if isinstance(e, ev.Metrics) and "fid" in e.values]
+    assert [e.step for e in evals] == [2, 4]
+    # the run says which network scores it, before the first score; Fashion-MNIST's own classifier: no warning
+    said = [e.message for e in events if isinstance(e, ev.Log) and "fmnist-cnn" in e.message]
+    assert len(said) == 1 and "trained on fashion-mnist" in said[0]
+    assert events.index(next(e for e in events if isinstance(e, ev.Log) and e.message == said[0])) < events.index(
+        evals[0]
+    )
+    assert not [e for e in events if isinstance(e, ev.Warning)]
     # the same numbers from outside: the exported (EMA) generator, the trainer's evaluation noise seed
     generator, _ = load_generator(tmp_path)
     expected = evaluate(generate(generator, 200, seed=spec.seed + 4), real="fashion-mnist:test")
@@ -305,3 +322,113 @@ def test_fused_adam_matches_torch_adam_bit_for_bit():
             optimiser.load_state_dict(state)
     assert all(torch.equal(a, b) for a, b in zip(ours.parameters(), reference.parameters()))
     assert optimiser.state_dict()["state"][0]["step"] == torch_adam.state_dict()["state"][0]["step"] == 25
+
+
+def test_training_scoring_names_the_extractor_and_flags_one_trained_on_another_data_set():
+    from gansvc.metrics.features import EXTRACTORS
+    from gansvc.train.evaluation import EXTRACTOR_TRAINED_ON, training_scoring
+
+    assert set(EXTRACTOR_TRAINED_ON) == set(EXTRACTORS)  # every shipped extractor says what it was trained on
+    own = training_scoring("fashion-mnist", (1, 28, 28), points=False)
+    assert own.extractor == "fmnist-cnn" and not own.mismatch and not own.unavailable
+    assert "fmnist-cnn" in own.message and "fashion-mnist:test" in own.message
+    borrowed = training_scoring("mnist", (1, 28, 28), points=False)
+    assert borrowed.extractor == "fmnist-cnn" and "trained on fashion-mnist" in borrowed.mismatch
+    unscored = [("cifar10", (3, 32, 32)), ("folder:/data/faces", (1, 28, 28)), ("fashion-mnist", (1, 32, 32))]
+    for dataset, shape in unscored:
+        none = training_scoring(dataset, shape, points=False)
+        assert none.extractor is None and "FID / IS skipped" in none.unavailable and not none.mismatch, dataset
+    points = training_scoring("gaussian-mixture", (2,), points=True)
+    assert points.extractor is None and not points.unavailable and "ring metric" in points.message
+
+
+def test_mnist_scored_with_the_fashion_mnist_classifier_warns_once(tmp_path, fashion_mnist_root):
+    """MNIST has no classifier of its own here: the run says so (extractor_mismatch) before its first score."""
+    pytest.importorskip("gansvc.metrics")
+    # the Debian package's IDX files stand in for MNIST's (the same file names and format)
+    spec = tiny(steps=2, dataset="mnist", data_root=str(fashion_mnist_root), eval_samples=200)
+    events = []
+    Trainer(spec, tmp_path, on_event=events.append).run()
+    warnings = [e for e in events if isinstance(e, ev.Warning)]
+    assert [w.code for w in warnings] == ["extractor_mismatch"]
+    assert "mnist is scored with fmnist-cnn, a network trained on fashion-mnist" in warnings[0].message
+    scores = [e for e in events if isinstance(e, ev.Metrics) and "fid" in e.values]
+    assert len(scores) == 1 and events.index(warnings[0]) < events.index(scores[0])
+    assert "classes_covered" not in scores[0].values  # Fashion-MNIST's classes say nothing about digits
+    assert any(isinstance(e, ev.Log) and "fmnist-cnn" in e.message and "mnist:test" in e.message for e in events)
+    assert [json.loads(line)["code"] for line in (tmp_path / "warnings.jsonl").read_text().splitlines()] == [
+        "extractor_mismatch"
+    ]
+    # a resumed run names the extractor again, but the warning stands once in the run's record
+    events.clear()
+    summary = Trainer(spec.with_overrides(steps=3), tmp_path, on_event=events.append).run()
+    assert not [e for e in events if isinstance(e, ev.Warning)]
+    assert any(isinstance(e, ev.Log) and "fmnist-cnn" in e.message for e in events)
+    assert summary["warnings"] == ["extractor_mismatch"]
+
+
+def test_a_folder_run_says_it_gets_no_fid_during_training(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    pixels = torch.randint(0, 256, (20, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    for i, image in enumerate(pixels):
+        Image.fromarray(image.numpy(), mode="L").save(folder / f"{i}.png")
+    events = []
+    spec = tiny(steps=2, dataset=f"folder:{folder}", eval_samples=100)
+    summary = Trainer(spec, tmp_path / "run", on_event=events.append).run()
+    assert [e.code for e in events if isinstance(e, ev.Warning)] == ["eval_unavailable"]
+    assert any(isinstance(e, ev.Log) and "FID / IS skipped" in e.message for e in events)
+    assert not any(isinstance(e, ev.Metrics) and "fid" in e.values for e in events) and not summary["eval"]
+
+
+def _interrupted_write(path) -> None:
+    """Start an atomic write of `path` in another process and kill -9 it mid-write (its temp file half written)."""
+    import subprocess
+    import sys
+
+    program = (
+        "import sys, time\n"
+        "from gansvc.atomic import atomic_write\n"
+        "def write(f):\n"
+        "    f.write(b'x' * 1000); f.flush(); print('writing', flush=True); time.sleep(60)\n"
+        "atomic_write(sys.argv[1], write)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", program, str(path)], stdout=subprocess.PIPE)
+    try:
+        assert child.stdout.readline() == b"writing\n"
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_remove_temp_leftovers_removes_what_killed_writes_left_and_nothing_else(tmp_path):
+    from gansvc.atomic import atomic_write_text, remove_temp_leftovers
+
+    _interrupted_write(tmp_path / "checkpoints" / "step_0000100.pt")
+    _interrupted_write(tmp_path / "samples" / "step_0001000.png")
+    leftovers = sorted(p for p in tmp_path.rglob("*") if p.is_file())
+    assert [p.parent.name for p in leftovers] == ["checkpoints", "samples"]
+    assert all(p.name.startswith((".step_0000100.pt.", ".step_0001000.png.")) for p in leftovers)
+    assert not (tmp_path / "checkpoints" / "step_0000100.pt").exists()  # the target was never written
+    keep = [tmp_path / "notes.tmp", tmp_path / ".hidden", tmp_path / "samples" / "step_0000500.png"]
+    for path in keep:
+        atomic_write_text(path, "mine")
+    assert remove_temp_leftovers(tmp_path) == leftovers
+    assert sorted(p for p in tmp_path.rglob("*") if p.is_file()) == sorted(keep)
+    assert remove_temp_leftovers(tmp_path) == []
+
+
+def test_resume_removes_the_temp_files_of_a_killed_run_and_says_so(tmp_path):
+    Trainer(tiny(steps=2, checkpoint_every=1), tmp_path).run()
+    _interrupted_write(tmp_path / "checkpoints" / "step_0000003.pt")
+    (tmp_path / "checkpoints" / ".latest.4242.tmp").write_bytes(b"half a link")  # checkpoints.py's own temp name
+    assert len([p for p in (tmp_path / "checkpoints").iterdir() if p.name.endswith(".tmp")]) == 2
+    events = []
+    summary = Trainer(tiny(steps=4, checkpoint_every=1), tmp_path, on_event=events.append).run()
+    assert summary["resumed_from"] == 2 and summary["step"] == 4
+    assert not [p for p in tmp_path.rglob("*.tmp")]
+    said = [e.message for e in events if isinstance(e, ev.Log) and "removed" in e.message]
+    assert len(said) == 1 and "2 unfinished file(s)" in said[0] and "checkpoints/.latest.4242.tmp" in said[0]
+    assert events[0].resume_step == 2  # the resume is still said first

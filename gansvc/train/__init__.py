@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from gansvc.train.errors import DistributedRunFailed, FailureKind, TrainingDiverged
 from gansvc.train.spec import SpecError, TrainSpec
 
-__all__ = ["SpecError", "Trainer", "TrainSpec", "TrainingDiverged"]
+__all__ = ["DistributedRunFailed", "FailureKind", "SpecError", "Trainer", "TrainSpec", "TrainingDiverged"]
 
 
 def __getattr__(name: str):
-    # The trainer pulls in models, data and losses; importing the spec alone stays light.
-    if name in ("Trainer", "TrainingDiverged"):
-        from gansvc.train import trainer
+    # The trainer pulls in torch, models, data and losses; importing the spec and the errors alone stays light.
+    if name == "Trainer":
+        from gansvc.train.trainer import Trainer
 
-        return getattr(trainer, name)
+        return Trainer
     raise AttributeError(f"module 'gansvc.train' has no attribute {name!r}")

@@ -17,7 +17,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run `gansvc train` with these arguments on this rank; return the exit code."""
     from gansvc.runtime.console import UsageError
     from gansvc.train import cli
-    from gansvc.train.distributed import record_failure
+    from gansvc.train.errors import FailureKind
+    from gansvc.train.sidechannel import record_failure
 
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="python -m gansvc.train", description="train a GAN (as `gansvc train`)")
@@ -26,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit:
         if exit.code:
-            record_failure(int(exit.code), message="invalid command line: " + " ".join(argv))
+            record_failure(int(exit.code), message="invalid command line: " + " ".join(argv),
+                           kind=FailureKind.INVALID_SPEC)  # fmt: skip
         raise
     try:
         code = int(cli.run("train", args) or 0)
@@ -34,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         world = os.environ.get("WORLD_SIZE", "1")
         where = f" [rank {os.environ.get('RANK', '?')} of {world}]" if world != "1" else ""
         print(f"gansvc train{where}: error: {error}", file=sys.stderr)
-        record_failure(2, error)
+        record_failure(2, error, kind=FailureKind.INVALID_SPEC)  # a bad setting or missing data, named by the message
         return 2
     except KeyboardInterrupt as error:
         print("gansvc train: interrupted", file=sys.stderr)

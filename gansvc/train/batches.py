@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from gansvc.train.spec import SpecError
+from gansvc.train.world import local_batch_size
+
 
 class DeviceBatches:
     """Shuffled batches of a tensor on the device: a fresh permutation each epoch, the last partial batch dropped.
@@ -21,12 +24,10 @@ class DeviceBatches:
         self, data: torch.Tensor, batch_size: int, seed: int, device: torch.device, rank: int = 0, world_size: int = 1
     ):
         if data.shape[0] < batch_size:
-            raise ValueError(f"batch_size: {batch_size} is larger than the data set ({data.shape[0]} samples)")
-        if batch_size % world_size:
-            raise ValueError(f"batch_size: the global batch {batch_size} does not divide among {world_size} processes")
+            raise SpecError("batch_size", f"{batch_size} is larger than the data set ({data.shape[0]} samples)")
+        self.local_batch_size = local_batch_size(batch_size, world_size)
         self.data = data.to(device)
         self.batch_size = batch_size
-        self.local_batch_size = batch_size // world_size
         self.offset = rank * self.local_batch_size
         self.device = device
         self.generator = torch.Generator().manual_seed(seed)

@@ -27,28 +27,30 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-ENV_LAUNCH_DIR = "GANSVC_LAUNCH_DIR"
-ENV_EVENT_SOCKET = "GANSVC_EVENT_SOCKET"
-ENV_AGENT_PID = "GANSVC_AGENT_PID"
+from gansvc.atomic import atomic_write_text
+from gansvc.runtime import process
+from gansvc.runtime.events import Event
+from gansvc.train.errors import DistributedRunFailed, FailureKind, RankFailure
+from gansvc.train.sidechannel import (
+    ENV_AGENT_PID, ENV_EVENT_SOCKET, ENV_LAUNCH_DIR, EventServer, is_consequential, rank_failure, read_failures,
+)  # fmt: skip
+from gansvc.train.world import launched_by_torchrun
+
+__all__ = [
+    "DistributedRunFailed", "FailureKind", "LaunchConfig", "LaunchResult", "RankFailure", "launch",
+    "launched_by_torchrun",
+]  # fmt: skip
+
 SHUTDOWN_TIMEOUT = 15  # seconds torchrun gives ranks to exit after SIGTERM before SIGKILL
 POLL_SECONDS = 0.1
-
-
-def launched_by_torchrun(environ=None) -> bool:
-    """Return whether this process is a rank started by torchrun (so it must not launch torchrun itself)."""
-    environ = os.environ if environ is None else environ
-    return "TORCHELASTIC_RUN_ID" in environ or "WORLD_SIZE" in environ
 
 
 @dataclass
@@ -102,31 +104,6 @@ class LaunchConfig:
 
 
 @dataclass
-class RankFailure:
-    """The rank whose failure ended a run: where it ran, how it exited and why."""
-
-    rank: int | None
-    exit_code: int
-    error: str = ""
-    message: str = ""
-    traceback: str = ""
-    host: str = ""
-
-    def describe(self) -> str:
-        """Return the failure in one line, e.g. 'rank 1 failed (exit code 1): ValueError: bad value'."""
-        who = f"rank {self.rank}" if self.rank is not None else "a rank"
-        if self.exit_code < 0:
-            try:
-                how = f"was killed by {signal.Signals(-self.exit_code).name}"
-            except ValueError:
-                how = f"died of signal {-self.exit_code}"
-        else:
-            how = f"failed (exit code {self.exit_code})"
-        what = f"{self.error}: {self.message}" if self.error and self.message else self.error or self.message
-        return f"{who} {how}" + (f": {what}" if what else "")
-
-
-@dataclass
 class LaunchResult:
     """How a launched run ended: exit code 0 (finished or stopped on request) or the failure that ended it."""
 
@@ -138,22 +115,13 @@ class LaunchResult:
     swept: list[int] = field(default_factory=list)  # pids of ranks still alive after torchrun, killed here
 
 
-class DistributedRunFailed(RuntimeError):
-    """A launched run failed; str() names the failing rank and its error."""
-
-    def __init__(self, result: LaunchResult):
-        self.result = result
-        self.failure = result.failure
-        super().__init__(result.failure.describe() if result.failure else f"exit code {result.exit_code}")
-
-
 def launch(
     config: LaunchConfig,
     module_args: list[str],
     *,
     module: str = "gansvc.train",
     env: dict[str, str] | None = None,
-    on_event: Callable[[dict], None] | None = None,
+    on_event: Callable[[Event], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     forward_signals: bool = False,
     cwd: str | os.PathLike | None = None,
@@ -163,8 +131,9 @@ def launch(
     """Run `python -m <module> <module_args>` on every rank under torchrun; return how it ended.
 
     env: the ranks' environment (default: this process's). on_event: called here with each event rank 0's
-    trainer emits. should_stop: polled; when true the ranks checkpoint and stop. forward_signals (main
-    thread only): a first SIGINT stops gracefully, a second SIGINT or a SIGTERM aborts the ranks.
+    trainer emits (a gansvc.runtime.events.Event). should_stop: polled; when true the ranks checkpoint and stop.
+    forward_signals (main thread only): a first SIGINT stops gracefully, a second SIGINT or a SIGTERM aborts
+    the ranks.
     The call returns only when the agent and every rank it started are gone.
     """
     config.validate()
@@ -179,7 +148,7 @@ def launch(
     child_env.setdefault("OMP_NUM_THREADS", "1")
     package_parent = str(Path(__file__).resolve().parents[2])  # the ranks import this same gansvc
     child_env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, child_env.get("PYTHONPATH", "")) if p)
-    events = _EventServer(on_event) if on_event is not None else None
+    events = EventServer(on_event) if on_event is not None else None
     if events is not None:
         child_env[ENV_EVENT_SOCKET] = events.address
     command = [
@@ -214,14 +183,14 @@ def launch(
                 stop_file.touch()
             if state["terminate"] is not None and terminated_at is None:
                 terminated_at = time.monotonic()
-                _signal_group(agent.pid, signal.SIGTERM)
+                process.signal_group(agent.pid, signal.SIGTERM)
             if terminated_at is not None and time.monotonic() - terminated_at > config.shutdown_timeout + 10:
-                _signal_group(agent.pid, signal.SIGKILL)
+                process.signal_group(agent.pid, signal.SIGKILL)
             time.sleep(POLL_SECONDS)
         exit_code = agent.returncode
     except BaseException:
         if agent is not None and agent.poll() is None:
-            _signal_group(agent.pid, signal.SIGKILL)  # the ranks die with it (parent-death signal), or are swept
+            process.signal_group(agent.pid, signal.SIGKILL)  # the ranks die with it (parent-death signal), or are swept
             agent.wait()
         _sweep_ranks(control / "pids")
         shutil.rmtree(control, ignore_errors=True)
@@ -246,39 +215,19 @@ def launch(
     return result
 
 
-def _signal_group(pid: int, signum: int) -> None:
-    try:
-        os.killpg(pid, signum)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
 def _sweep_ranks(pids_dir: Path) -> list[int]:
     """SIGKILL every rank registered in pids_dir that is still alive; return their pids."""
-    killed = []
     try:
-        entries = list(pids_dir.iterdir())
+        pids = [int(entry.name) for entry in pids_dir.iterdir() if entry.name.isdigit()]
     except OSError:
-        return killed
-    for entry in entries:
-        if not entry.name.isdigit():
-            continue
-        pid = int(entry.name)
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                command = f.read()
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                environ = f.read()
-        except OSError:
-            continue  # gone
-        if str(pids_dir.parent).encode() not in environ or not command:
-            continue  # the pid was reused by some other process
-        try:
-            os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
-        except ProcessLookupError:
-            pass
-    return killed
+        return []
+    marker = str(pids_dir.parent).encode()  # every rank's environment names this launch's folder
+
+    def ours(pid: int) -> bool:  # the pid may have been reused by some other process since
+        environ = process.environment(pid)
+        return bool(environ) and marker in environ and bool(process.command_line(pid))
+
+    return [pid for pid in pids if process.kill_if(pid, ours)]
 
 
 def _first_failure(control: Path) -> RankFailure | None:
@@ -289,15 +238,10 @@ def _first_failure(control: Path) -> RankFailure | None:
     crash), ranks torchrun itself terminated (SIGTERM) last; else the earliest lost-peer error (gloo's
     "connection closed by peer", NCCL aborts, timeouts).
     """
-    records = []
-    for path in (control / "failures").glob("rank_*.json"):
-        try:
-            records.append(json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, ValueError):
-            continue
-    causes = [r for r in records if not r.get("consequential")]
+    records = read_failures(control)
+    causes = [r for r in records if not is_consequential(r)]
     if causes:
-        return _from_record(min(causes, key=lambda r: (r.get("time", 0.0), r.get("rank", 0))))
+        return rank_failure(min(causes, key=lambda r: (r.get("time", 0.0), r.get("rank", 0))))
     try:
         agent = json.loads((control / "agent.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -311,66 +255,8 @@ def _first_failure(control: Path) -> RankFailure | None:
         return RankFailure(rank=first.get("rank"), exit_code=int(first.get("exit_code", 1)),
                            message=first.get("message", ""))  # fmt: skip
     if records:
-        return _from_record(min(records, key=lambda r: (r.get("time", 0.0), r.get("rank", 0))))
+        return rank_failure(min(records, key=lambda r: (r.get("time", 0.0), r.get("rank", 0))))
     return None
-
-
-def _from_record(record: dict) -> RankFailure:
-    return RankFailure(
-        rank=record.get("rank"), exit_code=int(record.get("exit_code", 1)), error=record.get("error", ""),
-        message=record.get("message", ""), traceback=record.get("traceback", ""), host=record.get("host", ""),
-    )  # fmt: skip
-
-
-class _EventServer:
-    """Receives rank 0's events (JSON lines) on an abstract Unix socket and hands each to on_event."""
-
-    def __init__(self, on_event: Callable[[dict], None]):
-        self.on_event = on_event
-        self.count = 0
-        self.address = f"@gansvc-events-{os.getpid()}-{uuid.uuid4().hex}"
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind("\0" + self.address[1:])
-        self.sock.listen(4)
-        self._closing = False
-        self._threads: list[threading.Thread] = []
-        accept = threading.Thread(target=self._accept, name="gansvc-launch-events", daemon=True)
-        accept.start()
-
-    def _accept(self) -> None:
-        while not self._closing:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            reader = threading.Thread(target=self._read, args=(conn,), name="gansvc-launch-events-reader", daemon=True)
-            reader.start()
-            self._threads.append(reader)
-
-    def _read(self, conn: socket.socket) -> None:
-        with conn, conn.makefile("rb") as lines:
-            for line in lines:
-                try:
-                    event = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(event, dict):
-                    self.count += 1
-                    try:
-                        self.on_event(event)
-                    except Exception as error:  # noqa: BLE001 - keep reading, or rank 0 would block on a full socket
-                        print(f"gansvc.train.launch: event handler failed: {error!r}", file=sys.stderr)
-
-    def close(self) -> None:
-        """Stop accepting, and wait for the readers to deliver what the ranks sent."""
-        self._closing = True
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
-        for thread in self._threads:
-            thread.join(timeout=5.0)
 
 
 # ---------------------------------------------------------------------- the agent process
@@ -379,9 +265,7 @@ def _agent_main(argv: list[str]) -> int:
     if len(argv) < 3 or argv[0] != "--parent-pid" or argv[2] != "--":
         print("usage: python -m gansvc.train.launch --parent-pid PID -- TORCHRUN-ARGS", file=sys.stderr)
         return 2
-    from gansvc.train.distributed import die_with_parent
-
-    die_with_parent(int(argv[1]))
+    process.die_with_parent(int(argv[1]))
     os.environ[ENV_AGENT_PID] = str(os.getpid())  # ranks inherit it and die with this process
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -399,7 +283,7 @@ def _agent_main(argv: list[str]) -> int:
         ]  # fmt: skip
         folder = os.environ.get(ENV_LAUNCH_DIR)
         if folder:
-            Path(folder, "agent.json").write_text(json.dumps({"failures": failures}), encoding="utf-8")
+            atomic_write_text(Path(folder, "agent.json"), json.dumps({"failures": failures}))
         return 1
     except SignalException as error:
         return 128 + int(error.sigval)

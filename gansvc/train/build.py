@@ -1,0 +1,162 @@
+"""Setting a training run up: the process group, the data, the models and their optimisers, noise, and resume."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from gansvc.atomic import atomic_write_text, remove_temp_leftovers
+from gansvc.runtime.events import Log
+from gansvc.train import checkpoints, distributed
+from gansvc.train.batches import DeviceBatches
+from gansvc.train.ddp import wrap_for_ranks
+from gansvc.train.devices import cpu_threads
+from gansvc.train.ema import EMA
+from gansvc.train.evaluation import FIXED_NOISE, POINT_SAMPLES, training_scoring
+from gansvc.train.monitor import FailureWatch, MetricsLog, TensorBoard
+from gansvc.train.optim import FusedAdam
+from gansvc.train.reporting import NoLog, stat_names
+from gansvc.train.spec import SpecError
+from gansvc.train.world import local_batch_size
+
+
+class TrainerSetup:
+    """The Trainer's set-up (a part of gansvc.train.trainer.Trainer)."""
+
+    def _setup(self) -> None:
+        from gansvc.data import load_dataset
+        from gansvc.models import build_discriminator, build_generator, has_batchnorm
+
+        self.dist = self._join_ranks()
+        self._startup_logs: list[Log] = []  # said once the loop starts, before its first progress event
+        spec = self.spec
+        world = self.dist.world
+        self.is_main = world.is_main
+        self.device = self.dist.device
+        # ranks on one node share its cores
+        self.threads = spec.threads or max(1, cpu_threads() // world.local_world_size)
+        if self.device.type == "cpu":
+            torch.set_num_threads(self.threads)
+        data = self._load_data(load_dataset)
+        self.points = not hasattr(data, "images")
+        tensor = data.points if self.points else data.images
+        self.data_info = data
+        if tensor.shape[0] < spec.batch_size:
+            raise SpecError("batch_size", f"{spec.batch_size} is larger than the data set ({tensor.shape[0]} samples)")
+        self.data_shape = tuple(tensor.shape[1:])
+        if spec.model == "dcgan":
+            from gansvc.models.dcgan import layout
+
+            try:
+                layout(self.data_shape[-1])
+            except ValueError as error:
+                raise SpecError("image_size", f"{error} (the data set's images are {self.data_shape[-1]} px)") from None
+        self.scoring = training_scoring(spec.dataset, self.data_shape, self.points)
+
+        torch.manual_seed(spec.seed)  # model initialisation and spectral-norm vectors (the same on every rank)
+        self.G = build_generator(spec, self.data_shape).to(self.device)
+        self.D = build_discriminator(spec, self.data_shape).to(self.device)
+        # Without BatchNorm in D, real and fake go through D as one batch (one forward instead of two).
+        self.joint_d = not has_batchnorm(self.D)
+        # self.G / self.D are the plain modules (state, EMA, samples); the steps run G_train / D_train,
+        # their DistributedDataParallel wrappers when several ranks take part.
+        self.G_train = wrap_for_ranks(self.G, self.device, world.distributed)
+        self.D_train = wrap_for_ranks(self.D, self.device, world.distributed)
+        betas = (spec.beta1, spec.beta2)
+        self.opt_g = FusedAdam(self.G.parameters(), lr=spec.lr_g, betas=betas)
+        self.opt_d = FusedAdam(self.D.parameters(), lr=spec.lr_d, betas=betas)
+        self.ema = EMA(self.G, spec.ema_decay) if spec.ema_decay > 0 else None
+        self.batches = DeviceBatches(tensor, spec.batch_size, spec.seed, self.device, world.rank, world.world_size)
+        # this rank's rows of every global batch: [batch_lo, batch_hi)
+        self.batch_lo = world.rank * self.batches.local_batch_size
+        self.batch_hi = self.batch_lo + self.batches.local_batch_size
+        self.noise = torch.Generator(device=self.device).manual_seed(spec.seed + 1)
+        fixed = torch.Generator().manual_seed(spec.seed + 2)
+        count = POINT_SAMPLES if self.points else FIXED_NOISE
+        self.fixed_noise = torch.randn(count, spec.z_dim, generator=fixed).to(self.device)
+        if spec.steps:
+            self.total_steps = spec.steps
+        else:
+            self.total_steps = max(1, round(spec.epochs * self.batches.batches_per_epoch / spec.n_critic))
+        self.watch = FailureWatch(spec.loss)
+        self.step = 0
+        self.wall_before = 0.0  # wall-clock seconds of earlier sessions of this run
+        self.train_seconds = 0.0  # seconds inside training steps, all sessions
+        self.train_cpu_seconds = 0.0  # CPU seconds (all threads) inside training steps, this session
+        self._reset_window()
+        self.last_train: dict = {}
+        self.last_eval: dict = {}
+        self.checkpointed_step = -1
+        self._sampler_cache: tuple[int, torch.nn.Module] | None = None
+        self._eval_unavailable_warned = False
+
+        # Rank 0 reads the checkpoint and hands it to the others: their nodes need not share its disk.
+        resume_from = checkpoints.latest_checkpoint(self.run_dir) if self.is_main else None
+        state = checkpoints.load_checkpoint(resume_from, map_location="cpu") if resume_from is not None else None
+        resume_from, state = self.dist.broadcast_object((resume_from, state))
+        if state is not None:
+            self._resume(resume_from, state)
+        self.resumed_from = self.step if resume_from is not None else None
+        if self.resumed_from is not None:
+            self._startup_logs.append(Log(
+                message=f"resumed from the checkpoint at step {self.resumed_from}", resume_step=self.resumed_from
+            ))  # fmt: skip
+        self._train_seconds_at_start = self.train_seconds
+        if self.is_main:  # only rank 0 writes to the run directory
+            # writes a killed process left half-done (it was the last to write here: nothing writes now)
+            removed = remove_temp_leftovers(self.run_dir) if self.run_dir.is_dir() else []
+            if removed:
+                names = ", ".join(str(p.relative_to(self.run_dir)) for p in removed)
+                self._startup_logs.append(Log(message=f"removed {len(removed)} unfinished file(s) an interrupted "
+                                                      f"run left behind: {names}"))  # fmt: skip
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.run_dir / "spec.json", json.dumps(spec.to_dict(), indent=2) + "\n")
+            self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", self.resumed_from or 0)
+            self.warning_log = MetricsLog(self.run_dir / "warnings.jsonl", self.resumed_from or 0)
+        else:
+            self.metrics = self.warning_log = NoLog()
+        self.warnings = [r for r in self.warning_log.records]
+        self.tensorboard = TensorBoard(self.run_dir / "tensorboard", spec.tensorboard and self.is_main, self.step + 1)
+
+    def _join_ranks(self) -> distributed.DistributedContext:
+        """Join the process group when torchrun started several ranks; adopt its size as the spec's nproc.
+
+        Raises SpecError naming the setting (device, nproc, batch_size) this process cannot run with.
+        """
+        context = distributed.init(self.spec.device)
+        world = context.world
+        try:
+            if world.distributed:
+                if self.spec.nproc != world.local_world_size:
+                    self.spec = self.spec.with_overrides(nproc=world.local_world_size)
+                local_batch_size(self.spec.batch_size, world.world_size)
+            elif self.spec.nproc > 1:
+                raise SpecError(
+                    "nproc",
+                    f"{self.spec.nproc} processes asked for, but this process was not started by torchrun; run "
+                    f"`gansvc train --nproc-per-node {self.spec.nproc} ...` or "
+                    f"`torchrun --nproc-per-node {self.spec.nproc} -m gansvc.train ...`",
+                )
+        except BaseException:
+            context.close()
+            raise
+        return context
+
+    def _load_data(self, load_dataset):
+        """Return the training data; with a download, one rank per node fetches it while the others wait."""
+        spec = self.spec
+        load = lambda download: load_dataset(  # noqa: E731
+            spec.dataset, "train", spec.data_root or None, spec.image_size, download
+        )
+        if not (self.download and self.dist.distributed):
+            return load(self.download)
+        data = load(True) if self.dist.world.local_rank == 0 else None
+        self.dist.barrier()
+        return data if data is not None else load(False)
+
+    def _reset_window(self) -> None:
+        width = len(stat_names(self.spec))
+        self.window_sum = torch.zeros(width, device=getattr(self, "device", "cpu"), dtype=torch.float64)
+        self.window_steps = 0
+        self.window_seconds = 0.0

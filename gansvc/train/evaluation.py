@@ -1,0 +1,228 @@
+"""Sampling and evaluation during training: the sample grids, FID / IS / KID of the sampling model, the ring
+metric of point data, and the mode-collapse checks on them. A part of the Trainer.
+
+Which network scores a run is chosen once (`training_scoring`) and said in the run's events at the
+start: a data set is scored during training only with an extractor that fits its images, and a data
+set scored with a network trained on another data set gets an `extractor_mismatch` warning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from gansvc.atomic import atomic_write_bytes
+from gansvc.runtime.events import Log, Metrics, Samples
+from gansvc.train.ddp import without_sync_batchnorm
+from gansvc.train.monitor import plot_points
+from gansvc.train.sampling import generate, sampling_model
+from gansvc.train.sharded_eval import evaluate_sharded
+from gansvc.train.world import shard_bounds
+
+FIXED_NOISE = 64  # samples in the grid drawn from fixed noise
+COLLAPSE_CHECKS_FROM = 1000  # generator steps before the mode-collapse checks (diversity, class coverage) start
+POINT_SAMPLES = 2500  # samples in a gaussian-mixture scatter plot and its ring metric (PacGAN's count)
+
+# The data set each shipped feature extractor was trained on (for FID's meaning: features of a network
+# trained on the data set itself separate its images best; another network's features compare runs
+# with each other only).
+EXTRACTOR_TRAINED_ON = {"fmnist-cnn": "fashion-mnist", "inception-v3": "imagenet"}
+# The extractor that scores each data set during training. MNIST borrows Fashion-MNIST's classifier (the
+# only shipped one of its image size; with a warning); other data sets are scored after training
+# (`gansvc eval --extractor inception-v3`) until the model-selection work brings them an extractor here.
+TRAINING_EXTRACTORS = {"fashion-mnist": "fmnist-cnn", "mnist": "fmnist-cnn"}
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How a run is scored during training: the extractor (None: no FID / IS) and what the run's events say."""
+
+    extractor: str | None
+    message: str  # the Log line naming the extractor, or why there is none
+    mismatch: str = ""  # an extractor_mismatch warning: the extractor was trained on another data set
+    unavailable: str = ""  # an eval_unavailable warning: image data with no FID / IS during training
+
+
+def training_scoring(dataset: str, data_shape, points: bool) -> Scoring:
+    """Return how a run on `dataset` is scored during training (`data_shape`: one sample's; `points`: 2-D point data)."""
+    if points:
+        return Scoring(None, "evaluation: samples are scored with the ring metric (modes covered, high-quality "
+                             "fraction); no feature extractor")  # fmt: skip
+    extractor = TRAINING_EXTRACTORS.get(dataset)
+    fits = False
+    if extractor is not None:
+        try:
+            from gansvc.metrics.features import extractor_fits
+        except ImportError:
+            fits = True  # said at the first evaluation, as eval_unavailable
+        else:
+            fits = extractor_fits(extractor, data_shape)
+    if extractor is None or not fits:
+        why = (
+            f"no shipped feature extractor fits {dataset} {list(data_shape)} during training (fmnist-cnn takes "
+            "1x28x28 Fashion-MNIST/MNIST; score generator.pt with `gansvc eval`)"
+        )
+        return Scoring(None, f"evaluation: FID / IS skipped: {why}", unavailable=f"FID / IS skipped: {why}")
+    trained_on = EXTRACTOR_TRAINED_ON[extractor]
+    message = (
+        f"evaluation: FID / IS / KID with the {extractor} extractor (trained on {trained_on}) against {dataset}:test"
+    )
+    mismatch = ""
+    if trained_on != dataset:
+        mismatch = (
+            f"{dataset} is scored with {extractor}, a network trained on {trained_on}, not on {dataset}: its FID / "
+            f"IS / KID compare runs on {dataset} with each other, not with published {dataset} scores"
+        )
+    return Scoring(extractor, message, mismatch=mismatch)
+
+
+class TrainerEvaluation:
+    """The Trainer's sampling and evaluation (a part of gansvc.train.trainer.Trainer)."""
+
+    def _announce_scoring(self) -> None:
+        """Say which network scores this run (and warn when it was trained on another data set)."""
+        spec = self.spec
+        if not (spec.eval_samples or spec.eval_every):
+            return
+        self._event(Log(message=self.scoring.message))
+        said = {w["code"] for w in self.warnings}  # a resumed run said it already
+        if self.scoring.mismatch and "extractor_mismatch" not in said:
+            self._warn("extractor_mismatch", self.scoring.mismatch)
+        if self.scoring.unavailable and not self._eval_unavailable_warned:
+            self._eval_unavailable_warned = True
+            if "eval_unavailable" not in said:
+                self._warn("eval_unavailable", self.scoring.unavailable)
+
+    def _sampler(self) -> torch.nn.Module:
+        """Return the model samples come from: EMA of G where kept, with BatchNorm statistics for its weights."""
+        if self._sampler_cache is None or self._sampler_cache[0] != self.step:
+            source = self.ema.model if self.ema is not None else self.G
+            # SyncBatchNorm (several GPUs) would wait for the other ranks: sample with plain BatchNorm
+            model = sampling_model(without_sync_batchnorm(source), self.spec, self.device)
+            self._sampler_cache = (self.step, model)
+        return self._sampler_cache[1]
+
+    @torch.no_grad()
+    def _samples(self) -> None:
+        from gansvc.images import make_grid, save_grid
+
+        sampler = self._sampler()
+        with self._autocast():
+            samples = sampler(self.fixed_noise).float()
+        name = f"samples/step_{self.step:07d}.png"
+        if self.points:
+            from gansvc.data.mixture import ring_centers
+
+            data = plot_points(samples, self.run_dir / name, ring_centers(), f"step {self.step}")
+            atomic_write_bytes(self.run_dir / "samples" / "latest.png", data)
+        else:
+            samples = samples.clamp(-1, 1)
+            save_grid(samples, self.run_dir / name)
+            save_grid(samples, self.run_dir / "samples" / "latest.png")
+            self.tensorboard.image("samples", make_grid(samples), self.step)
+            if self.step >= COLLAPSE_CHECKS_FROM:  # early samples are alike anyway: no signal before this
+                for code, message in self.watch.check_diversity(_diversity_ratio(samples, self._real_reference())):
+                    self._warn(code, message)
+        self.tensorboard.flush()
+        self._event(Samples(step=self.step, path=name))
+
+    def _real_reference(self) -> torch.Tensor:
+        if not hasattr(self, "_real_batch"):
+            generator = torch.Generator().manual_seed(12345)
+            index = torch.randperm(self.batches.data.shape[0], generator=generator)[:FIXED_NOISE].to(self.device)
+            self._real_batch = self.batches.data.index_select(0, index).float().mul_(2 / 255).sub_(1)
+        return self._real_batch
+
+    @torch.no_grad()
+    def _evaluate(self) -> None:
+        """Score samples from the sampling model: FID / IS with the run's extractor (see training_scoring), the ring
+        metric for points."""
+        spec = self.spec
+        sampler = self._sampler()
+        seed = spec.seed + 4  # the same noise at every evaluation, so scores are comparable across steps
+        values: dict = {}
+        if self.points:
+            from gansvc.data.mixture import NUM_MODES, ring_quality
+
+            quality = ring_quality(generate(sampler, POINT_SAMPLES, seed, self.device))
+            values = {"modes_covered": float(quality["modes_covered"]),
+                      "high_quality_fraction": quality["high_quality_fraction"]}  # fmt: skip
+            if quality["high_quality_fraction"] > 0.5:
+                for code, message in self.watch.check_coverage(quality["modes_covered"], NUM_MODES, "modes"):
+                    self._warn(code, message)
+        else:
+            values = self._image_scores(sampler, seed)
+        if not values:
+            return
+        self.last_eval = values
+        self.metrics.append({"step": self.step, "kind": "eval", **values})
+        self.tensorboard.scalars("eval", values, self.step)
+        self._event(Metrics(step=self.step, values=dict(values)))
+
+    def _image_scores(self, sampler, seed: int) -> dict:
+        spec = self.spec
+        extractor = self.scoring.extractor
+        if extractor is None:
+            return {}
+        try:
+            from gansvc.metrics import evaluate
+        except ImportError as error:
+            if not self._eval_unavailable_warned:
+                self._eval_unavailable_warned = True
+                self._warn("eval_unavailable", f"FID / IS skipped: gansvc.metrics is not available ({error})")
+            return {}
+        real = f"{spec.dataset}:test"
+        if self.dist.distributed:
+            # each rank scores its share of the same samples; FID statistics are merged across the ranks
+            world = self.dist.world
+            part = shard_bounds(spec.eval_samples, world.rank, world.world_size)
+            fake = generate(sampler, spec.eval_samples, seed, self.device, part=part)
+            result = evaluate_sharded(
+                fake, self.dist, real=real, extractor=extractor, data_root=spec.data_root or None,
+                device=str(self.device),
+            )  # fmt: skip
+            result = self.dist.broadcast_object(result)
+        else:
+            fake = generate(sampler, spec.eval_samples, seed, self.device)
+            result = evaluate(
+                fake, real=real, extractor=extractor, data_root=spec.data_root or None, device=str(self.device)
+            )  # fmt: skip
+        values = {k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and k not in ("n_real", "n_fake")}
+        # the classifier's classes are Fashion-MNIST's: class coverage means nothing for another data set
+        coverage = self._class_coverage(fake) if EXTRACTOR_TRAINED_ON.get(extractor) == spec.dataset else None
+        if coverage is not None:
+            covered, total = coverage
+            values["classes_covered"] = float(covered)
+            if self.step >= COLLAPSE_CHECKS_FROM:  # untrained generators make one grey blob: no signal yet
+                for code, message in self.watch.check_coverage(covered, total, "classes"):
+                    self._warn(code, message)
+        return values
+
+    def _class_coverage(self, fake: torch.Tensor) -> tuple[int, int] | None:
+        """Return (classes covered, classes) by the shipped classifier's predictions, or None if unavailable.
+
+        A class is covered when at least a fifth of its fair share (1 / classes) of the samples is predicted as it.
+        """
+        try:
+            from gansvc.metrics.fmnist_cnn import NUM_CLASSES, load_classifier
+        except ImportError:
+            return None
+        if getattr(self, "_classifier", None) is None:
+            try:
+                self._classifier = load_classifier(device=self.device).eval()
+            except (FileNotFoundError, RuntimeError, ValueError):
+                return None
+        predictions = torch.cat([
+            self._classifier(chunk.to(self.device)).argmax(1).cpu() for chunk in fake.split(1000)
+        ] or [torch.empty(0, dtype=torch.int64)])  # fmt: skip
+        counts = self.dist.all_reduce_sum(torch.bincount(predictions, minlength=NUM_CLASSES).double())
+        shares = counts / counts.sum().clamp_min(1)
+        return int((shares >= 0.2 / NUM_CLASSES).sum()), NUM_CLASSES
+
+
+def _diversity_ratio(fake: torch.Tensor, real: torch.Tensor) -> float:
+    """Return the mean pairwise distance of generated samples over that of real samples (1 = as varied)."""
+    fake_spread = torch.pdist(fake.flatten(1).float()).mean()
+    real_spread = torch.pdist(real.flatten(1).float()).mean()
+    return float(fake_spread / real_spread.clamp_min(1e-12))
