@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import re
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -13,7 +12,6 @@ from typing import Callable
 _TEMP_SUFFIX = ".tmp"
 # The temp files of atomic_write (".NAME." + mkstemp's random letters + ".tmp") and of writers that make
 # their own beside a target (".NAME.PID.tmp", as checkpoints.py's hard link to latest.pt).
-_TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> Path:
@@ -66,24 +64,3 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> Path:
     import torch
 
     return atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def remove_temp_leftovers(directory: str | os.PathLike) -> list[Path]:
-    """Remove the temp files that writes interrupted by a crash (kill -9, power loss) left in `directory` and
-    its subfolders; return the paths removed.
-
-    Only for a directory no process is writing to now (a run directory being resumed): a live write's
-    temp file looks the same as a dead one's.
-    """
-    removed = []
-    for folder, _, names in os.walk(directory):
-        for name in names:
-            if _TEMP_NAME.match(name):
-                path = Path(folder) / name
-                try:
-                    if path.is_file() and not path.is_symlink():
-                        path.unlink()
-                        removed.append(path)
-                except OSError:  # gone meanwhile, or not ours to remove: not a leftover to worry about
-                    continue
-    return sorted(removed)

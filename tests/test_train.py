@@ -403,8 +403,9 @@ def _interrupted_write(path) -> None:
         child.wait()
 
 
-def test_remove_temp_leftovers_removes_what_killed_writes_left_and_nothing_else(tmp_path):
-    from gansvc.atomic import atomic_write_text, remove_temp_leftovers
+def test_clean_leftovers_removes_what_killed_writes_left_and_nothing_else(tmp_path):
+    from gansvc.atomic import atomic_write_text
+    from gansvc.runtime.rundir import clean_leftovers
 
     _interrupted_write(tmp_path / "checkpoints" / "step_0000100.pt")
     _interrupted_write(tmp_path / "samples" / "step_0001000.png")
@@ -415,9 +416,9 @@ def test_remove_temp_leftovers_removes_what_killed_writes_left_and_nothing_else(
     keep = [tmp_path / "notes.tmp", tmp_path / ".hidden", tmp_path / "samples" / "step_0000500.png"]
     for path in keep:
         atomic_write_text(path, "mine")
-    assert remove_temp_leftovers(tmp_path) == leftovers
+    assert clean_leftovers(tmp_path) == leftovers
     assert sorted(p for p in tmp_path.rglob("*") if p.is_file()) == sorted(keep)
-    assert remove_temp_leftovers(tmp_path) == []
+    assert clean_leftovers(tmp_path) == []
 
 
 def test_resume_removes_the_temp_files_of_a_killed_run_and_says_so(tmp_path):

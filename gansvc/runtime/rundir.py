@@ -153,8 +153,9 @@ def clean_leftovers(run_dir: str | os.PathLike) -> list[Path]:
             if is_leftover(name):
                 path = Path(folder) / name
                 try:
-                    path.unlink()
-                except FileNotFoundError:
+                    if path.is_file() and not path.is_symlink():
+                        path.unlink()
+                        removed.append(path)
+                except OSError:  # gone meanwhile, or not ours to remove: not a leftover to worry about
                     continue
-                removed.append(path)
     return sorted(removed)

@@ -109,6 +109,13 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds a cancelled job gets to checkpoint before it is killed (default 120)",
     )
     parser.add_argument(
+        "--max-attempts",
+        type=int,
+        default=3,
+        help="times a job is started when its worker process dies without a word (OOM killer, a signal); "
+        "each retry resumes from the last checkpoint (default 3)",
+    )
+    parser.add_argument(
         "--allow-unauthenticated", action="store_true", help="listen beyond loopback without --auth-token-file"
     )
     parser.add_argument(

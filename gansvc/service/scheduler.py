@@ -33,34 +33,46 @@ from gansvc.runtime.rundir import clean_leftovers
 from gansvc.service.store import InvalidTransition, JobRecord, JobStore
 
 log = logging.getLogger(__name__)
-_SIGNAL_HINTS = {
-    signal.SIGKILL: "killed (SIGKILL): most likely the kernel's out-of-memory killer",
-    signal.SIGSEGV: "crashed (SIGSEGV, a segmentation fault)",
-    signal.SIGBUS: "crashed (SIGBUS)",
-    signal.SIGABRT: "aborted (SIGABRT)",
-}
+ATTEMPT_BANNER = "===== attempt "  # WorkerProcess.start writes one such line into worker.log per attempt
+DEATHS_FILE = "worker_deaths.json"  # the job directory's record of its workers that died without a word
 
 
 def describe_exit(returncode: int) -> str:
-    """Return a worker's exit status in words."""
+    """Return a worker's exit status in words: the signal or exit code, nothing guessed."""
     if returncode < 0:
         try:
-            sig = signal.Signals(-returncode)
+            name = signal.Signals(-returncode).name
         except ValueError:
-            return f"the worker process died of signal {-returncode}"
-        return f"the worker process was {_SIGNAL_HINTS.get(sig, f'killed by {sig.name}')}"
+            name = "an unknown signal"
+        return f"the worker process was killed by {name} (signal {-returncode})"
     return f"the worker process exited with code {returncode} without reporting a result"
 
 
-def last_log_line(path: Path, limit: int = 300) -> str:
-    """Return the last non-empty line of a log file (at most `limit` characters), or ''."""
+def last_log_lines(path: Path, count: int = 5, limit: int = 600) -> str:
+    """Return the last `count` non-empty lines the current attempt wrote to a worker log, joined with
+    ' | ' (at most `limit` characters, the end kept), or '' when there are none."""
     try:
         with open(path, "rb") as f:
-            f.seek(max(0, os.path.getsize(path) - 8192))
+            f.seek(max(0, os.path.getsize(path) - 16384))
             lines = [line.strip() for line in f.read().decode("utf-8", "replace").splitlines() if line.strip()]
     except OSError:
         return ""
-    return lines[-1][:limit] if lines else ""
+    banners = [i for i, line in enumerate(lines) if line.startswith(ATTEMPT_BANNER)]
+    lines = lines[banners[-1] + 1 :] if banners else lines
+    text = " | ".join(lines[-count:])
+    return text if len(text) <= limit else "..." + text[-limit:]
+
+
+def record_death(job_dir: Path, attempt: int, what: str, tail: str) -> list[dict]:
+    """Add one dead attempt to the job directory's record (atomically); return the whole record."""
+    path = job_dir / DEATHS_FILE
+    try:
+        deaths = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        deaths = []
+    deaths.append({"attempt": attempt, "exit": what, "last_output": tail})
+    atomic_write_text(path, json.dumps(deaths, indent=1) + "\n")
+    return deaths
 
 
 class WorkerProcess:
@@ -104,7 +116,7 @@ class WorkerProcess:
         try:
             with open(self.job_dir / "worker.log", "ab") as log:
                 stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-                log.write(f"\n===== attempt {attempt} on {self.allocation.label}, {stamp} =====\n".encode())
+                log.write(f"\n{ATTEMPT_BANNER}{attempt} on {self.allocation.label}, {stamp} =====\n".encode())
                 log.flush()
                 self.process = subprocess.Popen(
                     command,
@@ -206,11 +218,13 @@ class WorkerProcess:
 class Scheduler:
     """Starts queued jobs on free devices, stops and cancels them, and recovers after a crash."""
 
-    def __init__(self, store: JobStore, pool: DevicePool, jobs_dir: Path, cancel_timeout: float = 120.0):
+    def __init__(self, store: JobStore, pool: DevicePool, jobs_dir: Path, cancel_timeout: float = 120.0,
+                 max_attempts: int = 3):  # fmt: skip
         self.store = store
         self.pool = pool
         self.jobs_dir = Path(jobs_dir)
         self.cancel_timeout = cancel_timeout
+        self.max_attempts = max_attempts  # a worker that dies without a word is started again up to this
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._workers: dict[str, WorkerProcess] = {}
@@ -417,9 +431,25 @@ class Scheduler:
             else:  # someone sent the worker SIGTERM: it checkpointed; run it again
                 self.store.set_state(job.id, "QUEUED", f"the worker was stopped from outside (SIGTERM); {where}")
         else:
-            reason = describe_exit(returncode)
-            tail = last_log_line(worker.job_dir / "worker.log")
-            self.store.set_state(job.id, "FAILED", f"{reason}; last output: {tail}" if tail else reason)
+            self._worker_died(job, worker, returncode)
+
+    def _worker_died(self, job: JobRecord, worker: WorkerProcess, returncode: int) -> None:
+        """A worker died without a word (OOM killer, a signal, a crash): retry from the last checkpoint while
+        attempts remain, else fail naming every attempt."""
+        what = describe_exit(returncode)
+        tail = last_log_lines(worker.job_dir / "worker.log")
+        deaths = record_death(worker.job_dir, job.attempts, what, tail)
+        said = f"{what}; its last output: {tail}" if tail else f"{what}; it wrote nothing"
+        # Only deaths count: a restart after a server shutdown or a SIGTERM is no failure of the job's.
+        if len(deaths) < self.max_attempts:
+            resume = latest_checkpoint_step(worker.job_dir) if job.kind == "training" else None
+            where = f"from the checkpoint at step {resume}" if resume else "from the beginning"
+            self.store.set_state(job.id, "QUEUED", f"attempt {job.attempts} died ({len(deaths)} of "
+                                                   f"{self.max_attempts} allowed): {said}; retrying {where}")  # fmt: skip
+            return
+        history = "; ".join(f"attempt {d['attempt']}: {d['exit'].removeprefix('the worker process ')}" for d in deaths)
+        self.store.set_state(job.id, "FAILED", f"the worker died {len(deaths)} times ({history}); "
+                                               f"the last one's output: {tail or 'nothing'}")  # fmt: skip
 
     # ------------------------------------------------------------------ crash recovery
     def recover(self) -> None:

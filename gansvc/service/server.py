@@ -50,6 +50,7 @@ class ServerConfig:
     max_watchers: int = 64
     shutdown_timeout: float = 60.0  # seconds running jobs get to checkpoint on shutdown
     cancel_timeout: float = 120.0  # seconds a cancelled job gets to checkpoint before it is killed
+    max_attempts: int = 3  # times a job is started when its worker keeps dying without a word
     allow_unauthenticated: bool = False  # listen beyond loopback without tokens
 
 
@@ -97,6 +98,8 @@ class GanServer:
             raise ValueError(f"--max-message-mb must be >= 1, got {config.max_message_mb}")
         if config.max_watchers < 1:
             raise ValueError(f"--max-watchers must be >= 1, got {config.max_watchers}")
+        if not 1 <= config.max_attempts <= 100:
+            raise ValueError(f"--max-attempts must be in [1, 100], got {config.max_attempts}")
         self.tokens = TokenFile(config.auth_token_file) if config.auth_token_file else None
         if self.tokens is None and not is_loopback(config.listen) and not config.allow_unauthenticated:
             raise ValueError(
@@ -132,7 +135,9 @@ class GanServer:
     def _start(self) -> int:
         self.bus = EventBus()
         self.store = JobStore(self.state_dir / "gansvc.db", on_append=self.bus.publish)
-        self.scheduler = Scheduler(self.store, self.pool, self.state_dir / "jobs", self.config.cancel_timeout)
+        self.scheduler = Scheduler(
+            self.store, self.pool, self.state_dir / "jobs", self.config.cancel_timeout, self.config.max_attempts
+        )
         self.servicer = GanServicer(
             self.store, self.bus, self.scheduler, self.pool, self.roots, self.state_dir,
             self.max_message_bytes, self.config.max_watchers,

@@ -37,11 +37,8 @@ class EventChannel:
         self.fd = fd
         self.lock = threading.Lock()
 
-    def send(self, event: events.Event | dict) -> None:
-        """Write one event (typed; a record with a "type" is typed first)."""
-        if not isinstance(event, events.Event):
-            # The trainer and the launcher hand over records until they emit typed events themselves.
-            event = events.from_dict(event)
+    def send(self, event: events.Event) -> None:
+        """Write one typed event."""
         data = events.encode(event)
         with self.lock:
             try:
@@ -116,7 +113,8 @@ def run_distributed_training(spec, job_dir: Path, channel: EventChannel, stop: S
     DistributedRunFailed naming it and its error, after torchrun has torn the other ranks down.
     """
     from gansvc.atomic import atomic_write_text
-    from gansvc.train.launch import DistributedRunFailed, LaunchConfig, launch
+    from gansvc.train.errors import DistributedRunFailed
+    from gansvc.train.launch import LaunchConfig, launch
 
     spec_file = job_dir / "rank_spec.json"
     atomic_write_text(spec_file, json.dumps(spec.to_dict(), indent=2) + "\n")
@@ -190,46 +188,30 @@ def _log(message: str, level: str = "info") -> events.Log:
 
 
 def failure_reason(error: BaseException) -> str:
-    """Return a one-line reason for a failed job, in a user's words."""
-    from gansvc.train.launch import DistributedRunFailed
-    from gansvc.train.spec import SpecError
+    """Return a one-line reason for a failed job, in a user's words, by the error's FailureKind
+    (a distributed run's failure names the rank)."""
+    from gansvc.train.errors import DistributedRunFailed, FailureKind, failure_kind
 
-    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    if isinstance(error, DistributedRunFailed):
-        return _rank_failure_reason(error)
-    # The trainer's and torch's errors exist only once torch is loaded: a job that failed before that
-    # (a missing upload) does not pay seconds of imports to be told so.
-    if "torch" in sys.modules:
-        import torch
-
-        from gansvc.train import TrainingDiverged
-
-        if isinstance(error, TrainingDiverged):
-            return text if "diverged" in text else f"training diverged: {text}"
-        if isinstance(error, torch.cuda.OutOfMemoryError):
-            return f"out of GPU memory: {text}"
-    if isinstance(error, MemoryError):
-        return "out of memory (host RAM)"
-    if isinstance(error, SpecError):
+    kind = failure_kind(error)
+    failure = error.failure if isinstance(error, DistributedRunFailed) else None
+    if isinstance(error, DistributedRunFailed) and failure is None:
+        return f"the distributed run failed (torchrun exit code {error.result.exit_code}) without a rank saying why"
+    text = failure.message if failure is not None else str(error).strip().splitlines()[0] if str(error).strip() else ""
+    text = text or type(error).__name__
+    where = "" if failure is None else f" on rank {failure.rank}" if failure.rank is not None else " on a rank"
+    if kind is FailureKind.DIVERGED:
+        return text if "diverged" in text else f"training diverged{where}: {text}"
+    if kind is FailureKind.GPU_OUT_OF_MEMORY:
+        return f"out of GPU memory{where}: {text}"
+    if kind is FailureKind.HOST_OUT_OF_MEMORY:
+        return f"out of memory (host RAM){where}"
+    if kind is FailureKind.INVALID_SPEC:
         return f"invalid spec: {text}"
+    if failure is not None:
+        return failure.describe()
     if isinstance(error, FileNotFoundError):
         return text
     return f"{type(error).__name__}: {text}"
-
-
-def _rank_failure_reason(error) -> str:
-    """Return why a distributed run failed, in the words a one-process run would use, naming the rank."""
-    failure = error.failure
-    if failure is None:
-        return f"the distributed run failed (torchrun exit code {error.result.exit_code}) without a rank saying why"
-    rank = f"rank {failure.rank}" if failure.rank is not None else "a rank"
-    if failure.error == "TrainingDiverged":
-        return failure.message if "diverged" in failure.message else f"training diverged: {failure.message}"
-    if failure.error == "OutOfMemoryError":
-        return f"out of GPU memory on {rank}: {failure.message}"
-    if failure.error == "UsageError":  # the rank's command line turned a SpecError or missing data into this
-        return f"invalid spec: {failure.message}"
-    return failure.describe()
 
 
 def main(argv: list[str] | None = None) -> int:

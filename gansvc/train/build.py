@@ -6,7 +6,8 @@ import json
 
 import torch
 
-from gansvc.atomic import atomic_write_text, remove_temp_leftovers
+from gansvc.atomic import atomic_write_text
+from gansvc.runtime.rundir import clean_leftovers
 from gansvc.runtime.events import Log
 from gansvc.train import checkpoints, distributed
 from gansvc.train.batches import DeviceBatches
@@ -105,7 +106,7 @@ class TrainerSetup:
         self._train_seconds_at_start = self.train_seconds
         if self.is_main:  # only rank 0 writes to the run directory
             # writes a killed process left half-done (it was the last to write here: nothing writes now)
-            removed = remove_temp_leftovers(self.run_dir) if self.run_dir.is_dir() else []
+            removed = clean_leftovers(self.run_dir) if self.run_dir.is_dir() else []
             if removed:
                 names = ", ".join(str(p.relative_to(self.run_dir)) for p in removed)
                 self._startup_logs.append(Log(message=f"removed {len(removed)} unfinished file(s) an interrupted "
