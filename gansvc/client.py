@@ -28,9 +28,10 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gansvc.runtime import registry
 from gansvc.service.convert import pb, pb_grpc, state_name, state_to_proto, training_spec_from_dict
 
-DEFAULT_ADDRESS = "127.0.0.1:50051"
+DEFAULT_ADDRESS = registry.DEFAULT_ADDRESS
 TERMINAL = {pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED}
 # Unary calls are retried on UNAVAILABLE (a server restarting); submissions carry a request id, so
 # a retry never creates a second job.

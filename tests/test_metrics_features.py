@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from gansvc.metrics import extractor_fits
 from gansvc.metrics.features import images_to_unit_range, load_extractor
-from gansvc.metrics.fmnist_cnn import WEIGHTS_PATH, load_classifier, uint8_to_unit_range
+from gansvc.images import uint8_to_unit_range
+from gansvc.metrics.fmnist_cnn import WEIGHTS_PATH, load_classifier
 from tests.test_fid_ops import one_thread
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+
 ARCHITECTURE = "fmnist-cnn-v1"
 FEATURE_DIM = 128
 NUM_CLASSES = 10
@@ -51,11 +52,6 @@ class FashionMNISTClassifier(nn.Module):
         """Return (features [N, 128], logits [N, 10]) from one forward pass."""
         hidden = self.body(images)
         return hidden, self.head(hidden)
-
-
-def uint8_to_unit_range(images: torch.Tensor) -> torch.Tensor:
-    """Return uint8 images [0, 255] as float32 in [-1, 1], the generators' output convention."""
-    return images.to(torch.float32).div_(127.5).sub_(1.0)
 
 
 def load_classifier(path: str | Path | None = None, device: str | torch.device = "cpu") -> FashionMNISTClassifier:

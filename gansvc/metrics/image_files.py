@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gansvc.runtime.registry import ARRAY_SUFFIXES
+
 PIXEL_RANGES = ("-1,1", "0,1")
-ARRAY_SUFFIXES = (".npz", ".npy", ".pt", ".pth")
 # Keys tried, in order, in .npz files and dicts saved with torch.save.
 IMAGE_KEYS = ("images", "samples", "fake", "x", "arr_0")
 _SLACK = 1e-3

@@ -20,7 +20,8 @@ from tqdm import tqdm
 
 from gansvc.atomic import atomic_torch_save
 from gansvc.data import load_images
-from gansvc.metrics.fmnist_cnn import ARCHITECTURE, WEIGHTS_PATH, FashionMNISTClassifier, uint8_to_unit_range
+from gansvc.images import uint8_to_unit_range
+from gansvc.metrics.fmnist_cnn import ARCHITECTURE, WEIGHTS_PATH, FashionMNISTClassifier
 
 
 @torch.no_grad()

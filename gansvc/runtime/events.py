@@ -20,6 +20,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, get_type_hints
 
+from gansvc.runtime.jsonable import jsonable
+
 __all__ = [
     "Checkpoint", "Event", "Failed", "Finished", "Hello", "Log", "Metrics", "Progress", "Samples", "State",
     "Warning", "decode", "encode", "event_types", "from_dict", "to_dict",
@@ -160,16 +162,14 @@ def event_types() -> dict[str, type[Event]]:
 
 
 def _plain(value: Any) -> Any:
-    """Return value as JSON-ready data: NumPy/torch scalars as numbers, tuples and sets as lists, else text."""
+    """Return value as JSON-ready data (containers walked; NumPy/torch values and the rest via `jsonable`)."""
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, set)):
         return [_plain(v) for v in value]
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
-    if hasattr(value, "item"):
-        return value.item()
-    return str(value)
+    return jsonable(value)
 
 
 def _coerce(value: Any, annotation: Any, name: str) -> Any:

@@ -6,7 +6,9 @@ import argparse
 import os
 from pathlib import Path
 
-DEFAULT_SERVER = "127.0.0.1:50051"
+from gansvc.runtime import registry
+
+DEFAULT_SERVER = registry.DEFAULT_ADDRESS
 DEFAULT_STATE_DIR = "runs/service"
 CLIENT_COMMANDS = ("submit", "watch", "jobs", "samples", "cancel", "download", "health")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -62,9 +64,9 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
 def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--listen",
-        default="127.0.0.1:50051",
+        default=registry.DEFAULT_ADDRESS,
         metavar="HOST:PORT",
-        help="address to listen on (default 127.0.0.1:50051; port 0 picks a free one)",
+        help=f"address to listen on (default {registry.DEFAULT_ADDRESS}; port 0 picks a free one)",
     )
     parser.add_argument(
         "--state-dir",

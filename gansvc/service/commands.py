@@ -9,11 +9,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from gansvc.runtime import registry
 from gansvc.runtime.console import UsageError
 from gansvc.service import render
 from gansvc.service.convert import pb, state_name
 
-STATES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
+STATES = registry.JOB_STATES
 
 
 # ---------------------------------------------------------------------- submit

@@ -10,6 +10,7 @@ import json
 import math
 import time
 
+from gansvc.runtime.console import format_duration
 from gansvc.service.convert import pb, state_name
 
 # The metrics a finished job's summary shows, in this order, with their labels.
@@ -19,14 +20,7 @@ _SPREAD = {"is_mean": "is_std", "kid_mean": "kid_std"}
 _EVALUATION_METRICS = ("fid", "is_mean", "kid_mean")
 
 
-def duration(seconds: float) -> str:
-    """Return seconds as '42s', '3m05s' or '2h07m'."""
-    seconds = round(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+duration = format_duration  # one definition: gansvc.runtime.console
 
 
 def number(value: float | None) -> str:

@@ -21,6 +21,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
+from gansvc.runtime import registry
 from gansvc.service.auth import BearerTokenInterceptor, TokenFile
 from gansvc.service.bus import EventBus
 from gansvc.service.devices import DevicePool
@@ -30,7 +31,7 @@ from gansvc.service.servicer import GanServicer
 from gansvc.service.store import JobStore
 from gansvc.service.validation import DataRoots
 
-DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_LISTEN = registry.DEFAULT_ADDRESS
 log = logging.getLogger(__name__)
 
 

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gansvc.runtime import events as ev
+from gansvc.runtime import jsonable, registry
 
-STATES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
-TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+STATES, TERMINAL_STATES = registry.JOB_STATES, registry.TERMINAL_STATES
 KINDS = ("training", "evaluation")
 # Which state may follow which; a terminal state is final.
 _TRANSITIONS = {
@@ -147,15 +147,7 @@ class JobRecord:
 def _dumps(value) -> str:
     # NaN/Inf losses are real (a diverging run reports them): keep them as the JSON extensions
     # Python reads back, rather than failing the write.
-    return json.dumps(value, separators=(",", ":"), default=_jsonable)
-
-
-def _jsonable(value):
-    if hasattr(value, "item"):  # NumPy / torch scalars
-        return value.item()
-    if isinstance(value, (set, tuple)):
-        return list(value)
-    return str(value)
+    return jsonable.dumps(value, separators=(",", ":"))
 
 
 def _row_to_job(row: sqlite3.Row) -> JobRecord:
