@@ -185,6 +185,7 @@ def test_reference_statistics_are_cached_and_reused(fmnist_references, fashion_m
         raise AssertionError("the features were computed again instead of read from the cache")
 
     monkeypatch.setattr(reference_module, "_compute", fail)
+    reference_module._MEMO.clear()  # the file, not this process's memory, is what is tested here
     again = reference_module.real_reference("fashion-mnist:test", extractor, fashion_mnist_root)
     np.testing.assert_array_equal(again.stats.sigma, test.stats.sigma)
     assert again.count == 10_000

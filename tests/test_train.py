@@ -239,9 +239,17 @@ def test_nan_stops_with_an_error_and_no_bad_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(DeviceBatches, "next", poisoned)
     events = []
     with pytest.raises(TrainingDiverged, match="step 4"):
-        Trainer(tiny(steps=10, checkpoint_every=1), tmp_path, on_event=events.append).run()
+        Trainer(tiny(steps=10, checkpoint_every=1, max_rollbacks=0), tmp_path, on_event=events.append).run()
     assert [e.code for e in events if isinstance(e, ev.Warning)] == ["diverged"]
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir())[-1] == "step_0000003.pt"
+    # with rollbacks, data that stays poisoned fails the run once they are spent, each one said
+    events.clear()
+    served.clear()
+    with pytest.raises(TrainingDiverged, match=r"step 4: .* \(after 2 rollbacks\)"):
+        Trainer(tiny(steps=10, checkpoint_every=1, max_rollbacks=2), tmp_path / "again", on_event=events.append).run()
+    rollbacks = [e for e in events if isinstance(e, ev.Rollback)]
+    assert [(r.step, r.to_step, r.rollback) for r in rollbacks] == [(4, 3, 1), (4, 3, 2)]
+    assert [e.code for e in events if isinstance(e, ev.Warning)] == ["diverged"] * 3
 
 
 def test_bf16_autocast_trains(tmp_path):
@@ -334,10 +342,14 @@ def test_training_scoring_names_the_extractor_and_flags_one_trained_on_another_d
     assert "fmnist-cnn" in own.message and "fashion-mnist:test" in own.message
     borrowed = training_scoring("mnist", (1, 28, 28), points=False)
     assert borrowed.extractor == "fmnist-cnn" and "trained on fashion-mnist" in borrowed.mismatch
-    unscored = [("cifar10", (3, 32, 32)), ("folder:/data/faces", (1, 28, 28)), ("fashion-mnist", (1, 32, 32))]
+    folder = training_scoring("folder:/data/faces", (1, 28, 28), points=False)  # 28x28 grey: fmnist-cnn, said
+    assert folder.extractor == "fmnist-cnn" and "trained on fashion-mnist" in folder.mismatch
+    # other images take inception-v3, which needs the operator's weights: without them, no FID, and why
+    unscored = [("cifar10", (3, 32, 32)), ("folder:/data/faces", (3, 64, 64)), ("fashion-mnist", (1, 32, 32))]
     for dataset, shape in unscored:
         none = training_scoring(dataset, shape, points=False)
         assert none.extractor is None and "FID / IS skipped" in none.unavailable and not none.mismatch, dataset
+        assert "--inception-weights" in none.unavailable, dataset
     points = training_scoring("gaussian-mixture", (2,), points=True)
     assert points.extractor is None and not points.unavailable and "ring metric" in points.message
 

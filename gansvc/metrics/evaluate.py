@@ -44,6 +44,7 @@ def evaluate(
     seed: int = 0,
     precision_recall: bool = False,
     prdc_k: int = 3,
+    image_size: int = 0,
 ) -> dict:
     """Return {fid, is_mean, is_std, kid_mean, kid_std, n_real, n_fake, extractor} for images `fake`.
 
@@ -52,6 +53,7 @@ def evaluate(
     kid_* are None when the real side is a statistics file without feature rows. With
     precision_recall, precision / recall / density / coverage (k = prdc_k) of the generated features
     against the real feature rows are added (gansvc.metrics.prdc; None without real feature rows).
+    `image_size` > 0 resizes a named data set's real images to that size first (as a training run did).
     """
     if extractor not in EXTRACTORS:
         raise ValueError(f"unknown extractor {extractor!r}: expected one of {', '.join(EXTRACTORS)}")
@@ -64,7 +66,7 @@ def evaluate(
         hint = "; use the inception-v3 extractor" if extractor == "fmnist-cnn" else ""
         raise ValueError(f"the {extractor} extractor cannot take images of shape {list(fake.shape[1:])}{hint}")
     net = get_extractor(extractor, device, inception_weights)
-    reference = real_reference(real, net, data_root, n_real, progress)
+    reference = real_reference(real, net, data_root, n_real, progress, image_size=image_size)
     fake_features, fake_logits = net(fake, progress, desc="generated images")
     fid = fid_from_features(reference.stats, fake_features).fid
     is_mean, is_std = inception_score(fake_logits, splits=min(is_splits, fake.shape[0]))

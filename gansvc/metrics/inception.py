@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-WEIGHTS_ENV = "GANSVC_INCEPTION_WEIGHTS"
+from gansvc.runtime.registry import INCEPTION_WEIGHTS_ENV as WEIGHTS_ENV
 FEATURE_DIM = 2048
 NUM_CLASSES = 1008
 INPUT_SIZE = 299

@@ -8,8 +8,11 @@ The real side of FID/KID is named by a string:
   needs the file's `kid_features`, which gansvc's own cache files carry).
 
 Cache files live in $GANSVC_CACHE_DIR (default ~/.cache/gansvc)/fid-stats/, are written atomically,
-and are named by a digest of the images' bytes and the extractor's weights, so a change in either
-computes them anew.
+and are named SOURCE-EXTRACTOR-WEIGHTS-DIGEST.npz: the extractor's weights digest and a digest of the
+images' bytes and the extractor's fingerprint, so a change in either computes them anew. Within a
+process (a training run scoring every few thousand steps) the last few references are also kept in
+memory, keyed by (real, data root, count, size, extractor fingerprint) and, for files and folders, the
+path's modification time.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import hashlib
 import os
 import re
 import sys
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +41,8 @@ KID_REFERENCE_ROWS = 10_000
 # Images per extractor call while streaming a real set into FeatureStats.
 _STREAM_CHUNK = 5_000
 _CACHE_VERSION = 1
+_MEMO_SIZE = 4  # references kept in memory per process (Inception's KID rows are 80 MB each)
+_MEMO: OrderedDict = OrderedDict()  # key -> RealReference
 
 
 def cache_dir() -> Path:
@@ -71,11 +77,40 @@ def real_reference(
     n_real: int | None = None,
     progress: bool = False,
     pixel_range: str = "-1,1",
+    image_size: int = 0,
 ) -> RealReference:
-    """Return the statistics of the real set named `real` for `extractor`, from the cache when there."""
+    """Return the statistics of the real set named `real` for `extractor`, from the cache when there.
+
+    `image_size` > 0 resizes a data set's images to that size first (a training run's resolution).
+    """
     if n_real is not None and n_real < 2:
         raise ValueError(f"n_real must be at least 2, got {n_real}")
     parsed = parse_real(real, is_path=lambda text: paths.exists(Path(text).expanduser()))
+    key = _memo_key(real, parsed, extractor, data_root, n_real, pixel_range, image_size)
+    if key is not None and key in _MEMO:
+        _MEMO.move_to_end(key)
+        return _MEMO[key]
+    reference = _real_reference(parsed, real, extractor, data_root, n_real, progress, pixel_range, image_size)
+    if key is not None:
+        _MEMO[key] = reference
+        while len(_MEMO) > _MEMO_SIZE:
+            _MEMO.popitem(last=False)
+    return reference
+
+
+def _memo_key(real, parsed, extractor, data_root, n_real, pixel_range, image_size) -> tuple | None:
+    """Return the in-memory key of a reference (None: not kept, e.g. a path that cannot be read)."""
+    stamp = None
+    if parsed.kind in ("path", "folder"):
+        try:  # a file or folder may change between calls: its modification time is part of the key
+            stamp = os.stat(Path(parsed.path).expanduser()).st_mtime_ns
+        except OSError:
+            return None
+    return (str(cache_dir()), real, str(data_root), n_real, pixel_range, image_size, extractor.name,
+            extractor.fingerprint(), stamp)  # fmt: skip
+
+
+def _real_reference(parsed, real, extractor, data_root, n_real, progress, pixel_range, image_size) -> RealReference:
     if parsed.kind == "path":
         path = Path(parsed.path).expanduser()
         check = paths.check_path(path)
@@ -90,8 +125,8 @@ def real_reference(
     else:
         from gansvc.data import load_images
 
-        images = load_images(parsed.name, parsed.split, data_root).images
-        source = f"{parsed.name}:{parsed.split}"
+        images = load_images(parsed.name, parsed.split, data_root, image_size).images
+        source = f"{parsed.name}:{parsed.split}" + (f"@{image_size}px" if image_size else "")
     if not extractor.fits(images.shape[1:]):
         raise ValueError(
             f"the real images of {real!r} have shape {list(images.shape[1:])}, which the {extractor.name} extractor "
@@ -102,7 +137,8 @@ def real_reference(
         keep = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(0))[:n_real].sort().values
         images = images[keep]
     digest = _cache_key(images, extractor, source)
-    cache_path = cache_dir() / "fid-stats" / f"{_slug(source)}-{extractor.name}-{digest}.npz"
+    weights = _weights_digest(extractor)
+    cache_path = cache_dir() / "fid-stats" / f"{_slug(source)}-{extractor.name}-{weights}-{digest}.npz"
     cached = _read_cache(cache_path)
     if cached is not None:
         return cached
@@ -113,6 +149,13 @@ def real_reference(
     save_statistics(cache_path, reference.stats, **extra)
     reference.cache_path = cache_path
     return reference
+
+
+def _weights_digest(extractor: FeatureExtractor) -> str:
+    """Return the digest of the extractor's weights file (the fingerprint's last part), or its hash when it has none."""
+    fingerprint = extractor.fingerprint()
+    tail = fingerprint.rpartition(":")[2]
+    return _slug(tail)[:16] if tail else hashlib.blake2b(fingerprint.encode(), digest_size=8).hexdigest()
 
 
 def _is_statistics_file(path: Path) -> bool:

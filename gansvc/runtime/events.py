@@ -23,8 +23,8 @@ from typing import Any, ClassVar, get_type_hints
 from gansvc.runtime.jsonable import jsonable
 
 __all__ = [
-    "Checkpoint", "Event", "Failed", "Finished", "Hello", "Log", "Metrics", "Progress", "Samples", "State",
-    "Warning", "decode", "encode", "event_types", "from_dict", "to_dict",
+    "Best", "Checkpoint", "EarlyStopped", "Event", "Failed", "Finished", "Hello", "Log", "Metrics", "Progress",
+    "Rollback", "Samples", "State", "Warning", "decode", "encode", "event_types", "from_dict", "to_dict",
 ]  # fmt: skip
 
 
@@ -151,8 +151,52 @@ class Failed(Event):
     error: str = ""
 
 
+# ---------------------------------------------------------------------- model selection (issue 13)
+@dataclass(frozen=True)
+class Best(Event):
+    """An evaluation found the best `metric` so far: checkpoints/best.pt and generator_best.pt hold this step."""
+
+    TYPE: ClassVar[str] = "best"
+    PROTO: ClassVar[str | None] = "best"
+    RENAME: ClassVar[dict[str, str]] = {"path": "artifact"}
+    step: int = 0
+    metric: str = ""
+    value: float = math.nan
+    path: str = ""  # the best checkpoint, relative to the run directory
+    generator: str = ""  # the best exported generator
+
+
+@dataclass(frozen=True)
+class EarlyStopped(Event):
+    """Training stopped: `evaluations` evaluations in a row brought no better `metric` than best_value at best_step."""
+
+    TYPE: ClassVar[str] = "early_stopped"
+    PROTO: ClassVar[str | None] = "early_stopped"
+    step: int = 0
+    metric: str = ""
+    best_step: int = 0
+    best_value: float = math.nan
+    evaluations: int = 0
+
+
+@dataclass(frozen=True)
+class Rollback(Event):
+    """The run diverged at `step` (reason): it went back to the checkpoint of `to_step` with these learning rates."""
+
+    TYPE: ClassVar[str] = "rollback"
+    PROTO: ClassVar[str | None] = "rollback"
+    step: int = 0
+    to_step: int = 0
+    lr_g: float = 0.0
+    lr_d: float = 0.0
+    reason: str = ""
+    rollback: int = 0  # 1 for the first rollback of the run, ...
+    max_rollbacks: int = 0
+
+
 _TYPES: dict[str, type[Event]] = {
-    cls.TYPE: cls for cls in (Progress, Metrics, Samples, Checkpoint, Warning, Log, State, Hello, Finished, Failed)
+    cls.TYPE: cls for cls in (Progress, Metrics, Samples, Checkpoint, Warning, Log, State, Hello, Finished, Failed,
+                              Best, EarlyStopped, Rollback)  # fmt: skip
 }
 
 

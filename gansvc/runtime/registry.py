@@ -200,6 +200,9 @@ def register_extractor(info: ExtractorInfo) -> ExtractorInfo:
 register_extractor(ExtractorInfo("fmnist-cnn", "the shipped Fashion-MNIST classifier (1x28x28 images)"))
 register_extractor(ExtractorInfo("inception-v3", "pytorch-fid's FID Inception-v3 (weights from a local file)"))
 DEFAULT_EXTRACTOR = "fmnist-cnn"
+# The FID Inception weights file the operator configures once (gansvc serve / train --inception-weights set it
+# for the process and its workers); nothing is downloaded.
+INCEPTION_WEIGHTS_ENV = "GANSVC_INCEPTION_WEIGHTS"
 
 
 def extractor_names() -> tuple[str, ...]:

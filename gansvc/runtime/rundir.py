@@ -4,6 +4,7 @@
       checkpoints/step_0000100.pt ...  checkpoints/latest.pt (a hard link to the newest step file)
       samples/step_0000100.png ...     samples/latest.png
       generator.pt                     the exported generator (format GENERATOR_FORMAT)
+      checkpoints/best.pt, generator_best.pt   the checkpoint and generator of the best evaluation (keep_best)
       metrics.jsonl, warnings.jsonl, loss_curve.png, tensorboard/, ...
 
 Atomic writes (gansvc.atomic) go through `.NAME.XXXX.tmp` files beside their target; a process
@@ -24,6 +25,8 @@ LATEST_CHECKPOINT = "latest.pt"
 LATEST_SAMPLES = "latest.png"
 GENERATOR_FILE = "generator.pt"
 CHECKPOINT_SUFFIX = ".pt"
+BEST_CHECKPOINT = "best.pt"  # in checkpoints/: the full state at the best evaluation (keep_best)
+BEST_GENERATOR_FILE = "generator_best.pt"  # the exported generator of that step
 SAMPLES_SUFFIX = ".png"
 _STEP_FILE = re.compile(r"^step_(\d+)(\.[A-Za-z0-9]+)$")
 # gansvc.atomic's temp files: mkstemp(prefix=f".{name}.", suffix=".tmp") -> .NAME.XXXXXXXX.tmp (8 random
@@ -60,6 +63,16 @@ def checkpoint_path(run_dir: str | os.PathLike, step: int) -> Path:
 def latest_checkpoint_path(run_dir: str | os.PathLike) -> Path:
     """Return run_dir/checkpoints/latest.pt (whether or not it exists)."""
     return checkpoint_dir(run_dir) / LATEST_CHECKPOINT
+
+
+def best_checkpoint_path(run_dir: str | os.PathLike) -> Path:
+    """Return run_dir/checkpoints/best.pt (whether or not it exists)."""
+    return checkpoint_dir(run_dir) / BEST_CHECKPOINT
+
+
+def best_generator_path(run_dir: str | os.PathLike) -> Path:
+    """Return run_dir/generator_best.pt (whether or not it exists)."""
+    return Path(run_dir) / BEST_GENERATOR_FILE
 
 
 def samples_path(run_dir: str | os.PathLike, step: int) -> Path:

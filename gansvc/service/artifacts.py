@@ -1,7 +1,8 @@
 """A job's files (its run directory): listing them, naming one safely, finding checkpoints and grids by step.
 
 The trainer writes checkpoints/step_NNNNNNN.pt + checkpoints/latest.pt (a hard link to the newest
-step file), generator.pt, samples/step_NNNNNNN.png + samples/latest.png, metrics.jsonl, ...
+step file), generator.pt, samples/step_NNNNNNN.png + samples/latest.png, metrics.jsonl, ...; with keep_best,
+checkpoints/best.pt and generator_best.pt (the best evaluation's; downloadable by those names).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from pathlib import Path, PurePosixPath
 
 from gansvc.runtime import paths
 from gansvc.runtime.rundir import (
+    best_checkpoint_path,
+    best_generator_path,
     checkpoint_steps,
     generator_source,
     latest_checkpoint_step,
@@ -22,7 +25,7 @@ from gansvc.service.errors import InvalidField, MissingReference
 
 # The layout is gansvc.runtime.rundir's; these names stay importable from here for the service's callers.
 __all__ = [
-    "ArtifactInfo", "checkpoint_file", "checkpoint_steps", "latest_checkpoint_step", "list_artifacts",
+    "ArtifactInfo", "best_file", "checkpoint_file", "checkpoint_steps", "latest_checkpoint_step", "list_artifacts",
     "numbered_files", "resolve_artifact", "sample_grid_steps",
 ]  # fmt: skip
 
@@ -97,3 +100,16 @@ def checkpoint_file(run_dir: Path, step: int, field: str = "checkpoint.step") ->
         known = ", ".join(map(str, sorted(steps))) or "none yet"
         raise MissingReference(field, f"job {run_dir.name} has no checkpoint at step {step} (steps kept: {known})")
     return steps[step]
+
+
+def best_file(run_dir: Path, field: str = "best") -> Path:
+    """Return the generator source of the best checkpoint: generator_best.pt, else checkpoints/best.pt.
+
+    Raises MissingReference naming `field` when the job has kept none (yet; keep_best off, or no evaluation).
+    """
+    for candidate in (best_generator_path(run_dir), best_checkpoint_path(run_dir)):
+        if paths.is_file(candidate):
+            return candidate
+    raise MissingReference(
+        field, f"job {run_dir.name} has no best checkpoint yet (kept at evaluations with the spec's keep_best)"
+    )

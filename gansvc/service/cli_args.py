@@ -94,6 +94,14 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("GANSVC_AUTH_TOKEN_FILE") or None,
         help="accepted bearer tokens, one per line (default $GANSVC_AUTH_TOKEN_FILE; none = no auth)",
     )
+    parser.add_argument(
+        "--inception-weights",
+        type=Path,
+        default=os.environ.get("GANSVC_INCEPTION_WEIGHTS") or None,
+        metavar="FILE",
+        help="FID Inception-v3 weights (pytorch-fid's pt_inception-2015-12-05 file) that score training runs on "
+        "data sets other than 28x28 grey ones, and evaluations naming no weights (default $GANSVC_INCEPTION_WEIGHTS)",
+    )
     parser.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve TLS")
     parser.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
     parser.add_argument("--max-message-mb", type=int, default=64, help="largest message in or out (default 64 MiB)")

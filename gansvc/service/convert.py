@@ -97,6 +97,7 @@ def evaluation_spec_to_proto(spec: dict) -> pb.EvaluationSpec:
         message.checkpoint.job_id = spec["job_id"]
         message.checkpoint.step = int(spec.get("step", 0))
         message.num_samples = int(spec["num_samples"])
+        message.best = bool(spec.get("best", False))
     else:
         message.samples.shape.extend(spec.get("samples_shape", []))
         message.samples.dtype = pb.DType.Value(f"DTYPE_{spec.get('samples_dtype', 'uint8').upper()}")

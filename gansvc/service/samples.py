@@ -13,7 +13,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from gansvc.runtime.rundir import LATEST_SAMPLES, SAMPLES, latest_samples_path, sample_grid_steps
-from gansvc.service.artifacts import checkpoint_file, latest_checkpoint_step
+from gansvc.service.artifacts import best_file, checkpoint_file, latest_checkpoint_step
 from gansvc.service.errors import InvalidField, MissingReference, WrongState
 from gansvc.service.messages import pb
 
@@ -38,7 +38,10 @@ class SampleRenderer:
             raise InvalidField("nrow", f"got {request.nrow}, expected 0 (square grid) or more")
         if request.step < 0:
             raise InvalidField("step", f"got {request.step}, expected 0 (latest) or a step")
-        generate = request.HasField("seed") or request.HasField("count") or request.include_tensor
+        if request.best and request.step:
+            raise InvalidField("step", f"got {request.step} with best: name the best checkpoint or a step, not both")
+        # the best checkpoint has no stored grid: its images are always generated
+        generate = request.HasField("seed") or request.HasField("count") or request.include_tensor or request.best
         if not generate:
             return self._stored_grid(run_dir, request.step)
         return self._generated(run_dir, request)
@@ -65,7 +68,7 @@ class SampleRenderer:
         seed = request.seed if request.HasField("seed") else 0
         if seed < 0:
             raise InvalidField("seed", f"got {seed}, expected >= 0")
-        path = checkpoint_file(run_dir, request.step, field="step")
+        path = best_file(run_dir) if request.best else checkpoint_file(run_dir, request.step, field="step")
         generator = self._generator(path)
         with self._slots:
             images = generate(generator, count, seed, "cpu")
@@ -73,7 +76,7 @@ class SampleRenderer:
             raise WrongState(f"job {run_dir.name} generates 2-D points, not images (see its samples/latest.png)")
         answer = pb.Samples(
             png=encode_png(images, request.nrow or None),
-            step=request.step or (latest_checkpoint_step(run_dir) or 0),
+            step=request.step or (_file_step(path) if request.best else latest_checkpoint_step(run_dir) or 0),
             source=path.relative_to(run_dir).as_posix(),
             count=count,
         )
@@ -117,3 +120,14 @@ class SampleRenderer:
             while len(self._cache) > _CACHE_SIZE:
                 self._cache.popitem(last=False)
         return generator
+
+
+def _file_step(path: Path) -> int:
+    """Return the step a generator or checkpoint file records (0 when it says none)."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - a file replaced meanwhile: the images came from it all the same
+        return 0
+    return int(state.get("step", 0)) if isinstance(state, dict) else 0

@@ -50,7 +50,7 @@ def serve(args) -> int:
         data_roots=args.data_root, auth_token_file=args.auth_token_file, tls_cert=args.tls_cert,
         tls_key=args.tls_key, max_message_mb=args.max_message_mb, max_watchers=args.max_watchers,
         shutdown_timeout=args.shutdown_timeout, cancel_timeout=args.cancel_timeout, max_attempts=args.max_attempts,
-        allow_unauthenticated=args.allow_unauthenticated,
+        allow_unauthenticated=args.allow_unauthenticated, inception_weights=args.inception_weights,
     )  # fmt: skip
     try:
         server = GanServer(config)

@@ -22,6 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from gansvc.runtime import registry
+from gansvc.runtime.registry import INCEPTION_WEIGHTS_ENV
 from gansvc.service.auth import BearerTokenInterceptor, TokenFile
 from gansvc.service.bus import EventBus
 from gansvc.service.devices import DevicePool
@@ -53,6 +54,7 @@ class ServerConfig:
     cancel_timeout: float = 120.0  # seconds a cancelled job gets to checkpoint before it is killed
     max_attempts: int = 3  # times a job is started when its worker keeps dying without a word
     allow_unauthenticated: bool = False  # listen beyond loopback without tokens
+    inception_weights: Path | None = None  # the FID Inception weights training runs and evaluations use by default
 
 
 def is_loopback(listen: str) -> bool:
@@ -108,6 +110,12 @@ class GanServer:
                 "could run jobs (pass --allow-unauthenticated to do it anyway)"
             )
         self.roots = DataRoots.of(config.data_roots)
+        if config.inception_weights:
+            weights = Path(config.inception_weights).expanduser()
+            if not weights.is_file():
+                raise ValueError(f"--inception-weights {str(weights)!r} is not a file")
+            # the workers inherit this process's environment: training runs score with these weights
+            os.environ[INCEPTION_WEIGHTS_ENV] = str(weights.resolve())
         self.pool = DevicePool.from_flag(config.devices, config.cpu_jobs)
         self.state_dir = Path(config.state_dir).resolve()
         self.max_message_bytes = config.max_message_mb * 1024 * 1024

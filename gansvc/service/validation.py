@@ -16,7 +16,7 @@ import numpy as np
 
 from gansvc.runtime import paths as _paths
 from gansvc.runtime import registry
-from gansvc.service.artifacts import checkpoint_file
+from gansvc.service.artifacts import best_file, checkpoint_file
 from gansvc.service.devices import DevicePool
 from gansvc.service.errors import InvalidField, MissingReference
 from gansvc.service.messages import pb, training_spec_to_dict
@@ -161,12 +161,21 @@ def evaluation_spec(message: pb.EvaluationSpec, roots: DataRoots, pool: DevicePo
         step = message.checkpoint.step
         if step < 0:
             raise InvalidField("checkpoint.step", f"got {step}, expected 0 (latest) or a checkpoint step")
-        checkpoint_file(jobs_dir / job_id, step)  # raises MissingReference when there is none yet
+        if message.best:
+            if step:
+                raise InvalidField("checkpoint.step", f"got {step} with best: name the best checkpoint or a step")
+            best_file(jobs_dir / job_id)  # raises MissingReference when the job kept none yet
+        else:
+            checkpoint_file(jobs_dir / job_id, step)  # raises MissingReference when there is none yet
         num_samples = message.num_samples if message.HasField("num_samples") else DEFAULT_EVAL_SAMPLES
         if not 2 <= num_samples <= MAX_EVAL_SAMPLES:
             raise InvalidField("num_samples", f"got {num_samples}, expected 2..{MAX_EVAL_SAMPLES}")
         spec.update(source="checkpoint", job_id=job_id, step=int(step), num_samples=int(num_samples))
+        if message.best:
+            spec["best"] = True
     else:
+        if message.best:
+            raise InvalidField("best", "names a training job's best checkpoint: set checkpoint.job_id, not samples")
         samples = _samples(message.samples)
         spec.update(source="samples", samples_shape=list(samples.shape), samples_dtype=str(samples.dtype))
     spec.update(_reference(message, roots))
@@ -205,10 +214,10 @@ def _reference(message: pb.EvaluationSpec, roots: DataRoots) -> dict:
     if extractor == "inception-v3":
         if message.inception_weights:
             weights = roots.confine("inception_weights", message.inception_weights, "file")
-        elif not os.environ.get("GANSVC_INCEPTION_WEIGHTS"):
+        elif not os.environ.get(registry.INCEPTION_WEIGHTS_ENV):
             raise InvalidField(
                 "inception_weights", "extractor 'inception-v3' needs a weights file under a data root (this server "
-                "has no GANSVC_INCEPTION_WEIGHTS default)",
+                "has no default: gansvc serve --inception-weights)",
             )  # fmt: skip
     elif message.inception_weights:
         raise InvalidField("inception_weights", f"set only with extractor 'inception-v3', not {extractor!r}")

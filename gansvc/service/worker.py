@@ -144,11 +144,11 @@ def run_evaluation(job: dict, job_dir: Path, channel: EventChannel, stop: StopRe
 
     step = 0
     if spec["source"] == "checkpoint":
-        from gansvc.service.artifacts import checkpoint_file
+        from gansvc.service.artifacts import best_file, checkpoint_file
         from gansvc.train.sampling import generate, load_generator
 
         source_dir = Path(job["source_run_dir"])
-        path = checkpoint_file(source_dir, int(spec["step"]))
+        path = best_file(source_dir) if spec.get("best") else checkpoint_file(source_dir, int(spec["step"]))
         step = int(spec["step"]) or _generator_step(path)
         name = path.relative_to(source_dir).as_posix()
         channel.send(_log(f"generating {spec['num_samples']} images from {spec['job_id']}/{name} (step {step})"))

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 
 import torch
 
 from gansvc.atomic import atomic_write_text
+from gansvc.runtime import registry
 from gansvc.runtime.rundir import clean_leftovers
 from gansvc.runtime.events import Log
 from gansvc.train import checkpoints, distributed
@@ -18,6 +20,7 @@ from gansvc.train.evaluation import FIXED_NOISE, POINT_SAMPLES, training_scoring
 from gansvc.train.monitor import FailureWatch, MetricsLog, TensorBoard
 from gansvc.train.optim import FusedAdam
 from gansvc.train.reporting import NoLog, stat_names
+from gansvc.train.selection import SelectionState
 from gansvc.train.spec import SpecError
 from gansvc.train.world import local_batch_size
 
@@ -53,7 +56,11 @@ class TrainerSetup:
                 layout(self.data_shape[-1])
             except ValueError as error:
                 raise SpecError("image_size", f"{error} (the data set's images are {self.data_shape[-1]} px)") from None
-        self.scoring = training_scoring(spec.dataset, self.data_shape, self.points)
+        self.scoring = training_scoring(
+            spec.dataset, self.data_shape, self.points, spec.eval_extractor,
+            os.environ.get(registry.INCEPTION_WEIGHTS_ENV) or None,
+        )  # fmt: skip
+        self._scoring_checked = False
 
         torch.manual_seed(spec.seed)  # model initialisation and spectral-norm vectors (the same on every rank)
         self.G = build_generator(spec, self.data_shape).to(self.device)
@@ -89,6 +96,7 @@ class TrainerSetup:
         self.last_train: dict = {}
         self.last_eval: dict = {}
         self.checkpointed_step = -1
+        self.selection = SelectionState(metric=spec.keep_best)  # the best checkpoint, rollbacks (issue 13)
         self._sampler_cache: tuple[int, torch.nn.Module] | None = None
         self._eval_unavailable_warned = False
 

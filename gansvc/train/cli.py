@@ -35,6 +35,9 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--download", action="store_true",
                         help="fetch a missing fashion-mnist/mnist/cifar10 into --data-root with torchvision")  # fmt: skip
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    parser.add_argument("--inception-weights", metavar="FILE", default=None,
+                        help="FID Inception-v3 weights (pytorch-fid's pt_inception-2015-12-05 file) that score "
+                        "runs on data sets other than 28x28 grey ones (default $GANSVC_INCEPTION_WEIGHTS)")  # fmt: skip
     launch = parser.add_argument_group(
         "several processes / nodes (torch.distributed under torchrun; see docs/distributed.md)"
     )
@@ -89,6 +92,7 @@ def _run_train(args) -> int:
     from gansvc.train.spec import SpecError
 
     spec = spec_from_args(args)
+    _use_inception_weights(args.inception_weights)
     out = Path(args.out) if args.out else Path("runs") / f"{spec.model}-{spec.loss}-{time.strftime('%Y%m%d-%H%M%S')}"
     launch_options = [name for name in _LAUNCH_OPTIONS if getattr(args, name, None) is not None]
     if not launched_by_torchrun():
@@ -150,6 +154,21 @@ def _train_here(args, spec, out: Path) -> int:
     if world.is_main:
         _print_summary(summary, out)
     return 0
+
+
+def _use_inception_weights(path: str | None) -> None:
+    """Make `path` the Inception weights of this run and of every rank it starts (through the environment the
+    trainer reads, $GANSVC_INCEPTION_WEIGHTS); a missing file is a usage error."""
+    if not path:
+        return
+    import os
+
+    from gansvc.runtime.registry import INCEPTION_WEIGHTS_ENV
+
+    chosen = Path(path).expanduser()
+    if not chosen.is_file():
+        raise UsageError(f"--inception-weights: {str(chosen)!r} is not a file")
+    os.environ[INCEPTION_WEIGHTS_ENV] = str(chosen.resolve())
 
 
 _LAUNCH_OPTIONS = ("nproc_per_node", "nnodes", "rdzv_endpoint", "rdzv_id", "local_addr")

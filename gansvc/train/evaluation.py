@@ -2,17 +2,26 @@
 metric of point data, and the mode-collapse checks on them. A part of the Trainer.
 
 Which network scores a run is chosen once (`training_scoring`) and said in the run's events at the
-start: a data set is scored during training only with an extractor that fits its images, and a data
-set scored with a network trained on another data set gets an `extractor_mismatch` warning.
+start: the spec's `eval_extractor`, by default fmnist-cnn for 28x28 grey images and the FID
+Inception-v3 for every other image data set, its weights from the file the operator configured
+($GANSVC_INCEPTION_WEIGHTS, set by `gansvc serve|train --inception-weights`). When no extractor fits
+(no weights configured, images of the wrong shape) the run says so with an `eval_unavailable` warning
+and reports no FID; a data set scored with a classifier trained on another small data set (MNIST with
+fmnist-cnn) gets an `extractor_mismatch` warning. The real side is the data set's test split (a folder:
+the folder itself) at the training resolution; its statistics are computed once per (data set, split,
+extractor, weights) and cached (gansvc.metrics.reference).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from dataclasses import dataclass
 
 import torch
 
 from gansvc.atomic import atomic_write_bytes
+from gansvc.runtime import registry
 from gansvc.runtime.events import Log, Metrics, Samples
 from gansvc.train.ddp import without_sync_batchnorm
 from gansvc.train.monitor import plot_points
@@ -25,13 +34,11 @@ COLLAPSE_CHECKS_FROM = 1000  # generator steps before the mode-collapse checks (
 POINT_SAMPLES = 2500  # samples in a gaussian-mixture scatter plot and its ring metric (PacGAN's count)
 
 # The data set each shipped feature extractor was trained on (for FID's meaning: features of a network
-# trained on the data set itself separate its images best; another network's features compare runs
-# with each other only).
+# trained on the data set itself separate its images best; another small classifier's features compare
+# runs with each other only). Inception-v3's ImageNet features are the standard FID of every data set.
 EXTRACTOR_TRAINED_ON = {"fmnist-cnn": "fashion-mnist", "inception-v3": "imagenet"}
-# The extractor that scores each data set during training. MNIST borrows Fashion-MNIST's classifier (the
-# only shipped one of its image size; with a warning); other data sets are scored after training
-# (`gansvc eval --extractor inception-v3`) until the model-selection work brings them an extractor here.
-TRAINING_EXTRACTORS = {"fashion-mnist": "fmnist-cnn", "mnist": "fmnist-cnn"}
+GENERAL_EXTRACTORS = frozenset({"inception-v3"})  # published FIDs of any data set use these
+GREY_28 = (1, 28, 28)  # the image shape whose default extractor is fmnist-cnn
 
 
 @dataclass(frozen=True)
@@ -42,39 +49,72 @@ class Scoring:
     message: str  # the Log line naming the extractor, or why there is none
     mismatch: str = ""  # an extractor_mismatch warning: the extractor was trained on another data set
     unavailable: str = ""  # an eval_unavailable warning: image data with no FID / IS during training
+    real: str = ""  # the real side: DATASET:test, or folder:PATH
+    inception_weights: str | None = None  # the weights file of inception-v3
 
 
-def training_scoring(dataset: str, data_shape, points: bool) -> Scoring:
-    """Return how a run on `dataset` is scored during training (`data_shape`: one sample's; `points`: 2-D point data)."""
+def default_extractor(data_shape) -> str:
+    """Return the extractor that scores images of `data_shape` (C, H, W) when the spec names none."""
+    return "fmnist-cnn" if tuple(int(s) for s in data_shape) == GREY_28 else "inception-v3"
+
+
+def reference_split(dataset: str) -> str:
+    """Return the real set a training run on `dataset` is scored against: its test split (a folder: itself)."""
+    if registry.is_folder_dataset(dataset):
+        return dataset
+    info = registry.dataset_info(dataset)
+    split = "test" if info is None or not info.sizes or "test" in info.sizes else "train"
+    return f"{dataset}:{split}"
+
+
+def training_scoring(
+    dataset: str, data_shape, points: bool, extractor: str = "", inception_weights: str | None = None
+) -> Scoring:
+    """Return how a run on `dataset` is scored during training.
+
+    `data_shape`: one sample's; `points`: 2-D point data; `extractor`: the spec's eval_extractor ('' = the
+    default for the shape); `inception_weights`: the configured weights file (None = none configured).
+    """
     if points:
         return Scoring(None, "evaluation: samples are scored with the ring metric (modes covered, high-quality "
                              "fraction); no feature extractor")  # fmt: skip
-    extractor = TRAINING_EXTRACTORS.get(dataset)
-    fits = False
-    if extractor is not None:
+    chosen = extractor or default_extractor(data_shape)
+    shape = list(data_shape)
+    why = ""
+    try:
+        from gansvc.metrics.features import extractor_fits
+    except ImportError as error:
+        why = f"gansvc.metrics is not available ({error})"
+    else:
         try:
-            from gansvc.metrics.features import extractor_fits
-        except ImportError:
-            fits = True  # said at the first evaluation, as eval_unavailable
-        else:
-            fits = extractor_fits(extractor, data_shape)
-    if extractor is None or not fits:
+            fits = extractor_fits(chosen, data_shape)
+        except ValueError:  # a plugin's extractor: its own check runs at the first evaluation
+            fits = True
+        if not fits:
+            why = f"the {chosen} extractor cannot take {dataset}'s {shape} images" + (
+                " (it takes 1x28x28); leave eval_extractor empty for inception-v3" if chosen == "fmnist-cnn" else ""
+            )
+    if not why and chosen == "inception-v3" and not inception_weights:
         why = (
-            f"no shipped feature extractor fits {dataset} {list(data_shape)} during training (fmnist-cnn takes "
-            "1x28x28 Fashion-MNIST/MNIST; score generator.pt with `gansvc eval`)"
+            f"{dataset} {shape} is scored with inception-v3, and no Inception weights are configured (the operator "
+            f"sets them once: gansvc serve --inception-weights FILE, gansvc train --inception-weights FILE or "
+            f"${registry.INCEPTION_WEIGHTS_ENV})"
         )
+    if why:
         return Scoring(None, f"evaluation: FID / IS skipped: {why}", unavailable=f"FID / IS skipped: {why}")
-    trained_on = EXTRACTOR_TRAINED_ON[extractor]
-    message = (
-        f"evaluation: FID / IS / KID with the {extractor} extractor (trained on {trained_on}) against {dataset}:test"
-    )
+    real = reference_split(dataset)
+    trained_on = EXTRACTOR_TRAINED_ON.get(chosen, "")
+    weights = f", weights {os.path.basename(inception_weights)}" if chosen == "inception-v3" else ""
+    origin = f"trained on {trained_on}" if trained_on else "a plugin"
+    message = f"evaluation: FID / IS / KID with the {chosen} extractor ({origin}{weights}) against {real}"
     mismatch = ""
-    if trained_on != dataset:
+    if trained_on and chosen not in GENERAL_EXTRACTORS and trained_on != dataset:
         mismatch = (
-            f"{dataset} is scored with {extractor}, a network trained on {trained_on}, not on {dataset}: its FID / "
+            f"{dataset} is scored with {chosen}, a network trained on {trained_on}, not on {dataset}: its FID / "
             f"IS / KID compare runs on {dataset} with each other, not with published {dataset} scores"
         )
-    return Scoring(extractor, message, mismatch=mismatch)
+    return Scoring(chosen, message, mismatch=mismatch, real=real,
+                   inception_weights=inception_weights if chosen == "inception-v3" else None)  # fmt: skip
 
 
 class TrainerEvaluation:
@@ -153,26 +193,22 @@ class TrainerEvaluation:
                     self._warn(code, message)
         else:
             values = self._image_scores(sampler, seed)
+        self._evaluated_step = self.step
         if not values:
             return
         self.last_eval = values
         self.metrics.append({"step": self.step, "kind": "eval", **values})
         self.tensorboard.scalars("eval", values, self.step)
         self._event(Metrics(step=self.step, values=dict(values)))
+        self._select(values)  # the best checkpoint and early stopping (gansvc.train.selection)
 
     def _image_scores(self, sampler, seed: int) -> dict:
         spec = self.spec
-        extractor = self.scoring.extractor
-        if extractor is None:
+        if not self._scoring_ready():
             return {}
-        try:
-            from gansvc.metrics import evaluate
-        except ImportError as error:
-            if not self._eval_unavailable_warned:
-                self._eval_unavailable_warned = True
-                self._warn("eval_unavailable", f"FID / IS skipped: gansvc.metrics is not available ({error})")
-            return {}
-        real = f"{spec.dataset}:test"
+        extractor, real = self.scoring.extractor, self.scoring.real
+        from gansvc.metrics import evaluate
+
         if self.dist.distributed:
             # each rank scores its share of the same samples; FID statistics are merged across the ranks
             world = self.dist.world
@@ -180,13 +216,14 @@ class TrainerEvaluation:
             fake = generate(sampler, spec.eval_samples, seed, self.device, part=part)
             result = evaluate_sharded(
                 fake, self.dist, real=real, extractor=extractor, data_root=spec.data_root or None,
-                device=str(self.device),
+                device=str(self.device), image_size=spec.image_size,
             )  # fmt: skip
             result = self.dist.broadcast_object(result)
         else:
             fake = generate(sampler, spec.eval_samples, seed, self.device)
             result = evaluate(
-                fake, real=real, extractor=extractor, data_root=spec.data_root or None, device=str(self.device)
+                fake, real=real, extractor=extractor, data_root=spec.data_root or None, device=str(self.device),
+                inception_weights=self.scoring.inception_weights, image_size=spec.image_size,
             )  # fmt: skip
         values = {k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and k not in ("n_real", "n_fake")}
         # the classifier's classes are Fashion-MNIST's: class coverage means nothing for another data set
@@ -198,6 +235,40 @@ class TrainerEvaluation:
                 for code, message in self.watch.check_coverage(covered, total, "classes"):
                     self._warn(code, message)
         return values
+
+    def _scoring_ready(self) -> bool:
+        """Load the run's extractor and the real statistics once (computed or read from the cache); when either
+        fails (a weights file of another layout, missing test data, a plugin that does not load), say so with an
+        eval_unavailable warning and score nothing from then on. Every rank learns rank 0's answer."""
+        if self.scoring.extractor is None:
+            return False
+        if self._scoring_checked:
+            return True
+        self._scoring_checked = True
+        spec, problem = self.spec, ""
+        try:
+            from gansvc.metrics.evaluate import get_extractor
+            from gansvc.metrics.reference import real_reference
+            from gansvc.runtime.plugins import PluginError
+
+            failures = (FileNotFoundError, ValueError, RuntimeError, PluginError)
+        except ImportError as error:
+            problem = f"gansvc.metrics is not available ({error})"
+        if not problem:
+            try:
+                net = get_extractor(self.scoring.extractor, self.device, self.scoring.inception_weights)
+                if self.is_main:
+                    real_reference(self.scoring.real, net, spec.data_root or None, image_size=spec.image_size)
+            except failures as error:
+                problem = f"{self.scoring.extractor} against {self.scoring.real}: {error}"
+        problem = self.dist.broadcast_object(problem) if self.dist.distributed else problem
+        if problem:
+            self.scoring = dataclasses.replace(self.scoring, extractor=None)
+            if not self._eval_unavailable_warned:
+                self._eval_unavailable_warned = True
+                self._warn("eval_unavailable", f"FID / IS skipped: {problem}")
+            return False
+        return True
 
     def _class_coverage(self, fake: torch.Tensor) -> tuple[int, int] | None:
         """Return (classes covered, classes) by the shipped classifier's predictions, or None if unavailable.

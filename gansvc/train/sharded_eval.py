@@ -71,6 +71,7 @@ def evaluate_sharded(
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,
     seed: int = 0,
+    image_size: int = 0,
 ) -> dict | None:
     """Return gansvc.metrics.evaluate's scores of the images every rank holds a shard of, on rank 0 (None elsewhere).
 
@@ -95,7 +96,7 @@ def evaluate_sharded(
         return None
     if merged.count < 2:
         raise ValueError(f"FID needs at least 2 generated samples, got {merged.count}")
-    reference = real_reference(real, net, data_root)
+    reference = real_reference(real, net, data_root, image_size=image_size)
     fid = frechet_distance(reference.stats, merged.statistics())
     is_mean, is_std = inception_score(all_logits, splits=min(is_splits, merged.count))
     kid_mean = kid_std = None

@@ -104,6 +104,23 @@ class TrainSpec:
                                  max=1e8)  # fmt: skip
     nproc: int = setting(1, "processes (devices) per node under torch.distributed; batch-size stays the global "
                          "batch (same as --nproc-per-node)", min=1, max=1024)  # fmt: skip
+    # --- model selection: FID for every data set, the best checkpoint, early stopping, rollback (issue 13)
+    eval_extractor: str = setting("", "network that scores FID during training: '' = fmnist-cnn for 28x28 grey "
+                                  "images, inception-v3 (the operator's GANSVC_INCEPTION_WEIGHTS) otherwise; or "
+                                  "an extractor's name", choices=lambda: ("", *registry.extractor_names()))  # fmt: skip
+    keep_best: str = setting("fid", "evaluation metric whose best value keeps checkpoints/best.pt and "
+                             "generator_best.pt ('' = off)")  # fmt: skip
+    keep_best_mode: str = setting("auto", "auto | min | max: whether lower or higher keep_best is better (auto: "
+                                  "lower for fid / kid, higher otherwise)",
+                                  choices=lambda: ("auto", "min", "max"))  # fmt: skip
+    early_stop_patience: int = setting(0, "stop after this many evaluations without a better keep_best (0 = off)",
+                                       min=0, max=_MAX_INT32)  # fmt: skip
+    early_stop_min_delta: float = setting(0.0, "the least change of keep_best that counts as better", min=0.0,
+                                          max=1e12)  # fmt: skip
+    rollback_factor: float = setting(0.5, "on divergence, resume the last good checkpoint with both learning rates "
+                                     "times this", min=0.0, max=1.0)  # fmt: skip
+    max_rollbacks: int = setting(3, "rollbacks on divergence before the run fails (0 = fail at once)", min=0,
+                                 max=1000)  # fmt: skip
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -226,7 +243,21 @@ class TrainSpec:
             )
         if info is not None and info.size("train") is not None:
             self.check_dataset_size(info.size("train"))
+        self._validate_selection()
         return self
+
+    def _validate_selection(self) -> None:
+        """Check the model-selection settings (issue 13) against each other."""
+        if self.keep_best and not re.fullmatch(r"[a-z][a-z0-9_]{0,63}", self.keep_best):
+            raise SpecError("keep_best", f"got {self.keep_best!r}, expected a metric name such as 'fid' or ''")
+        if self.early_stop_patience:
+            if not self.keep_best:
+                raise SpecError("early_stop_patience", "needs keep_best, the metric that must improve")
+            if not (self.eval_every and self.eval_samples):
+                raise SpecError("early_stop_patience", "needs evaluations during training: set eval_every and "
+                                "eval_samples")  # fmt: skip
+        if self.max_rollbacks and not 0.0 < self.rollback_factor < 1.0:
+            raise SpecError("rollback_factor", f"got {self.rollback_factor}, expected 0 < rollback_factor < 1")
 
     def check_dataset_size(self, samples: int) -> None:
         """Raise SpecError('batch_size') when the global batch does not fit a data set of `samples` samples."""

@@ -13,6 +13,7 @@ from gansvc.atomic import atomic_write_text
 from gansvc.runtime.events import Checkpoint
 from gansvc.train import checkpoints
 from gansvc.train.sampling import export_generator
+from gansvc.train.selection import SelectionState
 from gansvc.train.spec import SpecError
 
 # Settings that may change between a checkpoint and its resume (how long, how often, where);
@@ -21,6 +22,8 @@ RESUMABLE_CHANGES = {
     "epochs", "steps", "max_minutes", "log_every", "sample_every", "eval_every", "eval_samples",
     "checkpoint_every", "keep_checkpoints", "tensorboard", "threads", "device", "data_root",
     "nproc",  # a checkpoint holds no per-rank state: N ranks' checkpoint resumes on M
+    # which checkpoint is kept as the best and when to stop: training itself is the same
+    "eval_extractor", "keep_best", "keep_best_mode", "early_stop_patience", "early_stop_min_delta",
 }  # fmt: skip
 
 
@@ -33,8 +36,18 @@ class TrainerState:
     """The Trainer's checkpoint, resume and summary (a part of gansvc.train.trainer.Trainer)."""
 
     def _checkpoint(self, session_start: float) -> None:
+        state = self._checkpoint_state(session_start)
+        path = checkpoints.save_checkpoint(state, self.run_dir, self.step, self.spec.keep_checkpoints)
+        export_generator(
+            self._sampler(), self.spec, self.data_shape, self.step, self.ema is not None, self.run_dir / "generator.pt"
+        )
+        self.checkpointed_step = self.step
+        self._event(Checkpoint(step=self.step, path=str(path.relative_to(self.run_dir))))
+
+    def _checkpoint_state(self, session_start: float) -> dict:
+        """Return everything a resume needs to continue bit for bit (an error if the run has diverged)."""
         self._check_finite()
-        state = {
+        return {
             "format": "gansvc-checkpoint",
             "version": 1,
             "step": self.step,
@@ -59,13 +72,8 @@ class TrainerState:
             "train_seconds": self.train_seconds,
             "last_train": self.last_train,
             "last_eval": self.last_eval,
+            "selection": self.selection.to_dict(),  # the best so far, evaluations since, rollbacks (issue 13)
         }
-        path = checkpoints.save_checkpoint(state, self.run_dir, self.step, self.spec.keep_checkpoints)
-        export_generator(
-            self._sampler(), self.spec, self.data_shape, self.step, self.ema is not None, self.run_dir / "generator.pt"
-        )
-        self.checkpointed_step = self.step
-        self._event(Checkpoint(step=self.step, path=str(path.relative_to(self.run_dir))))
 
     def _resume(self, path: Path, state: dict) -> None:
         saved = state["spec"]
@@ -102,13 +110,14 @@ class TrainerState:
         self.train_seconds = state["train_seconds"]
         self.last_train = state["last_train"]
         self.last_eval = state["last_eval"]
+        self.selection = SelectionState.from_dict(state.get("selection"), self.spec)
         self.checkpointed_step = self.step
 
     def _summary(self, ended_by: str, session_start: float) -> dict:
         session_steps = self.step - (self.resumed_from or 0)
         images = session_steps * self.spec.batch_size * self.spec.n_critic
         summary = {
-            "status": ended_by,  # completed | max_minutes | stopped
+            "status": ended_by,  # completed | max_minutes | stopped | early_stopped
             "stopped": ended_by == "stopped",
             "step": self.step,
             "total_steps": self.total_steps,
@@ -126,6 +135,7 @@ class TrainerState:
             "threads": self.threads if self.device.type == "cpu" else None,
             "generator": "generator.pt",
             "run_dir": str(self.run_dir),
+            **self.selection.summary(),  # best, early_stopped, rollbacks, lr_g, lr_d
         }
         if self.is_main:
             atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
