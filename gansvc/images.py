@@ -100,16 +100,7 @@ def read_images(files: list[Path], size: int | None = None) -> torch.Tensor:
     size: each image center-cropped to a square and resized to size x size (Lanczos); None: the
     images must share one size (a ValueError names the odd one out). An unreadable file is a ValueError.
     """
-    from PIL import Image, UnidentifiedImageError
-
-    pictures = []
-    for file in files:
-        try:
-            with Image.open(file) as picture:
-                picture.load()
-                pictures.append(picture.copy() if size is None else _square(picture, size))
-        except (UnidentifiedImageError, OSError) as error:
-            raise ValueError(f"{file}: cannot read this image ({error})") from None
+    pictures = [open_image(file, size) for file in files]
     if not pictures:
         raise ValueError("no images to read")
     grey = all(p.mode in GREY_MODES for p in pictures)
@@ -118,9 +109,30 @@ def read_images(files: list[Path], size: int | None = None) -> torch.Tensor:
     for file, picture in zip(files, pictures):
         if picture.size != first:
             raise ValueError(f"{file}: size {picture.size} differs from {first} of {files[0].name}")
-        array = np.asarray(picture.convert("L" if grey else "RGB"), dtype=np.uint8)
-        arrays.append(array[None] if grey else array.transpose(2, 0, 1))
+        arrays.append(image_array(picture, grey))
     return torch.from_numpy(np.ascontiguousarray(np.stack(arrays)))
+
+
+def open_image(file, size: int | None = None, name: str | None = None):
+    """Return the decoded Pillow picture of an image file (a path or a binary file object).
+
+    size: center-cropped to a square and resized to size x size (Lanczos); None: as stored. An unreadable
+    file is a ValueError naming `name` (default: the file).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(file) as picture:
+            picture.load()
+            return picture.copy() if size is None else _square(picture, size)
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"{name or file}: cannot read this image ({error})") from None
+
+
+def image_array(picture, grey: bool) -> np.ndarray:
+    """Return a picture as uint8 [C, H, W]: C = 1 when `grey` (the whole data set is grey), else 3."""
+    array = np.array(picture.convert("L" if grey else "RGB"), dtype=np.uint8)  # writable: torch.from_numpy takes it
+    return array[None] if grey else array.transpose(2, 0, 1)
 
 
 def _square(picture, size: int):

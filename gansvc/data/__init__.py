@@ -1,7 +1,8 @@
 """Data sets for training and evaluation, each decoded once into memory.
 
-`load_images` returns image data sets (fashion-mnist, mnist, cifar10, folder:PATH) as one uint8
-tensor; `load_dataset` also knows the 2-D `gaussian-mixture` ring, which has points, not images.
+`load_images` returns image data sets (fashion-mnist, mnist, cifar10, folder:PATH, zip:PATH) as one
+uint8 tensor; `load_dataset` also knows the 2-D `gaussian-mixture` ring, which has points, not images.
+Training data that may not fit in memory (and data set plugins) open through gansvc.data.streaming.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ def load_images(
 ) -> ImageData:
     """Return the image data set `name` as one uint8 tensor [N, C, H, W] (resized when image_size > 0).
 
-    name: 'fashion-mnist', 'mnist', 'cifar10' or 'folder:PATH'. `root` is where the files are
+    name: 'fashion-mnist', 'mnist', 'cifar10', 'folder:PATH' or 'zip:PATH'. `root` is where the files are
     (None = the default places). `download=True` fetches fashion-mnist, mnist or cifar10 into `root`
     with torchvision when they are missing (needs internet; never done unless asked).
     """
@@ -30,10 +31,16 @@ def load_images(
         from gansvc.data.folder import load_image_folder
 
         return load_image_folder(registry.folder_path(name), image_size)
+    if registry.is_zip_dataset(name):
+        from gansvc.data.sources import zip_files
+
+        return zip_files(registry.zip_path(name), image_size).read_all()
     if name == "gaussian-mixture":
         raise ValueError("dataset 'gaussian-mixture' holds 2-D points, not images: use gansvc.data.load_dataset")
     if name not in IMAGE_DATASETS:
-        raise ValueError(f"unknown dataset {name!r}: expected one of {', '.join(IMAGE_DATASETS)} or folder:PATH")
+        raise ValueError(
+            f"unknown dataset {name!r}: expected one of {', '.join(IMAGE_DATASETS)}, folder:PATH or zip:PATH"
+        )
     try:
         data = _load_named(name, split, root)
     except DatasetNotFound:

@@ -25,12 +25,13 @@ class DatasetNotFound(FileNotFoundError):
 
 @dataclass
 class ImageData:
-    """A whole data set in memory: uint8 images [N, C, H, W] and optional integer labels [N]."""
+    """A whole data set in memory: uint8 images [N, C, H, W] and optional integer labels [N] (with class names)."""
 
     name: str
     images: torch.Tensor
     labels: torch.Tensor | None
     num_classes: int | None
+    class_names: list[str] | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 # ---------------------------------------------------------------------- data sets
 FOLDER_PREFIX = "folder:"  # folder:PATH names an image folder
+ZIP_PREFIX = "zip:"  # zip:PATH names a ZIP archive of images (dataset_tool.py's layout)
 SPLITS = ("train", "test")
 FOLDER_IMAGE_SIZE = 64  # folder images are resized to this when the spec's image_size is 0
 
@@ -38,7 +39,7 @@ _DATASETS: dict[str, DatasetInfo] = {}
 
 def register_dataset(info: DatasetInfo) -> DatasetInfo:
     """Add a data set (a built-in or a plugin's); return it. A name already taken is a ValueError."""
-    if info.name in _DATASETS or info.name.startswith(FOLDER_PREFIX):
+    if info.name in _DATASETS or info.name.startswith((FOLDER_PREFIX, ZIP_PREFIX)):
         raise ValueError(f"data set name {info.name!r} is taken")
     _DATASETS[info.name] = info
     return info
@@ -53,7 +54,7 @@ register_dataset(DatasetInfo("gaussian-mixture", "points", (2,), {"train": 64000
 
 
 def dataset_names() -> tuple[str, ...]:
-    """Return the named data sets (folder:PATH comes on top of these)."""
+    """Return the named data sets (folder:PATH and zip:PATH come on top of these)."""
     return tuple(_DATASETS)
 
 
@@ -63,7 +64,7 @@ def image_dataset_names() -> tuple[str, ...]:
 
 
 def dataset_info(name: str) -> DatasetInfo | None:
-    """Return what is known of data set `name` (None for folder:PATH and unknown names)."""
+    """Return what is known of data set `name` (None for folder:PATH, zip:PATH and unknown names)."""
     return _DATASETS.get(name)
 
 
@@ -77,9 +78,19 @@ def folder_path(name: str) -> str | None:
     return name[len(FOLDER_PREFIX) :] if is_folder_dataset(name) else None
 
 
+def is_zip_dataset(name: str) -> bool:
+    """Return whether `name` is zip:PATH."""
+    return name.startswith(ZIP_PREFIX)
+
+
+def zip_path(name: str) -> str | None:
+    """Return the PATH of zip:PATH, else None."""
+    return name[len(ZIP_PREFIX) :] if is_zip_dataset(name) else None
+
+
 def dataset_choices_text() -> str:
-    """Return the data set names as a user reads them: 'fashion-mnist | ... | folder:PATH'."""
-    return " | ".join((*dataset_names(), "folder:PATH"))
+    """Return the data set names as a user reads them: 'fashion-mnist | ... | folder:PATH | zip:PATH'."""
+    return " | ".join((*dataset_names(), "folder:PATH", "zip:PATH"))
 
 
 # ---------------------------------------------------------------------- the real side of FID
@@ -90,10 +101,10 @@ ARRAY_SUFFIXES = (".npz", ".npy", ".pt", ".pth")  # files of images, or a statis
 class RealSource:
     """A parsed 'real' argument: a named data set split, an image folder data set, or a file / folder path."""
 
-    kind: str  # "dataset" | "folder" | "path"
-    name: str  # the data set name ("folder:PATH" for a folder), or the path as given
+    kind: str  # "dataset" | "folder" | "zip" | "path"
+    name: str  # the data set name ("folder:PATH" / "zip:PATH"), or the path as given
     split: str = "train"
-    path: str = ""  # for "folder" and "path"
+    path: str = ""  # for "folder", "zip" and "path"
 
 
 def parse_real(text: str, is_path=None) -> RealSource:
@@ -110,6 +121,11 @@ def parse_real(text: str, is_path=None) -> RealSource:
         if not path.strip():
             raise ValueError("folder:PATH needs a path, e.g. 'folder:/data/faces'")
         return RealSource("folder", text, "train", path)
+    if is_zip_dataset(text):
+        path = zip_path(text)
+        if not path.strip():
+            raise ValueError("zip:PATH needs a path, e.g. 'zip:/data/faces.zip'")
+        return RealSource("zip", text, "train", path)
     looks_like_path = "/" in text or os.sep in text or text.lower().endswith(ARRAY_SUFFIXES)
     name, _, split = text.partition(":")
     if not looks_like_path and name not in image_dataset_names() and is_path is not None and is_path(text):
@@ -119,7 +135,8 @@ def parse_real(text: str, is_path=None) -> RealSource:
     if name not in image_dataset_names():
         raise ValueError(
             f"unknown dataset {name!r}: expected DATASET[:SPLIT] with DATASET one of "
-            f"{', '.join(image_dataset_names())}, folder:PATH, or a file or folder of images / a statistics .npz"
+            f"{', '.join(image_dataset_names())}, folder:PATH, zip:PATH, or a file or folder of images / a "
+            "statistics .npz"
         )
     split = split or "train"
     if split not in SPLITS:
@@ -235,3 +252,6 @@ class ServerDefaults:
 
 
 SERVER_DEFAULTS = ServerDefaults()
+# The memory budget of a training data set (bytes or 4G / 512M; default a quarter of RAM): `gansvc serve
+# --max-dataset-memory` and `gansvc train --max-dataset-memory` put it here for the trainer (and its workers).
+DATASET_MEMORY_ENV = "GANSVC_MAX_DATASET_MEMORY"

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from gansvc.runtime import registry
+from gansvc.runtime.console import size_argument
 
 DEFAULT_SERVER = registry.DEFAULT_ADDRESS
 DEFAULT_STATE_DIR = "runs/service"
@@ -117,6 +118,14 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=120.0,
         help="seconds a cancelled job gets to checkpoint before it is killed (default 120)",
+    )
+    parser.add_argument(
+        "--max-dataset-memory",
+        type=size_argument,
+        default=None,
+        metavar="SIZE",
+        help="training data sets larger than this (decoded) stream from disk through a DataLoader instead of "
+        "being held in memory; e.g. 4G, 512M (default a quarter of RAM)",
     )
     parser.add_argument(
         "--max-attempts",

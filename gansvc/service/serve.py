@@ -10,6 +10,7 @@ import sys
 import threading
 
 from gansvc.runtime.console import UsageError
+from gansvc.runtime.registry import DATASET_MEMORY_ENV
 
 log = logging.getLogger("gansvc.service")
 _PREFIX = "gansvc serve: "
@@ -45,6 +46,8 @@ def serve(args) -> int:
     from gansvc.service.server import GanServer, ServerConfig
 
     configure_logging(args.log_level)
+    if getattr(args, "max_dataset_memory", None):  # the training workers inherit it (gansvc.data.streaming)
+        os.environ[DATASET_MEMORY_ENV] = args.max_dataset_memory
     config = ServerConfig(
         state_dir=args.state_dir, listen=args.listen, devices=args.devices, cpu_jobs=args.cpu_jobs,
         data_roots=args.data_root, auth_token_file=args.auth_token_file, tls_cert=args.tls_cert,

@@ -1,6 +1,6 @@
 """Checks of everything a client sends, before a job exists: each failure names the field and the value.
 
-Paths a client names (data_root, folder:PATH data sets, weights files) must lie under one of the
+Paths a client names (data_root, folder:PATH and zip:PATH data sets, weights files) must lie under one of the
 server's --data-root folders after symlinks are resolved; `..` is refused outright.
 """
 
@@ -116,12 +116,17 @@ def training_spec(message: pb.TrainingSpec, roots: DataRoots, pool: DevicePool) 
     folder = registry.folder_path(settings.get("dataset", ""))
     if folder is not None and folder.strip():
         settings["dataset"] = registry.FOLDER_PREFIX + roots.confine("dataset", folder, "dir")
+    archive = registry.zip_path(settings.get("dataset", ""))
+    if archive is not None and archive.strip():
+        settings["dataset"] = registry.ZIP_PREFIX + roots.confine("dataset", archive, "file")
     try:
         spec = TrainSpec.from_dict(settings)
         if spec.folder_path is not None:  # what the trainer would find: refuse a batch the folder cannot fill
             from gansvc.images import count_images
 
             spec.check_dataset_size(count_images(spec.folder_path, stop_at=spec.batch_size))
+        if spec.zip_path is not None:  # the same for an archive: its directory lists the images
+            spec.check_dataset_size(_zip_images(spec.zip_path))
     except SpecError as error:
         message = error.message
         if error.field in settings:  # every refusal names the value, also for a bad combination
@@ -131,6 +136,19 @@ def training_spec(message: pb.TrainingSpec, roots: DataRoots, pool: DevicePool) 
         raise InvalidField(error.field, message) from None
     _device(pool, spec.device, spec.nproc)
     return spec.to_dict()
+
+
+def _zip_images(path: str) -> int:
+    """Return the number of images in a ZIP archive; a file that is no archive is a SpecError on dataset."""
+    import zipfile
+
+    from gansvc.data.sources import count_zip_images
+    from gansvc.train.spec import SpecError
+
+    try:
+        return count_zip_images(path)
+    except (zipfile.BadZipFile, OSError) as error:
+        raise SpecError("dataset", f"{_paths.short_repr(path)} is not a readable ZIP archive ({error})") from None
 
 
 @dataclass
@@ -202,6 +220,8 @@ def _reference(message: pb.EvaluationSpec, roots: DataRoots) -> dict:
         raise InvalidField("real", f"{_paths.short_repr(real)}: {error}") from None
     if source.kind == "folder":
         real = registry.FOLDER_PREFIX + roots.confine("real", source.path, "dir")
+    elif source.kind == "zip":
+        real = registry.ZIP_PREFIX + roots.confine("real", source.path, "file")
     elif source.kind == "path":  # a file or folder of images, or a statistics .npz
         real = roots.confine("real", source.path, "any")
     data_root = roots.confine("data_root", message.data_root, "dir") if message.data_root else ""

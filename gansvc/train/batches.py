@@ -1,4 +1,8 @@
-"""Random mini-batches sliced on the device from a data set held there whole (no DataLoader, no per-image work)."""
+"""Training batches: one sample order (`BatchOrder`) read from a tensor on the device (`DeviceBatches`, the
+data set held there whole: no DataLoader, no per-image work) or streamed from disk through a DataLoader
+(`StreamedBatches`, a data set larger than the memory budget). For the same seed both serve the same
+samples in the same order, and both resume mid-epoch from the same state.
+"""
 
 from __future__ import annotations
 
@@ -8,47 +12,41 @@ from gansvc.train.spec import SpecError
 from gansvc.train.world import local_batch_size
 
 
-class DeviceBatches:
-    """Shuffled batches of a tensor on the device: a fresh permutation each epoch, the last partial batch dropped.
+class BatchOrder:
+    """The order samples are read in: a fresh permutation each epoch, the last partial batch dropped.
 
-    uint8 images become float32 in [-1, 1] one batch at a time; float data (2-D points) is used as is.
     All randomness comes from one CPU torch.Generator, so the order is reproducible and resumable.
-
     With several ranks, `batch_size` is the global batch: every rank draws the same permutation and
     takes rows [rank * b, (rank + 1) * b) of each global batch (b = batch_size / world_size), so the
     ranks read disjoint shards of every epoch, together exactly the batches one process would read,
     and the state (permutation, position) is the same on every rank and for any number of ranks.
     """
 
-    def __init__(
-        self, data: torch.Tensor, batch_size: int, seed: int, device: torch.device, rank: int = 0, world_size: int = 1
-    ):
-        if data.shape[0] < batch_size:
-            raise SpecError("batch_size", f"{batch_size} is larger than the data set ({data.shape[0]} samples)")
+    def __init__(self, num_samples: int, batch_size: int, seed: int, device: torch.device, rank: int = 0,
+                 world_size: int = 1):  # fmt: skip
+        if num_samples < batch_size:
+            raise SpecError("batch_size", f"{batch_size} is larger than the data set ({num_samples} samples)")
+        self.num_samples = num_samples
         self.local_batch_size = local_batch_size(batch_size, world_size)
-        self.data = data.to(device)
         self.batch_size = batch_size
         self.offset = rank * self.local_batch_size
-        self.device = device
+        self.device = device  # where the permutation lives (the in-memory data's device)
         self.generator = torch.Generator().manual_seed(seed)
-        self.batches_per_epoch = data.shape[0] // batch_size
+        self.batches_per_epoch = num_samples // batch_size
         self.perm: torch.Tensor | None = None
         self.position = 0
         self.batches_served = 0
 
-    def next(self) -> torch.Tensor:
-        """Return this rank's rows of the next global batch: float32 [B / world_size, ...] ([-1, 1] for images)."""
+    def next_index(self) -> torch.Tensor:
+        """Return the sample indices of this rank's rows of the next global batch (on `device`)."""
         if self.perm is None or self.position + self.batch_size > self.perm.shape[0]:
-            self.perm = torch.randperm(self.data.shape[0], generator=self.generator).to(self.device)
+            self.perm = torch.randperm(self.num_samples, generator=self.generator).to(self.device)
             self.position = 0
         start = self.position + self.offset
         index = self.perm[start : start + self.local_batch_size]
         self.position += self.batch_size
         self.batches_served += 1
-        batch = self.data.index_select(0, index)
-        if batch.dtype == torch.uint8:
-            return batch.float().mul_(2.0 / 255.0).sub_(1.0)
-        return batch.float()
+        return index
 
     @property
     def epoch(self) -> float:
@@ -70,3 +68,174 @@ class DeviceBatches:
         self.perm = None if state["perm"] is None else state["perm"].to(self.device)
         self.position = state["position"]
         self.batches_served = state["batches_served"]
+
+
+def to_unit_range(batch: torch.Tensor) -> torch.Tensor:
+    """Return a batch as float32: uint8 images scaled to [-1, 1], float data (2-D points) as is."""
+    if batch.dtype == torch.uint8:
+        return batch.float().mul_(2.0 / 255.0).sub_(1.0)
+    return batch.float()
+
+
+class _OrderDelegate:
+    """The BatchOrder's counters and state as the batches' own (what the trainer and checkpoints read)."""
+
+    order: BatchOrder
+
+    @property
+    def batch_size(self) -> int:
+        return self.order.batch_size
+
+    @property
+    def local_batch_size(self) -> int:
+        return self.order.local_batch_size
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.order.batches_per_epoch
+
+    @property
+    def batches_served(self) -> int:
+        return self.order.batches_served
+
+    @property
+    def num_samples(self) -> int:
+        """Return the number of samples in the data set."""
+        return self.order.num_samples
+
+    @property
+    def epoch(self) -> float:
+        """Return the number of passes over the data so far (fractional)."""
+        return self.order.epoch
+
+    def state_dict(self) -> dict:
+        """Return what resumes the exact batch sequence (the same for in-memory and streamed batches)."""
+        return self.order.state_dict()
+
+    def next(self) -> torch.Tensor:
+        """Return this rank's rows of the next global batch: float32 [B / world_size, ...] ([-1, 1] for images).
+
+        Its labels (int64 on the device, or None for unlabelled data) are `last_labels` afterwards.
+        """
+        return self.next_labelled()[0]
+
+    def next_labelled(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Return (this rank's rows of the next global batch, their labels or None); see next()."""
+        raise NotImplementedError
+
+
+class DeviceBatches(_OrderDelegate):
+    """Shuffled batches of a tensor on the device, in BatchOrder's order (see there); labels alongside.
+
+    uint8 images become float32 in [-1, 1] one batch at a time; float data (2-D points) is used as is.
+    `labels` (int64 [N] on the device, aligned with the data's rows, or None) gives each batch's labels.
+    """
+
+    def __init__(self, data: torch.Tensor, batch_size: int, seed: int, device: torch.device, rank: int = 0,
+                 world_size: int = 1, labels: torch.Tensor | None = None):  # fmt: skip
+        self.order = BatchOrder(data.shape[0], batch_size, seed, device, rank, world_size)
+        if labels is not None and labels.shape != (data.shape[0],):
+            raise ValueError(f"labels must be [{data.shape[0]}], one per sample; got {list(labels.shape)}")
+        self.data = data.to(device)
+        self.labels = None if labels is None else labels.to(device=device, dtype=torch.int64)
+        self.device = device
+        self.last_labels: torch.Tensor | None = None
+
+    def next_labelled(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Return (this rank's rows of the next global batch, their labels or None); see next()."""
+        index = self.order.next_index()
+        self.last_labels = None if self.labels is None else self.labels.index_select(0, index)
+        return to_unit_range(self.data.index_select(0, index)), self.last_labels
+
+    def images_at(self, index: torch.Tensor) -> torch.Tensor:
+        """Return the samples at `index` as stored (uint8 images), on the device."""
+        return self.data.index_select(0, index.to(self.device))
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the batch sequence saved by state_dict."""
+        self.order.load_state_dict(state)
+
+
+class _IndexBatches:
+    """The DataLoader's batch sampler: this rank's index lists from a copy of the order, endlessly.
+
+    The loader reads ahead of what the trainer has taken, so it walks a copy; the batches' own order
+    advances only as batches are served, which keeps state_dict exact mid-epoch.
+    """
+
+    def __init__(self, order: BatchOrder):
+        self.order = order
+
+    def __iter__(self):
+        ahead = BatchOrder.__new__(BatchOrder)
+        ahead.__dict__.update(self.order.__dict__)
+        ahead.generator = torch.Generator()
+        ahead.generator.set_state(self.order.generator.get_state())
+        while True:
+            yield ahead.next_index().tolist()
+
+
+def collate_samples(samples: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (uint8 images [n, C, H, W], int64 labels [n]) from a list of (image, label) samples."""
+    return torch.stack([s[0] for s in samples]), torch.tensor([s[1] for s in samples], dtype=torch.int64)
+
+
+class StreamedBatches(_OrderDelegate):
+    """Batches read from a map-style Dataset of (uint8 image [C, H, W], int label; -1 = unlabelled) through a
+    DataLoader with `workers` processes, in the same order DeviceBatches would serve the same data.
+
+    Pinned memory (and asynchronous copies) only when the device is CUDA. `describe_error(error)`,
+    where given, turns an error from reading a sample (raised in a worker) into the one the run fails with.
+    """
+
+    def __init__(self, dataset, batch_size: int, seed: int, device: torch.device, rank: int = 0, world_size: int = 1,
+                 workers: int = 2, labelled: bool = True, describe_error=None, prefetch: int = 4):  # fmt: skip
+        self.order = BatchOrder(len(dataset), batch_size, seed, torch.device("cpu"), rank, world_size)
+        self.dataset = dataset
+        self.device = device
+        self.workers = workers
+        self.labelled = labelled
+        self.describe_error = describe_error
+        self.prefetch = prefetch
+        self.last_labels: torch.Tensor | None = None
+        self._iterator = None
+
+    def _loader(self):
+        pin = self.device.type == "cuda"
+        loader = torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=_IndexBatches(self.order), num_workers=self.workers,
+            collate_fn=collate_samples, pin_memory=pin, prefetch_factor=self.prefetch if self.workers else None,
+        )  # fmt: skip
+        return iter(loader)
+
+    def next_labelled(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Return (this rank's rows of the next global batch, their labels or None); see next()."""
+        if self._iterator is None:
+            self._iterator = self._loader()
+        try:
+            images, labels = next(self._iterator)
+        except Exception as error:  # noqa: BLE001 - a sample could not be read (in a worker): say which
+            self.close()
+            if self.describe_error is None:
+                raise
+            raise self.describe_error(error) from error
+        self.order.next_index()  # the batch just served: advance the order that state_dict saves
+        blocking = self.device.type != "cuda"
+        batch = to_unit_range(images.to(self.device, non_blocking=not blocking))
+        self.last_labels = labels.to(self.device, non_blocking=not blocking) if self.labelled else None
+        return batch, self.last_labels
+
+    def images_at(self, index: torch.Tensor) -> torch.Tensor:
+        """Return the samples at `index` (uint8 images), read from the data set, on the device."""
+        return torch.stack([self.dataset[int(i)][0] for i in index.tolist()]).to(self.device)
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the batch sequence saved by state_dict (the loader restarts from there)."""
+        self.close()
+        self.order.load_state_dict(state)
+
+    def close(self) -> None:
+        """Stop the loader's worker processes (a later batch starts new ones where the order stands)."""
+        iterator, self._iterator = self._iterator, None
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()

@@ -12,7 +12,6 @@ from gansvc.runtime import registry
 from gansvc.runtime.rundir import clean_leftovers
 from gansvc.runtime.events import Log
 from gansvc.train import checkpoints, distributed
-from gansvc.train.batches import DeviceBatches
 from gansvc.train.ddp import wrap_for_ranks
 from gansvc.train.devices import cpu_threads
 from gansvc.train.ema import EMA
@@ -29,7 +28,7 @@ class TrainerSetup:
     """The Trainer's set-up (a part of gansvc.train.trainer.Trainer)."""
 
     def _setup(self) -> None:
-        from gansvc.data import load_dataset
+        from gansvc.data.streaming import make_batches, sample_shape
         from gansvc.models import build_discriminator, build_generator, has_batchnorm
 
         self.dist = self._join_ranks()
@@ -42,13 +41,12 @@ class TrainerSetup:
         self.threads = spec.threads or max(1, cpu_threads() // world.local_world_size)
         if self.device.type == "cpu":
             torch.set_num_threads(self.threads)
-        data = self._load_data(load_dataset)
-        self.points = not hasattr(data, "images")
-        tensor = data.points if self.points else data.images
+        data = self._load_data()  # in memory, or streamed from disk when larger than the memory budget
+        self.points = hasattr(data, "points")
         self.data_info = data
-        if tensor.shape[0] < spec.batch_size:
-            raise SpecError("batch_size", f"{spec.batch_size} is larger than the data set ({tensor.shape[0]} samples)")
-        self.data_shape = tuple(tensor.shape[1:])
+        if len(data) < spec.batch_size:
+            raise SpecError("batch_size", f"{spec.batch_size} is larger than the data set ({len(data)} samples)")
+        self.data_shape = sample_shape(data)
         if spec.model == "dcgan":
             from gansvc.models.dcgan import layout
 
@@ -75,7 +73,7 @@ class TrainerSetup:
         self.opt_g = FusedAdam(self.G.parameters(), lr=spec.lr_g, betas=betas)
         self.opt_d = FusedAdam(self.D.parameters(), lr=spec.lr_d, betas=betas)
         self.ema = EMA(self.G, spec.ema_decay) if spec.ema_decay > 0 else None
-        self.batches = DeviceBatches(tensor, spec.batch_size, spec.seed, self.device, world.rank, world.world_size)
+        self.batches = make_batches(data, spec.batch_size, spec.seed, self.device, world.rank, world.world_size)
         # this rank's rows of every global batch: [batch_lo, batch_hi)
         self.batch_lo = world.rank * self.batches.local_batch_size
         self.batch_hi = self.batch_lo + self.batches.local_batch_size
@@ -152,11 +150,14 @@ class TrainerSetup:
             raise
         return context
 
-    def _load_data(self, load_dataset):
+    def _load_data(self):
         """Return the training data; with a download, one rank per node fetches it while the others wait."""
+        from gansvc.data.streaming import open_training_data
+
         spec = self.spec
-        load = lambda download: load_dataset(  # noqa: E731
-            spec.dataset, "train", spec.data_root or None, spec.image_size, download
+        dataset_args = getattr(spec, "dataset_args", None) or {}  # a spec field from the plugins work (issue 11)
+        load = lambda download: open_training_data(  # noqa: E731
+            spec.dataset, "train", spec.data_root or None, spec.image_size, download, dataset_args
         )
         if not (self.download and self.dist.distributed):
             return load(self.download)

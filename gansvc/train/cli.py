@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import signal
 import sys
 from pathlib import Path
 
-from gansvc.runtime.console import UsageError, format_duration
+from gansvc.runtime.console import UsageError, format_duration, size_argument
+from gansvc.runtime.registry import DATASET_MEMORY_ENV
+
 
 def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
     """Add the options of `gansvc train` or `gansvc sample` to `parser`."""
@@ -38,6 +41,9 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inception-weights", metavar="FILE", default=None,
                         help="FID Inception-v3 weights (pytorch-fid's pt_inception-2015-12-05 file) that score "
                         "runs on data sets other than 28x28 grey ones (default $GANSVC_INCEPTION_WEIGHTS)")  # fmt: skip
+    parser.add_argument("--max-dataset-memory", type=size_argument, default=None, metavar="SIZE",
+                        help="a data set larger than this (decoded) streams from disk through a DataLoader instead "
+                        "of being held in memory; e.g. 4G, 512M (default a quarter of RAM)")  # fmt: skip
     launch = parser.add_argument_group(
         "several processes / nodes (torch.distributed under torchrun; see docs/distributed.md)"
     )
@@ -93,6 +99,8 @@ def _run_train(args) -> int:
 
     spec = spec_from_args(args)
     _use_inception_weights(args.inception_weights)
+    if getattr(args, "max_dataset_memory", None):  # for the Trainer here and every rank a launcher starts
+        os.environ[DATASET_MEMORY_ENV] = args.max_dataset_memory
     out = Path(args.out) if args.out else Path("runs") / f"{spec.model}-{spec.loss}-{time.strftime('%Y%m%d-%H%M%S')}"
     launch_options = [name for name in _LAUNCH_OPTIONS if getattr(args, name, None) is not None]
     if not launched_by_torchrun():

@@ -170,8 +170,8 @@ class TrainerEvaluation:
     def _real_reference(self) -> torch.Tensor:
         if not hasattr(self, "_real_batch"):
             generator = torch.Generator().manual_seed(12345)
-            index = torch.randperm(self.batches.data.shape[0], generator=generator)[:FIXED_NOISE].to(self.device)
-            self._real_batch = self.batches.data.index_select(0, index).float().mul_(2 / 255).sub_(1)
+            index = torch.randperm(self.batches.num_samples, generator=generator)[:FIXED_NOISE]
+            self._real_batch = self.batches.images_at(index).float().mul_(2 / 255).sub_(1)
         return self._real_batch
 
     @torch.no_grad()

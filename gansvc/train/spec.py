@@ -182,9 +182,13 @@ class TrainSpec:
         if registry.is_folder_dataset(self.dataset):
             if not registry.folder_path(self.dataset).strip():
                 raise SpecError("dataset", "folder:PATH needs a path, e.g. 'folder:/data/faces'")
-        elif info is None:
+        elif registry.is_zip_dataset(self.dataset):
+            if not registry.zip_path(self.dataset).strip():
+                raise SpecError("dataset", "zip:PATH needs a path, e.g. 'zip:/data/faces.zip'")
+        elif info is None and not _is_dataset_plugin(self.dataset):
             raise SpecError(
-                "dataset", f"got {self.dataset!r}, expected one of {', '.join(registry.dataset_names())} or folder:PATH"
+                "dataset",
+                f"got {self.dataset!r}, expected one of {', '.join(registry.dataset_names())}, folder:PATH or zip:PATH",
             )
         if self.image_size and not 4 <= self.image_size <= 1024:
             raise SpecError("image_size", f"got {self.image_size}, expected 0 (the data set's own) or 4..1024")
@@ -263,6 +267,7 @@ class TrainSpec:
         """Raise SpecError('batch_size') when the global batch does not fit a data set of `samples` samples."""
         if samples < self.batch_size:
             where = f"the folder {self.folder_path!r}" if self.folder_path is not None else self.dataset
+            where = f"the archive {self.zip_path!r}" if self.zip_path is not None else where
             raise SpecError(
                 "batch_size", f"{self.batch_size} is larger than the data set ({where} holds {samples} samples)"
             )
@@ -272,6 +277,18 @@ class TrainSpec:
     def folder_path(self) -> str | None:
         """Return the PATH of a folder:PATH data set, else None."""
         return registry.folder_path(self.dataset)
+
+    @property
+    def zip_path(self) -> str | None:
+        """Return the PATH of a zip:PATH data set, else None."""
+        return registry.zip_path(self.dataset)
+
+
+def _is_dataset_plugin(name: str) -> bool:
+    """Return whether an installed package provides data set `name` (entry point group gansvc.datasets)."""
+    from gansvc.runtime.plugins import plugin_names
+
+    return name in plugin_names("datasets")
 
 
 def _coerce(name: str, annotation: str, value: Any) -> Any:
