@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cancel": ("gansvc.service.cli", "cancel a job"),
     "download": ("gansvc.service.cli", "download a job's checkpoint or exported generator"),
     "health": ("gansvc.service.cli", "check that a service answers SERVING"),
+    "info": ("gansvc.service.info_cli", "what a service offers: models, data sets, extractors, devices, kernels"),
+    "plugins": ("gansvc.plugin_check", "check an installed plugin: `gansvc plugins check NAME`"),
 }
 
 

@@ -293,6 +293,11 @@ class GanClient:
         images = from_tensor(reply.tensor) if reply.HasField("tensor") else None
         return SampleGrid(reply.png, reply.step, reply.source, images)
 
+    def server_info(self, probe_datasets: bool = False) -> pb.ServerInfo:
+        """Return what the server offers (GetServerInfo): models, data sets, extractors, devices, kernels, limits."""
+        request = pb.GetServerInfoRequest(probe_datasets=probe_datasets)
+        return self.stub.GetServerInfo(request, metadata=self._metadata, timeout=self.timeout)
+
     def list_artifacts(self, job_id: str) -> list[pb.Artifact]:
         """Return the job's files (name, size, modification time)."""
         reply = self.stub.ListArtifacts(

@@ -74,6 +74,12 @@ if [ ! -x .venv/bin/gansvc ]; then
     step "installing gansvc (editable) and building its C++/CUDA extension (first time ~1-2 min)" \
         .venv/bin/pip install --disable-pip-version-check --no-input --no-build-isolation --no-deps -e .
 fi
+# The worked plugin package (docs/plugins.md), which the test suite trains through the service.
+if [ -f examples/plugins/pyproject.toml ] \
+    && ! compgen -G ".venv/lib/python*/site-packages/gansvc_example_plugins-*.dist-info" >/dev/null; then
+    step "installing the example plugins (examples/plugins, editable)" \
+        .venv/bin/pip install --disable-pip-version-check --no-input --no-build-isolation --no-deps -e examples/plugins
+fi
 # Incremental rebuild of gansvc._C and regeneration of the gRPC stubs (seconds when nothing changed).
 step "building the extension and the gRPC stubs (incremental)" .venv/bin/python setup.py --quiet build_ext --inplace
 say "ready in $(seconds_since "$SETUP_START") (full log: $LOG)"

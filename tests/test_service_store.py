@@ -171,7 +171,7 @@ def test_training_spec_message_mirrors_trainspec_fields():
     spec_fields = {f.name: f.type for f in dataclasses.fields(TrainSpec)}
     assert set(proto) == set(spec_fields)
     kinds = {"str": {F.TYPE_STRING}, "int": {F.TYPE_INT32, F.TYPE_INT64}, "float": {F.TYPE_DOUBLE},
-             "bool": {F.TYPE_BOOL}}  # fmt: skip
+             "bool": {F.TYPE_BOOL}, "dict": {F.TYPE_MESSAGE}}  # fmt: skip
     for name, annotation in spec_fields.items():
         assert proto[name].type in kinds[str(annotation)], name
         assert proto[name].has_presence, f"{name} must be optional (unset = the trainer's default)"

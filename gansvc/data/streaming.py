@@ -102,7 +102,7 @@ def open_training_data(name: str, split: str = "train", root=None, image_size: i
     files = _image_files(name, image_size)
     if files is not None:
         return _in_memory_or_streamed(files, budget)
-    if registry.dataset_info(name) is not None:
+    if registry.dataset_info(name) is not None and not registry.is_plugin("datasets", name):
         return load_dataset(name, split, root, image_size, download)
     return open_plugin_dataset(name, split=split, root=root, image_size=image_size, dataset_args=dataset_args or {},
                                budget=budget)  # fmt: skip
@@ -124,23 +124,16 @@ def _in_memory_or_streamed(files: ImageFiles, budget: int | None):
 
 # ---------------------------------------------------------------------- plugins
 def call_factory(name: str, factory, args: dict, **fixed):
-    """Call a data set plugin's factory; its ValueError / TypeError about its args is a SpecError naming
-    `dataset_args.<key>`, anything else a PluginError naming the plugin."""
+    """Call a data set plugin's factory (gansvc.runtime.plugins.call_factory: the arguments bound to its
+    signature first); a refusal of its args is a SpecError naming `dataset_args.<key>`, anything else a
+    PluginError naming the plugin."""
+    from gansvc.runtime.plugins import PluginArgumentError
+    from gansvc.runtime.plugins import call_factory as call_plugin
+
     try:
-        return factory(**fixed, **args)
-    except (ValueError, TypeError) as error:
-        raise SpecError(_args_field(error, args), f"data set plugin {name!r} refused its arguments: {error}") from None
-    except Exception as error:  # noqa: BLE001 - a third party's code: any failure is the plugin's
-        raise PluginError("datasets", name, f"the factory raised {type(error).__name__}: {error}") from error
-
-
-def _args_field(error: Exception, args: dict) -> str:
-    """Return 'dataset_args.<key>' for the key an error message names (the only key when it names none)."""
-    text = str(error)
-    named = [key for key in args if re.search(rf"\b{re.escape(str(key))}\b", text)]
-    if named:
-        return f"dataset_args.{named[0]}"
-    return f"dataset_args.{next(iter(args))}" if len(args) == 1 else "dataset_args"
+        return call_plugin("datasets", name, factory, fixed, dict(args), "dataset_args", "dataset")
+    except PluginArgumentError as error:
+        raise SpecError(error.field, error.message) from None
 
 
 def open_plugin_dataset(name: str, *, split: str, root, image_size: int, dataset_args: dict, budget: int | None = None):

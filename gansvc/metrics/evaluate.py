@@ -6,12 +6,13 @@ import os
 
 import torch
 
-from gansvc.metrics.features import EXTRACTORS, FeatureExtractor, extractor_fits, load_extractor
+from gansvc.metrics.features import FeatureExtractor, extractor_fits, load_extractor
 from gansvc.metrics.fid import fid_from_features
 from gansvc.metrics.inception_score import inception_score
 from gansvc.metrics.kid import kernel_inception_distance
 from gansvc.metrics.prdc import precision_recall_density_coverage
 from gansvc.metrics.reference import real_reference
+from gansvc.runtime import registry
 
 _EXTRACTOR_CACHE: dict[tuple, FeatureExtractor] = {}
 
@@ -55,8 +56,8 @@ def evaluate(
     against the real feature rows are added (gansvc.metrics.prdc; None without real feature rows).
     `image_size` > 0 resizes a named data set's real images to that size first (as a training run did).
     """
-    if extractor not in EXTRACTORS:
-        raise ValueError(f"unknown extractor {extractor!r}: expected one of {', '.join(EXTRACTORS)}")
+    if extractor not in registry.extractor_names():
+        raise ValueError(f"unknown extractor {extractor!r}: expected one of {', '.join(registry.extractor_names())}")
     if not isinstance(fake, torch.Tensor) or fake.dim() != 4:
         shape = list(fake.shape) if isinstance(fake, torch.Tensor) else type(fake).__name__
         raise ValueError(f"fake must be an image tensor [N, C, H, W], got {shape}")
@@ -66,10 +67,14 @@ def evaluate(
         hint = "; use the inception-v3 extractor" if extractor == "fmnist-cnn" else ""
         raise ValueError(f"the {extractor} extractor cannot take images of shape {list(fake.shape[1:])}{hint}")
     net = get_extractor(extractor, device, inception_weights)
+    if not net.fits(fake.shape[1:]):  # a plugin's input_channels is known once it is loaded
+        raise ValueError(f"the {extractor} extractor cannot take images of shape {list(fake.shape[1:])}")
     reference = real_reference(real, net, data_root, n_real, progress, image_size=image_size)
     fake_features, fake_logits = net(fake, progress, desc="generated images")
     fid = fid_from_features(reference.stats, fake_features).fid
-    is_mean, is_std = inception_score(fake_logits, splits=min(is_splits, fake.shape[0]))
+    is_mean = is_std = None  # an extractor without logits (a plugin's without a logits method) gives no IS
+    if fake_logits.shape[1] > 0:
+        is_mean, is_std = inception_score(fake_logits, splits=min(is_splits, fake.shape[0]))
     kid_mean = kid_std = None
     if reference.kid_features is not None:
         kid_mean, kid_std = kernel_inception_distance(

@@ -1,4 +1,4 @@
-"""Feature extractors for FID / IS / KID: the shipped fmnist-cnn and the FID Inception-v3.
+"""Feature extractors for FID / IS / KID: the shipped fmnist-cnn, the FID Inception-v3 and installed plugins.
 
 Each extractor maps images ([N, C, H, W], float in [-1, 1] or uint8) to (features [N, d] for FID and
 KID, logits [N, K] whose softmax gives IS). `fingerprint()` identifies the network and its weights,
@@ -33,6 +33,8 @@ def extractor_fits(name: str, image_shape) -> bool:
         return shape == (1, 28, 28)
     if name == "inception-v3":
         return shape[0] in (1, 3) and min(shape[1:]) >= 8
+    if registry.is_plugin("extractors", name):  # what it takes is known once it is loaded (PluginExtractor.fits)
+        return shape[0] in (1, 3)
     raise ValueError(f"unknown extractor {name!r}: expected one of {', '.join(EXTRACTORS)}")
 
 
@@ -77,9 +79,9 @@ class FeatureExtractor:
     def __call__(self, images: torch.Tensor, progress: bool = False, desc: str = "features"):
         """Return (features float32 [N, d], logits float32 [N, K]) on the CPU for all `images`."""
         if images.dim() != 4 or not self.fits(images.shape[1:]):
+            needs = {"fmnist-cnn": "[N, 1, 28, 28]", "inception-v3": "[N, 1|3, H, W]"}.get(self.name, "[N, 1, H, W]")
             raise ValueError(
-                f"the {self.name} extractor cannot take images of shape {list(images.shape)}"
-                + (" (it needs [N, 1, 28, 28])" if self.name == "fmnist-cnn" else " (it needs [N, 1|3, H, W])")
+                f"the {self.name} extractor cannot take images of shape {list(images.shape)} (it needs {needs})"
             )
         features = torch.empty(images.shape[0], self.feature_dim, dtype=torch.float32)
         logits = torch.empty(images.shape[0], self.num_classes, dtype=torch.float32)
@@ -142,6 +144,80 @@ class InceptionExtractor(FeatureExtractor):
         return self.model((images + 1.0) * 0.5)  # the network takes [0, 1], as pytorch-fid's
 
 
+class PluginExtractor(FeatureExtractor):
+    """An installed extractor (entry point `gansvc.extractors`, docs/plugins.md): a module taking float images in
+    [-1, 1] [N, C, H, W] to features [N, d]; images are resized to its `input_size` (antialiased bilinear) and
+    grey ones repeated to 3 channels when its `input_channels` is 3; its optional `logits(x)` gives IS."""
+
+    batch_size = 200
+
+    def __init__(self, name: str, device: str | torch.device = "cpu") -> None:
+        from gansvc.runtime.plugins import PluginError, call_factory, load_factory
+
+        super().__init__(device)
+        self.name = name
+        factory = load_factory("extractors", name)
+        self.model = call_factory("extractors", name, factory, {"device": self.device}, {}, "extractor", "extractor")
+        if not isinstance(self.model, torch.nn.Module):
+            raise PluginError("extractors", name, f"its factory returned {type(self.model).__name__}, expected a "
+                                                  "torch.nn.Module")  # fmt: skip
+        self.model.eval().requires_grad_(False)
+        size, channels = getattr(self.model, "input_size", None), getattr(self.model, "input_channels", None)
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1 or channels not in (1, 3):
+            raise PluginError("extractors", name, f"input_size must be a positive int and input_channels 1 or 3, got "
+                                                  f"{size!r} and {channels!r}")  # fmt: skip
+        self.input_size, self.input_channels = size, channels
+        self.has_logits = callable(getattr(self.model, "logits", None))
+        with torch.inference_mode():  # learn d (and K) from a probe batch
+            features, logits = self.forward_batch(torch.zeros(2, channels, size, size, device=self.device))
+        self.feature_dim, self.num_classes = features.shape[1], logits.shape[1]
+
+    def fits(self, image_shape) -> bool:
+        """Grey images fit every plugin extractor (repeated for 3 channels); colour ones only 3-channel ones."""
+        shape = tuple(int(s) for s in image_shape)
+        return len(shape) == 3 and shape[0] in (1, self.input_channels)
+
+    def fingerprint(self) -> str:
+        """Return the plugin's distribution and a digest of its weights and buffers."""
+        from gansvc.runtime.plugins import distribution_of
+
+        digest = hashlib.sha256()
+        for key, value in self.model.state_dict().items():
+            digest.update(key.encode())
+            digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        return f"plugin:{self.name}:{distribution_of('extractors', self.name)}:{digest.hexdigest()[:16]}"
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """Return float images in [-1, 1] as the module expects them: input_size pixels, input_channels channels."""
+        import torch.nn.functional as F
+
+        if images.shape[-2:] != (self.input_size, self.input_size):
+            images = F.interpolate(images, size=(self.input_size, self.input_size), mode="bilinear", antialias=True,
+                                   align_corners=False).clamp_(-1.0, 1.0)  # fmt: skip
+        if images.shape[1] == 1 and self.input_channels == 3:
+            images = images.expand(-1, 3, -1, -1)
+        return images
+
+    def forward_batch(self, images):
+        """Return (features [N, d], logits [N, K]; K = 0 without a logits method)."""
+        from gansvc.runtime.plugins import PluginError
+
+        x = self.prepare(images)
+        try:
+            features = self.model(x)
+            logits = self.model.logits(x) if self.has_logits else features.new_zeros(features.shape[0], 0)
+        except Exception as error:  # noqa: BLE001 - a third party's code
+            if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
+                raise
+            raise PluginError("extractors", self.name, f"its forward raised {type(error).__name__}: {error}") from error
+        n = images.shape[0]
+        for what, value in (("features", features), ("logits", logits)):
+            if not isinstance(value, torch.Tensor) or value.dim() != 2 or value.shape[0] != n:
+                got = list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                raise PluginError("extractors", self.name, f"its {what} are {got}, expected [{n}, d]")
+        return features, logits
+
+
 def load_extractor(
     name: str, device: str | torch.device = "cpu", inception_weights: str | os.PathLike | None = None
 ) -> FeatureExtractor:
@@ -150,7 +226,9 @@ def load_extractor(
         return FashionMNISTExtractor(device)
     if name == "inception-v3":
         return InceptionExtractor(device, inception_weights)
-    raise ValueError(f"unknown extractor {name!r}: expected one of {', '.join(EXTRACTORS)}")
+    if registry.is_plugin("extractors", name):
+        return PluginExtractor(name, device)
+    raise ValueError(f"unknown extractor {name!r}: expected one of {', '.join(registry.extractor_names())}")
 
 
 def file_digest(path: str | os.PathLike) -> str:

@@ -123,10 +123,19 @@ def _real_reference(parsed, real, extractor, data_root, n_real, progress, pixel_
         images = load_image_set(path, pixel_range)
         source = f"file:{path.resolve()}"
     else:
-        from gansvc.data import load_images
+        from gansvc.runtime import registry
 
-        images = load_images(parsed.name, parsed.split, data_root, image_size).images
         source = f"{parsed.name}:{parsed.split}" + (f"@{image_size}px" if image_size else "")
+        if registry.is_plugin("datasets", parsed.name):
+            from gansvc.data.streaming import StreamedData, open_training_data, read_into_memory
+
+            data = open_training_data(parsed.name, parsed.split, data_root, image_size)
+            images = (read_into_memory(data) if isinstance(data, StreamedData) else data).images
+            source += f"@{registry.dataset_info(parsed.name).plugin}"  # a new plugin version: new statistics
+        else:
+            from gansvc.data import load_images
+
+            images = load_images(parsed.name, parsed.split, data_root, image_size).images
     if not extractor.fits(images.shape[1:]):
         raise ValueError(
             f"the real images of {real!r} have shape {list(images.shape[1:])}, which the {extractor.name} extractor "

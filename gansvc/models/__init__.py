@@ -1,4 +1,5 @@
-"""Generators and discriminators: the seeds' MLP GAN and DCGAN, with spectral normalisation of D as an option."""
+"""Generators and discriminators: the seeds' MLP GAN, DCGAN and installed plugin models (gansvc.models.plugin),
+with spectral normalisation of D as an option."""
 
 from __future__ import annotations
 
@@ -8,8 +9,32 @@ from gansvc.models.dcgan import DCGANDiscriminator, DCGANGenerator
 from gansvc.models.mlp import MLPDiscriminator, MLPGenerator
 
 
+def build_models(spec, data_shape: tuple[int, ...], num_classes: int = 0) -> tuple[nn.Module, nn.Module]:
+    """Return (generator, discriminator) that `spec` names for samples of `data_shape` (D spectrally normalised
+    if asked).
+
+    A plugin model's factory is called once for both (its modules are initialised in its own order).
+    """
+    if _is_plugin(spec.model):
+        from gansvc.models.plugin import build_plugin_models
+
+        generator, discriminator = build_plugin_models(spec, data_shape, num_classes)
+        if spec.spectral_norm:
+            apply_spectral_norm(discriminator)
+        return generator, discriminator
+    return build_generator(spec, data_shape), build_discriminator(spec, data_shape)
+
+
+def _is_plugin(name: str) -> bool:
+    from gansvc.runtime import registry
+
+    return registry.is_plugin("models", name)
+
+
 def build_generator(spec, data_shape: tuple[int, ...]) -> nn.Module:
     """Return the generator that `spec` (a TrainSpec) names, producing samples of `data_shape`."""
+    if _is_plugin(spec.model):  # the factory builds both; the discriminator is dropped
+        return build_models(spec, data_shape)[0]
     if spec.model == "mlp":
         return MLPGenerator(spec.z_dim, data_shape, spec.mlp_hidden, tanh=len(data_shape) == 3)
     if spec.model == "dcgan":
@@ -31,6 +56,8 @@ def discriminator_norm(spec) -> str:
 
 def build_discriminator(spec, data_shape: tuple[int, ...]) -> nn.Module:
     """Return the discriminator that `spec` names for samples of `data_shape`, spectrally normalised if asked."""
+    if _is_plugin(spec.model):
+        return build_models(spec, data_shape)[1]
     if spec.model == "mlp":
         model = MLPDiscriminator(data_shape, spec.mlp_hidden)
     elif spec.model == "dcgan":
@@ -72,6 +99,7 @@ __all__ = [
     "apply_spectral_norm",
     "build_discriminator",
     "build_generator",
+    "build_models",
     "discriminator_norm",
     "has_batchnorm",
 ]

@@ -24,10 +24,11 @@ class DatasetInfo:
 
     name: str
     kind: str  # "images" | "points"
-    shape: tuple[int, ...]  # one sample: (C, H, W) for images, (2,) for points
+    shape: tuple[int, ...]  # one sample: (C, H, W) for images, (2,) for points; () = unknown (a plugin's)
     sizes: dict[str, int] = field(default_factory=dict)  # split -> samples
     num_classes: int | None = None
     description: str = ""
+    plugin: str = ""  # the distribution ('package version') of an installed plugin; '' for a built-in
 
     def size(self, split: str = "train") -> int | None:
         """Return the number of samples in `split`, or None when unknown."""
@@ -153,6 +154,7 @@ class ModelInfo:
     image_sizes: tuple[int, ...] | None = None
     points: bool = False
     description: str = ""
+    plugin: str = ""  # the distribution ('package version') of an installed plugin; '' for a built-in
 
 
 _MODELS: dict[str, ModelInfo] = {}
@@ -201,6 +203,7 @@ class ExtractorInfo:
 
     name: str
     description: str = ""
+    plugin: str = ""  # the distribution ('package version') of an installed plugin; '' for a built-in
 
 
 _EXTRACTORS: dict[str, ExtractorInfo] = {}
@@ -225,6 +228,11 @@ INCEPTION_WEIGHTS_ENV = "GANSVC_INCEPTION_WEIGHTS"
 def extractor_names() -> tuple[str, ...]:
     """Return the feature extractor names."""
     return tuple(_EXTRACTORS)
+
+
+def extractor_info(name: str) -> ExtractorInfo | None:
+    """Return what is known of extractor `name`, or None."""
+    return _EXTRACTORS.get(name)
 
 
 # ---------------------------------------------------------------------- jobs and the server
@@ -255,3 +263,55 @@ SERVER_DEFAULTS = ServerDefaults()
 # The memory budget of a training data set (bytes or 4G / 512M; default a quarter of RAM): `gansvc serve
 # --max-dataset-memory` and `gansvc train --max-dataset-memory` put it here for the trainer (and its workers).
 DATASET_MEMORY_ENV = "GANSVC_MAX_DATASET_MEMORY"
+
+
+# ---------------------------------------------------------------------- installed plugins (issue 11)
+# Plugins whose name a built-in (or an earlier plugin) already holds: (kind, name, distribution). They
+# are left out (a built-in name always means the built-in) and GetServerInfo lists them.
+PLUGIN_CONFLICTS: list[tuple[str, str, str]] = []
+
+
+def is_plugin(kind: str, name: str) -> bool:
+    """Return whether `name` is an installed plugin of `kind` ('models' | 'datasets' | 'extractors')."""
+    info = {"models": _MODELS, "datasets": _DATASETS, "extractors": _EXTRACTORS}[kind].get(name)
+    return info is not None and bool(info.plugin)
+
+
+def register_plugins() -> None:
+    """Add the installed plugins' names (entry points; nothing is imported) next to the built-ins.
+
+    A plugin's data set shape, size and classes are unknown here (the factory is not called); its
+    model is assumed to take any data (the factory says otherwise when it is built).
+    """
+    from gansvc.runtime import plugins
+
+    registers = {
+        "models": lambda name, dist: register_model(ModelInfo(name, None, True, "installed plugin", dist)),
+        "datasets": lambda name, dist: register_dataset(DatasetInfo(name, "images", (), {}, None, "installed plugin",
+                                                                    dist)),  # fmt: skip
+        "extractors": lambda name, dist: register_extractor(ExtractorInfo(name, "installed plugin", dist)),
+    }
+    for kind, add in registers.items():
+        for name in plugins.plugin_names(kind):
+            dist = plugins.distribution_of(kind, name) or "unknown distribution"
+            if not name or any(c in name for c in ":/\\") or name != name.strip():  # clashes with NAME:SPLIT, paths
+                PLUGIN_CONFLICTS.append((kind, name, dist))
+                continue
+            try:
+                add(name, dist)
+            except ValueError:
+                if is_plugin(kind, name):  # registered already (register_plugins called twice)
+                    continue
+                PLUGIN_CONFLICTS.append((kind, name, dist))
+
+
+def refresh_plugins() -> None:
+    """Forget the registered plugins and register the ones installed now (after sys.path changed, in tests)."""
+    for table in (_MODELS, _DATASETS, _EXTRACTORS):
+        for name in [name for name, info in table.items() if info.plugin]:
+            del table[name]
+    PLUGIN_CONFLICTS.clear()
+    register_plugins()
+
+
+register_plugins()

@@ -182,6 +182,19 @@ def _option(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _json_object(text: str) -> dict:
+    """argparse type of model_args / dataset_args: a JSON object."""
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r} ({error})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
 def _submit_arguments(parser: argparse.ArgumentParser) -> None:
     from google.protobuf.descriptor import FieldDescriptor
 
@@ -191,7 +204,8 @@ def _submit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--request-id", help="makes a retried submit return the same job")
     parser.add_argument("--watch", action="store_true", help="follow the job until it ends (as `gansvc watch`)")
     group = parser.add_argument_group("training settings (TrainSpec fields; unset ones take the trainer's defaults)")
-    types = {FieldDescriptor.TYPE_STRING: str, FieldDescriptor.TYPE_DOUBLE: float, FieldDescriptor.TYPE_FLOAT: float}
+    types = {FieldDescriptor.TYPE_STRING: str, FieldDescriptor.TYPE_DOUBLE: float, FieldDescriptor.TYPE_FLOAT: float,
+             FieldDescriptor.TYPE_MESSAGE: _json_object}  # fmt: skip
     for name, descriptor in training_spec_fields().items():
         if descriptor.type == FieldDescriptor.TYPE_BOOL:
             group.add_argument(_option(name), dest=f"spec_{name}", action=argparse.BooleanOptionalAction, default=None)

@@ -66,7 +66,25 @@ def training_spec_fields() -> dict[str, object]:
 
 def training_spec_to_dict(message: pb.TrainingSpec) -> dict:
     """Return the settings a TrainingSpec sets explicitly, as a dict of TrainSpec field names."""
-    return {name: getattr(message, name) for name in training_spec_fields() if message.HasField(name)}
+    return {name: _setting_value(getattr(message, name)) for name in training_spec_fields() if message.HasField(name)}
+
+
+def _setting_value(value):
+    """Return a setting as plain data: a Struct (model_args, dataset_args) as a dict, whole numbers as int."""
+    if isinstance(value, struct_pb2.Struct):
+        return {key: _plain(item) for key, item in value.items()}
+    return value
+
+
+def _plain(value):
+    # Struct holds every number as a double: 32.0 from a client meant 32 (docs/plugins.md says so).
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, struct_pb2.Struct):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, struct_pb2.ListValue):
+        return [_plain(item) for item in value]
+    return value
 
 
 def training_spec_from_dict(settings: dict, request_id: str = "") -> pb.TrainingSpec:
@@ -77,7 +95,12 @@ def training_spec_from_dict(settings: dict, request_id: str = "") -> pb.Training
         if name not in fields:
             raise ValueError(f"{name}: unknown training setting (known: {', '.join(fields)})")
         try:
-            setattr(message, name, value)
+            if fields[name].message_type is not None:  # a Struct: model_args, dataset_args
+                if not isinstance(value, dict):
+                    raise TypeError(f"expected a JSON object, got {type(value).__name__}")
+                getattr(message, name).update(value)
+            else:
+                setattr(message, name, value)
         except (TypeError, ValueError) as error:
             raise ValueError(f"{name}: bad value {value!r} ({error})") from None
     return message

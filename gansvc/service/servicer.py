@@ -281,6 +281,15 @@ class GanServicer(pb_grpc.GanServiceServicer):
                     return
 
 
+    # ------------------------------------------------------------------ what this server offers (issue 11)
+    def GetServerInfo(self, request: pb.GetServerInfoRequest, context) -> pb.ServerInfo:
+        from gansvc.service.info import server_info
+
+        with status_errors(context):
+            return server_info(self.pool, self.roots, self.scheduler.max_attempts,
+                               self.store.jobs_in_state("RUNNING"), request.probe_datasets)  # fmt: skip
+
+
 def _encode_page_token(rowid: int) -> str:
     return base64.urlsafe_b64encode(f"jobs-before:{rowid}".encode()).decode().rstrip("=")
 

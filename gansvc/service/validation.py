@@ -127,6 +127,7 @@ def training_spec(message: pb.TrainingSpec, roots: DataRoots, pool: DevicePool) 
             spec.check_dataset_size(count_images(spec.folder_path, stop_at=spec.batch_size))
         if spec.zip_path is not None:  # the same for an archive: its directory lists the images
             spec.check_dataset_size(_zip_images(spec.zip_path))
+        _plugin_arguments(spec)
     except SpecError as error:
         message = error.message
         if error.field in settings:  # every refusal names the value, also for a bad combination
@@ -149,6 +150,20 @@ def _zip_images(path: str) -> int:
         return count_zip_images(path)
     except (zipfile.BadZipFile, OSError) as error:
         raise SpecError("dataset", f"{_paths.short_repr(path)} is not a readable ZIP archive ({error})") from None
+
+
+def _plugin_arguments(spec) -> None:
+    """Refuse plugin arguments the factory would refuse (gansvc.models.plugin.check_plugin_spec): a SpecError."""
+    if not (registry.is_plugin("models", spec.model) or registry.is_plugin("datasets", spec.dataset)):
+        return
+    from gansvc.models.plugin import check_plugin_spec, known_data_shape
+    from gansvc.runtime.plugins import PluginArgumentError
+    from gansvc.train.spec import SpecError
+
+    try:
+        check_plugin_spec(spec, known_data_shape(spec))
+    except PluginArgumentError as error:
+        raise SpecError(error.field, error.message) from None
 
 
 @dataclass

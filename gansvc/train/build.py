@@ -9,6 +9,7 @@ import torch
 
 from gansvc.atomic import atomic_write_text
 from gansvc.runtime import registry
+from gansvc.runtime.plugins import PluginArgumentError
 from gansvc.runtime.rundir import clean_leftovers
 from gansvc.runtime.events import Log
 from gansvc.train import checkpoints, distributed
@@ -29,7 +30,7 @@ class TrainerSetup:
 
     def _setup(self) -> None:
         from gansvc.data.streaming import make_batches, sample_shape
-        from gansvc.models import build_discriminator, build_generator, has_batchnorm
+        from gansvc.models import build_models, has_batchnorm
 
         self.dist = self._join_ranks()
         self._startup_logs: list[Log] = []  # said once the loop starts, before its first progress event
@@ -61,8 +62,7 @@ class TrainerSetup:
         self._scoring_checked = False
 
         torch.manual_seed(spec.seed)  # model initialisation and spectral-norm vectors (the same on every rank)
-        self.G = build_generator(spec, self.data_shape).to(self.device)
-        self.D = build_discriminator(spec, self.data_shape).to(self.device)
+        self.G, self.D = (m.to(self.device) for m in _spec_errors(build_models, spec, self.data_shape))
         # Without BatchNorm in D, real and fake go through D as one batch (one forward instead of two).
         self.joint_d = not has_batchnorm(self.D)
         # self.G / self.D are the plain modules (state, EMA, samples); the steps run G_train / D_train,
@@ -170,3 +170,11 @@ class TrainerSetup:
         self.window_sum = torch.zeros(width, device=getattr(self, "device", "cpu"), dtype=torch.float64)
         self.window_steps = 0
         self.window_seconds = 0.0
+
+
+def _spec_errors(function, *args):
+    """Call `function`; a plugin refusing its model_args / dataset_args becomes a SpecError naming the argument."""
+    try:
+        return function(*args)
+    except PluginArgumentError as error:
+        raise SpecError(error.field, error.message) from None

@@ -8,6 +8,7 @@ import math
 import re
 from dataclasses import dataclass, fields
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Callable
 
 from gansvc.runtime import registry
@@ -43,7 +44,10 @@ def setting(
     choices: Callable[[], tuple[str, ...]] | None = None,
 ):
     """Return a TrainSpec field: its default, help text (CLI), inclusive bounds and allowed names (validation)."""
-    return dataclasses.field(default=default, metadata={"help": help, "min": min, "max": max, "choices": choices})
+    metadata = {"help": help, "min": min, "max": max, "choices": choices}
+    if isinstance(default, dict):  # a JSON object setting: each spec gets its own (empty) dict
+        return dataclasses.field(default_factory=lambda: dict(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -121,6 +125,9 @@ class TrainSpec:
                                      "times this", min=0.0, max=1.0)  # fmt: skip
     max_rollbacks: int = setting(3, "rollbacks on divergence before the run fails (0 = fail at once)", min=0,
                                  max=1000)  # fmt: skip
+    # --- plugins (issue 11): keyword arguments of a plugin model's / data set's factory (docs/plugins.md)
+    model_args: dict = setting({}, "JSON object of keyword arguments for a plugin model's factory")
+    dataset_args: dict = setting({}, "JSON object of keyword arguments for a plugin data set's factory")
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -202,7 +209,11 @@ class TrainSpec:
                 )  # fmt: skip
             if self.image_size:
                 raise SpecError("image_size", f"{self.dataset} has no images: leave image_size at 0")
-        if model.image_sizes is not None:
+        for name in ("model_args", "dataset_args"):
+            kind, named = ("models", self.model) if name == "model_args" else ("datasets", self.dataset)
+            if getattr(self, name) and not registry.is_plugin(kind, named):
+                raise SpecError(name, f"{named!r} is not an installed plugin: {name} applies to plugins only")
+        if model.image_sizes is not None and (info is None or info.shape):  # a plugin data set's shape is unknown here
             size = self.image_size or (registry.FOLDER_IMAGE_SIZE if info is None else info.shape[-1])
             if size not in model.image_sizes:
                 field = "image_size" if self.image_size else "dataset"
@@ -312,11 +323,33 @@ def _coerce(name: str, annotation: str, value: Any) -> Any:
         if not math.isfinite(value):
             raise SpecError(name, f"expected a finite number, got {value!r}")
         return float(value)
+    if kind == "dict":
+        return _json_object(name, value)
     if kind == "str":
         if not isinstance(value, str):
             raise SpecError(name, f"expected a string, got {value!r}")
         return value
     return value
+
+
+def _json_object(name: str, value: Any) -> dict:
+    """Return `value` as a JSON object (a dict; JSON text is parsed) or raise SpecError naming the field."""
+    if isinstance(value, Mapping) and not isinstance(value, dict):  # e.g. a protobuf Struct
+        value = dict(value.items())
+    if isinstance(value, str):  # the CLI's JSON text
+        try:
+            value = json.loads(value) if value.strip() else {}
+        except json.JSONDecodeError as error:
+            raise SpecError(name, f"expected a JSON object, got {value!r} ({error})") from None
+    if not isinstance(value, dict):
+        raise SpecError(name, f"expected a JSON object of keyword arguments, got {value!r}")
+    for key in value:
+        if not isinstance(key, str) or not key.isidentifier():
+            raise SpecError(f"{name}.{key}", f"{key!r} is not a keyword argument name")
+    try:  # the spec is stored as JSON: its arguments must round-trip
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as error:
+        raise SpecError(name, f"expected plain JSON values (no NaN), got {value!r} ({error})") from None
 
 
 def _check_declared(spec_field: dataclasses.Field, value) -> None:

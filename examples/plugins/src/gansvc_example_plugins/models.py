@@ -46,7 +46,7 @@ class Generator(nn.Module):
         self.out = nn.Conv2d(width, channels, 1)
 
     def forward(self, z, labels=None):
-        if self.embed is not None:
+        if self.embed is not None and labels is not None:
             z = z * self.embed(labels)  # the class picks a direction in the latent space
         w = self.mapping(F.normalize(z, dim=1) * z.shape[1] ** 0.5)
         h = self.start.expand(z.shape[0], -1, -1, -1)
@@ -73,9 +73,10 @@ class Discriminator(nn.Module):
         for block in self.blocks:
             h = F.avg_pool2d(F.leaky_relu(block(h), 0.2), 2)
         h = h.mean(dim=(2, 3))
-        spread = h.std(dim=0).mean().expand(h.shape[0], 1)  # minibatch standard deviation (Karras et al.)
+        # minibatch standard deviation (Karras et al.); the population form, so a batch of one gives 0, not NaN
+        spread = h.std(dim=0, correction=0).mean().expand(h.shape[0], 1)
         h = F.leaky_relu(self.final(torch.cat([h, spread], dim=1)), 0.2)
         out = self.logit(h)  # [N, 1]: gansvc accepts [N] or [N, 1]
-        if self.embed is not None:
+        if self.embed is not None and labels is not None:  # the projection term (Miyato & Koyama)
             out = out + (self.embed(labels) * h).sum(1, keepdim=True)
         return out

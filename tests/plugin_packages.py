@@ -1,0 +1,144 @@
+"""Plugin packages for the tests: the worked example (examples/plugins) and a package of broken plugins.
+
+scripts/setup.sh installs the example editable into .venv; where it is not installed (a venv set up
+otherwise), `make_plugins_visible` installs it into a temporary folder. The broken package is written
+by hand (a module and a .dist-info with entry_points.txt, what pip would write). Both folders go on
+sys.path and PYTHONPATH, so the server's worker processes find them too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+BROKEN_MODULE = '''
+"""Plugins that break the contract, each in one way."""
+import torch
+from torch import nn
+
+
+class G(nn.Module):
+    def __init__(self, data_shape, z_dim, how):
+        super().__init__()
+        self.data_shape, self.how = tuple(data_shape), how
+        self.fc = nn.Linear(z_dim, int(torch.tensor(data_shape).prod()))
+
+    def forward(self, z, labels=None):
+        if self.how == "raises":
+            raise RuntimeError("boom inside forward")
+        x = torch.tanh(self.fc(z)).view(z.shape[0], *self.data_shape)
+        if self.how == "range":
+            return x * 3.0
+        if self.how == "shape":
+            return x[:, :, :-1]
+        return x
+
+
+class D(nn.Module):
+    def __init__(self, data_shape, column):
+        super().__init__()
+        self.fc = nn.Linear(int(torch.tensor(data_shape).prod()), 1)
+        self.column = column
+
+    def forward(self, x, labels=None):
+        out = self.fc(x.flatten(1))
+        return out if self.column else out.view(-1)
+
+
+def _pair(how, column=True):
+    def build(*, data_shape, num_classes, z_dim, scale: float = 1.0):
+        if scale <= 0:
+            raise ValueError(f"scale must be > 0, got {scale}")
+        return G(data_shape, z_dim, how), D(data_shape, column)
+    return build
+
+
+good_flat = _pair("good", column=False)
+bad_range = _pair("range")
+bad_shape = _pair("shape")
+raises = _pair("raises")
+
+
+class RGBFeatures(nn.Module):
+    input_size = 16
+    input_channels = 3
+
+    def __init__(self):
+        super().__init__()
+        generator = torch.Generator().manual_seed(1)
+        self.weight = nn.Parameter(torch.randn(5, 3 * 16 * 16, generator=generator), requires_grad=False)
+
+    def forward(self, x):
+        return x.flatten(1) @ self.weight.t()
+
+
+def rgb_features(*, device):
+    return RGBFeatures().to(device)
+'''
+
+BROKEN_ENTRY_POINTS = """[gansvc.models]
+bad-import = gansvc_broken_plugins.missing:build
+bad-range = gansvc_broken_plugins:bad_range
+bad-shape = gansvc_broken_plugins:bad_shape
+raises = gansvc_broken_plugins:raises
+good-flat = gansvc_broken_plugins:good_flat
+
+[gansvc.extractors]
+rgb-features = gansvc_broken_plugins:rgb_features
+"""
+
+
+@contextlib.contextmanager
+def plugins_visible(folder: Path):
+    """Install the example plugins (unless installed) and the broken ones under `folder`; register them;
+    on leaving, restore sys.path, PYTHONPATH and the registry."""
+    saved_path, saved_env = list(sys.path), os.environ.get("PYTHONPATH")
+    try:
+        make_plugins_visible(folder)
+        yield
+    finally:
+        from gansvc.runtime import registry
+
+        sys.path[:] = saved_path
+        if saved_env is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved_env
+        importlib.invalidate_caches()
+        registry.refresh_plugins()
+
+
+def make_plugins_visible(folder: Path) -> None:
+    """Install the example plugins (unless installed) and the broken ones under `folder`; register them."""
+    from gansvc.runtime import plugins, registry
+
+    paths = []
+    if "stylish" not in plugins.plugin_names("models"):
+        target = folder / "example"
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--quiet",
+             "--no-build-isolation", "--no-deps", "--target", str(target), str(REPO / "examples" / "plugins")],
+            check=True, cwd=folder,
+        )  # fmt: skip
+        paths.append(target)
+    broken = folder / "broken"
+    (broken / "gansvc_broken_plugins").mkdir(parents=True, exist_ok=True)
+    (broken / "gansvc_broken_plugins" / "__init__.py").write_text(BROKEN_MODULE)
+    info = broken / "gansvc_broken_plugins-0.1.dist-info"
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: gansvc-broken-plugins\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(BROKEN_ENTRY_POINTS)
+    paths.append(broken)
+    for path in paths:
+        if str(path) not in sys.path:
+            sys.path.insert(0, str(path))
+    os.environ["PYTHONPATH"] = os.pathsep.join([*map(str, paths), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    importlib.invalidate_caches()
+    registry.refresh_plugins()
+    assert "stylish" in registry.model_names() and "bad-range" in registry.model_names()
