@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "health": ("gansvc.service.cli", "check that a service answers SERVING"),
     "info": ("gansvc.service.info_cli", "what a service offers: models, data sets, extractors, devices, kernels"),
     "plugins": ("gansvc.plugin_check", "check an installed plugin: `gansvc plugins check NAME`"),
+    "doctor": ("gansvc.doctor", "self-test gansvc's kernels on every device and print a table"),
 }
 
 

@@ -106,7 +106,11 @@ def test_evaluate_api(cache_dir, train_images):
     from gansvc.metrics import evaluate
 
     result = evaluate(train_images[:50].float() / 127.5 - 1, kid_subsets=5)
-    assert set(result) == {"fid", "is_mean", "is_std", "kid_mean", "kid_std", "n_real", "n_fake", "extractor"}
+    assert set(result) == {
+        "fid", "fid_trace", "is_mean", "is_std", "kid_mean", "kid_std", "n_real", "n_fake", "extractor"
+    }
+    assert result["fid_trace"] == {"route": "samples", "error_bound": 0.0, "iterations": 0, "fell_back": False,
+                                   "device": "cpu"}
     assert result["n_fake"] == 50 and result["extractor"] == "fmnist-cnn"
     with pytest.raises(ValueError, match=r"cannot take images of shape \[3, 32, 32\]; use the inception-v3"):
         evaluate(torch.zeros(4, 3, 32, 32))

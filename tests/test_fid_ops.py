@@ -480,3 +480,30 @@ def test_ops_on_each_device(device, method):
     m2 = torch.zeros(128, 128, dtype=torch.float64, device=device)
     assert fid_ops.feature_moments_update_(mean, m2, 0, x) == 50
     np.testing.assert_allclose(m2.cpu().numpy() / 49, np.cov(x.cpu().numpy(), rowvar=False), rtol=1e-10, atol=1e-13)
+
+
+# ------------------------------------------------------------------ kernel vs an independent reference
+
+
+@pytest.mark.parametrize("method", ["eigh", "newton-schulz"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_extension_matches_the_reference_and_the_reference_needs_no_kernel(kind, method, monkeypatch):
+    """gansvc.ops.fid_reference is plain torch: with every dispatching FID function broken it still answers,
+    and the extension (where built) agrees with it."""
+    from gansvc.ops import fid_reference
+
+    s1, s2, _ = covariance_pair(kind, 64)
+    t1, t2 = torch.from_numpy(s1), torch.from_numpy(s2)
+    kernel = fid_ops.trace_sqrt_product_details(t1, t2, method).value if fid_ops.selftest.kernels_for(t1) else None
+
+    def broken(*args, **kwargs):
+        raise AssertionError("the reference called a dispatching kernel")
+
+    for name in ("ns_polar_step_", "sum_squared_difference", "symmetrize_checked", "trace_sqrt_product_details",
+                 "feature_moments_update_", "feature_moments_merge_", "frechet_distance"):
+        monkeypatch.setattr(fid_ops, name, broken)
+    monkeypatch.setattr(torch.ops, "gansvc", None)  # any torch.ops.gansvc.* call fails
+    reference = fid_reference.reference_trace_sqrt_product(t1, t2, method).value
+    assert relative_error(reference, symmetric_trace(s1, s2)) <= RTOL
+    if kernel is not None:
+        assert relative_error(kernel, reference) <= RTOL

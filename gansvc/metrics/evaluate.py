@@ -7,7 +7,7 @@ import os
 import torch
 
 from gansvc.metrics.features import FeatureExtractor, extractor_fits, load_extractor
-from gansvc.metrics.fid import fid_from_features
+from gansvc.metrics.fid import fid_from_features, statistics_device, trace_report
 from gansvc.metrics.inception_score import inception_score
 from gansvc.metrics.kid import kernel_inception_distance
 from gansvc.metrics.prdc import precision_recall_density_coverage
@@ -47,7 +47,9 @@ def evaluate(
     prdc_k: int = 3,
     image_size: int = 0,
 ) -> dict:
-    """Return {fid, is_mean, is_std, kid_mean, kid_std, n_real, n_fake, extractor} for images `fake`.
+    """Return {fid, fid_trace, is_mean, is_std, kid_mean, kid_std, n_real, n_fake, extractor} for images `fake`.
+
+    fid_trace says how FID's trace term was computed: {route, error_bound, iterations, fell_back, device}.
 
     `fake`: [N, C, H, W] float in [-1, 1] or uint8. `real`: a data set 'NAME[:SPLIT]', a file or folder
     of images, or a statistics .npz (see gansvc.metrics.reference); its statistics are cached.
@@ -70,8 +72,10 @@ def evaluate(
     if not net.fits(fake.shape[1:]):  # a plugin's input_channels is known once it is loaded
         raise ValueError(f"the {extractor} extractor cannot take images of shape {list(fake.shape[1:])}")
     reference = real_reference(real, net, data_root, n_real, progress, image_size=image_size)
-    fake_features, fake_logits = net(fake, progress, desc="generated images")
-    fid = fid_from_features(reference.stats, fake_features).fid
+    # On a GPU with fast float64 the features stay there: statistics, trace term and KID run on the device.
+    fake_features, fake_logits = net(fake, progress, desc="generated images",
+                                     features_device=statistics_device(net.device))
+    fid_result = fid_from_features(reference.stats, fake_features)
     is_mean = is_std = None  # an extractor without logits (a plugin's without a logits method) gives no IS
     if fake_logits.shape[1] > 0:
         is_mean, is_std = inception_score(fake_logits, splits=min(is_splits, fake.shape[0]))
@@ -85,11 +89,12 @@ def evaluate(
         names = ("precision", "recall", "density", "coverage")
         scores = dict.fromkeys(names)
         if reference.kid_features is not None:
-            found = precision_recall_density_coverage(reference.kid_features, fake_features, k=prdc_k)
+            found = precision_recall_density_coverage(reference.kid_features, fake_features.cpu(), k=prdc_k)
             scores = {name: found[name] for name in names}
     return {
         **scores,
-        "fid": fid,
+        "fid": fid_result.fid,
+        "fid_trace": trace_report(fid_result),
         "is_mean": is_mean,
         "is_std": is_std,
         "kid_mean": kid_mean,

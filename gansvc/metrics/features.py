@@ -76,20 +76,24 @@ class FeatureExtractor:
         raise NotImplementedError
 
     @torch.inference_mode()
-    def __call__(self, images: torch.Tensor, progress: bool = False, desc: str = "features"):
-        """Return (features float32 [N, d], logits float32 [N, K]) on the CPU for all `images`."""
+    def __call__(self, images: torch.Tensor, progress: bool = False, desc: str = "features", features_device=None):
+        """Return (features float32 [N, d], logits float32 [N, K]) for all `images`.
+
+        The logits are on the CPU; the features on `features_device` (default the CPU): evaluation keeps
+        them on the GPU (gansvc.metrics.fid.statistics_device) and accumulates their statistics there.
+        """
         if images.dim() != 4 or not self.fits(images.shape[1:]):
             needs = {"fmnist-cnn": "[N, 1, 28, 28]", "inception-v3": "[N, 1|3, H, W]"}.get(self.name, "[N, 1, H, W]")
             raise ValueError(
                 f"the {self.name} extractor cannot take images of shape {list(images.shape)} (it needs {needs})"
             )
-        features = torch.empty(images.shape[0], self.feature_dim, dtype=torch.float32)
+        features = torch.empty(images.shape[0], self.feature_dim, dtype=torch.float32, device=features_device)
         logits = torch.empty(images.shape[0], self.num_classes, dtype=torch.float32)
         starts = range(0, images.shape[0], self.batch_size)
         for start in tqdm(starts, desc=desc, unit="batch", disable=not progress, file=sys.stderr):
             batch = images_to_unit_range(images[start : start + self.batch_size]).to(self.device)
             f, z = self.forward_batch(batch)
-            features[start : start + batch.shape[0]] = f.float().cpu()
+            features[start : start + batch.shape[0]] = f.float()
             logits[start : start + batch.shape[0]] = z.float().cpu()
         return features, logits
 
@@ -129,7 +133,8 @@ class InceptionExtractor(FeatureExtractor):
 
         super().__init__(device)
         self.weights_path = inception.resolve_weights_path(weights)
-        self.model = inception.load_fid_inception(self.weights_path, self.device)
+        # channels-last: the convolutions run ~30% faster on it (oneDNN / cuDNN NHWC kernels)
+        self.model = inception.load_fid_inception(self.weights_path, self.device).to(memory_format=torch.channels_last)
         self.feature_dim, self.num_classes = inception.FEATURE_DIM, inception.NUM_CLASSES
         self.batch_size = 200 if self.device.type == "cuda" else 50
 
@@ -141,7 +146,8 @@ class InceptionExtractor(FeatureExtractor):
         """Return (pool3 features, unbiased logits) of images in [-1, 1]."""
         if images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)
-        return self.model((images + 1.0) * 0.5)  # the network takes [0, 1], as pytorch-fid's
+        images = ((images + 1.0) * 0.5).contiguous(memory_format=torch.channels_last)
+        return self.model(images)  # the network takes [0, 1], as pytorch-fid's
 
 
 class PluginExtractor(FeatureExtractor):

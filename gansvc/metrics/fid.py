@@ -8,8 +8,11 @@ the m×m problem instead of the d×d one (exact there; the d×d routes carry d -
 
 from __future__ import annotations
 
+import functools
 import io
+import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,17 +153,56 @@ def frechet_distance(stats1: GaussianStatistics, stats2: GaussianStatistics, met
 
 @dataclass
 class FidResult:
-    """An FID value with the generated set's statistics and how the trace term was computed."""
+    """An FID value with the generated set's statistics and how the trace term was computed (its route,
+    Newton–Schulz steps, error bound and fallback are in `trace`; `device` is where it ran)."""
 
     fid: float
     fake: GaussianStatistics
     trace: fid_ops.TraceSqrtResult
+    device: str = "cpu"
+
+
+_GEMM_SIZE = 512  # float64 product used to measure a device's rate (0.27 GFLOP: ~1 ms on a datacentre GPU)
+
+
+@functools.cache
+def float64_gemm_rate(device: torch.device) -> float:
+    """Return the float64 GEMM rate of `device` in flop/s, measured once per process (best of 3 products)."""
+    a = torch.randn(_GEMM_SIZE, _GEMM_SIZE, dtype=torch.float64, device=device)
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    a @ a  # warm-up: kernel selection, library load
+    synchronize()
+    best = math.inf
+    for _ in range(3):
+        start = time.perf_counter()
+        a @ a
+        synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * _GEMM_SIZE**3 / max(best, 1e-9)
+
+
+def statistics_device(device: str | torch.device, rate=float64_gemm_rate) -> torch.device:
+    """Return where evaluation keeps the features and does its float64 work for an extractor on `device`.
+
+    The CPU for a CPU extractor (nothing changes there). For a GPU, the GPU itself when its measured
+    float64 GEMM rate (`rate(device)`, flop/s) is at least the CPU's: datacentre GPUs, where the features
+    then never leave the device and the trace term takes the Newton–Schulz route. Consumer GPUs run float64
+    at 1/32–1/64 of their float32 rate, often below the CPU's: there the features go to the CPU.
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    if device.type == "cpu" or rate(device) < rate(torch.device("cpu")):
+        return torch.device("cpu")
+    return device
 
 
 def fid_from_features(real: GaussianStatistics, fake_features, method: str = "auto") -> FidResult:
-    """Return the FID of generated feature rows [m, d] against real statistics.
+    """Return the FID of generated feature rows [m, d] against real statistics, on the features' device.
 
-    With m < d the trace term comes from the m×m problem on the features themselves.
+    The generated set's statistics accumulate in float64 where its features are (a GPU's or the CPU), and
+    the trace term runs there ("auto": Newton–Schulz with its verified bound and eigen fallback on a GPU,
+    the eigen route on the CPU). With m < d it comes from the m×m problem on the features themselves.
     """
     features = fake_features if isinstance(fake_features, torch.Tensor) else torch.as_tensor(np.asarray(fake_features))
     if features.dim() != 2 or features.shape[1] != real.mu.shape[0]:
@@ -170,11 +212,26 @@ def fid_from_features(real: GaussianStatistics, fake_features, method: str = "au
     m, d = features.shape
     if m < 2:
         raise ValueError(f"FID needs at least 2 generated samples, got {m}")
-    fake = FeatureStats(d).update(features).statistics()
+    accumulator = FeatureStats(d, device=features.device).update(features)
+    real_sigma = torch.as_tensor(np.asarray(real.sigma, dtype=np.float64), device=features.device)
     if m < d:
-        trace = fid_ops.trace_sqrt_product_lowrank_details(real.sigma, features, method)
+        trace = fid_ops.trace_sqrt_product_lowrank_details(real_sigma, features, method)
     else:
-        trace = fid_ops.trace_sqrt_product_details(real.sigma, fake.sigma, method)
+        trace = fid_ops.trace_sqrt_product_details(real_sigma, accumulator.covariance(), method)
+    fake = accumulator.statistics()
     diff = real.mu - fake.mu
     value = float(diff @ diff) + float(np.trace(real.sigma)) + float(np.trace(fake.sigma)) - 2.0 * trace.value
-    return FidResult(value, fake, trace)
+    return FidResult(value, fake, trace, str(features.device))
+
+
+def trace_report(result: FidResult) -> dict:
+    """Return how an FID's trace term was computed, JSON-able: route, error bound, steps, fallback, device."""
+    trace = result.trace
+    return {
+        "route": trace.route,
+        # relative; the eigen routes (also after a fallback) are exact to rounding
+        "error_bound": 0.0 if trace.fell_back or not trace.iterations else trace.bound,
+        "iterations": trace.iterations,
+        "fell_back": trace.fell_back,
+        "device": result.device,
+    }

@@ -21,19 +21,27 @@ def polynomial_mmd2_unbiased(x, y, degree: int = 3, gamma: float | None = None, 
     return _mmd2_unbiased(x, y, degree, 1.0 / x.shape[1] if gamma is None else gamma, coef0)
 
 
-def _mmd2_unbiased(x: torch.Tensor, y: torch.Tensor, degree: int, gamma: float, coef0: float) -> float:
-    """The estimate of polynomial_mmd2_unbiased on checked float64 inputs (one kernel matrix at a time)."""
+def _mmd2_unbiased(x: torch.Tensor, y: torch.Tensor, degree: int, gamma: float, coef0: float,
+                   within_x: float | None = None, within_y: float | None = None) -> float:
+    """The estimate of polynomial_mmd2_unbiased on checked float64 inputs (one kernel matrix at a time).
 
-    def kernel_sum(a: torch.Tensor, b: torch.Tensor, skip_diagonal: bool) -> float:
-        k = torch.addmm(torch.full((), coef0, dtype=torch.float64), a, b.T, alpha=gamma).pow_(degree)
-        return float(k.sum() - k.diagonal().sum()) if skip_diagonal else float(k.sum())
-
+    within_x / within_y: the off-diagonal kernel sums of x and y when already known (a set used whole).
+    """
     m, n = x.shape[0], y.shape[0]
+    if within_x is None:
+        within_x = _kernel_sum(x, x, True, degree, gamma, coef0)
+    if within_y is None:
+        within_y = _kernel_sum(y, y, True, degree, gamma, coef0)
     return (
-        kernel_sum(x, x, True) / (m * (m - 1))
-        + kernel_sum(y, y, True) / (n * (n - 1))
-        - 2.0 * kernel_sum(x, y, False) / (m * n)
+        within_x / (m * (m - 1))
+        + within_y / (n * (n - 1))
+        - 2.0 * _kernel_sum(x, y, False, degree, gamma, coef0) / (m * n)
     )
+
+
+def _kernel_sum(a: torch.Tensor, b: torch.Tensor, skip_diagonal: bool, degree: int, gamma: float, coef0: float):
+    k = torch.addmm(torch.full((), coef0, dtype=torch.float64, device=a.device), a, b.T, alpha=gamma).pow_(degree)
+    return float(k.sum() - k.diagonal().sum()) if skip_diagonal else float(k.sum())
 
 
 def kid_subset_indices(n_real: int, n_fake: int, subsets: int, subset_size: int, seed: int = 0):
@@ -61,8 +69,17 @@ def kernel_inception_distance(
     if size < 2:
         raise ValueError(f"KID needs at least 2 real and 2 fake samples, got {real.shape[0]} and {fake.shape[0]}")
     gamma = 1.0 / real.shape[1]
+    real = real.to(fake.device)  # on the generated features' device (a GPU's in gansvc.metrics.evaluate)
+    # A side whose subsets are the whole set (n = subset size) gives the same within-set sum every time (the
+    # estimate does not depend on the rows' order): computed once. Both whole: every subset is the same.
+    real_whole, fake_whole = size == real.shape[0], size == fake.shape[0]
+    if real_whole and fake_whole:
+        value = _mmd2_unbiased(real, fake, degree, gamma, 1.0)
+        return value, 0.0
+    within_real = _kernel_sum(real, real, True, degree, gamma, 1.0) if real_whole else None
+    within_fake = _kernel_sum(fake, fake, True, degree, gamma, 1.0) if fake_whole else None
     values = [
-        _mmd2_unbiased(real[r], fake[f], degree, gamma, 1.0)
+        _mmd2_unbiased(real[r], fake[f], degree, gamma, 1.0, within_real, within_fake)
         for r, f in kid_subset_indices(real.shape[0], fake.shape[0], subsets, size, seed)
     ]
     return float(np.mean(values)), float(np.std(values))

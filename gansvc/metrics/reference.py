@@ -30,7 +30,13 @@ import torch
 from tqdm import tqdm
 
 from gansvc.metrics.features import FeatureExtractor
-from gansvc.metrics.fid import FeatureStats, GaussianStatistics, load_statistics, save_statistics
+from gansvc.metrics.fid import (
+    FeatureStats,
+    GaussianStatistics,
+    load_statistics,
+    save_statistics,
+    statistics_device,
+)
 from gansvc.runtime import paths
 from gansvc.runtime.registry import parse_real
 
@@ -220,13 +226,14 @@ def _compute(images: torch.Tensor, extractor: FeatureExtractor, source: str, pro
         kid_rows = torch.randperm(n, generator=torch.Generator().manual_seed(1))[:KID_REFERENCE_ROWS].sort().values
     keep_for_kid = torch.zeros(n, dtype=torch.bool)
     keep_for_kid[kid_rows] = True
-    stats = FeatureStats(extractor.feature_dim)
+    device = statistics_device(extractor.device)  # a GPU's features stay there (see fid.statistics_device)
+    stats = FeatureStats(extractor.feature_dim, device=device)
     kid_parts = []
     bar = tqdm(total=n, desc=f"reference statistics {source}", unit="img", disable=not progress, file=sys.stderr)
     for start in range(0, n, _STREAM_CHUNK):
-        features, _ = extractor(images[start : start + _STREAM_CHUNK])
+        features, _ = extractor(images[start : start + _STREAM_CHUNK], features_device=device)
         stats.update(features)
-        kid_parts.append(features[keep_for_kid[start : start + _STREAM_CHUNK]])
+        kid_parts.append(features[keep_for_kid[start : start + _STREAM_CHUNK].to(device)].cpu())
         bar.update(features.shape[0])
     bar.close()
     return RealReference(stats.statistics(), torch.cat(kid_parts), n, source)

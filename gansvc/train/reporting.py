@@ -12,6 +12,7 @@ import time
 
 import torch
 
+from gansvc.ops import selftest
 from gansvc.runtime.events import Event, Metrics, Progress, Warning
 from gansvc.train.devices import cpu_threads
 from gansvc.train.errors import TrainingDiverged
@@ -65,6 +66,7 @@ class TrainerReporting:
 
     def _log(self, session_start: float) -> None:
         self._check_finite()
+        self._check_kernels()
         spec = self.spec
         means = (self.window_sum / max(1, self.window_steps)).tolist()
         values = dict(zip(stat_names(self.spec), means))
@@ -103,6 +105,14 @@ class TrainerReporting:
                 "threads=1 (--threads 1) may be much faster here (results are bit-identical only between runs "
                 "with the same thread count)",
             )
+
+    def _check_kernels(self) -> None:
+        # The kernels' first-use self-test (gansvc.ops.selftest) may have switched this process to the
+        # reference kernels: say so once in the job's events.
+        message = selftest.failure_message()
+        if message and not getattr(self, "_kernel_warning_sent", False):
+            self._kernel_warning_sent = True
+            self._warn("kernel_selftest_failed", message)
 
     def _check_finite(self) -> None:
         if not bool(torch.isfinite(self.window_sum).all()):
