@@ -7,6 +7,9 @@ Fashion-MNIST test set.
 
   plain:   BCE (non-saturating G), Adam lr 2e-4 / 2e-4, beta1 0.5, batch 64, BatchNorm in D, no EMA
   gansvc:  TrainSpec's defaults (see gansvc/train/spec.py), only the data set and budget given
+  conditional, resnet, augmented (issue 12; choose with --recipes): the defaults with conditional: true,
+           with model: resnet (hinge, spectral norm in D), with DiffAugment + ADA. Conditional runs are also
+           scored per class: intra-class FID and the share the classifier puts in the class asked for.
 
 The machine is shared, so the two budgets are interleaved: each recipe trains for --slice minutes,
 stops with a checkpoint, and the other takes its turn, until both have used --minutes (the
@@ -38,7 +41,14 @@ sys.path.insert(0, str(ROOT))
 
 PLAIN = {"loss": "bce", "spectral_norm": False, "ema_decay": 0.0, "lr_g": 2e-4, "lr_d": 2e-4, "beta1": 0.5,
          "beta2": 0.999}  # fmt: skip
-RECIPES = {"plain": PLAIN, "gansvc": {}}
+RECIPES = {
+    "plain": PLAIN,
+    "gansvc": {},
+    "conditional": {"conditional": True},
+    "resnet": {"model": "resnet"},
+    "augmented": {"augment": "translation,cutout,color", "ada_target": 0.6},
+}
+DEFAULT_RECIPES = "plain,gansvc"
 CHECKPOINT_EVERY = 250
 
 
@@ -74,18 +84,27 @@ def train_interleaved(recipes: dict, minutes: float, slice_minutes: float, threa
 
 
 def score(run_dir: Path, samples: int, threads: int, source: Path | None = None) -> dict:
-    """Return fmnist-cnn FID / IS / KID of `samples` images from the run's generator (EMA where kept)."""
+    """Return fmnist-cnn FID / IS / KID of `samples` images from the run's generator (EMA where kept);
+    for a conditional run also intra-class FID and class agreement (labels drawn as in training)."""
     from gansvc.metrics import evaluate
+    from gansvc.metrics.per_class import evaluate_per_class
+    from gansvc.train.conditional import sample_labels
     from gansvc.train.sampling import generate, load_generator
 
     torch.set_num_threads(threads)
     generator, _ = load_generator(source or run_dir)
     fake = generate(generator, samples, seed=2024)
-    return evaluate(fake, real="fashion-mnist:test", extractor="fmnist-cnn")
+    scores = evaluate(fake, real="fashion-mnist:test", extractor="fmnist-cnn")
+    labels = sample_labels(generator, samples, 2024)  # the labels generate() drew
+    if labels is not None:
+        per_class = evaluate_per_class(fake, labels, real="fashion-mnist:test", extractor="fmnist-cnn")
+        scores.update(intra_fid=per_class["intra_fid"], class_agreement=per_class["class_agreement"])
+    return scores
 
 
 def write_grid(run_dir: Path, target: Path) -> None:
-    """Write the run's last fixed-noise grid (64 samples, 8 x 8) at twice the size, pixels kept square."""
+    """Write the run's last fixed-noise grid (64 samples, 8 x 8; conditional: one row per class) at twice the size,
+    pixels kept square."""
     from PIL import Image
 
     from gansvc.atomic import atomic_write_bytes
@@ -108,6 +127,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(ROOT / "runs" / "quality"), help="folder for the two run directories")
     parser.add_argument("--only", choices=list(RECIPES), help="run one recipe only")
+    parser.add_argument("--recipes", default=DEFAULT_RECIPES,
+                        help=f"comma-separated recipes of {', '.join(RECIPES)} (default: %(default)s)")
     parser.add_argument("--no-docs", action="store_true", help="do not write docs/quality_grid*.png")
     args = parser.parse_args()
     from gansvc.atomic import atomic_write_text
@@ -118,7 +139,11 @@ def main() -> int:
     out = Path(args.out)
     results: dict = {"minutes": args.minutes, "samples": args.samples, "threads": threads, "recipes": {}}
     started = time.time()
-    recipes = {name: o for name, o in RECIPES.items() if not args.only or name == args.only}
+    chosen = [args.only] if args.only else [name.strip() for name in args.recipes.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in RECIPES]
+    if unknown or not chosen:
+        parser.error(f"--recipes: unknown recipe {unknown[0] if unknown else '(none)'!r}; known: {', '.join(RECIPES)}")
+    recipes = {name: RECIPES[name] for name in chosen}
     for name, overrides in recipes.items():
         print(f"[{name}] {json.dumps(overrides) if overrides else 'TrainSpec defaults'}", flush=True)
     print(f"training {args.minutes:g} min each in turns of {args.slice:g} min on {threads} thread(s)", flush=True)
@@ -131,14 +156,15 @@ def main() -> int:
             "overrides": recipes[name], "spec": json.loads((run_dir / "spec.json").read_text()),
             "steps": summary["step"], "epochs": summary["epoch"],
             "images_per_sec": images / summary["elapsed_seconds"],  # over the whole budget, all turns
-            **{k: scores[k] for k in ("fid", "is_mean", "is_std", "kid_mean", "kid_std") if k in scores},
+            **{k: scores[k] for k in ("fid", "is_mean", "is_std", "kid_mean", "kid_std", "intra_fid",
+                                      "class_agreement") if k in scores},
         }  # fmt: skip
         print(f"[{name}] {summary['step']} steps: FID {scores['fid']:.2f}  IS {scores['is_mean']:.2f} +- "
               f"{scores['is_std']:.2f}", flush=True)  # fmt: skip
         if not args.no_docs:
-            target = ROOT / "docs" / ("quality_grid.png" if name == "gansvc" else "quality_grid_plain.png")
+            target = ROOT / "docs" / ("quality_grid.png" if name == "gansvc" else f"quality_grid_{name}.png")
             write_grid(run_dir, target)
-    if len(results["recipes"]) == 2:
+    if {"plain", "gansvc"} <= set(results["recipes"]):
         # the same comparison at equal steps: the gansvc checkpoint at (or just below) the plain run's step count
         plain_steps = results["recipes"]["plain"]["steps"]
         matched = min(plain_steps // CHECKPOINT_EVERY * CHECKPOINT_EVERY, results["recipes"]["gansvc"]["steps"])
@@ -157,10 +183,14 @@ def main() -> int:
     print(f"\nFashion-MNIST, {args.minutes:g} min of training each on {threads} CPU thread(s), "
           f"fmnist-cnn FID / IS on {args.samples} samples vs the test set "
           f"(real training images: FID {results['real_train_images_fid']:.2f})")  # fmt: skip
-    print(f"{'recipe':8} {'steps':>7} {'epochs':>7} {'images/s':>9} {'FID':>8} {'IS':>6}")
+    print(f"{'recipe':12} {'steps':>7} {'epochs':>7} {'images/s':>9} {'FID':>8} {'IS':>6} {'intra-FID':>9} "
+          f"{'agree':>6}")  # fmt: skip
     for name, r in results["recipes"].items():
-        print(f"{name:8} {r['steps']:7d} {r['epochs']:7.2f} {r['images_per_sec']:9.0f} {r['fid']:8.2f} {r['is_mean']:6.2f}")
-    if len(results["recipes"]) == 2:
+        intra = f"{r['intra_fid']:9.2f}" if r.get("intra_fid") is not None else f"{'-':>9}"
+        agree = f"{r['class_agreement']:6.1%}" if r.get("class_agreement") is not None else f"{'-':>6}"
+        print(f"{name:12} {r['steps']:7d} {r['epochs']:7.2f} {r['images_per_sec']:9.0f} {r['fid']:8.2f} "
+              f"{r['is_mean']:6.2f} {intra} {agree}")  # fmt: skip
+    if {"plain", "gansvc"} <= set(results["recipes"]):
         ratio = results["recipes"]["gansvc"]["fid"] / results["recipes"]["plain"]["fid"]
         print(f"gansvc defaults / plain FID ratio: {ratio:.2f} (goal < 0.5)")
     if "gansvc_at_plain_steps" in results:

@@ -241,7 +241,8 @@ BAD_SPECS = [
     ({"steps": -5}, "steps", "-5"),
     ({"epochs": 2.0}, "steps", "epochs=2.0"),  # steps and epochs both set
     ({"loss": "l2"}, "loss", "'l2'"),
-    ({"model": "resnet"}, "model", "'resnet'"),
+    ({"model": "stylegan"}, "model", "'stylegan'"),
+    ({"attention": 14}, "attention", "14"),  # self-attention exists in model resnet only
     ({"dataset": "imagenet"}, "dataset", "'imagenet'"),
     ({"lr_g": 1.5}, "lr_g", "1.5"),
     ({"beta2": 1.0}, "beta2", "1.0"),

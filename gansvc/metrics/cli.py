@@ -3,6 +3,9 @@
     gansvc eval --fake samples.npz                          # against fashion-mnist:test, fmnist-cnn
     gansvc eval --fake samples/ --real cifar10:test --inception-weights pt_inception-2015-12-05.pth
     gansvc eval --fake samples.pt --real fid_stats_cifar10_train.npz --extractor inception-v3
+
+An .npz holding `labels` next to `images` (what `gansvc sample` writes for a conditional run) is also
+scored per class: intra-class FID and, against Fashion-MNIST, the classifier's class agreement.
 """
 
 from __future__ import annotations
@@ -103,6 +106,7 @@ def run(name: str, args) -> int:
         raise UsageError(str(error)) from None
     except OSError as error:  # a --real, --data-root or weights path the file system refuses
         raise UsageError(f"{error.filename or ''}: {error.strerror or error}") from None
+    per_class = _per_class(args, fake, extractor, device)
     report = {
         "fid": result["fid"],
         "is": {"mean": result["is_mean"], "std": result["is_std"]},
@@ -112,6 +116,7 @@ def run(name: str, args) -> int:
         "extractor": result["extractor"],
         "real": args.real,
         "fake": os.fspath(args.fake),
+        **per_class,
     }
     text = json.dumps(report, indent=2)
     if args.output:
@@ -120,3 +125,28 @@ def run(name: str, args) -> int:
         atomic_write_text(args.output, text + "\n")
     print(text, file=sys.stdout)
     return 0
+
+
+def _per_class(args, fake, extractor: str, device: str) -> dict:
+    """Return the per-class scores of --fake when it is an .npz with `labels` (else {})."""
+    import numpy as np
+
+    if not str(args.fake).lower().endswith(".npz"):
+        return {}
+    with np.load(args.fake, allow_pickle=False) as data:
+        if "labels" not in data.files:
+            return {}
+        labels = data["labels"]
+    import torch
+
+    from gansvc.metrics.per_class import evaluate_per_class
+
+    if labels.shape != (fake.shape[0],) or labels.dtype.kind not in "iu":
+        raise UsageError(f"--fake: `labels` must hold one integer class per image, got {labels.dtype} {labels.shape}")
+    try:
+        return evaluate_per_class(
+            fake, torch.from_numpy(labels.astype("int64")), args.real, extractor, data_root=args.data_root,
+            inception_weights=args.inception_weights, device=device, progress=not args.quiet,
+        )  # fmt: skip
+    except (FileNotFoundError, ValueError) as error:
+        raise UsageError(f"per-class scores: {error}") from None

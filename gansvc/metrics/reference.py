@@ -84,19 +84,21 @@ def real_reference(
     progress: bool = False,
     pixel_range: str = "-1,1",
     image_size: int = 0,
+    label: int | None = None,
 ) -> RealReference:
     """Return the statistics of the real set named `real` for `extractor`, from the cache when there.
 
     `image_size` > 0 resizes a data set's images to that size first (a training run's resolution).
+    label: only the images of that class (a labelled data set's; the real side of intra-class FID).
     """
     if n_real is not None and n_real < 2:
         raise ValueError(f"n_real must be at least 2, got {n_real}")
     parsed = parse_real(real, is_path=lambda text: paths.exists(Path(text).expanduser()))
-    key = _memo_key(real, parsed, extractor, data_root, n_real, pixel_range, image_size)
+    key = _memo_key(real, parsed, extractor, data_root, n_real, pixel_range, image_size, label)
     if key is not None and key in _MEMO:
         _MEMO.move_to_end(key)
         return _MEMO[key]
-    reference = _real_reference(parsed, real, extractor, data_root, n_real, progress, pixel_range, image_size)
+    reference = _real_reference(parsed, real, extractor, data_root, n_real, progress, pixel_range, image_size, label)
     if key is not None:
         _MEMO[key] = reference
         while len(_MEMO) > _MEMO_SIZE:
@@ -104,7 +106,7 @@ def real_reference(
     return reference
 
 
-def _memo_key(real, parsed, extractor, data_root, n_real, pixel_range, image_size) -> tuple | None:
+def _memo_key(real, parsed, extractor, data_root, n_real, pixel_range, image_size, label) -> tuple | None:
     """Return the in-memory key of a reference (None: not kept, e.g. a path that cannot be read)."""
     stamp = None
     if parsed.kind in ("path", "folder"):
@@ -112,16 +114,19 @@ def _memo_key(real, parsed, extractor, data_root, n_real, pixel_range, image_siz
             stamp = os.stat(Path(parsed.path).expanduser()).st_mtime_ns
         except OSError:
             return None
-    return (str(cache_dir()), real, str(data_root), n_real, pixel_range, image_size, extractor.name,
+    return (str(cache_dir()), real, str(data_root), n_real, pixel_range, image_size, label, extractor.name,
             extractor.fingerprint(), stamp)  # fmt: skip
 
 
-def _real_reference(parsed, real, extractor, data_root, n_real, progress, pixel_range, image_size) -> RealReference:
+def _real_reference(parsed, real, extractor, data_root, n_real, progress, pixel_range, image_size,
+                    label) -> RealReference:  # fmt: skip
     if parsed.kind == "path":
         path = Path(parsed.path).expanduser()
         check = paths.check_path(path)
         if check.kind is None:
             raise ValueError(f"real images {real!r}: " + (check.problem if check.refused else "no such file or folder"))
+        if label is not None:
+            raise ValueError(f"real images {real!r}: per-class statistics need a labelled data set (NAME[:SPLIT])")
         if path.suffix.lower() == ".npz" and check.kind == "file" and _is_statistics_file(path):
             return _statistics_file(path, extractor, n_real)
         from gansvc.metrics.image_files import load_image_set
@@ -136,12 +141,20 @@ def _real_reference(parsed, real, extractor, data_root, n_real, progress, pixel_
             from gansvc.data.streaming import StreamedData, open_training_data, read_into_memory
 
             data = open_training_data(parsed.name, parsed.split, data_root, image_size)
-            images = (read_into_memory(data) if isinstance(data, StreamedData) else data).images
+            data = read_into_memory(data) if isinstance(data, StreamedData) else data
             source += f"@{registry.dataset_info(parsed.name).plugin}"  # a new plugin version: new statistics
         else:
             from gansvc.data import load_images
 
-            images = load_images(parsed.name, parsed.split, data_root, image_size).images
+            data = load_images(parsed.name, parsed.split, data_root, image_size)
+        images = data.images
+        if label is not None:
+            if data.labels is None:
+                raise ValueError(f"real images {real!r} carry no class labels: per-class statistics need them")
+            images = images[data.labels == label]
+            if images.shape[0] < 2:
+                raise ValueError(f"real images {real!r} hold {images.shape[0]} image(s) of class {label}, need >= 2")
+            source = f"{source}:class{label}"
     if not extractor.fits(images.shape[1:]):
         raise ValueError(
             f"the real images of {real!r} have shape {list(images.shape[1:])}, which the {extractor.name} extractor "

@@ -1,5 +1,6 @@
-"""Generators and discriminators: the seeds' MLP GAN, DCGAN and installed plugin models (gansvc.models.plugin),
-with spectral normalisation of D as an option."""
+"""Generators and discriminators: the seeds' MLP GAN, DCGAN, the residual model and installed plugin models
+(gansvc.models.plugin), with spectral normalisation of D as an option (always on in the residual D); with
+`num_classes`, class-conditional."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ from torch import nn
 
 from gansvc.models.dcgan import DCGANDiscriminator, DCGANGenerator
 from gansvc.models.mlp import MLPDiscriminator, MLPGenerator
+from gansvc.models.resnet import ResNetDiscriminator, ResNetGenerator
 
 
 def build_models(spec, data_shape: tuple[int, ...], num_classes: int = 0) -> tuple[nn.Module, nn.Module]:
     """Return (generator, discriminator) that `spec` names for samples of `data_shape` (D spectrally normalised
-    if asked).
+    if asked); num_classes > 0 builds class-conditional networks (called with labels).
 
     A plugin model's factory is called once for both (its modules are initialised in its own order).
     """
@@ -22,7 +24,7 @@ def build_models(spec, data_shape: tuple[int, ...], num_classes: int = 0) -> tup
         if spec.spectral_norm:
             apply_spectral_norm(discriminator)
         return generator, discriminator
-    return build_generator(spec, data_shape), build_discriminator(spec, data_shape)
+    return build_generator(spec, data_shape, num_classes), build_discriminator(spec, data_shape, num_classes)
 
 
 def _is_plugin(name: str) -> bool:
@@ -31,16 +33,22 @@ def _is_plugin(name: str) -> bool:
     return registry.is_plugin("models", name)
 
 
-def build_generator(spec, data_shape: tuple[int, ...]) -> nn.Module:
-    """Return the generator that `spec` (a TrainSpec) names, producing samples of `data_shape`."""
+def build_generator(spec, data_shape: tuple[int, ...], num_classes: int = 0) -> nn.Module:
+    """Return the generator that `spec` (a TrainSpec) names, producing samples of `data_shape`.
+
+    num_classes > 0 builds the class-conditional generator (called as G(z, labels)).
+    """
     if _is_plugin(spec.model):  # the factory builds both; the discriminator is dropped
-        return build_models(spec, data_shape)[0]
+        return build_models(spec, data_shape, num_classes)[0]
     if spec.model == "mlp":
-        return MLPGenerator(spec.z_dim, data_shape, spec.mlp_hidden, tanh=len(data_shape) == 3)
+        return MLPGenerator(spec.z_dim, data_shape, spec.mlp_hidden, tanh=len(data_shape) == 3, num_classes=num_classes)
     if spec.model == "dcgan":
         channels, height, width = _image_shape(data_shape)
-        return DCGANGenerator(spec.z_dim, channels, height, spec.width)
-    raise ValueError(f"model: unknown model {spec.model!r}, expected mlp or dcgan")
+        return DCGANGenerator(spec.z_dim, channels, height, spec.width, num_classes=num_classes)
+    if spec.model == "resnet":
+        channels, height, width = _image_shape(data_shape)
+        return ResNetGenerator(spec.z_dim, channels, height, spec.width, num_classes, getattr(spec, "attention", 0))
+    raise ValueError(f"model: unknown model {spec.model!r}, expected mlp, dcgan or resnet")
 
 
 def discriminator_norm(spec) -> str:
@@ -54,17 +62,23 @@ def discriminator_norm(spec) -> str:
     return "none"
 
 
-def build_discriminator(spec, data_shape: tuple[int, ...]) -> nn.Module:
-    """Return the discriminator that `spec` names for samples of `data_shape`, spectrally normalised if asked."""
+def build_discriminator(spec, data_shape: tuple[int, ...], num_classes: int = 0) -> nn.Module:
+    """Return the discriminator that `spec` names for samples of `data_shape`, spectrally normalised if asked.
+
+    num_classes > 0 builds the projection discriminator (called as D(x, labels)).
+    """
     if _is_plugin(spec.model):
-        return build_models(spec, data_shape)[1]
+        return build_models(spec, data_shape, num_classes)[1]
     if spec.model == "mlp":
-        model = MLPDiscriminator(data_shape, spec.mlp_hidden)
+        model = MLPDiscriminator(data_shape, spec.mlp_hidden, num_classes=num_classes)
     elif spec.model == "dcgan":
         channels, height, width = _image_shape(data_shape)
-        model = DCGANDiscriminator(channels, height, spec.width, discriminator_norm(spec))
+        model = DCGANDiscriminator(channels, height, spec.width, discriminator_norm(spec), num_classes=num_classes)
+    elif spec.model == "resnet":  # spectrally normalised by construction, whatever spec.spectral_norm says
+        channels, height, width = _image_shape(data_shape)
+        return ResNetDiscriminator(channels, height, spec.width, num_classes, getattr(spec, "attention", 0))
     else:
-        raise ValueError(f"model: unknown model {spec.model!r}, expected mlp or dcgan")
+        raise ValueError(f"model: unknown model {spec.model!r}, expected mlp, dcgan or resnet")
     if spec.spectral_norm:
         apply_spectral_norm(model)
     return model
@@ -87,7 +101,7 @@ def has_batchnorm(model: nn.Module) -> bool:
 
 def _image_shape(data_shape) -> tuple[int, int, int]:
     if len(data_shape) != 3 or data_shape[1] != data_shape[2]:
-        raise ValueError(f"model: dcgan needs square images [C, S, S], got data of shape {tuple(data_shape)}")
+        raise ValueError(f"model: dcgan and resnet need square images [C, S, S], got data of shape {tuple(data_shape)}")
     return tuple(data_shape)
 
 
@@ -96,6 +110,8 @@ __all__ = [
     "DCGANGenerator",
     "MLPDiscriminator",
     "MLPGenerator",
+    "ResNetDiscriminator",
+    "ResNetGenerator",
     "apply_spectral_norm",
     "build_discriminator",
     "build_generator",

@@ -155,6 +155,7 @@ class ModelInfo:
     points: bool = False
     description: str = ""
     plugin: str = ""  # the distribution ('package version') of an installed plugin; '' for a built-in
+    default_loss: str = "bce"  # the loss a spec that names none gets (TrainSpec.loss "")
 
 
 _MODELS: dict[str, ModelInfo] = {}
@@ -170,6 +171,8 @@ def register_model(info: ModelInfo) -> ModelInfo:
 
 register_model(ModelInfo("mlp", None, True, "the seeds' MLP GAN"))
 register_model(ModelInfo("dcgan", (28, 32, 64, 128), False, "DCGAN (Radford et al., 2016)"))
+register_model(ModelInfo("resnet", (28, 32, 64, 128), False, "SNGAN-style residual G and D (Miyato et al., 2018)",
+                         default_loss="hinge"))  # fmt: skip
 
 
 def model_names() -> tuple[str, ...]:

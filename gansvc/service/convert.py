@@ -121,6 +121,7 @@ def evaluation_spec_to_proto(spec: dict) -> pb.EvaluationSpec:
         message.checkpoint.step = int(spec.get("step", 0))
         message.num_samples = int(spec["num_samples"])
         message.best = bool(spec.get("best", False))
+        message.class_labels.extend(spec.get("class_labels", []))  # issue 12
     else:
         message.samples.shape.extend(spec.get("samples_shape", []))
         message.samples.dtype = pb.DType.Value(f"DTYPE_{spec.get('samples_dtype', 'uint8').upper()}")

@@ -41,7 +41,8 @@ class SampleRenderer:
         if request.best and request.step:
             raise InvalidField("step", f"got {request.step} with best: name the best checkpoint or a step, not both")
         # the best checkpoint has no stored grid: its images are always generated
-        generate = request.HasField("seed") or request.HasField("count") or request.include_tensor or request.best
+        generate = (request.HasField("seed") or request.HasField("count") or request.include_tensor or request.best
+                    or request.HasField("class_label"))  # fmt: skip
         if not generate:
             return self._stored_grid(run_dir, request.step)
         return self._generated(run_dir, request)
@@ -70,8 +71,9 @@ class SampleRenderer:
             raise InvalidField("seed", f"got {seed}, expected >= 0")
         path = best_file(run_dir) if request.best else checkpoint_file(run_dir, request.step, field="step")
         generator = self._generator(path)
+        labels = _labels(generator, request, count)
         with self._slots:
-            images = generate(generator, count, seed, "cpu")
+            images = generate(generator, count, seed, "cpu", labels=labels)
         if images.dim() != 4:
             raise WrongState(f"job {run_dir.name} generates 2-D points, not images (see its samples/latest.png)")
         answer = pb.Samples(
@@ -131,3 +133,18 @@ def _file_step(path: Path) -> int:
     except Exception:  # noqa: BLE001 - a file replaced meanwhile: the images came from it all the same
         return 0
     return int(state.get("step", 0)) if isinstance(state, dict) else 0
+
+
+def _labels(generator, request: pb.GetSamplesRequest, count: int):
+    """Return the labels of GetSamples' images: all class_label when set, else None (drawn as in training)."""
+    if not request.HasField("class_label"):
+        return None
+    import torch
+
+    from gansvc.train.conditional import check_class
+
+    try:
+        check_class(request.class_label, getattr(generator, "num_classes", 0), "class_label")
+    except ValueError as error:
+        raise InvalidField("class_label", str(error).removeprefix("class_label: ")) from None
+    return torch.full((count,), request.class_label, dtype=torch.int64)

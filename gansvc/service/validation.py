@@ -206,11 +206,20 @@ def evaluation_spec(message: pb.EvaluationSpec, roots: DataRoots, pool: DevicePo
         spec.update(source="checkpoint", job_id=job_id, step=int(step), num_samples=int(num_samples))
         if message.best:
             spec["best"] = True
+        if message.class_labels:
+            spec["class_labels"] = _class_labels(message.class_labels, job)
     else:
         if message.best:
             raise InvalidField("best", "names a training job's best checkpoint: set checkpoint.job_id, not samples")
         samples = _samples(message.samples)
         spec.update(source="samples", samples_shape=list(samples.shape), samples_dtype=str(samples.dtype))
+        if message.sample_labels:
+            spec["sample_labels"] = _sample_labels(message.sample_labels, samples.shape[0])
+    if message.class_labels and source != "checkpoint":
+        raise InvalidField("class_labels", "applies to a checkpoint's samples; label uploaded ones with sample_labels")
+    if message.sample_labels and source != "samples":
+        raise InvalidField("sample_labels", "applies to uploaded samples; choose a checkpoint's classes with "
+                           "class_labels")  # fmt: skip
     spec.update(_reference(message, roots))
     if message.HasField("seed") and message.seed < 0:
         raise InvalidField("seed", f"got {message.seed}, expected >= 0")
@@ -224,6 +233,28 @@ def evaluation_spec(message: pb.EvaluationSpec, roots: DataRoots, pool: DevicePo
     spec["device"] = device
     digest = request_hash(spec, samples.tobytes() if samples is not None else b"")
     return EvaluationRequest(spec, samples, digest)
+
+
+def _class_labels(values, job) -> list[int]:
+    """Return the classes to generate from a training job's checkpoint, checked against its spec (issue 12)."""
+    if not job.spec.get("conditional"):
+        raise InvalidField("class_labels", f"job {job.id} was trained without conditional: it has no classes")
+    info = registry.dataset_info(job.spec.get("dataset", ""))
+    count = info.num_classes if info is not None else None
+    for value in values:
+        if value < 0 or (count is not None and value >= count):
+            expected = f"0..{count - 1}" if count is not None else ">= 0"
+            raise InvalidField("class_labels", f"got {value}, expected a class {expected} of {job.spec.get('dataset')}")
+    return [int(v) for v in values]
+
+
+def _sample_labels(values, count: int) -> list[int]:
+    """Return the classes of uploaded images: one per image, each >= 0 (issue 12)."""
+    if len(values) != count:
+        raise InvalidField("sample_labels", f"holds {len(values)} labels for {count} images: give one per image")
+    if min(values) < 0:
+        raise InvalidField("sample_labels", f"got {min(values)}, expected class indices >= 0")
+    return [int(v) for v in values]
 
 
 def _reference(message: pb.EvaluationSpec, roots: DataRoots) -> dict:

@@ -153,9 +153,11 @@ def run_evaluation(job: dict, job_dir: Path, channel: EventChannel, stop: StopRe
         name = path.relative_to(source_dir).as_posix()
         channel.send(_log(f"generating {spec['num_samples']} images from {spec['job_id']}/{name} (step {step})"))
         generator, _ = load_generator(path, device)
-        fake = generate(generator, int(spec["num_samples"]), int(spec.get("seed", 0)), device)
+        labels = _checkpoint_labels(generator, spec)
+        fake = generate(generator, int(spec["num_samples"]), int(spec.get("seed", 0)), device, labels=labels)
     else:
         fake = torch.from_numpy(uploaded)
+        labels = torch.tensor(spec["sample_labels"], dtype=torch.int64) if spec.get("sample_labels") else None
     if stop.is_set():
         return {"status": "stopped", "stopped": True}
     channel.send(_log(f"scoring {fake.shape[0]} images against {spec['real']} with {spec['extractor']}"))
@@ -169,11 +171,51 @@ def run_evaluation(job: dict, job_dir: Path, channel: EventChannel, stop: StopRe
         n_real=spec.get("num_real"),
         progress=False,
     )
+    if labels is not None:  # a conditional checkpoint or labelled uploads: intra-class FID, class agreement
+        result.update(_per_class_scores(fake, labels, spec, device, channel))
     values = {k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     channel.send(events.Metrics(step=step, values=values))
     summary = events.to_dict(events.Finished(summary={"status": "completed", "stopped": False, "step": step, **result}))
     atomic_write_text(job_dir / "result.json", json.dumps(summary["summary"], indent=2) + "\n")
     return summary["summary"]
+
+
+def _checkpoint_labels(generator, spec: dict):
+    """Return the labels to generate a conditional checkpoint's samples with (None: unconditional)."""
+    import torch
+
+    from gansvc.train.conditional import check_class, sample_labels
+
+    count = getattr(generator, "num_classes", 0)
+    classes = spec.get("class_labels") or []
+    if not classes:
+        return sample_labels(generator, int(spec["num_samples"]), int(spec.get("seed", 0)))
+    for label in classes:
+        check_class(label, count, "class_labels")
+    n = int(spec["num_samples"])
+    return torch.tensor(classes, dtype=torch.int64).repeat(n // len(classes) + 1)[:n]
+
+
+def _per_class_scores(fake, labels, spec: dict, device: str, channel: EventChannel) -> dict:
+    """Return intra-class FID and class agreement where the real side is a labelled data set, else say why not."""
+    from gansvc.metrics.per_class import evaluate_per_class
+    from gansvc.runtime.registry import parse_real
+
+    try:
+        source = parse_real(spec["real"])
+    except ValueError:
+        source = None
+    if source is None or source.kind != "dataset":
+        channel.send(_log(f"no per-class scores: {spec['real']} is not a labelled data set", "warning"))
+        return {}
+    channel.send(_log(f"scoring {fake.shape[0]} images per class against {spec['real']}"))
+    scores = evaluate_per_class(
+        fake, labels, spec["real"], spec["extractor"], data_root=spec.get("data_root") or None,
+        inception_weights=spec.get("inception_weights") or None, device=device,
+    )  # fmt: skip
+    # per-class dicts with string keys: the summary is JSON
+    return {k: ({str(c): v for c, v in value.items()} if isinstance(value, dict) else value)
+            for k, value in scores.items()}  # fmt: skip
 
 
 def _generator_step(path: Path) -> int:

@@ -114,8 +114,14 @@ class Augmenter:
         """Feed D's logits on real images; every `interval` calls adjust p toward ada_target (ADA)."""
         if not self.adaptive:
             return
-        self._sign_sum += float(torch.sign(real_logits.detach().float()).sum())
-        self._sign_count += real_logits.numel()
+        self.observe_signs(float(torch.sign(real_logits.detach().float()).sum()), real_logits.numel(), batch_images)
+
+    def observe_signs(self, sign_sum: float, count: int, batch_images: int) -> None:
+        """observe() from the sum of signs of `count` real logits (with several ranks: summed over all of them)."""
+        if not self.adaptive:
+            return
+        self._sign_sum += sign_sum
+        self._sign_count += count
         self._steps += 1
         if self._steps % self.interval == 0 and self._sign_count:
             r_t = self._sign_sum / self._sign_count

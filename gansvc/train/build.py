@@ -48,7 +48,7 @@ class TrainerSetup:
         if len(data) < spec.batch_size:
             raise SpecError("batch_size", f"{spec.batch_size} is larger than the data set ({len(data)} samples)")
         self.data_shape = sample_shape(data)
-        if spec.model == "dcgan":
+        if spec.model in ("dcgan", "resnet"):
             from gansvc.models.dcgan import layout
 
             try:
@@ -60,9 +60,16 @@ class TrainerSetup:
             os.environ.get(registry.INCEPTION_WEIGHTS_ENV) or None,
         )  # fmt: skip
         self._scoring_checked = False
+        self._setup_classes(data)
 
         torch.manual_seed(spec.seed)  # model initialisation and spectral-norm vectors (the same on every rank)
-        self.G, self.D = (m.to(self.device) for m in _spec_errors(build_models, spec, self.data_shape))
+        try:
+            self.G, self.D = (m.to(self.device) for m in _spec_errors(build_models, spec, self.data_shape,
+                                                                       self.num_classes))  # fmt: skip
+        except ValueError as error:  # a self-attention resolution the networks do not have
+            if not str(error).startswith("attention:"):
+                raise
+            raise SpecError("attention", str(error).removeprefix("attention: ")) from None
         # Without BatchNorm in D, real and fake go through D as one batch (one forward instead of two).
         self.joint_d = not has_batchnorm(self.D)
         # self.G / self.D are the plain modules (state, EMA, samples); the steps run G_train / D_train,
@@ -74,6 +81,13 @@ class TrainerSetup:
         self.opt_d = FusedAdam(self.D.parameters(), lr=spec.lr_d, betas=betas)
         self.ema = EMA(self.G, spec.ema_decay) if spec.ema_decay > 0 else None
         self.batches = make_batches(data, spec.batch_size, spec.seed, self.device, world.rank, world.world_size)
+        self.augmenter = None
+        if spec.augment:
+            from gansvc.train.augment import Augmenter
+
+            # ADA starts from p = 0 and adapts; otherwise the fixed augment_p
+            self.augmenter = Augmenter(spec.augment, 0.0 if spec.ada_target else spec.augment_p,
+                                       ada_target=spec.ada_target, seed=spec.seed, device=self.device)  # fmt: skip
         # this rank's rows of every global batch: [batch_lo, batch_hi)
         self.batch_lo = world.rank * self.batches.local_batch_size
         self.batch_hi = self.batch_lo + self.batches.local_batch_size
@@ -125,6 +139,17 @@ class TrainerSetup:
             self.metrics = self.warning_log = NoLog()
         self.warnings = [r for r in self.warning_log.records]
         self.tensorboard = TensorBoard(self.run_dir / "tensorboard", spec.tensorboard and self.is_main, self.step + 1)
+
+    def _setup_classes(self, data):
+        """Set num_classes, class_names and label_probs (conditional runs); return the labels for the batches."""
+        self.num_classes, self.class_names, self.label_probs = 0, None, None
+        if not self.spec.conditional:
+            return None
+        from gansvc.train.conditional import data_classes, label_probabilities
+
+        labels, self.num_classes, self.class_names = data_classes(data, self.spec.dataset)
+        self.label_probs = label_probabilities(labels, self.num_classes, self.spec.label_sampling)
+        return labels
 
     def _join_ranks(self) -> distributed.DistributedContext:
         """Join the process group when torchrun started several ranks; adopt its size as the spec's nproc.

@@ -263,6 +263,9 @@ def _sample_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
     parser.add_argument("--batch-size", type=int, default=500, help="samples per forward pass (default 500)")
     parser.add_argument("--nrow", type=int, default=None, help="images per row of a .png grid")
+    parser.add_argument("--class", dest="label", default=None, metavar="K",
+                        help="a conditional run: every sample of class K (an index or a class name); default: labels "
+                        "drawn as in training (.npz files hold `labels` next to `images`)")  # fmt: skip
 
 
 def _run_sample(args) -> int:
@@ -293,12 +296,16 @@ def _run_sample(args) -> int:
         generator, spec = load_generator(args.source, device=device)
     except (FileNotFoundError, ValueError) as error:
         raise UsageError(f"RUN_DIR_OR_CHECKPOINT: {error}") from None
-    samples = generate(generator, args.num, seed=args.seed, device=device, batch_size=args.batch_size)
+    labels = _sample_labels(generator, args)
+    samples = generate(generator, args.num, seed=args.seed, device=device, batch_size=args.batch_size, labels=labels)
     suffix = output.suffix.lower()
     if suffix == ".npy":
         atomic_write(output, lambda f: np.save(f, samples.numpy()))
     elif suffix == ".npz":
-        atomic_write(output, lambda f: np.savez_compressed(f, images=samples.numpy()))
+        arrays = {"images": samples.numpy()}
+        if labels is not None:
+            arrays["labels"] = labels.numpy()
+        atomic_write(output, lambda f: np.savez_compressed(f, **arrays))
     elif suffix == ".pt":
         atomic_torch_save(samples, output)
     elif samples.dim() == 4:
@@ -312,6 +319,10 @@ def _run_sample(args) -> int:
         plot_points(samples, output, ring_centers(), f"{args.num} samples")
     shape = "x".join(map(str, samples.shape))
     print(f"gansvc sample: wrote {args.num} samples ({shape}, float32) from {spec.model} ({spec.dataset}) to {output}")
+    if args.label is not None:
+        names = getattr(generator, "class_names", None) or []
+        k = int(labels[0])
+        print(f"  class {k}" + (f" ({names[k]})" if k < len(names) else ""))
     if spec.dataset == "gaussian-mixture":
         from gansvc.data.mixture import NUM_MODES, ring_quality
 
@@ -319,3 +330,29 @@ def _run_sample(args) -> int:
         print(f"  modes covered {quality['modes_covered']}/{NUM_MODES}, "
               f"high-quality samples {quality['high_quality_fraction']:.1%}")  # fmt: skip
     return 0
+
+
+def _sample_labels(generator, args):
+    """Return the labels of `gansvc sample`'s samples: all --class K, else drawn as in training (None when the
+    generator is unconditional)."""
+    import torch
+
+    from gansvc.train.conditional import check_class, sample_labels
+
+    count = getattr(generator, "num_classes", 0)
+    if args.label is None:
+        return sample_labels(generator, args.num, args.seed)
+    names = getattr(generator, "class_names", None) or []
+    text = str(args.label).strip()
+    if text.lstrip("-").isdigit():
+        label = int(text)
+    elif text in names:
+        label = names.index(text)
+    else:
+        known = f" (classes: {', '.join(names)})" if names else ""
+        raise UsageError(f"--class: got {text!r}, expected a class index or name{known}")
+    try:
+        check_class(label, count, "--class")
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    return torch.full((args.num,), label, dtype=torch.int64)

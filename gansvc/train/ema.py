@@ -61,8 +61,13 @@ def with_standing_batchnorm(
             norm.reset_running_stats()
             norm.momentum = None
         model.train()
+        classes = getattr(model, "num_classes", 0)  # a conditional G: every class, uniformly
         for _ in range(batches):
-            model(torch.randn(batch_size, z_dim, device=device, generator=rng))
+            z = torch.randn(batch_size, z_dim, device=device, generator=rng)
+            if classes:
+                model(z, torch.randint(0, classes, (batch_size,), device=device, generator=rng))
+            else:
+                model(z)
         for norm in norms:
             norm.momentum = 0.1
     return model.eval().requires_grad_(False)

@@ -140,6 +140,10 @@ class TrainerEvaluation:
             source = self.ema.model if self.ema is not None else self.G
             # SyncBatchNorm (several GPUs) would wait for the other ranks: sample with plain BatchNorm
             model = sampling_model(without_sync_batchnorm(source), self.spec, self.device)
+            if self.num_classes:  # samples drawn outside the step take their labels as training does
+                from gansvc.train.sampling import attach_classes
+
+                attach_classes(model, self.class_names, self.label_probs)
             self._sampler_cache = (self.step, model)
         return self._sampler_cache[1]
 
@@ -148,8 +152,16 @@ class TrainerEvaluation:
         from gansvc.images import make_grid, save_grid
 
         sampler = self._sampler()
+        nrow = None
         with self._autocast():
-            samples = sampler(self.fixed_noise).float()
+            if self.num_classes:  # one row per class, the same noise in every row
+                from gansvc.train.conditional import grid_inputs
+
+                noise, labels = grid_inputs(self.fixed_noise, self.num_classes)
+                samples = sampler(noise, labels).float()
+                nrow = noise.shape[0] // self.num_classes
+            else:
+                samples = sampler(self.fixed_noise).float()
         name = f"samples/step_{self.step:07d}.png"
         if self.points:
             from gansvc.data.mixture import ring_centers
@@ -158,9 +170,9 @@ class TrainerEvaluation:
             atomic_write_bytes(self.run_dir / "samples" / "latest.png", data)
         else:
             samples = samples.clamp(-1, 1)
-            save_grid(samples, self.run_dir / name)
-            save_grid(samples, self.run_dir / "samples" / "latest.png")
-            self.tensorboard.image("samples", make_grid(samples), self.step)
+            save_grid(samples, self.run_dir / name, nrow)
+            save_grid(samples, self.run_dir / "samples" / "latest.png", nrow)
+            self.tensorboard.image("samples", make_grid(samples, nrow), self.step)
             if self.step >= COLLAPSE_CHECKS_FROM:  # early samples are alike anyway: no signal before this
                 for code, message in self.watch.check_diversity(_diversity_ratio(samples, self._real_reference())):
                     self._warn(code, message)
@@ -228,6 +240,8 @@ class TrainerEvaluation:
         values = {k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and k not in ("n_real", "n_fake")}
         # the classifier's classes are Fashion-MNIST's: class coverage means nothing for another data set
         coverage = self._class_coverage(fake) if EXTRACTOR_TRAINED_ON.get(extractor) == spec.dataset else None
+        if self.num_classes and EXTRACTOR_TRAINED_ON.get(extractor) == spec.dataset:
+            values.update(self._class_agreement(sampler, fake, seed))
         if coverage is not None:
             covered, total = coverage
             values["classes_covered"] = float(covered)
@@ -269,6 +283,22 @@ class TrainerEvaluation:
                 self._warn("eval_unavailable", f"FID / IS skipped: {problem}")
             return False
         return True
+
+    def _class_agreement(self, sampler, fake: torch.Tensor, seed: int) -> dict:
+        """Return {class_agreement}: the share of the samples (all ranks' together) that the shipped classifier
+        assigns to the class they were drawn for."""
+        from gansvc.metrics.per_class import class_agreement
+        from gansvc.train.conditional import sample_labels
+
+        labels = sample_labels(sampler, self.spec.eval_samples, seed)  # what generate() drew the samples with
+        if self.dist.distributed:
+            world = self.dist.world
+            lo, hi = shard_bounds(self.spec.eval_samples, world.rank, world.world_size)
+            labels = labels[lo:hi]
+        share, _ = class_agreement(fake, labels, self.device)
+        hits = self.dist.all_reduce_sum(torch.tensor([share * fake.shape[0], fake.shape[0]], dtype=torch.float64,
+                                                     device=self.device))  # fmt: skip
+        return {"class_agreement": float(hits[0] / hits[1].clamp_min(1))}
 
     def _class_coverage(self, fake: torch.Tensor) -> tuple[int, int] | None:
         """Return (classes covered, classes) by the shipped classifier's predictions, or None if unavailable.

@@ -27,6 +27,8 @@ def stat_names(spec) -> list[str]:
         names.append("gradient_penalty")
     if spec.r1_gamma > 0:
         names.append("r1_penalty")
+    if getattr(spec, "augment", ""):
+        names.append("augment_p")  # the augmentation probability (ADA's adapts)
     return names
 
 

@@ -14,8 +14,15 @@ from gansvc.runtime.rundir import CHECKPOINT_FORMAT, GENERATOR_FORMAT, generator
 from gansvc.train.spec import TrainSpec
 
 
-def export_generator(generator: nn.Module, spec: TrainSpec, data_shape, step: int, ema: bool, path) -> Path:
-    """Write a generator file loadable without the trainer (weights, spec, sample shape); return its path."""
+def export_generator(
+    generator: nn.Module, spec: TrainSpec, data_shape, step: int, ema: bool, path, *, num_classes: int = 0,
+    class_names: list[str] | None = None, label_probs: list[float] | None = None,
+) -> Path:
+    """Write a generator file loadable without the trainer (weights, spec, sample shape); return its path.
+
+    A conditional generator's file also holds its classes: their number, names and the probabilities its
+    training drew labels with (None = uniform).
+    """
     state = {
         "format": GENERATOR_FORMAT,
         "version": 1,
@@ -25,7 +32,16 @@ def export_generator(generator: nn.Module, spec: TrainSpec, data_shape, step: in
         "ema": ema,
         "state_dict": {k: v.detach().cpu() for k, v in generator.state_dict().items()},
     }
+    if num_classes:
+        state.update(num_classes=num_classes, class_names=list(class_names or []), label_probs=label_probs)
     return atomic_torch_save(state, path)
+
+
+def attach_classes(generator: nn.Module, class_names, label_probs) -> nn.Module:
+    """Give a conditional generator what sampling by class reads: `class_names` and `label_probs` (None = uniform)."""
+    generator.class_names = list(class_names) if class_names else None
+    generator.label_probs = None if label_probs is None else torch.as_tensor(label_probs, dtype=torch.float64)
+    return generator
 
 
 def sampling_model(generator: nn.Module, spec: TrainSpec, device) -> nn.Module:
@@ -70,13 +86,15 @@ def load_generator(path: str | os.PathLike, device="cpu") -> tuple[nn.Module, Tr
         raise ValueError(f"{file}: not a gansvc generator or checkpoint")
     spec = TrainSpec.from_dict(state["spec"])
     shape = tuple(state["data_shape"])
-    generator = build_generator(spec, shape)
+    generator = build_generator(spec, shape, int(state.get("num_classes") or 0))
     if kind == GENERATOR_FORMAT:
         generator.load_state_dict(state["state_dict"])
-        return generator.to(device).eval().requires_grad_(False), spec
-    weights = state["ema"]["model"] if state.get("ema") else state["G"]
-    generator.load_state_dict(weights)
-    return sampling_model(generator.to(device), spec, device), spec
+        generator = generator.to(device).eval().requires_grad_(False)
+    else:
+        weights = state["ema"]["model"] if state.get("ema") else state["G"]
+        generator.load_state_dict(weights)
+        generator = sampling_model(generator.to(device), spec, device)
+    return attach_classes(generator, state.get("class_names"), state.get("label_probs")), spec
 
 
 @torch.no_grad()
@@ -87,11 +105,14 @@ def generate(
     device="cpu",
     batch_size: int = 500,
     part: tuple[int, int] | None = None,
+    labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Return n samples as float32 on the CPU: images [N, C, H, W] clamped to [-1, 1], or 2-D points [N, 2].
 
     The noise comes from its own generator seeded with `seed`, so the same call gives the same samples.
     part=(start, stop) returns only samples [start, stop) of those n (one rank's share), from the same noise.
+    A conditional generator draws sample i of class labels[i]; without `labels`, the labels
+    gansvc.train.conditional.sample_labels(generator, n, seed) gives (drawn as in training).
     """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
@@ -101,6 +122,14 @@ def generate(
     if not 0 <= start_at <= stop_at <= n:
         raise ValueError(f"part must be (start, stop) with 0 <= start <= stop <= n={n}, got {part}")
     device = torch.device(device)
+    if getattr(generator, "num_classes", 0):
+        if labels is None:
+            from gansvc.train.conditional import sample_labels
+
+            labels = sample_labels(generator, n, seed)
+        if labels.shape != (n,):
+            raise ValueError(f"labels must hold one class per sample ([{n}]), got {list(labels.shape)}")
+        labels = labels.long().to(device)
     was_training = generator.training
     generator.eval()
     rng = torch.Generator(device=device).manual_seed(seed)
@@ -110,7 +139,8 @@ def generate(
             z = torch.randn(min(batch_size, n - start), generator.z_dim, device=device, generator=rng)
             lo, hi = max(start_at - start, 0), min(stop_at - start, z.shape[0])
             if lo < hi:  # the noise of every chunk is drawn, so a part sees the same noise as the whole
-                chunks.append(generator(z[lo:hi]).float().cpu())
+                extra = () if labels is None else (labels[start + lo : start + hi],)
+                chunks.append(generator(z[lo:hi], *extra).float().cpu())
     finally:
         generator.train(was_training)
     if not chunks:

@@ -115,6 +115,7 @@ class TrainerSelection:
         path = best_checkpoint_path(self.run_dir)
         atomic_torch_save(self._checkpoint_state(self.session_start), path)
         generator = best_generator_path(self.run_dir)
-        export_generator(self._sampler(), self.spec, self.data_shape, self.step, self.ema is not None, generator)
+        export_generator(self._sampler(), self.spec, self.data_shape, self.step, self.ema is not None, generator,
+                         **self._class_record())
         self._event(Best(step=self.step, metric=self.spec.keep_best, value=value,
                          path=path.relative_to(self.run_dir).as_posix(), generator=generator.name))  # fmt: skip

@@ -19,6 +19,7 @@ MODELS = registry.model_names()
 LOSSES = registry.loss_names()
 PRECISIONS = registry.precision_names()
 DCGAN_SIZES = registry.model_info("dcgan").image_sizes
+LABEL_SAMPLING = ("uniform", "data")
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 # Bounds that keep a run inside what can run at all; the proto's int32 fields hold every value allowed.
 _MAX_INT32 = 2**31 - 1
@@ -69,7 +70,8 @@ class TrainSpec:
     width: int = setting(64, "DCGAN base channel count", min=1, max=1024)
     mlp_hidden: int = setting(256, "MLP hidden units (the seeds' 256)", min=1, max=16384)
     # objective and regularisers
-    loss: str = setting("bce", " | ".join(registry.loss_names()), choices=registry.loss_names)
+    loss: str = setting("", " | ".join(registry.loss_names()) + " (default: the model's: bce, resnet hinge)",
+                        choices=lambda: ("", *registry.loss_names()))  # fmt: skip
     g_saturating: bool = setting(False, "bce only: the minimax G loss log(1 - D(G(z)))")
     spectral_norm: bool = setting(False, "spectral normalisation of D's layers (replaces D's BatchNorm)")
     gradient_penalty: float = setting(0.0, "WGAN-GP weight (0 = off)", min=0.0, max=1e6)
@@ -128,8 +130,24 @@ class TrainSpec:
     # --- plugins (issue 11): keyword arguments of a plugin model's / data set's factory (docs/plugins.md)
     model_args: dict = setting({}, "JSON object of keyword arguments for a plugin model's factory")
     dataset_args: dict = setting({}, "JSON object of keyword arguments for a plugin data set's factory")
+    # --- conditional GANs, the residual model and augmentation (issue 12)
+    conditional: bool = setting(False, "class-conditional G and D (the classes are the data set's labels)")
+    label_sampling: str = setting("uniform", "labels of generated samples: uniform | data (the data's class "
+                                  "frequencies)", choices=lambda: LABEL_SAMPLING)  # fmt: skip
+    augment: str = setting("", "DiffAugment of everything D sees: some of translation,cutout,color ('' = off)")
+    augment_p: float = setting(1.0, "fixed probability of each augmentation per image (without ada_target)",
+                               min=0.0, max=1.0)  # fmt: skip
+    ada_target: float = setting(0.0, "ADA: adapt the augmentation probability (from 0) towards this "
+                                "E[sign(D(real))] (0 = a fixed augment_p; ADA's 0.6)", min=0.0, max=1.0)  # fmt: skip
+    attention: int = setting(0, "resnet: self-attention at this resolution in G and D (0 = none)", min=0, max=1024)
 
     # ------------------------------------------------------------------ construction
+    def __post_init__(self) -> None:
+        # loss "" is the model's default (resnet: hinge): resolved at once, so every reader sees a loss
+        info = registry.model_info(self.model) if isinstance(self.model, str) else None
+        if not self.loss and info is not None:
+            self.loss = info.default_loss
+
     @classmethod
     def from_dict(cls, data: dict) -> TrainSpec:
         """Return the spec for a dict of field names; unknown keys and bad values raise SpecError."""
@@ -185,6 +203,9 @@ class TrainSpec:
         """Check every setting and their combinations; return self or raise SpecError naming the field."""
         for spec_field in fields(self):  # the bounds and names each field declares
             _check_declared(spec_field, getattr(self, spec_field.name))
+        model = registry.model_info(self.model)
+        if not self.loss:  # "the model's default", shown resolved in spec.json and GetJob
+            self.loss = model.default_loss
         info = registry.dataset_info(self.dataset)
         if registry.is_folder_dataset(self.dataset):
             if not registry.folder_path(self.dataset).strip():
@@ -199,7 +220,6 @@ class TrainSpec:
             )
         if self.image_size and not 4 <= self.image_size <= 1024:
             raise SpecError("image_size", f"got {self.image_size}, expected 0 (the data set's own) or 4..1024")
-        model = registry.model_info(self.model)
         if info is not None and info.kind == "points":
             if not model.points:
                 points_models = [m for m in registry.model_names() if registry.model_info(m).points]
@@ -259,6 +279,7 @@ class TrainSpec:
         if info is not None and info.size("train") is not None:
             self.check_dataset_size(info.size("train"))
         self._validate_selection()
+        self._validate_issue12(info)
         return self
 
     def _validate_selection(self) -> None:
@@ -273,6 +294,30 @@ class TrainSpec:
                                 "eval_samples")  # fmt: skip
         if self.max_rollbacks and not 0.0 < self.rollback_factor < 1.0:
             raise SpecError("rollback_factor", f"got {self.rollback_factor}, expected 0 < rollback_factor < 1")
+
+
+    def _validate_issue12(self, info) -> None:
+        """Check the conditional, augmentation and residual-model settings (issue 12)."""
+        if self.conditional and info is not None and not info.num_classes:
+            raise SpecError("conditional", f"{self.dataset} has no class labels to condition on")
+        if self.label_sampling != "uniform" and not self.conditional:
+            raise SpecError("label_sampling", "applies to conditional runs only (set conditional)")
+        if self.augment:
+            try:
+                from gansvc.train.augment import parse_policy
+
+                parse_policy(self.augment)
+            except ValueError as error:
+                raise SpecError("augment", str(error)) from None
+            if info is not None and info.kind == "points":
+                raise SpecError("augment", f"{self.dataset} holds 2-D points: augmentations apply to images")
+        elif self.ada_target > 0 or self.augment_p != 1.0:
+            field = "ada_target" if self.ada_target > 0 else "augment_p"
+            raise SpecError(field, "applies with augmentation only (set augment, e.g. 'translation,cutout,color')")
+        if self.ada_target > 0 and self.augment_p != 1.0:
+            raise SpecError("augment_p", "ADA adapts the probability from 0: leave augment_p at 1 with ada_target")
+        if self.attention and self.model != "resnet":
+            raise SpecError("attention", f"self-attention exists in model 'resnet' only, not {self.model!r}")
 
     def check_dataset_size(self, samples: int) -> None:
         """Raise SpecError('batch_size') when the global batch does not fit a data set of `samples` samples."""

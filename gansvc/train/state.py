@@ -39,7 +39,8 @@ class TrainerState:
         state = self._checkpoint_state(session_start)
         path = checkpoints.save_checkpoint(state, self.run_dir, self.step, self.spec.keep_checkpoints)
         export_generator(
-            self._sampler(), self.spec, self.data_shape, self.step, self.ema is not None, self.run_dir / "generator.pt"
+            self._sampler(), self.spec, self.data_shape, self.step, self.ema is not None, self.run_dir / "generator.pt",
+            **self._class_record(),
         )
         self.checkpointed_step = self.step
         self._event(Checkpoint(step=self.step, path=str(path.relative_to(self.run_dir))))
@@ -60,6 +61,8 @@ class TrainerState:
             "opt_d": self.opt_d.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "batches": self.batches.state_dict(),
+            "augment": self.augmenter.state_dict() if self.augmenter is not None else None,
+            **self._class_record(),
             "rng": {
                 "noise": self.noise.get_state(),
                 "torch": torch.get_rng_state(),
@@ -93,6 +96,8 @@ class TrainerState:
         if self.ema is not None and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
         self.batches.load_state_dict(state["batches"])
+        if self.augmenter is not None and state.get("augment") is not None:
+            self.augmenter.load_state_dict(state["augment"])  # p, ADA's sums and the augmenter's RNG
         try:
             self.noise.set_state(state["rng"]["noise"])
         except RuntimeError:  # saved on another kind of device: continue reproducibly, if not bit-exactly
@@ -112,6 +117,13 @@ class TrainerState:
         self.last_eval = state["last_eval"]
         self.selection = SelectionState.from_dict(state.get("selection"), self.spec)
         self.checkpointed_step = self.step
+
+    def _class_record(self) -> dict:
+        """Return what a sampler needs of a conditional run's classes (empty for an unconditional run)."""
+        if not self.num_classes:
+            return {}
+        probs = None if self.label_probs is None else self.label_probs.tolist()
+        return {"num_classes": self.num_classes, "class_names": list(self.class_names), "label_probs": probs}
 
     def _summary(self, ended_by: str, session_start: float) -> dict:
         session_steps = self.step - (self.resumed_from or 0)
@@ -137,6 +149,8 @@ class TrainerState:
             "run_dir": str(self.run_dir),
             **self.selection.summary(),  # best, early_stopped, rollbacks, lr_g, lr_d
         }
+        if self.num_classes:
+            summary["class_names"] = list(self.class_names)
         if self.is_main:
             atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary
