@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("gansvc.service.info_cli", "what a service offers: models, data sets, extractors, devices, kernels"),
     "plugins": ("gansvc.plugin_check", "check an installed plugin: `gansvc plugins check NAME`"),
     "doctor": ("gansvc.doctor", "self-test gansvc's kernels on every device and print a table"),
+    "sweep": ("gansvc.service.sweep_cli", "run a hyperparameter sweep (Optuna) on a running service"),
 }
 
 

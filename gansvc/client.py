@@ -168,6 +168,8 @@ class GanClient:
         inception_weights: str = "",
         device: str = "",
         request_id: str | None = None,
+        precision_recall: bool = False,
+        bootstrap: int = 0,
     ) -> pb.Job:
         """Submit an evaluation of a training job's checkpoint (job_id, step) or of `samples`; return the job.
 
@@ -177,7 +179,8 @@ class GanClient:
             raise ValueError("give exactly one of job_id (a checkpoint to score) or samples (images)")
         message = pb.EvaluationSpec(
             real=real, extractor=extractor, data_root=data_root, inception_weights=inception_weights,
-            device=device, request_id=request_id or f"py-{uuid.uuid4()}",
+            device=device, request_id=request_id or f"py-{uuid.uuid4()}", precision_recall=precision_recall,
+            bootstrap=bootstrap,
         )  # fmt: skip
         if job_id is not None:
             message.checkpoint.job_id = job_id
@@ -192,6 +195,12 @@ class GanClient:
             message.seed = seed
         return self.stub.SubmitEvaluation(message, metadata=self._metadata, timeout=self.timeout)
 
+    def submit_sweep(self, spec: pb.SweepSpec) -> pb.Job:
+        """Submit a sweep (see gansvc.sweep_spec for building one from a TOML file); return the sweep job."""
+        if not spec.request_id:  # the automatic retries must not create two sweeps
+            spec.request_id = f"py-{uuid.uuid4()}"
+        return self.stub.SubmitSweep(spec, metadata=self._metadata, timeout=self.timeout)
+
     def get_job(self, job_id: str) -> pb.Job:
         """Return the job."""
         return self.stub.GetJob(pb.GetJobRequest(job_id=job_id), metadata=self._metadata, timeout=self.timeout)
@@ -201,7 +210,7 @@ class GanClient:
         request = pb.ListJobsRequest(
             states=[state_to_proto(s.upper()) for s in states],
             kind={None: pb.JOB_KIND_UNSPECIFIED, "training": pb.JOB_KIND_TRAINING,
-                  "evaluation": pb.JOB_KIND_EVALUATION}[kind],
+                  "evaluation": pb.JOB_KIND_EVALUATION, "sweep": pb.JOB_KIND_SWEEP}[kind],
             page_size=page_size,
         )  # fmt: skip
         while True:

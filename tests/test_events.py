@@ -20,6 +20,8 @@ def _example(cls):
         values[f.name] = {int: 7, float: 0.25, str: "x", bool: True}.get(hint, None)
         if hint == dict[str, float]:
             values[f.name] = {"fid": 12.5}
+        elif hint == (float | None):
+            values[f.name] = 0.75
         elif values[f.name] is None and hint != (int | None):
             values[f.name] = {"k": [1, 2]}
         elif hint == (int | None):

@@ -1,6 +1,7 @@
 """`gansvc eval`: score generated images (FID, Inception Score, KID) and print the result as JSON.
 
     gansvc eval --fake samples.npz                          # against fashion-mnist:test, fmnist-cnn
+    gansvc eval --fake samples.npz --precision-recall --bootstrap 200   # + PR/DC, and the FID's 95% interval
     gansvc eval --fake samples/ --real cifar10:test --inception-weights pt_inception-2015-12-05.pth
     gansvc eval --fake samples.pt --real fid_stats_cifar10_train.npz --extractor inception-v3
 
@@ -17,6 +18,8 @@ import sys
 
 from gansvc.runtime import registry
 from gansvc.runtime.console import UsageError
+
+MAX_BOOTSTRAP = 100_000  # gansvc.metrics.bootstrap.MAX_RESAMPLES (not imported: it loads torch)
 
 
 def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
@@ -52,6 +55,15 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--is-splits", type=int, default=10, help="Inception Score splits (default: %(default)s)")
     parser.add_argument("--kid-subsets", type=int, default=100, help="KID subsets (default: %(default)s)")
     parser.add_argument("--kid-subset-size", type=int, default=1000, help="KID subset size (default: %(default)s)")
+    parser.add_argument(
+        "--precision-recall", action="store_true",
+        help="also precision, recall (Kynkaanniemi et al.), density and coverage (Naeem et al.), k = 3, on the "
+        "extractor's features (needs real images, not a statistics file)",
+    )
+    parser.add_argument(
+        "--bootstrap", type=int, default=0, metavar="N",
+        help="a 95%% confidence interval of the FID from N resamples of the generated images (default: none)",
+    )
     parser.add_argument("--output", default=None, metavar="PATH", help="also write the JSON to this file (atomically)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -82,6 +94,8 @@ def run(name: str, args) -> int:
             raise UsageError(f"{option} must be >= 1, got {value}")
     if args.kid_subset_size < 2:
         raise UsageError(f"--kid-subset-size must be >= 2, got {args.kid_subset_size}")
+    if not 0 <= args.bootstrap <= MAX_BOOTSTRAP:
+        raise UsageError(f"--bootstrap must be in [0, {MAX_BOOTSTRAP}], got {args.bootstrap}")
     if args.n_real is not None and args.n_real < 2:
         raise UsageError(f"--n-real must be >= 2, got {args.n_real}")
     device = _device(args.device)
@@ -99,6 +113,7 @@ def run(name: str, args) -> int:
             fake, args.real, extractor, data_root=args.data_root, inception_weights=args.inception_weights,
             device=device, n_real=args.n_real, progress=not args.quiet, is_splits=args.is_splits,
             kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size,
+            precision_recall=args.precision_recall, bootstrap=args.bootstrap,
         )
     except ImageFileError as error:
         raise UsageError(f"--real {error}") from None
@@ -109,6 +124,7 @@ def run(name: str, args) -> int:
     per_class = _per_class(args, fake, extractor, device)
     report = {
         "fid": result["fid"],
+        "fid_samples": result["n_fake"],  # what the FID was computed from (its bias depends on it)
         "is": {"mean": result["is_mean"], "std": result["is_std"]},
         "kid": None if result["kid_mean"] is None else {"mean": result["kid_mean"], "std": result["kid_std"]},
         "n_real": result["n_real"],
@@ -118,6 +134,16 @@ def run(name: str, args) -> int:
         "fake": os.fspath(args.fake),
         **per_class,
     }
+    if args.bootstrap:
+        report["fid_ci"] = {"low": result["fid_ci_low"], "high": result["fid_ci_high"],
+                            "level": result["fid_ci_level"], "resamples": result["fid_bootstrap"],
+                            "std": result["fid_bootstrap_std"]}  # fmt: skip
+    if args.precision_recall:
+        names = ("precision", "recall", "density", "coverage")
+        report["prdc"] = None if result["precision"] is None else {**{n: result[n] for n in names}, "k": 3}
+        if report["prdc"] is None:
+            print("gansvc eval: precision/recall need real feature rows; --real is a statistics file without them",
+                  file=sys.stderr)
     text = json.dumps(report, indent=2)
     if args.output:
         from gansvc.atomic import atomic_write_text

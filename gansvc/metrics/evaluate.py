@@ -45,6 +45,7 @@ def evaluate(
     seed: int = 0,
     precision_recall: bool = False,
     prdc_k: int = 3,
+    bootstrap: int = 0,
     image_size: int = 0,
 ) -> dict:
     """Return {fid, fid_trace, is_mean, is_std, kid_mean, kid_std, n_real, n_fake, extractor} for images `fake`.
@@ -56,6 +57,8 @@ def evaluate(
     kid_* are None when the real side is a statistics file without feature rows. With
     precision_recall, precision / recall / density / coverage (k = prdc_k) of the generated features
     against the real feature rows are added (gansvc.metrics.prdc; None without real feature rows).
+    With bootstrap > 0, fid_ci_low / fid_ci_high (95% percentile interval of that many resamples of the
+    generated features, gansvc.metrics.bootstrap) and fid_bootstrap / fid_bootstrap_std are added.
     `image_size` > 0 resizes a named data set's real images to that size first (as a training run did).
     """
     if extractor not in registry.extractor_names():
@@ -91,6 +94,10 @@ def evaluate(
         if reference.kid_features is not None:
             found = precision_recall_density_coverage(reference.kid_features, fake_features.cpu(), k=prdc_k)
             scores = {name: found[name] for name in names}
+    if bootstrap:
+        from gansvc.metrics.bootstrap import fid_bootstrap
+
+        scores.update(fid_bootstrap(reference.stats, fake_features, bootstrap, seed))
     return {
         **scores,
         "fid": fid_result.fid,

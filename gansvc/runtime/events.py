@@ -25,6 +25,7 @@ from gansvc.runtime.jsonable import jsonable
 __all__ = [
     "Best", "Checkpoint", "EarlyStopped", "Event", "Failed", "Finished", "Hello", "Log", "Metrics", "Progress",
     "Rollback", "Samples", "State", "Warning", "decode", "encode", "event_types", "from_dict", "to_dict",
+    "TrialStarted", "TrialReported", "TrialPruned", "TrialFinished", "SweepBest",
 ]  # fmt: skip
 
 
@@ -225,6 +226,8 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
             return int(value)
         if annotation is float:
             return float(value)
+        if annotation == (float | None):
+            return None if value is None else float(value)
         if annotation is str:
             return str(value)
         if annotation is bool:
@@ -286,3 +289,76 @@ def decode(line: bytes | str) -> Event:
     if not isinstance(record, dict):
         return Log(level="warning", message=f"unreadable event line: {text.strip()[:2000]}")
     return from_dict(record)
+
+
+# --- sweeps (issue 13): a sweep job's events about its trials (gansvc.service.sweeps writes them)
+_TRIAL_JOB = {"job_id": "trial_job_id"}
+
+
+@dataclass(frozen=True)
+class TrialStarted(Event):
+    """A sweep's trial got its training job, with the settings the sampler chose."""
+
+    TYPE: ClassVar[str] = "trial_started"
+    PROTO: ClassVar[str | None] = "trial_started"
+    RENAME: ClassVar[dict[str, str]] = _TRIAL_JOB
+    trial: int = 0
+    job_id: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrialReported(Event):
+    """A trial reported an intermediate objective value (an evaluation during its training) at a step."""
+
+    TYPE: ClassVar[str] = "trial_reported"
+    PROTO: ClassVar[str | None] = "trial_reported"
+    RENAME: ClassVar[dict[str, str]] = _TRIAL_JOB
+    trial: int = 0
+    job_id: str = ""
+    step: int = 0
+    value: float = math.nan
+
+
+@dataclass(frozen=True)
+class TrialPruned(Event):
+    """The pruner stopped a trial after its value at a step (its job is cancelled)."""
+
+    TYPE: ClassVar[str] = "trial_pruned"
+    PROTO: ClassVar[str | None] = "trial_pruned"
+    RENAME: ClassVar[dict[str, str]] = _TRIAL_JOB
+    trial: int = 0
+    job_id: str = ""
+    step: int = 0
+    value: float = math.nan
+
+
+@dataclass(frozen=True)
+class TrialFinished(Event):
+    """A trial ended: state COMPLETE (value = its objective), FAILED or PRUNED, with the reason."""
+
+    TYPE: ClassVar[str] = "trial_finished"
+    PROTO: ClassVar[str | None] = "trial_finished"
+    RENAME: ClassVar[dict[str, str]] = _TRIAL_JOB
+    trial: int = 0
+    job_id: str = ""
+    state: str = ""
+    value: float | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class SweepBest(Event):
+    """The sweep's best trial so far changed."""
+
+    TYPE: ClassVar[str] = "sweep_best"
+    PROTO: ClassVar[str | None] = "sweep_best"
+    RENAME: ClassVar[dict[str, str]] = _TRIAL_JOB
+    trial: int = 0
+    job_id: str = ""
+    value: float = math.nan
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+# Registered here, below their classes (the _TYPES table above is built before they exist).
+_TYPES.update({cls.TYPE: cls for cls in (TrialStarted, TrialReported, TrialPruned, TrialFinished, SweepBest)})

@@ -35,7 +35,7 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
             metavar="STATE",
             help="only jobs in this state (repeatable): queued, running, succeeded, failed, cancelled",
         )
-        parser.add_argument("--kind", choices=("training", "evaluation"), help="only this kind of job")
+        parser.add_argument("--kind", choices=("training", "evaluation", "sweep"), help="only this kind of job")
         parser.add_argument("--limit", type=int, default=20, help="at most this many jobs, newest first (default 20)")
         parser.add_argument("--json", action="store_true", help="print the jobs as JSON lines")
     elif name == "samples":

@@ -33,7 +33,7 @@ __all__ = [
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GanService"].full_name  # "gansvc.v1.GanService"
 # The name users find in protos/ (the build compiles it as gansvc/_proto/v1/..., see setup.py).
 PROTO_FILE = "gansvc/v1/gansvc.proto"
-KIND_TO_PROTO = {"training": pb.JOB_KIND_TRAINING, "evaluation": pb.JOB_KIND_EVALUATION}
+KIND_TO_PROTO = {"training": pb.JOB_KIND_TRAINING, "evaluation": pb.JOB_KIND_EVALUATION, "sweep": pb.JOB_KIND_SWEEP}
 PROTO_TO_KIND = {v: k for k, v in KIND_TO_PROTO.items()}
 # Fields of TrainingSpec that are not TrainSpec settings.
 TRAINING_SPEC_EXTRA_FIELDS = ("request_id",)
@@ -127,6 +127,8 @@ def evaluation_spec_to_proto(spec: dict) -> pb.EvaluationSpec:
         message.samples.dtype = pb.DType.Value(f"DTYPE_{spec.get('samples_dtype', 'uint8').upper()}")
     if spec.get("num_real"):
         message.num_real = int(spec["num_real"])
+    message.precision_recall = bool(spec.get("precision_recall", False))
+    message.bootstrap = int(spec.get("bootstrap", 0))
     return message
 
 
@@ -176,6 +178,8 @@ def fill(message, record: dict, rename: dict[str, str] | None = None, time: floa
             value = field.enum_type.values_by_name[_enum_prefix(field.enum_type.name) + value].number
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
             getattr(message, field.name).update(value)
+        elif field.message_type is struct_pb2.Struct.DESCRIPTOR:  # free-form data (a sweep trial's settings)
+            getattr(message, field.name).CopyFrom(struct(value))
         elif field.message_type is not None:
             fill(getattr(message, field.name), value, time=time)
         else:

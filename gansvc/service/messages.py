@@ -49,6 +49,11 @@ def job_to_proto(job: JobRecord) -> pb.Job:
     )
     if job.kind == "training":
         message.training.CopyFrom(training_spec_from_dict(job.spec, job.request_id or ""))
+        message.sweep_id, message.trial_number = job.sweep_id, job.trial_number
+    elif job.kind == "sweep":
+        from gansvc.sweep_spec import sweep_spec_to_proto
+
+        message.sweep.CopyFrom(sweep_spec_to_proto(job.spec, job.request_id or ""))
     else:
         message.evaluation.CopyFrom(evaluation_spec_to_proto(job.spec))
         message.evaluation.request_id = job.request_id or ""

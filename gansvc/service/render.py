@@ -109,7 +109,9 @@ def job_row(job: pb.Job) -> tuple[str, ...]:
     created = time.strftime("%Y-%m-%d %H:%M", time.localtime(job.created_at.seconds))
     fid = job.latest_metrics.get("fid")
     note = f"fid {fid:.2f}" if fid is not None else job.message
-    kind = "train" if job.kind == pb.JOB_KIND_TRAINING else "eval"
+    kind = {pb.JOB_KIND_TRAINING: "train", pb.JOB_KIND_SWEEP: "sweep"}.get(job.kind, "eval")
+    if job.sweep_id:  # a sweep's trial
+        note = f"{job.sweep_id}#{job.trial_number} {note}"
     return (job.id, kind, state_name(job.state), progress, job.device, created, note[:60])
 
 

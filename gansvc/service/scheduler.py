@@ -109,6 +109,8 @@ class WorkerProcess:
         package_parent = str(Path(gansvc.__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH", "")) if p)
         env["PYTHONUNBUFFERED"] = "1"
+        if env.get("GANSVC_CACHE_DIR"):  # workers run in their job directories: a relative cache would not be shared
+            env["GANSVC_CACHE_DIR"] = str(Path(env["GANSVC_CACHE_DIR"]).expanduser().resolve())
         command = [
             sys.executable, "-m", "gansvc.service.worker", "--job-dir", str(self.job_dir),
             "--event-fd", str(event_write), "--control-fd", str(control_read), "--parent-pid", str(os.getpid()),
@@ -332,7 +334,7 @@ class Scheduler:
 
     def _start_queued(self) -> None:
         for job in self.store.jobs_in_state("QUEUED"):
-            if job.id in self._workers:
+            if job.id in self._workers or job.kind == "sweep":  # a sweep runs as a thread (service/sweeps.py)
                 continue
             device = job.spec.get("device", "auto") or "auto"
             nproc = int(job.spec.get("nproc", 1) or 1)

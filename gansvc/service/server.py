@@ -29,6 +29,7 @@ from gansvc.service.devices import DevicePool
 from gansvc.service.convert import SERVICE_NAME, pb_grpc, reflection_pool
 from gansvc.service.scheduler import Scheduler
 from gansvc.service.servicer import GanServicer
+from gansvc.service.sweeps import SweepManager
 from gansvc.service.store import JobStore
 from gansvc.service.validation import DataRoots
 
@@ -147,9 +148,10 @@ class GanServer:
         self.scheduler = Scheduler(
             self.store, self.pool, self.state_dir / "jobs", self.config.cancel_timeout, self.config.max_attempts
         )
+        self.sweeps = SweepManager(self.store, self.scheduler, self.roots, self.pool, self.state_dir)
         self.servicer = GanServicer(
             self.store, self.bus, self.scheduler, self.pool, self.roots, self.state_dir,
-            self.max_message_bytes, self.config.max_watchers,
+            self.max_message_bytes, self.config.max_watchers, sweeps=self.sweeps,
         )  # fmt: skip
         options = [
             ("grpc.max_send_message_length", self.max_message_bytes),
@@ -191,6 +193,7 @@ class GanServer:
             self.store.close()
             raise RuntimeError(f"cannot listen on {self.config.listen} ({reason})")
         self.scheduler.start()  # requeues what a crashed predecessor left RUNNING, then starts jobs
+        self.sweeps.start()  # resumes the queued sweeps (their trials are ordinary jobs)
         self.grpc_server.start()
         for service in ("", SERVICE_NAME):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -213,6 +216,7 @@ class GanServer:
                 return
             self._shutting_down = True
         self.health.enter_graceful_shutdown()
+        self.sweeps.stop()  # first: no sweep starts a trial while the scheduler drains
         self.scheduler.drain(self.config.shutdown_timeout if timeout is None else timeout)
         self.bus.close()  # watchers deliver what is stored, then end with UNAVAILABLE
         self.grpc_server.stop(grace=5.0).wait()

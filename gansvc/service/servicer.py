@@ -74,6 +74,7 @@ class GanServicer(pb_grpc.GanServiceServicer):
         state_dir: Path,
         max_message_bytes: int,
         max_watchers: int,
+        sweeps=None,
     ):
         self.store = store
         self.bus = bus
@@ -86,6 +87,7 @@ class GanServicer(pb_grpc.GanServiceServicer):
         self.renderer = SampleRenderer(max_message_bytes)
         self._watch_slots = threading.BoundedSemaphore(max_watchers)
         self.max_watchers = max_watchers
+        self.sweeps = sweeps  # gansvc.service.sweeps.SweepManager
 
     # ------------------------------------------------------------------ helpers
     def _accepting(self) -> None:
@@ -103,7 +105,7 @@ class GanServicer(pb_grpc.GanServiceServicer):
     def _training_job(self, job_id: str):
         job = self._job(job_id)
         if job.kind != "training":
-            raise WrongState(f"job {job_id} is an evaluation; samples and checkpoints come from training jobs")
+            raise WrongState(f"job {job_id} is of kind {job.kind!r}; samples and checkpoints come from training jobs")
         return job
 
     # ------------------------------------------------------------------ submit
@@ -139,6 +141,13 @@ class GanServicer(pb_grpc.GanServiceServicer):
                 self.scheduler.wake()
             return job_to_proto(job)
 
+    def SubmitSweep(self, request: pb.SweepSpec, context) -> pb.Job:
+        """Return the queued sweep job (or the one a retried request_id made); its driver starts at once."""
+        with status_errors(context):
+            self._accepting()
+            job = self.sweeps.submit(request)
+            return job_to_proto(job)
+
     # ------------------------------------------------------------------ jobs
     def GetJob(self, request: pb.GetJobRequest, context) -> pb.Job:
         """Return the job."""
@@ -169,7 +178,8 @@ class GanServicer(pb_grpc.GanServiceServicer):
     def CancelJob(self, request: pb.CancelJobRequest, context) -> pb.Job:
         """Return the job after asking it to stop (CANCELLED at once when it was queued)."""
         with status_errors(context):
-            self._job(request.job_id)
+            if self._job(request.job_id).kind == "sweep":
+                return job_to_proto(self.sweeps.cancel(request.job_id))
             return job_to_proto(self.scheduler.cancel(request.job_id))
 
     # ------------------------------------------------------------------ events

@@ -26,13 +26,14 @@ from gansvc.runtime import events as ev
 from gansvc.runtime import jsonable, registry
 
 STATES, TERMINAL_STATES = registry.JOB_STATES, registry.TERMINAL_STATES
-KINDS = ("training", "evaluation")
+KINDS = ("training", "evaluation", "sweep")
+_ID_PREFIX = {"training": "train", "evaluation": "eval", "sweep": "sweep"}
 # Which state may follow which; a terminal state is final.
 _TRANSITIONS = {
     "QUEUED": {"RUNNING", "CANCELLED", "FAILED"},
     "RUNNING": {"QUEUED", "SUCCEEDED", "FAILED", "CANCELLED"},
 }
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2  # 2: jobs.sweep_id and trial_number (a sweep's trials)
 _IDLE_READERS = 4  # reader connections kept open between reads; more are opened while needed, then closed
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -55,7 +56,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     progress TEXT,
     latest_metrics TEXT NOT NULL DEFAULT '{}',
     summary TEXT,
-    last_checkpoint_step INTEGER NOT NULL DEFAULT 0
+    last_checkpoint_step INTEGER NOT NULL DEFAULT 0,
+    sweep_id TEXT NOT NULL DEFAULT '',
+    trial_number INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state);
 CREATE TABLE IF NOT EXISTS events (
@@ -137,6 +140,8 @@ class JobRecord:
     summary: dict | None = None
     last_checkpoint_step: int = 0
     rowid: int = 0
+    sweep_id: str = ""  # the sweep job this training job is a trial of ("" when none)
+    trial_number: int = 0
 
     @property
     def terminal(self) -> bool:
@@ -173,6 +178,8 @@ def _row_to_job(row: sqlite3.Row) -> JobRecord:
         summary=json.loads(row["summary"]) if row["summary"] else None,
         last_checkpoint_step=row["last_checkpoint_step"],
         rowid=row["rowid"],
+        sweep_id=row["sweep_id"],
+        trial_number=row["trial_number"],
     )
 
 
@@ -199,6 +206,9 @@ class JobStore:
         if version > _SCHEMA_VERSION:
             raise RuntimeError(f"{self.path}: schema version {version} is newer than this gansvc ({_SCHEMA_VERSION})")
         with self._writer:
+            if 0 < version < 2:  # a version 1 database: its jobs are no sweep's trials
+                self._writer.execute("ALTER TABLE jobs ADD COLUMN sweep_id TEXT NOT NULL DEFAULT ''")
+                self._writer.execute("ALTER TABLE jobs ADD COLUMN trial_number INTEGER NOT NULL DEFAULT 0")
             self._writer.executescript(_SCHEMA)
             self._writer.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
 
@@ -257,10 +267,11 @@ class JobStore:
         return job
 
     def list_jobs(
-        self, states: Iterable[str] = (), kind: str | None = None, limit: int = 50, before_rowid: int | None = None
+        self, states: Iterable[str] = (), kind: str | None = None, limit: int = 50, before_rowid: int | None = None,
+        sweep_id: str | None = None,
     ) -> list[JobRecord]:
         """Return up to `limit` jobs, newest first, optionally filtered; `before_rowid` continues a listing."""
-        clauses, params = [], []
+        clauses, params = (["sweep_id = ?"], [sweep_id]) if sweep_id else ([], [])
         states = list(states)
         if states:
             clauses.append(f"state IN ({', '.join('?' * len(states))})")
@@ -299,7 +310,8 @@ class JobStore:
 
     # ------------------------------------------------------------------ writes
     def create_job(
-        self, kind: str, spec: dict, request_id: str | None = None, request_hash: str = ""
+        self, kind: str, spec: dict, request_id: str | None = None, request_hash: str = "", sweep_id: str = "",
+        trial_number: int = 0,
     ) -> tuple[JobRecord, bool]:
         """Insert a QUEUED job (and its first event); return (job, created).
 
@@ -308,7 +320,7 @@ class JobStore:
         """
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
-        prefix = "train" if kind == "training" else "eval"
+        prefix = _ID_PREFIX[kind]
         with self._write_lock:
             if request_id:
                 existing = self._writer.execute("SELECT rowid, * FROM jobs WHERE request_id = ?", (request_id,))
@@ -326,8 +338,8 @@ class JobStore:
             with self._transaction():
                 self._writer.execute(
                     "INSERT INTO jobs (id, kind, state, spec, request_id, request_hash, created_at, updated_at,"
-                    " message) VALUES (?, ?, 'QUEUED', ?, ?, ?, ?, ?, 'queued')",
-                    (job_id, kind, _dumps(spec), request_id or None, request_hash, now, now),
+                    " message, sweep_id, trial_number) VALUES (?, ?, 'QUEUED', ?, ?, ?, ?, ?, 'queued', ?, ?)",
+                    (job_id, kind, _dumps(spec), request_id or None, request_hash, now, now, sweep_id, trial_number),
                 )
                 self._insert_events(job_id, 0, [ev.State(state="QUEUED", reason="queued")], now)
                 self._writer.execute("UPDATE jobs SET last_sequence = 1 WHERE id = ?", (job_id,))

@@ -27,6 +27,7 @@ MAX_EVAL_SAMPLES = registry.MAX_EVAL_SAMPLES
 DEFAULT_EVAL_SAMPLES = registry.DEFAULT_EVAL_SAMPLES
 DEFAULT_REAL = registry.DEFAULT_REAL
 SPLITS = registry.SPLITS
+MAX_BOOTSTRAP = 10_000  # FID bootstrap resamples of an evaluation job
 
 
 @dataclass(frozen=True)
@@ -190,7 +191,7 @@ def evaluation_spec(message: pb.EvaluationSpec, roots: DataRoots, pool: DevicePo
         if job is None:
             raise MissingReference("checkpoint.job_id", f"job {job_id!r} not found")
         if job.kind != "training":
-            raise InvalidField("checkpoint.job_id", f"{job_id!r} is an evaluation job; name a training job")
+            raise InvalidField("checkpoint.job_id", f"{job_id!r} is a job of kind {job.kind!r}; name a training job")
         step = message.checkpoint.step
         if step < 0:
             raise InvalidField("checkpoint.step", f"got {step}, expected 0 (latest) or a checkpoint step")
@@ -228,6 +229,11 @@ def evaluation_spec(message: pb.EvaluationSpec, roots: DataRoots, pool: DevicePo
         if message.num_real < 2:
             raise InvalidField("num_real", f"got {message.num_real}, expected >= 2")
         spec["num_real"] = int(message.num_real)
+    if not 0 <= message.bootstrap <= MAX_BOOTSTRAP:
+        raise InvalidField("bootstrap", f"got {message.bootstrap}, expected 0 (none) to {MAX_BOOTSTRAP} resamples")
+    for name in ("precision_recall", "bootstrap"):  # only when set: older requests keep their hash
+        if getattr(message, name):
+            spec[name] = getattr(message, name)
     device = message.device or "auto"
     _device(pool, device)
     spec["device"] = device

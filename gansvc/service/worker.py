@@ -170,6 +170,8 @@ def run_evaluation(job: dict, job_dir: Path, channel: EventChannel, stop: StopRe
         device=device,
         n_real=spec.get("num_real"),
         progress=False,
+        precision_recall=bool(spec.get("precision_recall", False)),
+        bootstrap=int(spec.get("bootstrap", 0)),
     )
     if labels is not None:  # a conditional checkpoint or labelled uploads: intra-class FID, class agreement
         result.update(_per_class_scores(fake, labels, spec, device, channel))
