@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from gansvc.images import uint8_to_unit_range
 from gansvc.train.spec import SpecError
 from gansvc.train.world import local_batch_size
 
@@ -73,7 +74,7 @@ class BatchOrder:
 def to_unit_range(batch: torch.Tensor) -> torch.Tensor:
     """Return a batch as float32: uint8 images scaled to [-1, 1], float data (2-D points) as is."""
     if batch.dtype == torch.uint8:
-        return batch.float().mul_(2.0 / 255.0).sub_(1.0)
+        return uint8_to_unit_range(batch)
     return batch.float()
 
 

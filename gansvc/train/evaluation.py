@@ -23,6 +23,7 @@ import torch
 from gansvc.atomic import atomic_write_bytes
 from gansvc.runtime import registry
 from gansvc.runtime.events import Log, Metrics, Samples
+from gansvc.train.batches import to_unit_range
 from gansvc.train.ddp import without_sync_batchnorm
 from gansvc.train.monitor import plot_points
 from gansvc.train.sampling import generate, sampling_model
@@ -183,7 +184,7 @@ class TrainerEvaluation:
         if not hasattr(self, "_real_batch"):
             generator = torch.Generator().manual_seed(12345)
             index = torch.randperm(self.batches.num_samples, generator=generator)[:FIXED_NOISE]
-            self._real_batch = self.batches.images_at(index).float().mul_(2 / 255).sub_(1)
+            self._real_batch = to_unit_range(self.batches.images_at(index))
         return self._real_batch
 
     @torch.no_grad()
