@@ -31,3 +31,13 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    """A private statistics cache for this module (the test set's statistics are computed once)."""
+    path = tmp_path_factory.mktemp("gansvc-cache")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("GANSVC_CACHE_DIR", str(path))
+    yield path
+    patch.undo()

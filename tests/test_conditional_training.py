@@ -10,23 +10,13 @@ import pytest
 import torch
 
 from gansvc.images import encode_png
-from gansvc.train import Trainer, TrainSpec
+from gansvc.train import Trainer
 from gansvc.train.batches import DeviceBatches
 from gansvc.train.conditional import GRID_COLUMNS, draw_labels
 from gansvc.train.sampling import load_generator
 from gansvc.train.spec import SpecError
 
-TINY = {"width": 8, "batch_size": 16, "log_every": 1, "sample_every": 0, "checkpoint_every": 0, "eval_samples": 0,
-        "tensorboard": False, "threads": 1}  # fmt: skip
-
-
-def tiny(**kw) -> TrainSpec:
-    return TrainSpec.from_dict({**TINY, **kw})
-
-
-def losses(run_dir) -> list[tuple[int, float, float]]:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [(r["step"], r["d_loss"], r["g_loss"]) for r in records if r["kind"] == "train"]
+from tests.test_train import losses, tiny  # the trainer tests' tiny runs
 
 
 RECIPES = {

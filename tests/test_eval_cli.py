@@ -30,16 +30,6 @@ def single_threaded():
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    """A private statistics cache for this module (the test set's statistics are computed once)."""
-    path = tmp_path_factory.mktemp("gansvc-cache")
-    patch = pytest.MonkeyPatch()
-    patch.setenv("GANSVC_CACHE_DIR", str(path))
-    yield path
-    patch.undo()
-
-
-@pytest.fixture(scope="module")
 def train_images(fashion_mnist_root):
     """400 Fashion-MNIST training images, uint8 [400, 1, 28, 28]."""
     from gansvc.data import load_images

@@ -23,16 +23,6 @@ N_REAL = 1000
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    """A private statistics cache for this module (the reference rows are computed once)."""
-    path = tmp_path_factory.mktemp("gansvc-cache")
-    patch = pytest.MonkeyPatch()
-    patch.setenv("GANSVC_CACHE_DIR", str(path))
-    yield path
-    patch.undo()
-
-
-@pytest.fixture(scope="module")
 def train_images(fashion_mnist_root):
     """300 Fashion-MNIST training images (real images that are not the reference's), uint8 [300, 1, 28, 28]."""
     from gansvc.data import load_images

@@ -75,6 +75,15 @@ class DiscriminatorBlock(nn.Module):
         return h + shortcut
 
 
+def attention_resolutions(image_size: int) -> tuple[int, ...]:
+    """Return the resolutions where both G and D can hold self-attention (G's block outputs above the base,
+    D's block outputs below the image size); ValueError for an image size the model does not build."""
+    base, levels = layout(image_size)
+    g_sizes = {base * 2 ** (i + 1) for i in range(levels)}
+    d_sizes = {image_size // 2 ** (i + 1) for i in range(levels)}
+    return tuple(sorted(g_sizes & d_sizes))
+
+
 class ResNetGenerator(nn.Module):
     """Noise [N, z_dim] (and labels [N] with classes) -> images [N, C, S, S] in [-1, 1]."""
 

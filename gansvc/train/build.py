@@ -63,13 +63,14 @@ class TrainerSetup:
         self._setup_classes(data)
 
         torch.manual_seed(spec.seed)  # model initialisation and spectral-norm vectors (the same on every rank)
-        try:
-            self.G, self.D = (m.to(self.device) for m in _spec_errors(build_models, spec, self.data_shape,
-                                                                       self.num_classes))  # fmt: skip
-        except ValueError as error:  # a self-attention resolution the networks do not have
-            if not str(error).startswith("attention:"):
-                raise
-            raise SpecError("attention", str(error).removeprefix("attention: ")) from None
+        if spec.model == "resnet" and spec.attention:
+            from gansvc.models.resnet import attention_resolutions
+
+            allowed = attention_resolutions(self.data_shape[-1])
+            if spec.attention not in allowed:
+                raise SpecError("attention", f"got {spec.attention}: the residual networks for "
+                                f"{self.data_shape[-1]} px images take it at {', '.join(map(str, allowed))}")  # fmt: skip
+        self.G, self.D = (m.to(self.device) for m in _spec_errors(build_models, spec, self.data_shape, self.num_classes))
         # Without BatchNorm in D, real and fake go through D as one batch (one forward instead of two).
         self.joint_d = not has_batchnorm(self.D)
         # self.G / self.D are the plain modules (state, EMA, samples); the steps run G_train / D_train,
