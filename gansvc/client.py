@@ -170,17 +170,23 @@ class GanClient:
         request_id: str | None = None,
         precision_recall: bool = False,
         bootstrap: int = 0,
+        best: bool = False,
+        class_labels: list[int] | tuple[int, ...] = (),
+        sample_labels: list[int] | tuple[int, ...] = (),
     ) -> pb.Job:
         """Submit an evaluation of a training job's checkpoint (job_id, step) or of `samples`; return the job.
 
         samples: images [N, C, H, W], uint8 or float in [-1, 1] (NumPy array or torch tensor).
+        best: score the job's best checkpoint (checkpoints/best.pt) instead of `step`.
+        class_labels: a conditional checkpoint generates these classes in turn (scored per class too);
+        sample_labels: the class of each of `samples` (per-class scores).
         """
         if (job_id is None) == (samples is None):
             raise ValueError("give exactly one of job_id (a checkpoint to score) or samples (images)")
         message = pb.EvaluationSpec(
             real=real, extractor=extractor, data_root=data_root, inception_weights=inception_weights,
             device=device, request_id=request_id or f"py-{uuid.uuid4()}", precision_recall=precision_recall,
-            bootstrap=bootstrap,
+            bootstrap=bootstrap, best=best, class_labels=list(class_labels), sample_labels=list(sample_labels),
         )  # fmt: skip
         if job_id is not None:
             message.checkpoint.job_id = job_id
@@ -291,9 +297,17 @@ class GanClient:
         count: int | None = None,
         include_tensor: bool = False,
         nrow: int = 0,
+        best: bool = False,
+        class_label: int | None = None,
     ) -> SampleGrid:
-        """Return a sample grid: the trainer's own, or generated from a checkpoint when seed/count is given."""
-        request = pb.GetSamplesRequest(job_id=job_id, step=step, include_tensor=include_tensor, nrow=nrow)
+        """Return a sample grid: the trainer's own, or generated from a checkpoint when seed/count is given.
+
+        best: generate from the job's best generator (generator_best.pt); class_label: a conditional run's
+        images all of this class (fresh images are drawn in both cases).
+        """
+        request = pb.GetSamplesRequest(job_id=job_id, step=step, include_tensor=include_tensor, nrow=nrow, best=best)
+        if class_label is not None:
+            request.class_label = class_label
         if seed is not None:
             request.seed = seed
         if count is not None:

@@ -133,3 +133,37 @@ def test_a_busy_port_is_refused_before_any_job_starts(server, tmp_path):
     port = server.address.rsplit(":", 1)[1]
     busy = service_cli("serve", "--state-dir", str(tmp_path / "other"), "--listen", f"127.0.0.1:{port}", timeout=60)
     assert busy.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in busy.stderr, busy.stderr
+
+
+@pytest.mark.slow
+def test_samples_by_class_and_evaluation_flags_of_a_conditional_job(server, tmp_path):
+    import torch
+
+    from gansvc.train.sampling import generate, load_generator
+
+    spec = {"dataset": "fashion-mnist", "model": "dcgan", "width": 8, "batch_size": 16, "steps": 3, "conditional": True,
+            "sample_every": 0, "eval_samples": 0, "tensorboard": False}  # fmt: skip
+    with GanClient(server.address, timeout=30) as client:
+        job = client.wait(client.submit_training(spec).id, timeout=300)
+        assert state_name(job.state) == "SUCCEEDED", job.message
+        tensor = tmp_path / "class3.npy"
+        sampled = gansvc("samples", job.id, "-o", str(tmp_path / "g.png"), "--class", "3", "--seed", "1", "--count",
+                         "4", "--tensor", str(tensor), "--server", server.address)  # fmt: skip
+        assert sampled.returncode == 0, sampled.stderr
+        generator, _ = load_generator(server.state_dir / "jobs" / job.id / "generator.pt")
+        expected = generate(generator, 4, seed=1, labels=torch.full((4,), 3))
+        torch.testing.assert_close(torch.from_numpy(np.load(tensor)), expected, rtol=0, atol=1e-6)
+        # --best before any evaluation kept a best checkpoint: a clear error, exit 1
+        best = gansvc("samples", job.id, "-o", str(tmp_path / "b.png"), "--best", "--server", server.address)
+        assert best.returncode == 1 and "best" in best.stderr, best.stderr
+        submitted = gansvc("submit", "--evaluate", job.id, "--classes", "1,2", "--num-samples", "40",
+                           "--server", server.address)  # fmt: skip
+        assert submitted.returncode == 0, submitted.stderr
+        evaluation = client.get_job(submitted.stdout.strip())
+        assert list(evaluation.evaluation.class_labels) == [1, 2]
+        client.wait(evaluation.id, timeout=300)
+
+
+def test_bad_class_lists_exit_2(server):
+    result = service_cli("submit", "--evaluate", "train-x", "--classes", "one,two", "--server", server.address)
+    assert result.returncode == 2 and "--classes" in result.stderr, result.stderr

@@ -45,6 +45,9 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--seed", type=int, help="generate fresh images with this noise seed")
         parser.add_argument("--count", type=int, help="generate this many images (default 64)")
         parser.add_argument("--nrow", type=int, default=0, help="images per row of a generated grid")
+        parser.add_argument("--best", action="store_true", help="generate from the job's best generator instead")
+        parser.add_argument("--class", dest="class_label", type=int, metavar="K",
+                            help="a conditional run's images all of class K")  # fmt: skip
         parser.add_argument(
             "--tensor", type=Path, metavar="FILE.npy", help="also save the raw images (float32, [-1, 1])"
         )
@@ -195,6 +198,14 @@ def _json_object(text: str) -> dict:
     return value
 
 
+def _int_list(text: str) -> tuple[int, ...]:
+    """argparse type of --classes: comma-separated integers."""
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated class numbers, got {text!r}") from None
+
+
 def _submit_arguments(parser: argparse.ArgumentParser) -> None:
     from google.protobuf.descriptor import FieldDescriptor
 
@@ -226,6 +237,12 @@ def _submit_arguments(parser: argparse.ArgumentParser) -> None:
         help="score these images: a folder of PNGs or a .npy [N, C, H, W] file",
     )
     evaluation.add_argument("--step", type=int, default=0, help="checkpoint step of --evaluate (default: the latest)")
+    evaluation.add_argument("--best", action="store_true", help="score --evaluate's best checkpoint instead of --step")
+    evaluation.add_argument("--classes", type=_int_list, default=(), metavar="K,K,...",
+                            help="a conditional --evaluate checkpoint generates these classes in turn (scored per "
+                                 "class too)")  # fmt: skip
+    evaluation.add_argument("--sample-labels", type=Path, metavar="FILE.npy",
+                            help="the class of each --evaluate-images image (an int .npy [N]; per-class scores)")
     evaluation.add_argument("--real", default="", help="reference data set and split (default fashion-mnist:test)")
     evaluation.add_argument("--extractor", default="", help="fmnist-cnn (default) or inception-v3")
     evaluation.add_argument("--inception-weights", default="", help="Inception weights file under a data root")

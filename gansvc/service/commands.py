@@ -51,6 +51,19 @@ def _load_images(path: Path):
     raise UsageError(f"--evaluate-images {path}: expected a folder of images or a .npy file")
 
 
+def _load_labels(path: Path) -> list[int]:
+    """Return the class numbers of an integer .npy file [N] (--sample-labels)."""
+    import numpy as np
+
+    try:
+        labels = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"--sample-labels {path}: not a readable .npy file ({error})") from None
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise UsageError(f"--sample-labels {path}: expected an integer array [N], got {labels.dtype} {labels.shape}")
+    return labels.tolist()
+
+
 def submit(client, args) -> int:
     """Submit a training (or evaluation) job; print its id on stdout; return 0 (or watch's code)."""
     if args.evaluate and args.evaluate_images:
@@ -61,7 +74,8 @@ def submit(client, args) -> int:
             samples=_load_images(args.evaluate_images) if args.evaluate_images else None,
             real=args.real, extractor=args.extractor, num_samples=args.num_samples, num_real=args.num_real,
             seed=args.spec_seed, data_root=args.spec_data_root or "", inception_weights=args.inception_weights,
-            device=args.spec_device or "", request_id=args.request_id,
+            device=args.spec_device or "", request_id=args.request_id, best=args.best, class_labels=args.classes,
+            sample_labels=_load_labels(args.sample_labels) if args.sample_labels else (),
         )  # fmt: skip
         what = "evaluation"
     else:
@@ -153,7 +167,7 @@ def samples(client, args) -> int:
 
     grid = client.samples(
         args.job, step=args.step, seed=args.seed, count=args.count, include_tensor=args.tensor is not None,
-        nrow=args.nrow,
+        nrow=args.nrow, best=args.best, class_label=args.class_label,
     )  # fmt: skip
     atomic_write_bytes(args.output, grid.png)
     print(f"wrote {args.output} (step {grid.step}, from {grid.source})", file=sys.stderr)
