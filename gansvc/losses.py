@@ -44,11 +44,14 @@ def discriminator_loss(
 
 def generator_loss(fake_logits: torch.Tensor, family: str = "bce", saturating: bool = False) -> GeneratorLoss:
     """Return G's loss: for bce the non-saturating -log D(G(z)), or log(1 - D(G(z))) if `saturating`."""
-    if family == "bce":
-        kind = "minimax" if saturating else "ns"
-    elif saturating:
-        raise ValueError(f"saturating=True applies to the bce family only, not {family!r}")
-    else:
-        kind = family
-    loss, stats = ops.g_loss(fake_logits, kind)
+    loss, stats = ops.g_loss(fake_logits, generator_kind(family, saturating))
     return GeneratorLoss(loss, stats[0])
+
+
+def generator_kind(family: str, saturating: bool = False) -> str:
+    """Return the kernels' name of G's loss for `family`: ns | minimax (bce) | hinge | wasserstein."""
+    if family == "bce":
+        return "minimax" if saturating else "ns"
+    if saturating:
+        raise ValueError(f"saturating=True applies to the bce family only, not {family!r}")
+    return family

@@ -22,6 +22,7 @@ from gansvc.train.optim import FusedAdam
 from gansvc.train.reporting import NoLog, stat_names
 from gansvc.train.selection import SelectionState
 from gansvc.train.spec import SpecError
+from gansvc.train.step import channels_last_on_cpu
 from gansvc.train.world import local_batch_size
 
 
@@ -71,6 +72,7 @@ class TrainerSetup:
                 raise SpecError("attention", f"got {spec.attention}: the residual networks for "
                                 f"{self.data_shape[-1]} px images take it at {', '.join(map(str, allowed))}")  # fmt: skip
         self.G, self.D = (m.to(self.device) for m in _spec_errors(build_models, spec, self.data_shape, self.num_classes))
+        self.G, self.D = (channels_last_on_cpu(m, self.device) for m in (self.G, self.D))
         # Without BatchNorm in D, real and fake go through D as one batch (one forward instead of two).
         self.joint_d = not has_batchnorm(self.D)
         # self.G / self.D are the plain modules (state, EMA, samples); the steps run G_train / D_train,

@@ -7,6 +7,11 @@ with its updated weights, exactly as a second G forward would give).
 Conditional runs (issue 12) give G the labels of its samples (drawn from the noise stream) and D the
 labels of what it judges; with augmentation, everything D sees (real and fake, also in the G step)
 goes through the run's Augmenter.
+
+Without a gradient penalty or R1 (both need the loss inside the autograd graph), the losses run as
+gansvc.ops.d_loss_step / g_loss_step: the fused kernel adds d loss / d logits straight into the logits'
+graph (one autograd-engine call, no autograd node) and returns the detached statistics, the same
+numbers `discriminator_loss` + `loss.backward()` give to float rounding (tests/test_fused_step.py).
 """
 
 from __future__ import annotations
@@ -14,13 +19,23 @@ from __future__ import annotations
 import contextlib
 
 import torch
+from torch import nn
 
-from gansvc.losses import discriminator_loss, generator_loss
+from gansvc import ops
+from gansvc.losses import discriminator_loss, generator_kind, generator_loss
 from gansvc.train.regularisers import gradient_penalty, r1_penalty
 
 
 class TrainerStep:
     """The Trainer's step (a part of gansvc.train.trainer.Trainer)."""
+
+    # False forces the differentiable loss + loss.backward() path everywhere (the tests compare the two)
+    _fused_loss_steps = True
+
+    def _fused_losses(self) -> bool:
+        """Return whether the losses run as fused steps: nothing else (gradient penalty, R1) joins D's loss."""
+        spec = self.spec
+        return self._fused_loss_steps and spec.gradient_penalty == 0 and spec.r1_gamma == 0
 
     def _autocast(self):
         """Return a fresh autocast context: bf16 for precision 'bf16', a no-op for fp32."""
@@ -31,6 +46,7 @@ class TrainerStep:
     def _train_step(self) -> torch.Tensor:
         """Run n_critic D steps and one G step; return this step's statistics as one tensor."""
         spec = self.spec
+        fused = self._fused_losses()
         d_stats = None
         for i in range(spec.n_critic):
             real = self.batches.next()
@@ -42,12 +58,13 @@ class TrainerStep:
             last = i == spec.n_critic - 1
             with self._autocast(), torch.set_grad_enabled(last):
                 fake = self.G_train(z, *_given(fake_labels))
-            stats = self._d_step(real, fake.detach(), real_labels, fake_labels)
+            stats = self._d_step(real, fake.detach(), real_labels, fake_labels, fused)
             d_stats = stats if d_stats is None else d_stats + stats
-        d_stats = d_stats / spec.n_critic
-        g_loss = self._g_step(fake, fake_labels)
+        if spec.n_critic > 1:
+            d_stats = d_stats / spec.n_critic
+        g_loss = self._g_step(fake, fake_labels, fused)
         # order: d_loss, g_loss, d_real, d_fake, d_accuracy, [gp], [r1], [augment_p]
-        return torch.cat([d_stats[:1], g_loss.reshape(1), d_stats[1:]])
+        return torch.cat((d_stats[:1], g_loss, d_stats[1:]))
 
     def _fake_labels(self) -> torch.Tensor | None:
         """Return this rank's labels of the global fake batch (None unless conditional), from the noise stream."""
@@ -71,7 +88,9 @@ class TrainerStep:
         signs = self.dist.all_reduce_sum(signs)  # fmt: skip
         self.augmenter.observe_signs(float(signs[0]), int(signs[1]), self.spec.batch_size)
 
-    def _d_step(self, real: torch.Tensor, fake: torch.Tensor, real_labels=None, fake_labels=None) -> torch.Tensor:
+    def _d_step(self, real: torch.Tensor, fake: torch.Tensor, real_labels=None, fake_labels=None,
+                fused: bool = False) -> torch.Tensor:  # fmt: skip
+        """Run one D step; return float64 [d_loss, d_real, d_fake, d_accuracy, [gp], [r1], [augment_p]]."""
         spec = self.spec
         self.opt_d.zero_grad(set_to_none=True)
         if spec.r1_gamma > 0:
@@ -85,6 +104,14 @@ class TrainerStep:
             else:
                 real_logits = self.D_train(seen_real, *_given(real_labels))
                 fake_logits = self.D_train(seen_fake, *_given(fake_labels))
+        if fused:
+            # [loss, mean D(x), mean D(G(z)), accuracy], D's weight gradients accumulated (one backward)
+            values = ops.d_loss_step(real_logits.float(), fake_logits.float(), spec.loss, spec.real_label)
+            self.opt_d.step()
+            self._observe_real(real_logits)
+            if p_used is None:
+                return values.double()
+            return torch.cat((values.double(), torch.full((1,), p_used, dtype=torch.float64, device=values.device)))
         out = discriminator_loss(real_logits.float(), fake_logits.float(), spec.loss, spec.real_label)
         loss = out.loss
         extras = []
@@ -110,23 +137,49 @@ class TrainerStep:
         parts = [out.loss.detach().reshape(1), out.mean_real.reshape(1), out.mean_fake.reshape(1), out.accuracy.reshape(1)]
         return torch.cat([p.double() for p in parts + extras])
 
-    def _g_step(self, fake: torch.Tensor, fake_labels: torch.Tensor | None = None) -> torch.Tensor:
+    def _g_step(self, fake: torch.Tensor, fake_labels: torch.Tensor | None = None, fused: bool = False) -> torch.Tensor:
+        """Run the G step on the D step's last fake batch; return float64 [g_loss]."""
         spec = self.spec
         self.opt_g.zero_grad(set_to_none=True)
         # no weight gradients for D in the G step: only dD/dx is needed. The plain D (not its DDP
         # wrapper) runs here, so no gradient synchronisation of D is started.
-        self.D.requires_grad_(False)
+        d_params = self._d_parameters()
+        for p in d_params:
+            p.requires_grad_(False)
         try:
             with self._autocast():
                 logits = self.D(self._augment(fake), *_given(fake_labels))
-            out = generator_loss(logits.float(), spec.loss, spec.g_saturating)
-            out.loss.backward()
+            if fused:
+                g_loss = ops.g_loss_step(logits.float(), generator_kind(spec.loss, spec.g_saturating))[:1]
+            else:
+                g_loss = generator_loss(logits.float(), spec.loss, spec.g_saturating).loss
+                g_loss.backward()
         finally:
-            self.D.requires_grad_(True)
+            for p in d_params:
+                p.requires_grad_(True)
         self.opt_g.step()
         if self.ema is not None:
             self.ema.update(self.G)
-        return out.loss.detach().double()
+        return g_loss.detach().double().reshape(1)
+
+    def _d_parameters(self) -> list[torch.Tensor]:
+        """Return D's parameters (listed once: the G step switches their gradients off and on every step)."""
+        cached = getattr(self, "_d_params_cache", None)
+        if cached is None or cached[0] is not self.D:
+            cached = self._d_params_cache = (self.D, list(self.D.parameters()))
+        return cached[1]
+
+
+def channels_last_on_cpu(model: nn.Module, device: torch.device) -> nn.Module:
+    """Return `model` (changed in place) with its 4-D weights in channels_last when it is a conv net on a CPU.
+
+    oneDNN's CPU convolutions work in NHWC: with NCHW weights every convolution and its backward reorders
+    its operands (the default DCGAN step takes ~15% longer). The values are the same to float rounding;
+    the outputs of a conv net are then channels_last tensors (same shape, other strides).
+    """
+    if device.type == "cpu" and any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules()):
+        model.to(memory_format=torch.channels_last)
+    return model
 
 
 def _given(labels: torch.Tensor | None) -> tuple:
