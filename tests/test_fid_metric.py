@@ -14,6 +14,7 @@ import torch
 from gansvc.metrics import FeatureStats, GaussianStatistics, fid_from_features, frechet_distance
 from gansvc.metrics import reference as reference_module
 from gansvc.metrics.fid import load_statistics, save_statistics
+from gansvc.ops import fid as fid_ops
 from gansvc.ops._ext import load_extension
 from tests.test_fid_ops import one_thread
 
@@ -45,14 +46,14 @@ def pytorch_fid(mu1, s1, mu2, s2) -> float:
 
 def test_feature_stats_match_numpy_for_any_batch_sizes():
     rng = np.random.default_rng(0)
-    d = 700  # the op works in chunks of 2**21 // 700 = 2995 rows: batches below, at and across that
-    x = (rng.standard_normal((9000, d)) * rng.uniform(0.1, 5, d) + rng.uniform(-50, 50, d)).astype(np.float32)
+    d = 700  # the CPU route works in chunks of 2**22 // 700 = 5991 rows: batches below, at and across that
+    x = (rng.standard_normal((16000, d)) * rng.uniform(0.1, 5, d) + rng.uniform(-50, 50, d)).astype(np.float32)
     stats = FeatureStats()
     start = 0
-    for size in (1, 7, 2994, 2995, 2996, 1007):
+    for size in (1, 7, 2995, 5990, 5991, 1016):
         stats.update(torch.from_numpy(x[start : start + size]))
         start += size
-    assert stats.count == 9000 and stats.dim == d
+    assert stats.count == 16000 and stats.dim == d
     exact = x.astype(np.float64)
     np.testing.assert_allclose(stats.mean().numpy(), exact.mean(0), rtol=1e-13, atol=1e-12)
     cov = stats.covariance().numpy()
@@ -86,6 +87,29 @@ def test_feature_stats_accepts_numpy_and_4d_features_and_refuses_bad_ones():
         stats.update(torch.zeros(2, 2, 2))
     with pytest.raises(ValueError, match="at least 2 rows"):
         FeatureStats(3).update(torch.zeros(1, 3)).covariance()
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        rows = torch.ones(6, 4)
+        rows[4, 2] = bad
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            stats.update(rows)
+    assert stats.count == 5  # a refused batch leaves the statistics as they were
+    np.testing.assert_allclose(stats.covariance().numpy(), np.cov(np.array([[1.0] * 4] * 3 + [[0, 1, 2, 3],
+                                                                  [4, 5, 6, 7]]), rowvar=False), rtol=1e-13)
+
+
+def test_feature_stats_other_dtypes_and_the_extension_route_agree_with_numpy():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((300, 9)) * 4 + 20
+    for dtype in (torch.float16, torch.bfloat16, torch.int32, torch.float64):
+        rows = torch.from_numpy(x).to(dtype)
+        stats = FeatureStats().update(rows[:100]).update(rows[100:])
+        exact = rows.double().numpy()
+        np.testing.assert_allclose(stats.covariance().numpy(), np.cov(exact, rowvar=False), rtol=1e-11, atol=1e-12)
+        np.testing.assert_allclose(stats.mean().numpy(), exact.mean(0), rtol=1e-13)
+    # the device route's op (the extension or its reference) on the CPU gives the same statistics
+    mean, m2 = torch.zeros(9, dtype=torch.float64), torch.zeros(9, 9, dtype=torch.float64)
+    count = fid_ops.feature_moments_update_(mean, m2, 0, torch.from_numpy(x))
+    np.testing.assert_allclose((m2 / (count - 1)).numpy(), np.cov(x, rowvar=False), rtol=1e-11)
 
 
 def test_feature_stats_memory_does_not_grow_with_the_number_of_rows():

@@ -138,6 +138,23 @@ def test_inception_extractor_loads_a_weights_file_and_matches_the_network(random
     torch.testing.assert_close(logits, pooled @ net.fc.weight.T, rtol=1e-4, atol=1e-4)
 
 
+def test_folding_the_batch_norms_keeps_the_network_s_function(random_inception_file):
+    import copy
+
+    _, net = random_inception_file
+    plain = inception.FIDInceptionV3(copy.deepcopy(net)).double()
+    folded = inception.fold_batch_norms_(inception.FIDInceptionV3(copy.deepcopy(net)).double())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules()) == 94
+    x = torch.rand(2, 1, 20, 20, dtype=torch.float64)  # grey: repeated to RGB inside, after resizing
+    with torch.inference_mode():
+        (f1, z1), (f2, z2) = plain(x.expand(-1, 3, -1, -1)), folded(x)
+    torch.testing.assert_close(f2, f1, rtol=1e-10, atol=1e-12)  # float64: equal up to rounding
+    torch.testing.assert_close(z2, z1, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="eval mode"):
+        inception.fold_batch_norms_(copy.deepcopy(net).train())
+
+
 def test_fid_blocks_pool_as_tensorflow_does():
     from torchvision.models import inception as tv
 

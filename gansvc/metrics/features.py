@@ -133,8 +133,10 @@ class InceptionExtractor(FeatureExtractor):
 
         super().__init__(device)
         self.weights_path = inception.resolve_weights_path(weights)
+        # Batch norms folded into the convolutions (the same function, one pass over the activations fewer),
         # channels-last: the convolutions run ~30% faster on it (oneDNN / cuDNN NHWC kernels)
-        self.model = inception.load_fid_inception(self.weights_path, self.device).to(memory_format=torch.channels_last)
+        model = inception.fold_batch_norms_(inception.load_fid_inception(self.weights_path, "cpu"))
+        self.model = model.to(device=self.device, memory_format=torch.channels_last)
         self.feature_dim, self.num_classes = inception.FEATURE_DIM, inception.NUM_CLASSES
         self.batch_size = 200 if self.device.type == "cuda" else 50
 
@@ -144,10 +146,8 @@ class InceptionExtractor(FeatureExtractor):
 
     def forward_batch(self, images):
         """Return (pool3 features, unbiased logits) of images in [-1, 1]."""
-        if images.shape[1] == 1:
-            images = images.expand(-1, 3, -1, -1)
-        images = ((images + 1.0) * 0.5).contiguous(memory_format=torch.channels_last)
-        return self.model(images)  # the network takes [0, 1], as pytorch-fid's
+        # the network takes [0, 1], as pytorch-fid's; grey images are repeated to RGB there, after resizing
+        return self.model(((images + 1.0) * 0.5).contiguous(memory_format=torch.channels_last))
 
 
 class PluginExtractor(FeatureExtractor):

@@ -29,6 +29,8 @@ class FeatureStats:
     Keeps count, mean and M2 = Σ (x - mean)(x - mean)ᵀ — the sum of outer products about the running
     mean, updated per chunk by Chan et al.'s pairwise formula. That is the same information as
     (count, Σx, Σxxᵀ), merges exactly, and does not lose digits to Σxxᵀ/n - μμᵀ when |μ| >> σ.
+    On the CPU each chunk is one BLAS symmetric rank-k update of M2's upper triangle (half a GEMM's
+    flops, as np.cov), and the lower triangle is filled in once, when the statistics are read.
     """
 
     def __init__(self, dim: int | None = None, device: str | torch.device = "cpu") -> None:
@@ -36,6 +38,7 @@ class FeatureStats:
         self.device = torch.device(device)
         self._mean: torch.Tensor | None = None
         self._m2: torch.Tensor | None = None
+        self._lower_stale = False  # M2's lower triangle lags its upper one (CPU updates; see _whole)
         if dim is not None:
             self._allocate(int(dim))
 
@@ -61,8 +64,19 @@ class FeatureStats:
             self._allocate(features.shape[1])
         if features.shape[1] != self.dim:
             raise ValueError(f"batch has {features.shape[1]} features per row, these statistics have {self.dim}")
-        self.count = fid_ops.feature_moments_update_(self._mean, self._m2, self.count, features.to(self.device))
+        if self.device.type == "cpu":
+            self.count = fid_ops.feature_moments_update_upper_(self._mean, self._m2, self.count, features.cpu())
+            self._lower_stale = True
+        else:
+            self.count = fid_ops.feature_moments_update_(self._mean, self._m2, self.count, features.to(self.device))
         return self
+
+    def _whole(self) -> torch.Tensor:
+        """Return M2 with both triangles current (mirroring the upper one after CPU updates)."""
+        if self._lower_stale:
+            fid_ops.mirror_upper_(self._m2)
+            self._lower_stale = False
+        return self._m2
 
     def merge(self, other: FeatureStats) -> FeatureStats:
         """Add another accumulator's samples (e.g. from another process) to this one; return self."""
@@ -70,7 +84,8 @@ class FeatureStats:
             return self
         if self._mean is None:
             self._allocate(other.dim)
-        other_mean, other_m2 = other._mean.to(self.device), other._m2.to(self.device)
+        self._whole()
+        other_mean, other_m2 = other._mean.to(self.device), other._whole().to(self.device)
         self.count = fid_ops.feature_moments_merge_(self._mean, self._m2, self.count, other_mean, other_m2, other.count)
         return self
 
@@ -84,7 +99,8 @@ class FeatureStats:
         """Return the unbiased float64 covariance [d, d] (divided by count - 1), exactly symmetric."""
         if self.count < 2:
             raise ValueError(f"the covariance needs at least 2 rows, got {self.count}")
-        return (self._m2 + self._m2.T) / (2.0 * (self.count - 1))
+        m2 = self._whole()
+        return (m2 + m2.T) / (2.0 * (self.count - 1))
 
     def statistics(self) -> GaussianStatistics:
         """Return the (mu, sigma, count) of the rows seen, as NumPy float64."""
@@ -92,7 +108,7 @@ class FeatureStats:
 
     def state_dict(self) -> dict:
         """Return the accumulator's state (count, mean, m2) for sending to another process."""
-        return {"count": self.count, "mean": self._mean, "m2": self._m2}
+        return {"count": self.count, "mean": self._mean, "m2": None if self._m2 is None else self._whole()}
 
     @classmethod
     def from_state_dict(cls, state: dict, device: str | torch.device = "cpu") -> FeatureStats:

@@ -99,7 +99,7 @@ def build_fid_inception() -> nn.Module:
 
 
 class FIDInceptionV3(nn.Module):
-    """Images in [0, 1] [N, 3, H, W] -> (pool3 features [N, 2048], unbiased logits [N, 1008]).
+    """Images in [0, 1] [N, 3, H, W] (or grey [N, 1, H, W]) -> (pool3 features [N, 2048], unbiased logits [N, 1008]).
 
     As pytorch-fid: resized to 299×299 (bilinear, align_corners=False), scaled to [-1, 1]. The logits
     are the 1008-way classifier without its bias, as the original Inception Score code used them.
@@ -113,6 +113,8 @@ class FIDInceptionV3(nn.Module):
         """Return (pool3 features, logits without bias) of images in [0, 1]."""
         x = F.interpolate(images, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
         x = 2.0 * x - 1.0
+        if x.shape[1] == 1:  # grey: repeated to RGB after resizing (the same values, a third of the resizing)
+            x = x.expand(-1, 3, -1, -1).contiguous(memory_format=torch.channels_last)
         net = self.net
         for layer in (net.Conv2d_1a_3x3, net.Conv2d_2a_3x3, net.Conv2d_2b_3x3):
             x = layer(x)
@@ -124,6 +126,28 @@ class FIDInceptionV3(nn.Module):
             x = block(x)
         features = F.adaptive_avg_pool2d(x, (1, 1)).flatten(1)
         return features, features @ net.fc.weight.T
+
+
+def fold_batch_norms_(model: nn.Module) -> nn.Module:
+    """Fold every eval-mode BatchNorm that follows a bias-free convolution into that convolution; return model.
+
+    torchvision's BasicConv2d computes relu(bn(conv(x))); with the batch norm's running statistics fixed
+    that is relu(conv'(x)) with W' = W γ/√(var + ε) and bias β - mean γ/√(var + ε) — the same function
+    (computed in float64, then rounded once) with one pass over each activation fewer. For inference only.
+    """
+    for module in model.modules():
+        conv, bn = getattr(module, "conv", None), getattr(module, "bn", None)
+        if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and conv.bias is None):
+            continue
+        if bn.training or not bn.track_running_stats:
+            raise ValueError("fold_batch_norms_ needs batch norms in eval mode with running statistics")
+        scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
+        weight = conv.weight.detach().double() * scale.reshape(-1, 1, 1, 1)
+        bias = bn.bias.detach().double() - bn.running_mean.double() * scale
+        conv.weight = nn.Parameter(weight.to(conv.weight.dtype), requires_grad=False)
+        conv.bias = nn.Parameter(bias.to(conv.weight.dtype), requires_grad=False)
+        module.bn = nn.Identity()
+    return model
 
 
 def resolve_weights_path(path: str | os.PathLike | None = None) -> Path:

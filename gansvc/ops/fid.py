@@ -2,7 +2,8 @@
 
 Each public function runs the extension (`torch.ops.gansvc.*`, CPU and CUDA) or the pure-PyTorch
 reference (gansvc.ops.fid_reference, independent of the kernels), as `gansvc.ops._ext.use_extension()`
-decides (GANSVC_KERNELS=ext|ref).
+decides (GANSVC_KERNELS=ext|ref) — except feature_moments_update_upper_, the CPU statistics' route
+(FeatureStats): BLAS's symmetric rank-k update through SciPy, which ATen does not expose.
 Inputs may be tensors or NumPy arrays of any floating dtype; the work is done in float64.
 
 Routes for the trace term (`method`):
@@ -18,6 +19,7 @@ Routes for the trace term (`method`):
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from gansvc.ops import selftest
@@ -102,6 +104,68 @@ def feature_moments_update_(mean: torch.Tensor, m2: torch.Tensor, count: int, ba
     if selftest.kernels_for(mean):
         return int(torch.ops.gansvc.feature_moments_update_(mean, m2, count, batch))
     return reference_feature_moments_update_(mean, m2, count, batch)
+
+
+# Rows per symmetric rank-k update on the CPU: 2**22 doubles (32 MB at d = 2048), plus one row.
+_SYRK_CHUNK_ELEMENTS = 1 << 22
+
+
+def feature_moments_update_upper_(mean: torch.Tensor, m2: torch.Tensor, count: int, batch: torch.Tensor) -> int:
+    """As feature_moments_update_ for CPU statistics, updating only m2's upper triangle (diagonal included).
+
+    One BLAS symmetric rank-k update (dsyrk, half a GEMM's flops; what np.cov uses) per chunk of rows:
+    the chunk is centred on its own mean and gets one extra row sqrt(n_a n_b / n) (mean_b - mean_a), so
+    that a single call adds both Chan et al.'s centred sum and its rank-1 correction. The lower triangle
+    is left stale: mirror_upper_(m2) makes m2 whole again (once, when it is read).
+    """
+    from scipy.linalg import blas
+
+    if mean.device.type != "cpu" or not m2.is_contiguous() or mean.dtype != torch.float64 or m2.dtype != mean.dtype:
+        raise ValueError("feature_moments_update_upper_ needs contiguous float64 CPU statistics")
+    d = mean.shape[0]
+    if m2.shape != (d, d) or count < 0:
+        raise ValueError(f"m2 must be [{d}, {d}] and count >= 0, got {list(m2.shape)} and {count}")
+    if batch.dim() != 2 or batch.shape[1] != d:
+        raise ValueError(f"batch must be a matrix [n, {d}] of feature rows, got shape {list(batch.shape)}")
+    if batch.device != mean.device:
+        raise ValueError(f"batch is on {batch.device} but the statistics are on {mean.device}")
+    if batch.dtype.is_complex or batch.dtype == torch.bool:
+        raise ValueError(f"batch must hold real numbers, got {batch.dtype}")
+    # NumPy does the elementwise work: its float32 -> float64 centring is several times faster than
+    # torch's mixed-dtype elementwise ops on the CPU. m2 is C-ordered and symmetric: its NumPy transpose
+    # is a Fortran-ordered view that dsyrk updates in place, and that view's lower triangle is m2's upper one.
+    if batch.dtype not in (torch.float32, torch.float64):
+        batch = batch.to(torch.float64)
+    rows_all, target, mean_np = batch.detach().numpy(), m2.numpy().T, mean.numpy()
+    chunk_rows = max(1, _SYRK_CHUNK_ELEMENTS // d)
+    for start in range(0, rows_all.shape[0], chunk_rows):
+        part = rows_all[start : start + chunk_rows]
+        rows = part.shape[0]
+        chunk_mean = part.mean(axis=0, dtype=np.float64)
+        if not np.isfinite(chunk_mean).all():  # a NaN or Inf anywhere in the chunk reaches its mean
+            raise ValueError("batch contains NaN or Inf")
+        chunk = np.empty((rows + 1, d))
+        np.subtract(part, chunk_mean, out=chunk[:rows])
+        total = count + rows
+        delta = chunk_mean - mean_np
+        np.multiply(delta, (count * rows / total) ** 0.5, out=chunk[rows])
+        updated = blas.dsyrk(1.0, chunk.T, beta=1.0, c=target, trans=0, lower=1, overwrite_c=1)
+        if not np.shares_memory(updated, target):  # a SciPy that copied after all
+            target[...] = updated
+        mean_np += delta * (rows / total)
+        count = total
+    return count
+
+
+def mirror_upper_(m2: torch.Tensor) -> torch.Tensor:
+    """Copy the upper triangle of a square matrix over its lower one in place (after feature_moments_update_upper_)."""
+    d = m2.shape[0]
+    block = 512  # row blocks: no d×d temporary
+    for i in range(0, d, block):
+        m2[i : i + block, :i].copy_(m2[:i, i : i + block].T)
+        rows = m2[i : i + block, i : i + block]
+        rows.copy_(rows.triu() + rows.triu(1).T)
+    return m2
 
 
 def feature_moments_merge_(
