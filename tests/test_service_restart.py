@@ -105,13 +105,15 @@ class Watcher(threading.Thread):
 
 @pytest.mark.slow
 def test_kill9_mid_training_resumes_from_the_last_checkpoint_losing_no_event(tmp_path, fashion_mnist_root):
+    total_steps, every = 8_000, 400
     state = tmp_path / "state"
     server = ServerProcess(state, fashion_mnist_root)
     port = server.address.rsplit(":", 1)[1]
     replacement = None
     try:
         client = GanClient(server.address)
-        job = client.submit_training(dict(RUN, steps=120, checkpoint_every=20))
+        # long enough (seconds at this MLP's ~2 000 steps/s) that the kill lands while it trains
+        job = client.submit_training(dict(RUN, steps=total_steps, checkpoint_every=every, log_every=100))
         watcher = Watcher(client, job.id)
         watcher.start()
         wait_for(
@@ -152,11 +154,11 @@ def test_kill9_mid_training_resumes_from_the_last_checkpoint_losing_no_event(tmp
     checkpoints = [
         e.checkpoint.step for e in acknowledged_events(acknowledged) if e.WhichOneof("payload") == "checkpoint"
     ]
-    assert resumed.attempt == 2 and resumed.resume_step >= max(checkpoints) and resumed.resume_step % 20 == 0
+    assert resumed.attempt == 2 and resumed.resume_step >= max(checkpoints) and resumed.resume_step % every == 0
     logs = [e.log for e in stored if e.WhichOneof("payload") == "log"]
     assert any(f"resumed from the checkpoint at step {resumed.resume_step}" == log.message for log in logs)
     assert final.summary["resumed_from"] == resumed.resume_step and final.attempts == 2
-    assert steps == list(range(10, 121, 10))  # the redone steps replace the lost attempt's, once each
+    assert steps == list(range(100, total_steps + 1, 100))  # the redone steps replace the lost attempt's, once each
 
 
 def acknowledged_events(serialized):
@@ -167,13 +169,15 @@ def acknowledged_events(serialized):
 
 @pytest.mark.slow
 def test_sigterm_checkpoints_running_jobs_and_the_next_start_resumes_them(tmp_path, fashion_mnist_root):
+    total_steps = 20_000
     state = tmp_path / "state"
     server = ServerProcess(state, fashion_mnist_root)
     successor = None
     try:
         client = GanClient(server.address)
-        # No periodic checkpoints: the only one before the end is the one SIGTERM asks for.
-        job = client.submit_training(dict(RUN, steps=150, checkpoint_every=0))
+        # No periodic checkpoints: the only one before the end is the one SIGTERM asks for. Long enough (a few
+        # seconds at this MLP's ~2 000 steps/s) that the job is still running when the signal lands.
+        job = client.submit_training(dict(RUN, steps=total_steps, checkpoint_every=0, log_every=100))
         wait_for(lambda: client.get_job(job.id).progress.step >= 20, what="training to pass step 20")
         worker_pid = client.get_job(job.id).worker_pid
 
@@ -218,5 +222,5 @@ def test_sigterm_checkpoints_running_jobs_and_the_next_start_resumes_them(tmp_pa
     assert "interrupted by a server shutdown" in requeued.reason
     assert resumed.resume_step >= 20 and f"step {resumed.resume_step}" in requeued.reason
     assert final.summary["resumed_from"] == resumed.resume_step
-    assert steps == list(range(10, 151, 10))
+    assert steps == list(range(100, total_steps + 1, 100))
     assert os.path.exists(state / "jobs" / job.id / "generator.pt")
