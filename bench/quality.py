@@ -10,7 +10,8 @@ share of samples the shipped classifier puts in the class asked for (labels draw
   plain:       BCE (non-saturating G), Adam lr 2e-4 / 2e-4, beta1 0.5, batch 64, BatchNorm in D, no EMA
   gansvc:      TrainSpec's defaults (see gansvc/train/spec.py), only the data set and budget given
   conditional: the defaults with conditional: true (conditional BatchNorm in G, projection D)
-  resnet:      model: resnet at width 16 (hinge, spectral norm in D; width 16 keeps its epoch near the default's)
+  resnet:      model: resnet at width 16 (hinge, spectral norm in D, its own optimiser defaults: G 2e-4 / D 2e-4,
+               betas 0 / 0.9; width 16 keeps its epoch near the default's)
   augmented:   the defaults with DiffAugment (translation, cutout, colour) at ADA's adaptive probability
 
 The machine is shared, so the budgets are interleaved: each recipe trains for --slice minutes,

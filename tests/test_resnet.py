@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -70,3 +72,30 @@ def test_self_attention_starts_as_identity_and_refuses_a_wrong_resolution():
     assert torch.equal(SelfAttention(8)(x), x)
     with pytest.raises(ValueError, match="attention"):
         ResNetGenerator(image_size=32, attention=5)
+
+
+def test_resnet_brings_its_own_optimiser_defaults_that_explicit_settings_override(tmp_path):
+    """A spec naming model resnet and no optimiser settings gets the residual model's two-time-scale rates and
+    betas (its SN discriminator learns nothing under the DCGAN's G-heavy defaults); given settings win, and the
+    other models keep TrainSpec's defaults. The resolved values are what the run records in spec.json."""
+    from gansvc.runtime import registry
+    from gansvc.train import Trainer, TrainSpec
+
+    own = dict(registry.model_info("resnet").optimizer)
+    spec = TrainSpec.from_dict({"model": "resnet", "steps": 1})
+    assert {key: getattr(spec, key) for key in own} == own
+    assert own["beta1"] == 0.0 and own["lr_g"] < TrainSpec().lr_g  # SNGAN's settings, not the DCGAN's G-heavy ones
+    mixed = TrainSpec.from_dict({"model": "resnet", "steps": 1, "lr_g": 3e-4, "beta2": 0.99})
+    assert (mixed.lr_g, mixed.lr_d, mixed.beta1, mixed.beta2) == (3e-4, own["lr_d"], own["beta1"], 0.99)
+    plain = TrainSpec.from_dict({"model": "dcgan", "steps": 1})
+    generic = TrainSpec()
+    assert (plain.lr_g, plain.lr_d, plain.beta1, plain.beta2) == (generic.lr_g, generic.lr_d, generic.beta1,
+                                                                  generic.beta2)  # fmt: skip
+    tiny = {"model": "resnet", "width": 4, "batch_size": 8, "steps": 1, "sample_every": 0, "eval_samples": 0,
+            "tensorboard": False, "threads": 1}  # fmt: skip
+    Trainer(TrainSpec.from_dict(tiny), tmp_path).run()
+    recorded = TrainSpec.from_dict(json.loads((tmp_path / "spec.json").read_text()))
+    assert {key: getattr(recorded, key) for key in own} == own
+    state = torch.load(tmp_path / "checkpoints" / "latest.pt", map_location="cpu", weights_only=True)
+    assert state["opt_g"]["param_groups"][0]["lr"] == own["lr_g"]
+    assert tuple(state["opt_d"]["param_groups"][0]["betas"]) == (own["beta1"], own["beta2"])

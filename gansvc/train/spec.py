@@ -85,10 +85,10 @@ class TrainSpec:
     # Two time scales, G the faster. Measured on Fashion-MNIST (DCGAN, 2990 steps, fmnist-cnn FID):
     # 2e-4 / 2e-4 gave 87.7, G 1e-3 / D 4e-4 gave 47.0 (G 1.6e-3: 43.9); hinge + spectral norm learnt
     # slower than BatchNorm in D on such budgets (see bench/quality.py and the README).
-    lr_g: float = setting(1e-3, "G's learning rate", min=0.0, max=1.0)
-    lr_d: float = setting(4e-4, "D's learning rate", min=0.0, max=1.0)
-    beta1: float = setting(0.5, "Adam beta1", min=0.0, max=1.0)
-    beta2: float = setting(0.999, "Adam beta2", min=0.0, max=1.0)
+    lr_g: float = setting(1e-3, "G's learning rate" + registry.model_optimizer_note("lr_g"), min=0.0, max=1.0)
+    lr_d: float = setting(4e-4, "D's learning rate" + registry.model_optimizer_note("lr_d"), min=0.0, max=1.0)
+    beta1: float = setting(0.5, "Adam beta1" + registry.model_optimizer_note("beta1"), min=0.0, max=1.0)
+    beta2: float = setting(0.999, "Adam beta2" + registry.model_optimizer_note("beta2"), min=0.0, max=1.0)
     ema_decay: float = setting(0.999, "EMA decay of G's weights (0 = no EMA; a short warm-up)", min=0.0,
                         max=1.0)  # fmt: skip
     precision: str = setting("fp32", " | ".join(registry.precision_names()) + " (autocast)",
@@ -159,6 +159,10 @@ class TrainSpec:
             if key not in known:
                 raise SpecError(str(key), f"unknown setting {key!r} (known: {', '.join(known)})")
             values[key] = _coerce(key, known[key].type, value)
+        # optimiser settings left out take the model's own where it has them (resnet), else the fields' defaults
+        info = registry.model_info(values.get("model", cls.model)) if isinstance(values.get("model", ""), str) else None
+        for key, value in info.optimizer if info is not None else ():
+            values.setdefault(key, value)
         spec = cls(**values)
         spec.validate()
         return spec
