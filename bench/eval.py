@@ -24,14 +24,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def _fix_threads_before_imports() -> None:
-    if "--threads" in sys.argv[:-1]:
-        value = sys.argv[sys.argv.index("--threads") + 1]
-        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-            os.environ[name] = value
+from threads import pin_threads_from_argv  # noqa: E402  (bench/threads.py, beside this script)
 
-
-_fix_threads_before_imports()
+pin_threads_from_argv()
 
 import numpy as np  # noqa: E402
 import scipy.linalg  # noqa: E402

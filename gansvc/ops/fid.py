@@ -33,6 +33,8 @@ from gansvc.ops.fid_reference import (  # noqa: F401  (re-exported: the referenc
     as_tensor,
     check_elementwise,
     check_method,
+    check_moment_batch,
+    check_moments,
     reference_feature_moments_merge_,
     reference_feature_moments_update_,
     reference_frechet_distance,
@@ -120,17 +122,11 @@ def feature_moments_update_upper_(mean: torch.Tensor, m2: torch.Tensor, count: i
     """
     from scipy.linalg import blas
 
-    if mean.device.type != "cpu" or not m2.is_contiguous() or mean.dtype != torch.float64 or m2.dtype != mean.dtype:
-        raise ValueError("feature_moments_update_upper_ needs contiguous float64 CPU statistics")
+    check_moments(mean, m2, count)
+    if mean.device.type != "cpu" or not m2.is_contiguous():
+        raise ValueError("feature_moments_update_upper_ needs contiguous CPU statistics")
+    check_moment_batch(mean, batch)
     d = mean.shape[0]
-    if m2.shape != (d, d) or count < 0:
-        raise ValueError(f"m2 must be [{d}, {d}] and count >= 0, got {list(m2.shape)} and {count}")
-    if batch.dim() != 2 or batch.shape[1] != d:
-        raise ValueError(f"batch must be a matrix [n, {d}] of feature rows, got shape {list(batch.shape)}")
-    if batch.device != mean.device:
-        raise ValueError(f"batch is on {batch.device} but the statistics are on {mean.device}")
-    if batch.dtype.is_complex or batch.dtype == torch.bool:
-        raise ValueError(f"batch must hold real numbers, got {batch.dtype}")
     # NumPy does the elementwise work: its float32 -> float64 centring is several times faster than
     # torch's mixed-dtype elementwise ops on the CPU. m2 is C-ordered and symmetric: its NumPy transpose
     # is a Fortran-ordered view that dsyrk updates in place, and that view's lower triangle is m2's upper one.

@@ -295,7 +295,7 @@ def reference_frechet_distance(mu1, sigma1, mu2, sigma2, method: str = "auto") -
 _MOMENT_CHUNK_ELEMENTS = 1 << 21  # doubles per chunk (16 MB), as in the .cpp
 
 
-def _check_moments(mean: torch.Tensor, m2: torch.Tensor, count: int, prefix: str = "") -> None:
+def check_moments(mean: torch.Tensor, m2: torch.Tensor, count: int, prefix: str = "") -> None:
     if mean.dim() != 1 or mean.dtype != torch.float64:
         raise ValueError(f"{prefix}mean must be a float64 vector [d], got {mean.dtype} {list(mean.shape)}")
     d = mean.shape[0]
@@ -303,6 +303,17 @@ def _check_moments(mean: torch.Tensor, m2: torch.Tensor, count: int, prefix: str
         raise ValueError(f"{prefix}m2 must be a float64 matrix [{d}, {d}], got {m2.dtype} {list(m2.shape)}")
     if count < 0:
         raise ValueError(f"{prefix}count must be >= 0, got {count}")
+
+
+def check_moment_batch(mean: torch.Tensor, batch) -> None:
+    """Raise ValueError unless `batch` is a real matrix [n, d] of feature rows on the statistics' device."""
+    d = mean.shape[0]
+    if batch.dim() != 2 or batch.shape[1] != d:
+        raise ValueError(f"batch must be a matrix [n, {d}] of feature rows, got shape {list(batch.shape)}")
+    if batch.device != mean.device:
+        raise ValueError(f"batch is on {batch.device} but the statistics are on {mean.device}")
+    if batch.dtype.is_complex or batch.dtype == torch.bool:
+        raise ValueError(f"batch must hold real numbers, got {batch.dtype}")
 
 
 def _combine_moments(mean, m2, count, other_mean, other_count) -> None:
@@ -314,14 +325,9 @@ def _combine_moments(mean, m2, count, other_mean, other_count) -> None:
 
 def reference_feature_moments_update_(mean, m2, count: int, batch) -> int:
     """Pure-PyTorch chunked Chan update of (mean, m2) with feature rows `batch`; return the new count."""
-    _check_moments(mean, m2, count)
+    check_moments(mean, m2, count)
+    check_moment_batch(mean, batch)
     d = mean.shape[0]
-    if batch.dim() != 2 or batch.shape[1] != d:
-        raise ValueError(f"batch must be a matrix [n, {d}] of feature rows, got shape {list(batch.shape)}")
-    if batch.device != mean.device:
-        raise ValueError(f"batch is on {batch.device} but the statistics are on {mean.device}")
-    if batch.dtype.is_complex or batch.dtype == torch.bool:
-        raise ValueError(f"batch must hold real numbers, got {batch.dtype}")
     rows = max(1, _MOMENT_CHUNK_ELEMENTS // d)
     for start in range(0, batch.shape[0], rows):
         chunk = batch[start : start + rows].to(torch.float64)
@@ -336,8 +342,8 @@ def reference_feature_moments_update_(mean, m2, count: int, batch) -> int:
 
 def reference_feature_moments_merge_(mean, m2, count: int, other_mean, other_m2, other_count: int) -> int:
     """Pure-PyTorch Chan merge of two (mean, m2, count) triples into the first; return the count."""
-    _check_moments(mean, m2, count)
-    _check_moments(other_mean, other_m2, other_count, "other_")
+    check_moments(mean, m2, count)
+    check_moments(other_mean, other_m2, other_count, "other_")
     if other_mean.shape != mean.shape:
         raise ValueError(
             f"cannot merge statistics of {other_mean.shape[0]} features into statistics of {mean.shape[0]}"

@@ -160,7 +160,7 @@ class TrainSpec:
                 raise SpecError(str(key), f"unknown setting {key!r} (known: {', '.join(known)})")
             values[key] = _coerce(key, known[key].type, value)
         # optimiser settings left out take the model's own where it has them (resnet), else the fields' defaults
-        info = registry.model_info(values.get("model", cls.model)) if isinstance(values.get("model", ""), str) else None
+        info = registry.model_info(values.get("model", cls.model))  # None for an unknown name: validate() says so
         for key, value in info.optimizer if info is not None else ():
             values.setdefault(key, value)
         spec = cls(**values)
