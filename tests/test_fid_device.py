@@ -45,10 +45,12 @@ def test_newton_schulz_route_forced_on_the_cpu_matches_the_eigen_route(real_stat
     assert ns.fid == pytest.approx(expected, rel=1e-7) and eig.fid == pytest.approx(expected, rel=1e-7)
     report, eig_report = trace_report(ns), trace_report(eig)
     assert report["route"] == ("samples-newton-schulz" if m < 48 else "newton-schulz") and not report["fell_back"]
-    assert 0 < report["error_bound"] <= 1e-10 and report["iterations"] > 0 and report["device"] == "cpu"
-    # the bound is a true bound on the trace term's relative error
-    assert abs(ns.trace.value - eig.trace.value) <= report["error_bound"] * eig.trace.value + 1e-12
-    assert eig_report["route"] in ("samples", "cholesky", "eigh") and eig_report["error_bound"] == 0.0
+    assert 0 < report["error_bound"] <= 1e-9 and report["iterations"] > 0 and report["device"] == "cpu"
+    assert eig_report["route"] in ("samples", "cholesky", "eigh") and 0 < eig_report["error_bound"] <= 1e-9
+    # both bounds hold, so the two answers are within their sum of each other (the bounds' validity over many
+    # seeds, sizes and ranks against 50-digit arithmetic: tests/test_fid_error_bound.py)
+    gap = abs(ns.trace.value - eig.trace.value) / eig.trace.value
+    assert gap <= report["error_bound"] + eig_report["error_bound"], (gap, report, eig_report)
 
 
 def test_newton_schulz_fallback_is_reported(real_stats, monkeypatch):
@@ -60,7 +62,7 @@ def test_newton_schulz_fallback_is_reported(real_stats, monkeypatch):
                         lambda s1, s2, method: real_details(s1, s2, method, max_iter=1))
     result = fid_from_features(real_stats, fake, method="newton-schulz")
     report = trace_report(result)
-    assert report["fell_back"] and report["route"] in ("cholesky", "eigh") and report["error_bound"] == 0.0
+    assert report["fell_back"] and report["route"] in ("cholesky", "eigh") and 0 < report["error_bound"] <= 1e-9
     assert result.fid == pytest.approx(fid_from_features(real_stats, fake, method="eigh").fid, rel=1e-12)
 
 

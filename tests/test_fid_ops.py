@@ -180,7 +180,7 @@ def test_trace_sqrt_product_matches_oracles(d, kind, method, backend):
     for name, answer in oracle_traces(kind, d).items():
         assert relative_error(result.value, answer) <= RTOL, (name, result, answer)
     if method == "newton-schulz" and not result.fell_back:
-        assert result.route == "newton-schulz" and result.bound <= fid_ops.DEFAULT_VERIFY_TOL
+        assert result.route == "newton-schulz" and 0 < result.bound < 1e-6  # its validity: test_fid_error_bound.py
 
 
 def test_trace_sqrt_product_exact_at_2048():
@@ -264,9 +264,10 @@ def test_newton_schulz_converges_and_verifies(kind, backend):
     result = fid_ops.trace_sqrt_product_details(s1, s2, "newton-schulz")
     assert result.route == "newton-schulz" and not result.fell_back
     assert 0 < result.iterations < fid_ops.DEFAULT_MAX_ITER
-    assert result.bound <= fid_ops.DEFAULT_VERIFY_TOL
     answers = oracle_traces(kind, 128)
-    assert relative_error(result.value, answers.get("exact", answers["symmetric"])) <= 1e-10
+    error = relative_error(result.value, answers.get("exact", answers["symmetric"]))
+    # the bound holds; S2's dropped zero modes (known-spectrum) make it honest at ~1e-7, not 1e-10
+    assert error <= 1e-10 and error <= result.bound < (1e-6 if kind == "known-spectrum" else 1e-9)
 
 
 def test_newton_schulz_falls_back_to_the_eigen_route_when_not_converged(backend):

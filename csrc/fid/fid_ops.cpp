@@ -26,6 +26,9 @@ namespace fid {
 namespace {
 
 constexpr double kEps = std::numeric_limits<double>::epsilon();
+// Safety factor on the first-order rounding analysis behind the reported error bound (mirrors
+// gansvc.ops.fid_reference._ROUNDING_FACTOR).
+constexpr double kRoundingFactor = 4.0;
 // Rounding leaves eigenvalues of a PSD matrix down to about -sqrt(d)·eps·λmax (eps of the dtype the
 // covariance was computed in: float32 statistics carry ~1e-7 noise). Eigenvalues below
 // -psd_tolerance·λmax mean the input is not a covariance matrix, and we say so instead of clamping
@@ -58,7 +61,7 @@ struct TraceResult {
   double value = 0.0;
   Route route = Route::kCholesky;
   int64_t iterations = 0;
-  double bound = 0.0;  // Newton–Schulz: verified bound on the relative error of the trace
+  double bound = 0.0;  // bound on the relative error of `value` (truncation + rounding; see gansvc.ops.fid)
   bool fell_back = false;
   int64_t rank = 0;  // size of the problem after dead units / zero modes were removed
 
@@ -143,17 +146,59 @@ std::optional<at::Tensor> cholesky_factor(const at::Tensor& s) {
   return factor;
 }
 
+struct EigenFactor {
+  at::Tensor factor;
+  double dropped = 0.0;  // k·τ: the number of dropped modes times the cap on their eigenvalues
+};
+
 // F [d, r] with F Fᵀ = s, from an eigendecomposition with the zero modes (below the numerical rank
 // threshold d·eps·λmax) dropped; r may be 0.
-at::Tensor eigen_factor(const at::Tensor& s, const char* name, double psd_tol) {
+EigenFactor eigen_factor(const at::Tensor& s, const char* name, double psd_tol) {
   auto [values, vectors] = at::linalg_eigh(s);
   const double largest = values.max().item<double>();
   const double smallest = values.min().item<double>();
   TORCH_CHECK_VALUE(smallest >= -psd_tol * std::max(largest, 0.0), name,
                     " is not positive semi-definite: its smallest eigenvalue is ", smallest, " (largest ", largest,
                     ")");
-  const at::Tensor keep = (values > static_cast<double>(s.size(0)) * kEps * largest).nonzero().squeeze(1);
-  return vectors.index_select(1, keep) * values.index_select(0, keep).sqrt();
+  const double threshold = static_cast<double>(s.size(0)) * kEps * largest;
+  const at::Tensor keep = (values > threshold).nonzero().squeeze(1);
+  const double dropped = static_cast<double>(s.size(0) - keep.size(0)) * std::max(threshold, -smallest);
+  return {vectors.index_select(1, keep) * values.index_select(0, keep).sqrt(), dropped};
+}
+
+// Factor of a covariance: its Cholesky factor when positive definite (nothing dropped), else its eigen-factor.
+EigenFactor factor_of(const std::optional<at::Tensor>& cholesky, const at::Tensor& s, const char* name,
+                      double psd_tol) {
+  return cholesky ? EigenFactor{*cholesky, 0.0} : eigen_factor(s, name, psd_tol);
+}
+
+// Dropping modes E (rank k, ||E|| <= τ) from one covariance moves Tr((S1 S2)^½) by at most
+// Tr((S_other^½ E S_other^½)^½) <= sqrt(k·τ·Tr(S_other)) (Rotfel'd: Tr sqrt is subadditive on PSD matrices).
+double dropped_modes_error(double dropped, const at::Tensor& other) {
+  return dropped > 0.0 ? std::sqrt(dropped * other.diagonal().sum().item<double>()) : 0.0;
+}
+
+double frobenius(const at::Tensor& t) { return at::linalg_vector_norm(t).item<double>(); }
+
+// A relative bound; a zero trace with a zero error bound is exact, with a positive one unbounded.
+double relative(double error, double value) {
+  if (value > 0.0) return error / value;
+  return error == 0.0 ? 0.0 : std::numeric_limits<double>::infinity();
+}
+
+// Y [m-1, d] with Yᵀ Y = Xcᵀ Xc (Xc the centred rows of x): no structural zero left. Centring leaves
+// the m rows of Xc in the (m-1)-dimensional space orthogonal to the ones vector, so an m×m problem
+// built on them has an exact zero eigenvalue that rounding turns into ±noise, and sqrt(noise) ~ 1e-8
+// relative error when the noise comes out positive (which BLAS's summation order, and so the thread
+// count and SIMD path, decides). The Householder reflection H taking 1/sqrt(m) to e1 is orthogonal;
+// its rows 2..m are an orthonormal basis of that space, so Y = (H Xc)[1:] carries the same covariance.
+at::Tensor centred_contrasts(const at::Tensor& x) {
+  const int64_t m = x.size(0);
+  const at::Tensor xc = x - x.mean(0);
+  const double root_m = std::sqrt(static_cast<double>(m));
+  const at::Tensor w = xc.sum(0) / root_m - xc[0];  // vᵀ Xc for v = 1/sqrt(m) - e1
+  const double vtv = 2.0 - 2.0 / root_m;
+  return xc.narrow(0, 1, m - 1) - w * (2.0 / (vtv * root_m));
 }
 
 // The lower triangle of Lᵀ S L for lower-triangular L, in blocks that skip L's zero upper triangle
@@ -198,15 +243,33 @@ at::Tensor small_gram(const at::Tensor& c) {
   return c.size(0) <= c.size(1) ? at::mm(c, c.t()) : at::mm(c.t(), c);
 }
 
+struct SqrtSum {
+  double value = 0.0;
+  double error = 0.0;  // bound on the absolute error of `value`
+};
+
+// Absolute perturbation allowed for each eigenvalue of an r×r problem matrix formed from the
+// covariances by Cholesky / eigh factors and GEMMs (sums of `inner` products per entry), then solved
+// by a backward-stable symmetric eigensolver: each step is backward stable to a small multiple of
+// (r + inner)·eps times the product of its operands' norms, and Weyl's theorem moves every eigenvalue
+// by at most the perturbation's norm. `scale` (a product of Frobenius norms) dominates those norms.
+double rounding_allowance(int64_t r, int64_t inner, double scale) {
+  return kRoundingFactor * static_cast<double>(r + inner) * kEps * scale;
+}
+
 // Σ sqrt(λ) over the eigenvalues of a symmetric PSD matrix (lower triangle read): one
 // eigenvalues-only call. Eigenvalues inside the rounding-noise band are counted as 0: when a
-// covariance is singular (m < d samples), its zero modes come out as ±ν noise (ν ~ d·eps·λmax) and
-// the square roots of the positive half would add ~1e-8 relative error. The band is measured, not
-// guessed: ν = |most negative eigenvalue| (a PSD matrix has none but noise), and eigenvalues below
-// 2ν are indistinguishable from 0. Genuinely tiny eigenvalues, computed accurately (no negative
-// noise), are kept. Ascending order: the sum adds the small ones first.
-double sum_sqrt_eigenvalues(const at::Tensor& sym, const char* culprit, const char* what, double psd_tol) {
-  if (sym.numel() == 0) return 0.0;
+// covariance is singular, its zero modes come out as ±ν noise (ν ~ d·eps·λmax) and the square roots
+// of the positive half would add ~1e-8 relative error. The band is measured, not guessed: ν = |most
+// negative eigenvalue| (a PSD matrix has none but noise), and eigenvalues below 2ν are
+// indistinguishable from 0. Genuinely tiny eigenvalues, computed accurately (no negative noise), are
+// kept; when positive noise hides among them, the bound says how much it can cost. The error bound:
+// every eigenvalue may be off by the rounding allowance η, so a kept one contributes
+// η / (sqrt(λ) + sqrt(λ - η)) and a zeroed one sqrt(band + η) (a true eigenvalue that small cannot be
+// told from 0 in float64), plus the rounding of the roots and their sum.
+SqrtSum sum_sqrt_eigenvalues(const at::Tensor& sym, const char* culprit, const char* what, double psd_tol,
+                             int64_t inner, double scale) {
+  if (sym.numel() == 0) return {};
   const at::Tensor values = at::linalg_eigvalsh(sym, "L");
   const double largest = values.max().item<double>();
   const double smallest = values.min().item<double>();
@@ -215,8 +278,25 @@ double sum_sqrt_eigenvalues(const at::Tensor& sym, const char* culprit, const ch
   TORCH_CHECK_VALUE(smallest >= -psd_tol * std::max(largest, 0.0), culprit,
                     " is not positive semi-definite: ", what, " has the eigenvalue ", smallest, " (largest ",
                     largest, ")");
-  const double noise_band = smallest < 0.0 ? -2.0 * smallest : 0.0;
-  return at::where(values > noise_band, values, at::zeros_like(values)).sqrt().sum().item<double>();
+  const int64_t r = sym.size(0);
+  const double band = smallest < 0.0 ? -2.0 * smallest : 0.0;
+  const double eta = rounding_allowance(r, inner, scale);
+  const at::Tensor kept = values.masked_select(values > band);
+  const at::Tensor roots = kept.sqrt();
+  SqrtSum result;
+  result.value = roots.sum().item<double>();
+  result.error = (eta / (roots + (kept - eta).clamp_min(0.0).sqrt())).sum().item<double>() +
+                 static_cast<double>(r - kept.numel()) * std::sqrt(band + eta) +
+                 static_cast<double>(r + 2) * kEps * result.value;
+  return result;
+}
+
+// Rounding of the iteration, relative, first order: the GEMM that formed c [n, k] moves its nuclear
+// norm by ||E||_* <= sqrt(n) ||E||_F <= sqrt(n)·k·eps·||c||_F, and the final blocked sum Tr(Xᵀ c)
+// (||X||_F <= sqrt(n)) adds sqrt(n·k)·eps·sqrt(n)·||c||_F.
+double iteration_rounding(const at::Tensor& c, double trace) {
+  const double n = static_cast<double>(c.size(0)), k = static_cast<double>(c.size(1));
+  return kRoundingFactor * std::sqrt(n) * (k + std::sqrt(n * k)) * kEps * frobenius(c) / trace;
 }
 
 struct NewtonSchulzResult {
@@ -251,7 +331,8 @@ NewtonSchulzResult newton_schulz_nuclear_norm(const at::Tensor& c_in, int64_t ma
     if (step > 0 && std::abs(trace - previous) <= rtol * std::abs(trace)) {
       const double residual = call_sum_squared_difference(c, at::mm(gram, c)).item<double>();
       bound = std::sqrt(n * residual) / trace;
-      if (bound <= verify_tol) return {trace, step, bound, true};
+      // converged on the truncation bound; the reported bound adds the rounding
+      if (bound <= verify_tol) return {trace, step, bound + iteration_rounding(c, trace), true};
     }
     if (step >= max_iter || !std::isfinite(trace)) return {trace, step, bound, false};
     previous = trace;
@@ -281,21 +362,28 @@ TraceResult trace_sqrt_product_impl(at::Tensor s1, at::Tensor s2, bool newton_sc
   }
   result.rank = s1.size(0);
   if (result.rank == 0) return result;
+  const double scale = frobenius(s1) * frobenius(s2);
+  const int64_t inner = 2 * result.rank;  // the factor, then two GEMMs of inner size d
   if (!newton_schulz) {
     // CPU default: one factor only. Tr((S1 S2)^½) is symmetric in S1 and S2, so whichever is
     // positive definite gives a Cholesky factor L and the eigenvalues of Lᵀ S L (the other one's
     // singularity is handled by the noise band of sum_sqrt_eigenvalues). Neither: eigh of S1 with
     // its zero modes dropped, F [d, r1], and the r1×r1 matrix Fᵀ S2 F.
+    SqrtSum sum;
     if (const auto l1 = cholesky_factor(s1)) {
-      result.value = sum_sqrt_eigenvalues(lower_congruence(*l1, s2), "sigma2", "L1ᵀ S2 L1", psd_tol);
+      sum = sum_sqrt_eigenvalues(lower_congruence(*l1, s2), "sigma2", "L1ᵀ S2 L1", psd_tol, inner, scale);
     } else if (const auto l2 = cholesky_factor(s2)) {
-      result.value = sum_sqrt_eigenvalues(lower_congruence(*l2, s1), "sigma1", "L2ᵀ S1 L2", psd_tol);
+      sum = sum_sqrt_eigenvalues(lower_congruence(*l2, s1), "sigma1", "L2ᵀ S1 L2", psd_tol, inner, scale);
     } else {
-      const at::Tensor f1 = eigen_factor(s1, "sigma1", psd_tol);
+      const EigenFactor f1 = eigen_factor(s1, "sigma1", psd_tol);
       result.route = Route::kEigh;
-      result.rank = f1.size(1);
-      result.value = sum_sqrt_eigenvalues(at::mm(f1.t(), at::mm(s2, f1)), "sigma2", "F1ᵀ S2 F1", psd_tol);
+      result.rank = f1.factor.size(1);
+      sum = sum_sqrt_eigenvalues(at::mm(f1.factor.t(), at::mm(s2, f1.factor)), "sigma2", "F1ᵀ S2 F1", psd_tol,
+                                 inner, scale);
+      sum.error += dropped_modes_error(f1.dropped, s2);
     }
+    result.value = sum.value;
+    result.bound = relative(sum.error, sum.value);
     return result;
   }
   // Newton–Schulz works on C = F2ᵀ F1 (both factors: Cholesky, or eigh with zero modes dropped),
@@ -303,20 +391,24 @@ TraceResult trace_sqrt_product_impl(at::Tensor s1, at::Tensor s2, bool newton_sc
   const auto l1 = cholesky_factor(s1);
   const auto l2 = cholesky_factor(s2);
   result.route = (l1 && l2) ? Route::kCholesky : Route::kEigh;
-  const at::Tensor f1 = l1 ? *l1 : eigen_factor(s1, "sigma1", psd_tol);
-  const at::Tensor f2 = l2 ? *l2 : eigen_factor(s2, "sigma2", psd_tol);
-  const at::Tensor c = at::mm(f2.t(), f1);
+  const EigenFactor f1 = factor_of(l1, s1, "sigma1", psd_tol);
+  const EigenFactor f2 = factor_of(l2, s2, "sigma2", psd_tol);
+  const double dropped_error = dropped_modes_error(f1.dropped, s2) + dropped_modes_error(f2.dropped, s1);
+  const at::Tensor c = at::mm(f2.factor.t(), f1.factor);
   result.rank = std::min(c.size(0), c.size(1));
   const auto ns = newton_schulz_nuclear_norm(c, max_iter, rtol, verify_tol);
   result.iterations = ns.iterations;
-  result.bound = ns.bound;
   if (ns.verified) {
     result.value = ns.value;
+    result.bound = ns.bound + relative(dropped_error, ns.value);
     result.route = Route::kNewtonSchulz;
     return result;
   }
   result.fell_back = true;
-  result.value = sum_sqrt_eigenvalues(small_gram(c), "sigma1 or sigma2", "the Gram matrix of F2ᵀ F1", psd_tol);
+  const SqrtSum sum =
+      sum_sqrt_eigenvalues(small_gram(c), "sigma1 or sigma2", "the Gram matrix of F2ᵀ F1", psd_tol, inner, scale);
+  result.value = sum.value;
+  result.bound = relative(sum.error + dropped_error, sum.value);
   return result;
 }
 
@@ -365,7 +457,7 @@ std::tuple<at::Tensor, at::Tensor> trace_sqrt_product_lowrank(const at::Tensor& 
   const int64_t m = features2.size(0);
   at::Tensor x = features2.to(at::kDouble);
   check_finite(x, "features2");
-  x = (x - x.mean(0)) * (1.0 / std::sqrt(static_cast<double>(m - 1)));  // X Xᵀ-scaled: S2 = xᵀ x
+  x = centred_contrasts(x) * (1.0 / std::sqrt(static_cast<double>(m - 1)));  // [m-1, d], S2 = xᵀ x
   const at::Tensor live = s1.diagonal() > 0.0;
   if (!live.all().item<bool>()) {
     const at::Tensor index = live.nonzero().squeeze(1);
@@ -375,24 +467,33 @@ std::tuple<at::Tensor, at::Tensor> trace_sqrt_product_lowrank(const at::Tensor& 
   x = x.contiguous();
   TraceResult result;
   result.route = Route::kSamples;
-  result.rank = std::min(m, s1.size(0));
+  result.rank = std::min(m - 1, s1.size(0));
   if (s1.size(0) == 0) return result.as_tensors(s1.options());
+  const double x_norm = frobenius(x);
+  const double scale = frobenius(s1) * x_norm * x_norm;  // ||x||_F² = Tr(S2) >= ||S2||_F
+  const int64_t inner = m + 2 * s1.size(0);  // the centring and contrasts (m rows), then two GEMMs of inner size d
   if (use_newton_schulz(parsed, s1)) {
-    const auto l1 = cholesky_factor(s1);
-    const at::Tensor c = at::mm(x, l1 ? *l1 : eigen_factor(s1, "sigma1", psd_tol));  // [m, r1]
+    const EigenFactor f1 = factor_of(cholesky_factor(s1), s1, "sigma1", psd_tol);
+    const double dropped_error = std::sqrt(f1.dropped) * x_norm;  // sqrt(k·τ·Tr(S2))
+    const at::Tensor c = at::mm(x, f1.factor);  // [m-1, r1]
     const auto ns = newton_schulz_nuclear_norm(c, max_iter, rtol, verify_tol);
     result.iterations = ns.iterations;
-    result.bound = ns.bound;
     if (ns.verified) {
       result.value = ns.value;
+      result.bound = ns.bound + relative(dropped_error, ns.value);
       result.route = Route::kSamplesNewtonSchulz;
       return result.as_tensors(s1.options());
     }
     result.fell_back = true;
-    result.value = sum_sqrt_eigenvalues(small_gram(c), "sigma1", "the Gram matrix of X F1", psd_tol);
+    const SqrtSum sum = sum_sqrt_eigenvalues(small_gram(c), "sigma1", "the Gram matrix of X F1", psd_tol, inner, scale);
+    result.value = sum.value;
+    result.bound = relative(sum.error + dropped_error, sum.value);
     return result.as_tensors(s1.options());
   }
-  result.value = sum_sqrt_eigenvalues(lower_product(at::mm(x, s1), x), "sigma1", "X S1 Xᵀ/(m-1)", psd_tol);
+  const SqrtSum sum =
+      sum_sqrt_eigenvalues(lower_product(at::mm(x, s1), x), "sigma1", "X S1 Xᵀ/(m-1)", psd_tol, inner, scale);
+  result.value = sum.value;
+  result.bound = relative(sum.error, sum.value);
   return result.as_tensors(s1.options());
 }
 

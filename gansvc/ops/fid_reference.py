@@ -22,6 +22,8 @@ DEFAULT_RTOL = 1e-10  # relative change of the trace below which the iteration i
 DEFAULT_VERIFY_TOL = 1e-10  # accepted bound on the relative error of the trace
 
 _EPS = float(np.finfo(np.float64).eps)
+# Safety factor on the first-order rounding analysis of the trace routes (mirrors kRoundingFactor in the .cpp).
+_ROUNDING_FACTOR = 4.0
 _SYMMETRY_TOLERANCE = 1e-5
 
 
@@ -32,7 +34,10 @@ class TraceSqrtResult:
     value: float
     route: str  # cholesky | eigh | newton-schulz | samples | samples-newton-schulz
     iterations: int  # Newton–Schulz steps taken (0 for the eigen routes)
-    bound: float  # Newton–Schulz: verified bound on the relative error (inf if never verified)
+    # Bound on the relative error of `value` against the exact Tr((S1 S2)^½) of the inputs taken as exact:
+    # the iteration's truncation (Newton–Schulz) plus rounding, dropped zero modes and the noise band
+    # (see gansvc.ops.fid). A Newton–Schulz try that did not verify reports the answering route's bound.
+    bound: float
     fell_back: bool  # Newton–Schulz was tried, did not verify, and the eigen route answered
     rank: int  # size of the eigenproblem after dead units and zero modes were removed
 
@@ -110,29 +115,89 @@ def _cholesky_factor(s: torch.Tensor) -> torch.Tensor | None:
     return factor
 
 
-def _eigen_factor(s: torch.Tensor, name: str, psd_tol: float) -> torch.Tensor:
+def _eigen_factor(s: torch.Tensor, name: str, psd_tol: float) -> tuple[torch.Tensor, float]:
+    """Return (F [d, r] with F Fᵀ = s less its zero modes, k·τ: the dropped modes' count times their cap)."""
     values, vectors = torch.linalg.eigh(s)
     largest, smallest = float(values.max()), float(values.min())
     if smallest < -psd_tol * max(largest, 0.0):
         raise ValueError(
             f"{name} is not positive semi-definite: its smallest eigenvalue is {smallest:g} (largest {largest:g})"
         )
-    keep = values > s.shape[0] * _EPS * largest
-    return vectors[:, keep] * values[keep].sqrt()
+    threshold = s.shape[0] * _EPS * largest
+    keep = values > threshold
+    return vectors[:, keep] * values[keep].sqrt(), float((~keep).sum()) * max(threshold, -smallest)
 
 
-def _sum_sqrt_eigenvalues(sym: torch.Tensor, culprit: str, what: str, psd_tol: float) -> float:
-    # Eigenvalues within the measured rounding-noise band (2 × |most negative|) count as 0; see the .cpp.
+def _dropped_modes_error(dropped: float, other: torch.Tensor) -> float:
+    # Dropping modes E (rank k, ||E|| <= τ) from one covariance moves Tr((S1 S2)^½) by at most
+    # Tr((S_other^½ E S_other^½)^½) <= sqrt(k·τ·Tr(S_other)) (Rotfel'd: Tr sqrt is subadditive on PSD matrices).
+    return math.sqrt(dropped * float(other.diagonal().sum()))
+
+
+def _rounding_allowance(r: int, inner: int, scale: float) -> float:
+    # Absolute perturbation allowed for each eigenvalue of an r×r problem matrix M formed from the
+    # covariances by Cholesky / eigh factors and GEMMs, then solved by a backward-stable symmetric eigen
+    # solver: each step is backward stable to (a small multiple of) r·eps times the product of the
+    # operands' norms (sums of `inner` products per entry), and Weyl's theorem moves every eigenvalue by
+    # at most the perturbation's norm. `scale` (a product of Frobenius norms) dominates those operand
+    # norms. Mirrors the .cpp.
+    return _ROUNDING_FACTOR * (r + inner) * _EPS * scale
+
+
+def _sum_sqrt_eigenvalues(
+    sym: torch.Tensor, culprit: str, what: str, psd_tol: float, inner: int, scale: float
+) -> tuple[float, float]:
+    """Return (Σ sqrt(λ) over the eigenvalues of the symmetric PSD `sym`, a bound on its absolute error).
+
+    Eigenvalues within the rounding-noise band count as 0 (see the .cpp); each eigenvalue may be off by
+    the rounding allowance η, so a kept one contributes η / (sqrt(λ) + sqrt(λ - η)) to the bound and a
+    zeroed one sqrt(band + η): a true eigenvalue that small cannot be told from 0 in float64.
+    """
     if sym.numel() == 0:
-        return 0.0
+        return 0.0, 0.0
     values = torch.linalg.eigvalsh(sym)
     largest, smallest = float(values.max()), float(values.min())
     if smallest < -psd_tol * max(largest, 0.0):
         raise ValueError(
             f"{culprit} is not positive semi-definite: {what} has the eigenvalue {smallest:g} (largest {largest:g})"
         )
-    noise_band = -2.0 * smallest if smallest < 0 else 0.0
-    return float(torch.where(values > noise_band, values, torch.zeros_like(values)).sqrt().sum())
+    r = sym.shape[0]
+    band = -2.0 * smallest if smallest < 0 else 0.0
+    eta = _rounding_allowance(r, inner, scale)
+    kept = values[values > band]
+    roots = kept.sqrt()
+    value = float(roots.sum())
+    error = float((eta / (roots + (kept - eta).clamp_min(0.0).sqrt())).sum())
+    error += (r - kept.numel()) * math.sqrt(band + eta) + (r + 2) * _EPS * value  # the roots' and the sum's rounding
+    return value, error
+
+
+def _frobenius(t: torch.Tensor) -> float:
+    return float(torch.linalg.vector_norm(t))
+
+
+def _relative(error: float, value: float) -> float:
+    # A relative bound; a zero trace with a zero error bound is exact, with a positive one unbounded.
+    if value > 0:
+        return error / value
+    return 0.0 if error == 0 else math.inf
+
+
+def _centred_contrasts(x: torch.Tensor) -> torch.Tensor:
+    """Return Y [m-1, d] with Yᵀ Y = Xcᵀ Xc (Xc the centred rows of x): no structural zero left.
+
+    Centring leaves the m rows of Xc in the (m-1)-dimensional space orthogonal to the ones vector, so
+    an m×m problem built on them has an exact zero eigenvalue that rounding turns into ±noise — and
+    sqrt(noise) ~ 1e-8 relative error when the noise comes out positive (which BLAS's summation
+    order decides). The Householder reflection H taking 1/sqrt(m) to e1 is orthogonal; its rows
+    2..m are an orthonormal basis of that space, so Y = (H Xc)[1:] carries the same covariance.
+    """
+    m = x.shape[0]
+    xc = x - x.mean(0)
+    root_m = math.sqrt(m)
+    w = xc.sum(0) / root_m - xc[0]  # vᵀ Xc for v = 1/sqrt(m) - e1
+    vtv = 2.0 - 2.0 / root_m
+    return xc[1:] - (2.0 / (vtv * root_m)) * w
 
 
 def _small_gram(c: torch.Tensor) -> torch.Tensor:
@@ -157,14 +222,23 @@ def reference_newton_schulz_nuclear_norm(
         gram = x @ x.T
         if step > 0 and abs(trace - previous) <= rtol * abs(trace):
             bound = math.sqrt(c.shape[0] * float((c - gram @ c).square().sum())) / trace
-            if bound <= verify_tol:
-                return trace, step, bound, True
+            if bound <= verify_tol:  # converged: the truncation bound; the reported bound adds the rounding
+                return trace, step, bound + _iteration_rounding(c, trace), True
         if step >= max_iter or not math.isfinite(trace):
             return trace, step, bound, False
         previous = trace
         x = 1.5 * x - 0.5 * (gram @ x)
         trace = float((x * c).sum())
         step += 1
+
+
+def _iteration_rounding(c: torch.Tensor, trace: float) -> float:
+    # Rounding of the iteration, relative, first order: the GEMM that formed c [n, k] moves its nuclear
+    # norm by ||E||_* <= sqrt(n) ||E||_F <= sqrt(n)·k·eps·||c||_F (the factors' norms are ~||c||_F's; the
+    # caller's `scale` check covers the rest), and the final blocked sum Tr(Xᵀ c) (||X||_F <= sqrt(n))
+    # adds sqrt(n·k)·eps·sqrt(n)·||c||_F. Mirrors the .cpp.
+    n, k = c.shape
+    return _ROUNDING_FACTOR * math.sqrt(n) * (k + math.sqrt(n * k)) * _EPS * _frobenius(c) / trace
 
 
 def _check_iteration_settings(max_iter: int, rtol: float, verify_tol: float) -> None:
@@ -200,29 +274,34 @@ def reference_trace_sqrt_product(
     rank = s1.shape[0]
     if rank == 0:
         return TraceSqrtResult(0.0, "cholesky", 0, 0.0, False, 0)
+    scale, inner = _frobenius(s1) * _frobenius(s2), 2 * rank  # the factor, then two GEMMs of inner size d
     if not newton_schulz:
         l1 = _cholesky_factor(s1)
         if l1 is not None:
-            value = _sum_sqrt_eigenvalues(l1.T @ s2 @ l1, "sigma2", "L1ᵀ S2 L1", psd_tol)
-            return TraceSqrtResult(value, "cholesky", 0, 0.0, False, rank)
+            value, error = _sum_sqrt_eigenvalues(l1.T @ s2 @ l1, "sigma2", "L1ᵀ S2 L1", psd_tol, inner, scale)
+            return TraceSqrtResult(value, "cholesky", 0, _relative(error, value), False, rank)
         l2 = _cholesky_factor(s2)
         if l2 is not None:
-            value = _sum_sqrt_eigenvalues(l2.T @ s1 @ l2, "sigma1", "L2ᵀ S1 L2", psd_tol)
-            return TraceSqrtResult(value, "cholesky", 0, 0.0, False, rank)
-        f1 = _eigen_factor(s1, "sigma1", psd_tol)
-        value = _sum_sqrt_eigenvalues(f1.T @ s2 @ f1, "sigma2", "F1ᵀ S2 F1", psd_tol)
-        return TraceSqrtResult(value, "eigh", 0, 0.0, False, f1.shape[1])
+            value, error = _sum_sqrt_eigenvalues(l2.T @ s1 @ l2, "sigma1", "L2ᵀ S1 L2", psd_tol, inner, scale)
+            return TraceSqrtResult(value, "cholesky", 0, _relative(error, value), False, rank)
+        f1, dropped = _eigen_factor(s1, "sigma1", psd_tol)
+        value, error = _sum_sqrt_eigenvalues(f1.T @ s2 @ f1, "sigma2", "F1ᵀ S2 F1", psd_tol, inner, scale)
+        error += _dropped_modes_error(dropped, s2)
+        return TraceSqrtResult(value, "eigh", 0, _relative(error, value), False, f1.shape[1])
     l1, l2 = _cholesky_factor(s1), _cholesky_factor(s2)
     route = "cholesky" if l1 is not None and l2 is not None else "eigh"
-    f1 = l1 if l1 is not None else _eigen_factor(s1, "sigma1", psd_tol)
-    f2 = l2 if l2 is not None else _eigen_factor(s2, "sigma2", psd_tol)
+    f1, dropped1 = (l1, 0.0) if l1 is not None else _eigen_factor(s1, "sigma1", psd_tol)
+    f2, dropped2 = (l2, 0.0) if l2 is not None else _eigen_factor(s2, "sigma2", psd_tol)
+    dropped_error = _dropped_modes_error(dropped1, s2) + _dropped_modes_error(dropped2, s1)
     c = f2.T @ f1
     rank = min(c.shape)
     value, iterations, bound, verified = reference_newton_schulz_nuclear_norm(c, max_iter, rtol, verify_tol)
     if verified:
-        return TraceSqrtResult(value, "newton-schulz", iterations, bound, False, rank)
-    value = _sum_sqrt_eigenvalues(_small_gram(c), "sigma1 or sigma2", "the Gram matrix of F2ᵀ F1", psd_tol)
-    return TraceSqrtResult(value, route, iterations, bound, True, rank)
+        return TraceSqrtResult(value, "newton-schulz", iterations, bound + _relative(dropped_error, value), False, rank)
+    value, error = _sum_sqrt_eigenvalues(
+        _small_gram(c), "sigma1 or sigma2", "the Gram matrix of F2ᵀ F1", psd_tol, inner, scale
+    )
+    return TraceSqrtResult(value, route, iterations, _relative(error + dropped_error, value), True, rank)
 
 
 def reference_trace_sqrt_product_lowrank(
@@ -251,24 +330,29 @@ def reference_trace_sqrt_product_lowrank(
         raise ValueError(f"features2 needs at least 2 rows for a covariance, got {m}")
     x = features2.to(torch.float64)
     _check_finite(x, "features2")
-    x = (x - x.mean(0)) / math.sqrt(m - 1)
+    x = _centred_contrasts(x) / math.sqrt(m - 1)  # [m-1, d], xᵀx = S2
     live = s1.diagonal() > 0
     if not bool(live.all()):
         s1, x = s1[live][:, live], x[:, live]
-    rank = min(m, s1.shape[0])
+    rank = min(m - 1, s1.shape[0])
     if s1.shape[0] == 0:
         return TraceSqrtResult(0.0, "samples", 0, 0.0, False, rank)
+    scale = _frobenius(s1) * _frobenius(x) ** 2  # ||x||_F² = Tr(S2) >= ||S2||_F
+    inner = m + 2 * s1.shape[0]  # the centring and contrasts (m rows), then two GEMMs of inner size d
     newton_schulz = method == "newton-schulz" or (method == "auto" and s1.device.type != "cpu")
     if newton_schulz:
         l1 = _cholesky_factor(s1)
-        c = x @ (l1 if l1 is not None else _eigen_factor(s1, "sigma1", psd_tol))
+        f1, dropped = (l1, 0.0) if l1 is not None else _eigen_factor(s1, "sigma1", psd_tol)
+        dropped_error = math.sqrt(dropped) * _frobenius(x)  # sqrt(k·τ·Tr(S2))
+        c = x @ f1
         value, iterations, bound, verified = reference_newton_schulz_nuclear_norm(c, max_iter, rtol, verify_tol)
         if verified:
+            bound += _relative(dropped_error, value)
             return TraceSqrtResult(value, "samples-newton-schulz", iterations, bound, False, rank)
-        value = _sum_sqrt_eigenvalues(_small_gram(c), "sigma1", "the Gram matrix of X F1", psd_tol)
-        return TraceSqrtResult(value, "samples", iterations, bound, True, rank)
-    value = _sum_sqrt_eigenvalues(x @ s1 @ x.T, "sigma1", "X S1 Xᵀ/(m-1)", psd_tol)
-    return TraceSqrtResult(value, "samples", 0, 0.0, False, rank)
+        value, error = _sum_sqrt_eigenvalues(_small_gram(c), "sigma1", "the Gram matrix of X F1", psd_tol, inner, scale)
+        return TraceSqrtResult(value, "samples", iterations, _relative(error + dropped_error, value), True, rank)
+    value, error = _sum_sqrt_eigenvalues(x @ s1 @ x.T, "sigma1", "X S1 Xᵀ/(m-1)", psd_tol, inner, scale)
+    return TraceSqrtResult(value, "samples", 0, _relative(error, value), False, rank)
 
 
 def _prepare_mean(mu: torch.Tensor, d: int, name: str) -> torch.Tensor:
