@@ -118,7 +118,15 @@ def generate_grpc_stubs() -> None:
     print(f"gansvc: generated gRPC stubs in gansvc/_proto from {len(protos)} proto file(s)", file=sys.stderr)
 
 
-ext_modules, base_build_ext = _extensions()
+# scripts/setup.sh builds the extension once, in place and incrementally (`setup.py build_ext --inplace`, ninja's
+# objects kept under build/), then installs the package editable with GANSVC_SKIP_EXTENSION=1: pip builds an
+# editable install in a temporary folder, so letting it build the extension too would compile everything twice.
+if os.environ.get("GANSVC_SKIP_EXTENSION") == "1":
+    from setuptools.command.build_ext import build_ext as base_build_ext
+
+    ext_modules = []
+else:
+    ext_modules, base_build_ext = _extensions()
 
 
 class build_ext(base_build_ext):  # noqa: N801 (setuptools command names are lower case)
