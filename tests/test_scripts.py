@@ -30,7 +30,7 @@ fi
 exit "${{FAKE_BUILD_STATUS:-0}}"
 """
 FAKE_PIP = """#!/usr/bin/env bash
-echo "$*" >> "$(dirname "$0")/../pip.calls"
+echo "GANSVC_SKIP_EXTENSION=${{GANSVC_SKIP_EXTENSION:-}} $*" >> "$(dirname "$0")/../pip.calls"
 for i in $(seq 1 {noise}); do
     echo "WARNING: Location '/nonexistent/index-$i' is ignored: it is neither a file nor a directory." >&2
 done
@@ -70,6 +70,21 @@ def _setup(checkout: Path, **env: str) -> subprocess.CompletedProcess:
     )
 
 
+def test_a_fresh_checkout_builds_the_extension_once(checkout: Path):
+    # Issue 18: pip's editable install built the extension in a temporary folder and the "incremental" build
+    # after it started from nothing. Now: one in-place build, then an editable install that builds nothing.
+    (checkout / ".venv" / "bin" / "gansvc").unlink()  # not installed yet: a fresh clone
+    result = _setup(checkout)
+    assert result.returncode == 0, result.stderr
+    builds = [c for c in (checkout / ".venv" / "python.calls").read_text().splitlines() if "build_ext" in c]
+    assert builds == ["setup.py --quiet build_ext --inplace"]
+    editable = [c for c in (checkout / ".venv" / "pip.calls").read_text().splitlines() if c.endswith("-e .")]
+    assert len(editable) == 1 and editable[0].startswith("GANSVC_SKIP_EXTENSION=1 "), editable
+    terminal = result.stderr.splitlines()
+    assert [i for i, line in enumerate(terminal) if "extension" in line] == [0]  # built before the install line
+    assert "installing gansvc (editable)" in terminal[1]
+
+
 def test_build_failure_prints_the_log_tail_and_exits_with_the_status(checkout: Path):
     result = _setup(checkout, FAKE_BUILD_STATUS="3")
     assert result.returncode == 3, result.stderr
@@ -102,7 +117,7 @@ def test_success_shows_progress_lines_only(checkout: Path):
     assert all(line.startswith("gansvc setup: ") for line in terminal), terminal
     assert len(terminal) == 3  # the wheels, the build, "ready"
     assert "installing the pinned wheels" in terminal[0] and terminal[0].endswith(" s)")
-    assert "building the extension" in terminal[1] and terminal[1].endswith(" s)")
+    assert "building the C++/CUDA extension" in terminal[1] and terminal[1].endswith(" s)")
     assert "build/setup.log" in terminal[2]
     # the steps ran the real commands, and the stamp now records the installed requirements
     assert "-r requirements.txt" in (checkout / ".venv" / "pip.calls").read_text()
@@ -121,3 +136,18 @@ def test_failed_pip_install_keeps_the_old_stamp(checkout: Path):
     assert "installing the pinned wheels" in result.stderr and "FAILED" in result.stderr
     assert not (checkout / ".venv" / "python.calls").exists()  # nothing after the failed step ran
     assert (checkout / ".venv" / ".requirements.stamp").read_text() == old_stamp  # so the next run retries
+
+
+def test_dockerfile_health_check_uses_the_health_port_and_arch_list_covers_t4_and_newer_gpus():
+    import json
+    import re
+
+    text = (ROOT / "Dockerfile").read_text()
+    entrypoint = json.loads(re.search(r"^ENTRYPOINT (\[.*\])$", text, re.M).group(1))
+    check = json.loads(re.search(r"^\s+CMD (\[.*\])$", text, re.M).group(1))
+    assert entrypoint[:2] == ["gansvc", "serve"] and "--health-listen" in entrypoint
+    health_listen = entrypoint[entrypoint.index("--health-listen") + 1]
+    assert health_listen.startswith("127.0.0.1:")  # the plaintext, token-free port stays inside the container
+    assert check[:2] == ["gansvc", "health"] and check[check.index("--server") + 1] == health_listen
+    arch = re.search(r'TORCH_CUDA_ARCH_LIST="([^"]+)"', text).group(1).split(";")
+    assert arch[0] == "7.5" and arch[-1].endswith("+PTX"), arch  # T4 (sm_75) and PTX for GPUs past the list
