@@ -1,5 +1,6 @@
-# gansvc for GPU nodes. The build stage compiles the wheel (CPU kernels plus CUDA kernels for sm_80,
-# sm_90, sm_100 and sm_120) with the same steps as scripts/setup.sh: the pinned requirements.txt,
+# gansvc for GPU nodes. The build stage compiles the wheel (CPU kernels plus CUDA kernels for sm_75 (T4),
+# sm_80, sm_90, sm_100 and sm_120, and PTX of sm_120 that newer GPUs compile at load) with the same steps
+# as scripts/setup.sh: the pinned requirements.txt,
 # then the package with --no-build-isolation. The runtime stage installs that wheel and runs
 # `gansvc serve` as an unprivileged user.
 #
@@ -32,9 +33,10 @@ WORKDIR /src
 COPY requirements.txt .
 RUN pip install --no-cache-dir -r requirements.txt
 COPY . .
-# No GPU is visible while building: name the architectures, and where CUDA is.
+# No GPU is visible while building: name the architectures, and where CUDA is. 7.5 is the oldest CUDA 13
+# still supports; +PTX on the newest embeds PTX that the driver compiles for GPUs newer than the list.
 ENV CUDA_HOME=/usr/local/cuda \
-    TORCH_CUDA_ARCH_LIST="8.0;9.0;10.0;12.0" \
+    TORCH_CUDA_ARCH_LIST="7.5;8.0;9.0;10.0;12.0+PTX" \
     MAX_JOBS=4
 RUN pip wheel --no-cache-dir --no-build-isolation --no-deps --wheel-dir /wheels . \
     && python -m zipfile -l /wheels/gansvc-*.whl | grep -q "gansvc/_proto/v1/gansvc_pb2_grpc.py"
@@ -65,9 +67,10 @@ ENV GANSVC_STATE_DIR=/var/lib/gansvc \
 VOLUME ["/var/lib/gansvc"]
 EXPOSE 50051
 STOPSIGNAL SIGTERM
-# The standard grpc.health.v1 check (no token needed). With TLS, set GANSVC_TLS_CA (and
-# GANSVC_TLS_SERVER_NAME when the certificate does not name 127.0.0.1).
+# The standard grpc.health.v1 check on the health-only port that the entry point always opens on the
+# container's loopback (plaintext, no token, nothing but health), so it works in every mode: plaintext or
+# TLS (--tls-cert/--tls-key), with or without tokens, whatever CMD says.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
-    CMD ["python", "-m", "gansvc.service.cli", "health", "--server", "127.0.0.1:50051", "--timeout", "5"]
-ENTRYPOINT ["gansvc", "serve"]
+    CMD ["gansvc", "health", "--server", "127.0.0.1:50052", "--timeout", "5"]
+ENTRYPOINT ["gansvc", "serve", "--health-listen", "127.0.0.1:50052"]
 CMD ["--listen", "0.0.0.0:50051", "--devices", "all", "--data-root", "/data", "--auth-token-file", "/run/secrets/gansvc-tokens"]

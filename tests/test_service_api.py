@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -441,7 +442,7 @@ def secure_service(tmp_path_factory):
     server = GanServer(
         ServerConfig(
             state_dir=folder / "state", listen="127.0.0.1:0", auth_token_file=folder / "tokens",
-            tls_cert=cert, tls_key=key, max_message_mb=1,
+            tls_cert=cert, tls_key=key, max_message_mb=1, health_listen="127.0.0.1:0",
         )
     )  # fmt: skip
     server.start()
@@ -489,6 +490,27 @@ def test_plaintext_clients_cannot_talk_to_a_tls_server(secure_service):
     with GanClient(server.address, token="secret-one", timeout=5) as plain:
         code, _ = code_of(lambda: plain.health(timeout=5))
         assert code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_the_health_port_answers_without_ca_or_token_and_serves_nothing_else(secure_service):
+    # The Docker image's HEALTHCHECK: `gansvc health` on the loopback health port of a TLS + token server.
+    server, _ = secure_service
+    health_address = f"127.0.0.1:{server.health_port}"
+    check = subprocess.run([sys.executable, "-m", "gansvc", "health", "--server", health_address, "--timeout", "10"],
+                           capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert check.returncode == 0 and "SERVING" in check.stdout, check
+    main_port = subprocess.run([sys.executable, "-m", "gansvc", "health", "--server", server.address, "--timeout", "5"],
+                               capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert main_port.returncode != 0  # the TLS port needs the CA: why the image checks the health port
+    with GanClient(health_address, timeout=5) as plain:
+        assert plain.health() == "SERVING"
+        code, _ = code_of(lambda: list(plain.list_jobs()))
+        assert code == grpc.StatusCode.UNIMPLEMENTED  # health alone: no job API in plaintext
+
+
+def test_the_health_port_must_be_loopback(tmp_path):
+    with pytest.raises(ValueError, match="--health-listen 0.0.0.0:50052: the plaintext health port must be a loopback"):
+        GanServer(ServerConfig(state_dir=tmp_path, listen="127.0.0.1:0", health_listen="0.0.0.0:50052"))
 
 
 def test_message_size_limit(secure_service):

@@ -151,6 +151,12 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="write {address, port, pid} as JSON here once serving (for scripts using port 0)",
     )
+    parser.add_argument(
+        "--health-listen",
+        metavar="HOST:PORT",
+        help="also serve grpc.health.v1 alone, in plaintext and without tokens, on this loopback address "
+        "(container health checks that hold no TLS CA or token; the image uses 127.0.0.1:50052)",
+    )
 
 
 def _client_arguments(parser: argparse.ArgumentParser) -> None:

@@ -54,6 +54,7 @@ def serve(args) -> int:
         tls_key=args.tls_key, max_message_mb=args.max_message_mb, max_watchers=args.max_watchers,
         shutdown_timeout=args.shutdown_timeout, cancel_timeout=args.cancel_timeout, max_attempts=args.max_attempts,
         allow_unauthenticated=args.allow_unauthenticated, inception_weights=args.inception_weights,
+        health_listen=getattr(args, "health_listen", None),
     )  # fmt: skip
     try:
         server = GanServer(config)

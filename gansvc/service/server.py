@@ -56,6 +56,9 @@ class ServerConfig:
     max_attempts: int = 3  # times a job is started when its worker keeps dying without a word
     allow_unauthenticated: bool = False  # listen beyond loopback without tokens
     inception_weights: Path | None = None  # the FID Inception weights training runs and evaluations use by default
+    # A loopback address serving grpc.health.v1 alone, plaintext, no tokens: a health check that works whatever
+    # TLS and auth the main port uses (the Docker image's HEALTHCHECK), exposing nothing else.
+    health_listen: str | None = None
 
 
 def is_loopback(listen: str) -> bool:
@@ -121,6 +124,11 @@ class GanServer:
         self.state_dir = Path(config.state_dir).resolve()
         self.max_message_bytes = config.max_message_mb * 1024 * 1024
         self.port = 0
+        if config.health_listen and not is_loopback(config.health_listen):
+            raise ValueError(f"--health-listen {config.health_listen}: the plaintext health port must be a loopback "
+                             "address (it answers without TLS or tokens)")
+        self.health_server: grpc.Server | None = None
+        self.health_port = 0
         self._lock: StateDirLock | None = None
         self._stopped = threading.Event()
         self._shutdown_lock = threading.Lock()
@@ -192,14 +200,38 @@ class GanServer:
             self._executor.shutdown(wait=False)
             self.store.close()
             raise RuntimeError(f"cannot listen on {self.config.listen} ({reason})")
+        self.health_server, self.health_port = self._health_only_server()
         self.scheduler.start()  # requeues what a crashed predecessor left RUNNING, then starts jobs
         self.sweeps.start()  # resumes the queued sweeps (their trials are ordinary jobs)
         self.grpc_server.start()
+        if self.health_server is not None:
+            self.health_server.start()
         for service in ("", SERVICE_NAME):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         if self.tokens and not self.config.tls_cert and not is_loopback(self.config.listen):
             log.warning("bearer tokens travel unencrypted without --tls-cert/--tls-key")
         return self.port
+
+    def _health_only_server(self) -> tuple[grpc.Server | None, int]:
+        """Return (a server of grpc.health.v1 alone on config.health_listen, its port), or (None, 0) when not asked.
+
+        It shares the main server's HealthServicer, so it answers NOT_SERVING during a drain like the main port,
+        and runs on a thread pool of its own, so busy watchers on the main port cannot starve the check.
+        """
+        listen = self.config.health_listen
+        if not listen:
+            return None, 0
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="gansvc-health"))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        try:
+            port = server.add_insecure_port(listen)
+        except (RuntimeError, OSError):
+            port = 0
+        if not port:
+            self._executor.shutdown(wait=False)
+            self.store.close()
+            raise RuntimeError(f"cannot listen on {listen} for health checks (address in use or not available)")
+        return server, port
 
     def running_jobs(self) -> dict[str, int]:
         """Return {job id: worker pid} of the jobs running now."""
@@ -220,6 +252,8 @@ class GanServer:
         self.scheduler.drain(self.config.shutdown_timeout if timeout is None else timeout)
         self.bus.close()  # watchers deliver what is stored, then end with UNAVAILABLE
         self.grpc_server.stop(grace=5.0).wait()
+        if self.health_server is not None:
+            self.health_server.stop(grace=None)
         self._executor.shutdown(wait=False, cancel_futures=True)
         self.store.close()
         if self._lock is not None:
