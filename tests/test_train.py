@@ -448,3 +448,22 @@ def test_resume_removes_the_temp_files_of_a_killed_run_and_says_so(tmp_path):
     said = [e.message for e in events if isinstance(e, ev.Log) and "removed" in e.message]
     assert len(said) == 1 and "2 unfinished file(s)" in said[0] and "checkpoints/.latest.4242.tmp" in said[0]
     assert events[0].resume_step == 2  # the resume is still said first
+
+
+@pytest.mark.parametrize("load, expected", [(0.1, 2), (0.4, 2), (0.9, 1), (1.6, 1), (7.0, 1)])
+def test_threads_zero_takes_the_cores_free_at_start(tmp_path, monkeypatch, load, expected):
+    # Issue 18: a demo on a busy 2-core machine kept 2 threads (and the cpu_oversubscribed warning fired).
+    import gansvc.train.build as build
+
+    monkeypatch.setattr(build, "cpu_threads", lambda: 2)
+    monkeypatch.setattr(build, "system_load", lambda: load)
+    before = torch.get_num_threads()
+    events = []
+    trainer = Trainer(tiny(steps=2, threads=0), tmp_path, on_event=events.append)
+    trainer.run()
+    assert trainer.threads == expected
+    said = [e.message for e in events if isinstance(e, ev.Log) and e.message.startswith("threads:")]
+    assert said == ([] if expected == 2 else [f"threads: 1 of 2 cores (the CPU was busy at start: load {load:.1f}); "
+                                              "--threads N fixes the count"])  # fmt: skip
+    warned = [e.code for e in events if isinstance(e, ev.Warning) and e.code == "cpu_oversubscribed"]
+    assert torch.get_num_threads() == before and not (warned and expected == 1)

@@ -14,7 +14,7 @@ from gansvc.runtime.rundir import clean_leftovers
 from gansvc.runtime.events import Log
 from gansvc.train import checkpoints, distributed
 from gansvc.train.ddp import wrap_for_ranks
-from gansvc.train.devices import cpu_threads
+from gansvc.train.devices import cpu_threads, system_load, threads_for_load
 from gansvc.train.ema import EMA
 from gansvc.train.evaluation import FIXED_NOISE, POINT_SAMPLES, training_scoring
 from gansvc.train.monitor import FailureWatch, MetricsLog, TensorBoard
@@ -39,9 +39,17 @@ class TrainerSetup:
         world = self.dist.world
         self.is_main = world.is_main
         self.device = self.dist.device
-        # ranks on one node share its cores
-        self.threads = spec.threads or max(1, cpu_threads() // world.local_world_size)
+        # ranks on one node share its cores; threads = 0 on the CPU takes the cores that are free at start
+        cores = max(1, cpu_threads() // world.local_world_size)
+        self.threads = spec.threads or cores
         if self.device.type == "cpu":
+            if not spec.threads:
+                load = system_load()
+                self.threads = threads_for_load(cores, load / world.local_world_size if load is not None else None)
+                if self.threads < cores:
+                    self._startup_logs.append(Log(message=(
+                        f"threads: {self.threads} of {cores} cores (the CPU was busy at start: load {load:.1f}); "
+                        "--threads N fixes the count")))  # fmt: skip
             torch.set_num_threads(self.threads)
         data = self._load_data()  # in memory, or streamed from disk when larger than the memory budget
         self.points = hasattr(data, "points")

@@ -65,3 +65,23 @@ def cpu_threads() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def threads_for_load(cores: int, load: float | None) -> int:
+    """Return the threads to use on `cores` cores when others keep `load` of them busy: the free cores, at least 1.
+
+    On a busy CPU each of torch's parallel regions waits for a descheduled thread: with 2 threads on 2 cores
+    at load 2 the default DCGAN ran at ~313 images/s where one thread runs it faster. The load average counts
+    runnable processes (this one, just started, barely), so the free cores are `cores - load`, rounded.
+    """
+    if load is None:
+        return max(1, cores)
+    return max(1, min(cores, int(cores - load + 0.5)))
+
+
+def system_load() -> float | None:
+    """Return the 1-minute load average, or None where the system does not tell."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
