@@ -62,6 +62,7 @@ def test_streamed_plugin_gives_the_in_memory_batches(shapes):
     assert isinstance(small, ImageData) and isinstance(streamed, StreamedData)
     assert torch.equal(small.images, held.images) and torch.equal(small.labels, held.labels)
     assert streamed.plugin == "shapes-stream" and streamed.shape == (1, 16, 16) and streamed.num_classes == 3
+    assert torch.equal(streamed.labels, held.labels)  # read once through the loader, kept in memory
     memory = make_batches(held, 8, 4, CPU)
     disk = make_batches(streamed, 8, 4, CPU)
     assert isinstance(disk, StreamedBatches)
@@ -90,6 +91,26 @@ def test_trainer_on_a_streamed_plugin_resumes_exactly(shapes, tmp_path, monkeypa
     for part in ("G", "D"):
         for key in a[part]:
             assert torch.equal(a[part][key], b[part][key]), (part, key)
+
+
+def test_reference_statistics_of_a_streamed_plugin_equal_its_in_memory_twins(shapes, tmp_path, monkeypatch):
+    """shapes-stream over the budget streams into the statistics (all images, one class); `shapes` holds the
+    same images in memory: the two agree in float64."""
+    from gansvc.metrics import reference
+    from gansvc.metrics.evaluate import get_extractor
+
+    monkeypatch.setenv("GANSVC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("GANSVC_MAX_DATASET_MEMORY", "1K")
+    monkeypatch.setenv("GANSVC_DATA_WORKERS", "0")
+    net = get_extractor("fmnist-cnn")
+    for label in (None, 2):
+        with monkeypatch.context() as streaming:  # never read whole: chunk by chunk through the loader
+            streaming.setattr("gansvc.data.streaming.read_into_memory", lambda *a, **k: pytest.fail("read whole"))
+            streamed = reference.real_reference("shapes-stream:test", net, image_size=28, label=label)
+        held = reference.real_reference("shapes:test", net, image_size=28, label=label)
+        assert streamed.count == held.count and (label is None) == (held.count == 1000)
+        np.testing.assert_allclose(streamed.stats.mu, held.stats.mu, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(streamed.stats.sigma, held.stats.sigma, rtol=1e-9, atol=1e-12)
 
 
 def test_factory_argument_errors_name_the_argument(shapes):

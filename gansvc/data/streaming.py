@@ -9,6 +9,9 @@ StreamedData (a map-style Dataset read through a DataLoader: StreamedBatches) fo
   with `images` / `labels` / `class_names` is in memory; one returning a map-style Dataset is streamed
   when it is larger than the budget, else read into memory once.
 Whatever the path, the samples, their labels and their order are the same (gansvc.train.batches).
+A streamed set's labels are small and held in memory (`StreamedData.labels`: conditional training, per-class
+reference statistics); `read_chunks` reads its samples in order, a chunk at a time, through the same loader
+(the reference statistics of FID, gansvc.metrics.reference).
 
 The budget is an operator's setting: `gansvc serve --max-dataset-memory` / `gansvc train
 --max-dataset-memory` (sizes like 4G, 512M), carried to the trainer in GANSVC_MAX_DATASET_MEMORY;
@@ -17,6 +20,7 @@ default a quarter of the machine's RAM.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass
@@ -32,6 +36,9 @@ from gansvc.train.spec import SpecError
 
 MEMORY_ENV = registry.DATASET_MEMORY_ENV
 WORKERS_ENV = "GANSVC_DATA_WORKERS"
+READ_CHUNK = 256  # samples per loader batch when a streamed set is read in order (read_chunks)
+
+
 def total_memory() -> int:
     """Return the machine's RAM in bytes."""
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -70,6 +77,20 @@ class StreamedData:
 
     def __len__(self) -> int:
         return len(self.dataset)
+
+    @functools.cached_property
+    def labels(self) -> torch.Tensor | None:
+        """The int64 class of every sample [N] (None when unlabelled), held in memory while the images stream.
+
+        Labels are small (8 bytes a sample): a folder's or an archive's come from their names and dataset.json;
+        a plugin Dataset's are read once, through the loader (its images dropped chunk by chunk).
+        """
+        if not self.labelled:
+            return None
+        known = getattr(self.dataset, "labels", None)
+        if isinstance(known, torch.Tensor):
+            return known
+        return torch.cat([labels for _, labels in read_chunks(self)])
 
     def describe_error(self, error: BaseException) -> Exception:
         """Return the error a run fails with when reading a sample raised `error` (maybe in a worker)."""
@@ -268,27 +289,43 @@ class CheckedDataset(torch.utils.data.Dataset):
         return image.contiguous(), UNLABELLED if label is None else label
 
 
-def read_into_memory(data: StreamedData, workers: int | None = None) -> ImageData:
-    """Return a streamed data set read whole into memory (in index order, with the loader's worker processes)."""
+def read_chunks(data: StreamedData, rows: torch.Tensor | None = None, chunk: int = READ_CHUNK,
+                workers: int | None = None):  # fmt: skip
+    """Yield (uint8 images [n, C, H, W], int64 labels [n]) of `rows` (default all, in index order), `chunk` at a time.
+
+    One DataLoader with the data set's worker processes reads them; at most a few chunks are in memory at once
+    (the one yielded and the workers' read-ahead). A sample that cannot be read raises data.describe_error's error.
+    """
     from gansvc.train.batches import collate_samples
 
+    order = torch.arange(len(data)) if rows is None else torch.as_tensor(rows, dtype=torch.int64)
+    batches = [part.tolist() for part in order.split(chunk)]
+    workers = data_workers() if workers is None else workers
+    loader = torch.utils.data.DataLoader(
+        data.dataset, batch_sampler=batches, num_workers=workers if len(batches) > 1 else 0,
+        collate_fn=collate_samples,
+    )  # fmt: skip
+    iterator = iter(loader)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except Exception as error:  # noqa: BLE001 - reading a sample failed (maybe in a worker): say which
+            raise data.describe_error(error) from error
+        yield batch
+
+
+def read_into_memory(data: StreamedData, workers: int | None = None) -> ImageData:
+    """Return a streamed data set read whole into memory (in index order, with the loader's worker processes)."""
     count = len(data)
     images = torch.empty((count, *data.shape), dtype=torch.uint8)
     labels = torch.empty(count, dtype=torch.int64)
-    workers = data_workers() if workers is None else workers
-    chunk = 256
-    loader = torch.utils.data.DataLoader(
-        data.dataset, batch_sampler=[list(range(s, min(s + chunk, count))) for s in range(0, count, chunk)],
-        num_workers=workers if count > chunk else 0, collate_fn=collate_samples,
-    )  # fmt: skip
     start = 0
-    try:
-        for batch_images, batch_labels in loader:
-            images[start : start + batch_images.shape[0]] = batch_images
-            labels[start : start + batch_images.shape[0]] = batch_labels
-            start += batch_images.shape[0]
-    except Exception as error:  # noqa: BLE001 - reading a sample failed (maybe in a worker): say which
-        raise data.describe_error(error) from error
+    for batch_images, batch_labels in read_chunks(data, workers=workers):
+        images[start : start + batch_images.shape[0]] = batch_images
+        labels[start : start + batch_images.shape[0]] = batch_labels
+        start += batch_images.shape[0]
     if not data.labelled:
         return ImageData(data.name, images, None, None, None)
     class_names = data.class_names or [str(i) for i in range(int(labels.max()) + 1)]

@@ -1,7 +1,8 @@
 """Scores of class-conditional samples (issue 12): intra-class FID and the classifier's agreement.
 
 - intra-class FID: each class's generated images against that class's real images (per-class reference
-  statistics, cached like the others by gansvc.metrics.reference), and their mean over the classes;
+  statistics, cached like the others by gansvc.metrics.reference), and their mean over the classes; the real
+  side is a labelled data set: a built-in, a plugin's, a folder of class sub-folders or a ZIP with labels;
 - class agreement: the share of samples the shipped Fashion-MNIST classifier (fmnist-cnn) assigns to the
   class they were generated for; only where the real side is Fashion-MNIST, the classifier's classes.
 """
@@ -14,7 +15,7 @@ import torch
 
 from gansvc.metrics.features import extractor_fits
 from gansvc.metrics.fid import fid_from_features
-from gansvc.metrics.reference import real_reference
+from gansvc.metrics.reference import LABELLED_SETS, NoClassLabels, real_reference
 from gansvc.runtime.registry import parse_real
 
 AGREEMENT_DATASETS = ("fashion-mnist",)  # the data sets whose classes fmnist-cnn predicts
@@ -49,11 +50,15 @@ def evaluate_per_class(
     inception_weights: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    image_size: int = 0,
 ) -> dict:
     """Return intra-class FID (mean and per class) and, where it applies, the classifier's class agreement.
 
     fake: images [N, C, H, W] in [-1, 1] (or uint8); labels: the class each was generated for [N]. `real`
-    must be a labelled data set NAME[:SPLIT]; classes with fewer than 2 samples get no FID.
+    must be a labelled data set: NAME[:SPLIT], folder:PATH with one sub-folder per class, or zip:PATH with
+    dataset.json labels (streamed when larger than the memory budget); classes with fewer than 2 samples get
+    no FID. A real side without labels raises NoClassLabels (a ValueError). `image_size` > 0 resizes the real
+    images to that size first (as evaluate's).
     Keys: intra_fid, intra_fid_per_class {class: fid}, class_agreement, class_agreement_per_class (the last
     two None where the classifier's classes are not the data set's).
     """
@@ -62,8 +67,9 @@ def evaluate_per_class(
     labels = torch.as_tensor(labels).long().cpu()
     if labels.shape != (fake.shape[0],):
         raise ValueError(f"labels must hold one class per image ([{fake.shape[0]}]), got {list(labels.shape)}")
-    if parse_real(real).kind != "dataset":
-        raise ValueError(f"real {real!r}: per-class scores need a labelled data set NAME[:SPLIT] as the real side")
+    if parse_real(real).kind == "path":
+        raise NoClassLabels(f"real {real!r}: per-class scores need a labelled data set as the real side "
+                            f"({LABELLED_SETS})")  # fmt: skip
     net = get_extractor(extractor, device, inception_weights)
     features, _ = net(fake, progress, desc="generated images")
     per_class = {}
@@ -71,7 +77,7 @@ def evaluate_per_class(
         rows = labels == k
         if int(rows.sum()) < 2:
             continue
-        reference = real_reference(real, net, data_root, None, progress, label=int(k))
+        reference = real_reference(real, net, data_root, None, progress, image_size=image_size, label=int(k))
         per_class[int(k)] = fid_from_features(reference.stats, features[rows]).fid
     agreement, agreement_per_class = None, None
     if agreement_applies(real, fake.shape[1:]):

@@ -201,20 +201,17 @@ def _checkpoint_labels(generator, spec: dict):
 def _per_class_scores(fake, labels, spec: dict, device: str, channel: EventChannel) -> dict:
     """Return intra-class FID and class agreement where the real side is a labelled data set, else say why not."""
     from gansvc.metrics.per_class import evaluate_per_class
-    from gansvc.runtime.registry import parse_real
+    from gansvc.metrics.reference import NoClassLabels
 
-    try:
-        source = parse_real(spec["real"])
-    except ValueError:
-        source = None
-    if source is None or source.kind != "dataset":
-        channel.send(_log(f"no per-class scores: {spec['real']} is not a labelled data set", "warning"))
-        return {}
     channel.send(_log(f"scoring {fake.shape[0]} images per class against {spec['real']}"))
-    scores = evaluate_per_class(
-        fake, labels, spec["real"], spec["extractor"], data_root=spec.get("data_root") or None,
-        inception_weights=spec.get("inception_weights") or None, device=device,
-    )  # fmt: skip
+    try:
+        scores = evaluate_per_class(
+            fake, labels, spec["real"], spec["extractor"], data_root=spec.get("data_root") or None,
+            inception_weights=spec.get("inception_weights") or None, device=device,
+        )  # fmt: skip
+    except NoClassLabels as error:
+        channel.send(_log(f"no per-class scores: {error}", "warning"))
+        return {}
     # per-class dicts with string keys: the summary is JSON
     return {k: ({str(c): v for c, v in value.items()} if isinstance(value, dict) else value)
             for k, value in scores.items()}  # fmt: skip

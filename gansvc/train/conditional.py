@@ -26,13 +26,14 @@ _LABEL_SEED_OFFSET = 0x1AB  # labels drawn outside training use seed + this, apa
 
 
 def data_classes(data, dataset: str) -> tuple[torch.Tensor, int, list[str]]:
-    """Return (labels [N] int64, number of classes, class names) of loaded training data.
+    """Return (labels [N] int64, number of classes, class names) of loaded training data, in memory or streamed.
 
     Raises SpecError('conditional') when the data set has no labels (e.g. a folder without class sub-folders).
     """
     labels = getattr(data, "labels", None)
     if labels is None:
-        raise SpecError("conditional", f"{dataset} has no class labels (a folder needs one sub-folder per class)")
+        raise SpecError("conditional", f"{dataset} has no class labels (a folder needs one sub-folder per class, "
+                                       "a ZIP archive labels in its dataset.json)")  # fmt: skip
     labels = labels.long()
     count = int(getattr(data, "num_classes", None) or (int(labels.max()) + 1 if labels.numel() else 0))
     if count < 1:

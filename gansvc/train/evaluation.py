@@ -7,9 +7,10 @@ Inception-v3 for every other image data set, its weights from the file the opera
 ($GANSVC_INCEPTION_WEIGHTS, set by `gansvc serve|train --inception-weights`). When no extractor fits
 (no weights configured, images of the wrong shape) the run says so with an `eval_unavailable` warning
 and reports no FID; a data set scored with a classifier trained on another small data set (MNIST with
-fmnist-cnn) gets an `extractor_mismatch` warning. The real side is the data set's test split (a folder:
-the folder itself) at the training resolution; its statistics are computed once per (data set, split,
-extractor, weights) and cached (gansvc.metrics.reference).
+fmnist-cnn) gets an `extractor_mismatch` warning. The real side is the data set's test split (a folder or
+a ZIP archive: itself) at the training resolution; its statistics are computed once per (data set, split,
+extractor, weights) and cached (gansvc.metrics.reference), streamed through the training loader when the set
+is larger than the memory budget.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class Scoring:
     message: str  # the Log line naming the extractor, or why there is none
     mismatch: str = ""  # an extractor_mismatch warning: the extractor was trained on another data set
     unavailable: str = ""  # an eval_unavailable warning: image data with no FID / IS during training
-    real: str = ""  # the real side: DATASET:test, or folder:PATH
+    real: str = ""  # the real side: DATASET:test, or folder:PATH / zip:PATH itself
     inception_weights: str | None = None  # the weights file of inception-v3
 
 
@@ -60,8 +61,9 @@ def default_extractor(data_shape) -> str:
 
 
 def reference_split(dataset: str) -> str:
-    """Return the real set a training run on `dataset` is scored against: its test split (a folder: itself)."""
-    if registry.is_folder_dataset(dataset):
+    """Return the real set a training run on `dataset` is scored against: its test split (a folder or archive:
+    itself, which has no splits: 'zip:PATH:test' would name the file 'PATH:test')."""
+    if registry.is_folder_dataset(dataset) or registry.is_zip_dataset(dataset):
         return dataset
     info = registry.dataset_info(dataset)
     split = "test" if info is None or not info.sizes or "test" in info.sizes else "train"
