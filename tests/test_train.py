@@ -4,6 +4,8 @@ what is written to the run directory, stopping, budgets and divergence."""
 from __future__ import annotations
 
 import json
+import os
+import time
 
 import pytest
 import torch
@@ -463,7 +465,25 @@ def test_threads_zero_takes_the_cores_free_at_start(tmp_path, monkeypatch, load,
     trainer.run()
     assert trainer.threads == expected
     said = [e.message for e in events if isinstance(e, ev.Log) and e.message.startswith("threads:")]
-    assert said == ([] if expected == 2 else [f"threads: 1 of 2 cores (the CPU was busy at start: load {load:.1f}); "
-                                              "--threads N fixes the count"])  # fmt: skip
+    assert said == ([] if expected == 2 else [f"threads: 1 of 2 cores (the CPU was busy at start: {load:.1f} cores "
+                                              "in use); --threads N fixes the count"])  # fmt: skip
     warned = [e.code for e in events if isinstance(e, ev.Warning) and e.code == "cpu_oversubscribed"]
     assert torch.get_num_threads() == before and not (warned and expected == 1)
+
+
+def test_system_load_counts_the_cores_other_processes_keep_busy_now():
+    # A process spinning on one core while we measure: about one core busy (the 1-minute load average would
+    # still be near its past value). The machine may be busy with other work, so only a lower bound is fixed.
+    import subprocess
+    import sys
+
+    from gansvc.train.devices import system_load
+
+    spinner = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 5\nwhile time.time() < end: pass"])
+    try:
+        time.sleep(0.5)
+        busy = system_load(window=0.5)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert busy is not None and 0.8 <= busy <= (os.cpu_count() or 1) + 0.05, busy

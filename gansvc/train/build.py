@@ -48,7 +48,7 @@ class TrainerSetup:
                 self.threads = threads_for_load(cores, load / world.local_world_size if load is not None else None)
                 if self.threads < cores:
                     self._startup_logs.append(Log(message=(
-                        f"threads: {self.threads} of {cores} cores (the CPU was busy at start: load {load:.1f}); "
+                        f"threads: {self.threads} of {cores} cores (the CPU was busy at start: {load:.1f} cores in use); "
                         "--threads N fixes the count")))  # fmt: skip
             torch.set_num_threads(self.threads)
         data = self._load_data()  # in memory, or streamed from disk when larger than the memory budget
