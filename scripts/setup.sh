@@ -68,7 +68,6 @@ fi
 
 # The CUDA build on a machine without a GPU needs these (see "Building the extension" in the README).
 if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then export CUDA_HOME=/usr/local/cuda; fi
-export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-"8.0;9.0"}
 export MAX_JOBS=${MAX_JOBS:-2}
 # One build of gansvc._C and the gRPC stubs, in place: ninja keeps its objects under build/, so a later run
 # recompiles only what changed (seconds when nothing did).
