@@ -297,21 +297,23 @@ class Scheduler:
             self._thread.join(timeout=5.0)
 
     # ------------------------------------------------------------------ requests
-    def cancel(self, job_id: str) -> JobRecord:
-        """Cancel a job: a queued one at once, a running one by a checkpoint-and-stop; return the job."""
+    def cancel(self, job_id: str, reason: str = "") -> JobRecord:
+        """Cancel a job: a queued one at once, a running one by a checkpoint-and-stop; return the job. `reason`
+        (e.g. a sweep's pruner) goes into the job's log line of the request."""
         with self._lock:
             job = self.store.require_job(job_id)
             if job.state == "CANCELLED":
                 return job
             if job.terminal:
                 raise WrongState(f"job {job_id} already ended ({job.state}); there is nothing to cancel")
+            why = f" ({reason})" if reason else ""
             if job.state == "QUEUED":
-                self.store.set_state(job_id, "CANCELLED", _cancel_reason(self.jobs_dir / job_id, "while queued"))
+                self.store.set_state(job_id, "CANCELLED", _cancel_reason(self.jobs_dir / job_id, "while queued" + why))
                 return self.store.require_job(job_id)
             if job.cancel_requested:
                 return job
             what = "writes a checkpoint and stops" if job.kind == "training" else "stops"
-            self.store.set_cancel_requested(job_id, f"cancel requested: the job {what}")
+            self.store.set_cancel_requested(job_id, f"cancel requested{why}: the job {what}")
             worker = self._workers.get(job_id)
             if worker is not None:
                 worker.request_stop()
