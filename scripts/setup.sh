@@ -49,10 +49,11 @@ step() {
 if [ ! -x .venv/bin/python ]; then
     step "creating .venv with $PYTHON" "$PYTHON" -m venv .venv
 fi
-# A stamp keeps repeated runs fast: pip is asked again only when requirements.txt changed.
+# A stamp keeps repeated runs fast: pip is asked again only when requirements.txt changed. --no-compile: pip
+# would byte-compile every module of every wheel (torch alone has thousands); Python compiles what it imports.
 if ! cmp -s requirements.txt .venv/.requirements.stamp 2>/dev/null; then
     step "installing the pinned wheels of requirements.txt (torch, grpcio, ...; first time ~2 min, 5.7 GB)" \
-        .venv/bin/pip install --disable-pip-version-check --no-input --progress-bar off -r requirements.txt
+        .venv/bin/pip install --disable-pip-version-check --no-input --progress-bar off --no-compile -r requirements.txt
     cp requirements.txt .venv/.requirements.stamp
 fi
 
