@@ -18,7 +18,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 BROKEN_MODULE = '''
-"""Plugins that break the contract, each in one way."""
+"""Plugins that break the contract, each in one way; and `collapsed`, which keeps it but ignores its noise."""
 import torch
 from torch import nn
 
@@ -32,6 +32,8 @@ class G(nn.Module):
     def forward(self, z, labels=None):
         if self.how == "raises":
             raise RuntimeError("boom inside forward")
+        if self.how == "collapsed":  # every noise gives the same image: mode collapse by construction
+            z = torch.zeros_like(z)
         x = torch.tanh(self.fc(z)).view(z.shape[0], *self.data_shape)
         if self.how == "range":
             return x * 3.0
@@ -63,6 +65,7 @@ good_flat = _pair("good", column=False)
 bad_range = _pair("range")
 bad_shape = _pair("shape")
 raises = _pair("raises")
+collapsed = _pair("collapsed", column=False)
 
 
 class RGBFeatures(nn.Module):
@@ -88,6 +91,7 @@ bad-range = gansvc_broken_plugins:bad_range
 bad-shape = gansvc_broken_plugins:bad_shape
 raises = gansvc_broken_plugins:raises
 good-flat = gansvc_broken_plugins:good_flat
+collapsed = gansvc_broken_plugins:collapsed
 
 [gansvc.extractors]
 rgb-features = gansvc_broken_plugins:rgb_features
