@@ -16,6 +16,10 @@ from test_selftest import _wrong_loss, fresh_selftest, needs_extension  # noqa: 
 from gansvc.runtime import registry
 
 
+# probing the plugin data sets keeps what they showed in the cache folder: a private one
+pytestmark = pytest.mark.usefixtures("cache_dir")
+
+
 @pytest.fixture(scope="module", autouse=True)
 def visible(tmp_path_factory):
     with plugins_visible(tmp_path_factory.mktemp("plugins")):
