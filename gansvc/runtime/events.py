@@ -145,11 +145,16 @@ class Finished(Event):
 
 @dataclass(frozen=True)
 class Failed(Event):
-    """Worker protocol: the job failed; reason in a user's words, error the exception's class name."""
+    """Worker protocol: the job failed; reason in a user's words, error the exception's class name.
+
+    died: a process of the job was killed (a rank of a distributed run, by a signal) rather than the job
+    failing by itself; the scheduler retries it from the last checkpoint like a worker that died.
+    """
 
     TYPE: ClassVar[str] = "failed"
     reason: str = ""
     error: str = ""
+    died: bool = False
 
 
 # ---------------------------------------------------------------------- model selection (issue 13)

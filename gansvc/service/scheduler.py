@@ -6,7 +6,8 @@ When a worker ends, its last word (Finished / Failed) or its exit status decides
 
 - finished          -> SUCCEEDED (or CANCELLED / back to QUEUED when it stopped because it was asked to)
 - failed            -> FAILED with the worker's reason (divergence, OOM, bad data, ...)
-- died without word -> FAILED with the signal or exit code (the server itself lives on)
+- died without word -> QUEUED again from the last checkpoint (up to max_attempts; a rank of a distributed
+                       run killed by a signal counts too), then FAILED naming each attempt's signal or exit code
 """
 
 from __future__ import annotations
@@ -423,6 +424,8 @@ class Scheduler:
             if summary and summary.get("status") == "max_minutes":
                 message = f"stopped at the max_minutes limit, step {step} of {summary.get('total_steps', '?')}"
             self.store.set_state(job.id, "SUCCEEDED", message, summary=summary)
+        elif isinstance(final, events.Failed) and final.died and not job.cancel_requested:
+            self._worker_died(job, worker, returncode, what=final.reason)  # a killed rank: retried like a worker
         elif isinstance(final, events.Failed) and not job.cancel_requested:
             self.store.set_state(job.id, "FAILED", final.reason or "failed")
         elif job.cancel_requested:
@@ -437,10 +440,11 @@ class Scheduler:
         else:
             self._worker_died(job, worker, returncode)
 
-    def _worker_died(self, job: JobRecord, worker: WorkerProcess, returncode: int) -> None:
-        """A worker died without a word (OOM killer, a signal, a crash): retry from the last checkpoint while
-        attempts remain, else fail naming every attempt."""
-        what = describe_exit(returncode)
+    def _worker_died(self, job: JobRecord, worker: WorkerProcess, returncode: int, what: str = "") -> None:
+        """A worker died without a word (OOM killer, a signal, a crash), or said a process of its job was killed
+        (`what`: a rank of a distributed run): retry from the last checkpoint while attempts remain, else fail
+        naming every attempt."""
+        what = what or describe_exit(returncode)
         tail = last_log_lines(worker.job_dir / "worker.log")
         deaths = record_death(worker.job_dir, job.attempts, what, tail)
         said = f"{what}; its last output: {tail}" if tail else f"{what}; it wrote nothing"
