@@ -468,7 +468,8 @@ def test_threads_zero_takes_the_cores_free_at_start(tmp_path, monkeypatch, load,
     assert said == ([] if expected == 2 else [f"threads: 1 of 2 cores (the CPU was busy at start: {load:.1f} cores "
                                               "in use); --threads N fixes the count"])  # fmt: skip
     warned = [e.code for e in events if isinstance(e, ev.Warning) and e.code == "cpu_oversubscribed"]
-    assert torch.get_num_threads() == before and not (warned and expected == 1)
+    # the warning judges by the same measure that chose the threads: a count chosen for the load is no warning
+    assert torch.get_num_threads() == before and warned == []
 
 
 def test_system_load_counts_the_cores_other_processes_keep_busy_now():
