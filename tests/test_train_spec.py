@@ -52,7 +52,8 @@ def test_toml_file_plain_and_with_train_table(tmp_path):
         ({"steps": 10, "loss": "hinge", "real_label": 0.9}, "real_label"),
         ({"steps": 10, "n_critic": 0}, "n_critic"),
         ({"steps": 10, "gradient_penalty": -1}, "gradient_penalty"),
-        ({"steps": 10, "precision": "fp16"}, "precision"),
+        ({"steps": 10, "precision": "fp8"}, "precision"),
+        ({"steps": 10, "precision": "fp16", "device": "cpu"}, "precision"),  # fp16 is CUDA's (issue 21)
         ({"steps": 10, "device": "tpu"}, "device"),
         ({"steps": 10, "eval_samples": 1}, "eval_samples"),
         ({"steps": 10, "nproc": 0}, "nproc"),

@@ -198,7 +198,7 @@ def model_info(name: str) -> ModelInfo | None:
 
 
 LOSSES = ("bce", "hinge", "wasserstein")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "fp16")  # fp16: CUDA only (gansvc.train.precision)
 
 
 def loss_names() -> tuple[str, ...]:

@@ -101,6 +101,10 @@ class DevicePool:
             return f"nproc {nproc} needs {nproc} GPUs, but the pool has {len(self.gpus)}"
         return None
 
+    def kind(self, device: str) -> str:
+        """Return the kind of device ('cpu' or 'cuda') a job asking for `device` runs on here."""
+        return self._request(device)[0]
+
     def allocate(self, device: str, nproc: int = 1) -> Allocation | None:
         """Take devices for a job now; return them, or None when they are busy (the job waits)."""
         kind, wanted = self._request(device)

@@ -109,7 +109,7 @@ def _device(pool: DevicePool, device: str, nproc: int = 1) -> None:
 
 def training_spec(message: pb.TrainingSpec, roots: DataRoots, pool: DevicePool) -> dict:
     """Return the validated, complete TrainSpec dict for a TrainingSpec message, or raise InvalidField."""
-    from gansvc.train.spec import SpecError, TrainSpec
+    from gansvc.train.spec import SpecError, TrainSpec, check_precision_device
 
     settings = training_spec_to_dict(message)
     if settings.get("data_root"):
@@ -137,6 +137,10 @@ def training_spec(message: pb.TrainingSpec, roots: DataRoots, pool: DevicePool) 
                 message += f" (got {error.field}={value!r})"
         raise InvalidField(error.field, message) from None
     _device(pool, spec.device, spec.nproc)
+    try:  # device "auto" runs on the CPU of a server without GPUs: refuse fp16 now, not when the job starts
+        check_precision_device(spec.precision, pool.kind(spec.device))
+    except SpecError as error:
+        raise InvalidField(error.field, error.message) from None
     return spec.to_dict()
 
 

@@ -19,15 +19,20 @@ from gansvc.train.ema import EMA
 from gansvc.train.evaluation import FIXED_NOISE, POINT_SAMPLES, training_scoring
 from gansvc.train.monitor import FailureWatch, MetricsLog, TensorBoard
 from gansvc.train.optim import FusedAdam
+from gansvc.train.precision import grad_scaler
 from gansvc.train.reporting import NoLog, stat_names
 from gansvc.train.selection import SelectionState
-from gansvc.train.spec import SpecError
+from gansvc.train.schedule import is_scheduled, keep_full_rates
+from gansvc.train.spec import SpecError, check_precision_device
 from gansvc.train.step import channels_last_on_cpu
 from gansvc.train.world import local_batch_size
 
 
 class TrainerSetup:
     """The Trainer's set-up (a part of gansvc.train.trainer.Trainer)."""
+
+    # the device types precision fp16 trains on (the tests add "cpu" to run its scaler's path on this machine)
+    _fp16_device_types: tuple[str, ...] = ("cuda",)
 
     def _setup(self) -> None:
         from gansvc.data.streaming import make_batches, sample_shape
@@ -39,6 +44,7 @@ class TrainerSetup:
         world = self.dist.world
         self.is_main = world.is_main
         self.device = self.dist.device
+        check_precision_device(spec.precision, self.device.type, self._fp16_device_types)  # device "auto" resolved
         # ranks on one node share its cores; threads = 0 on the CPU takes the cores that are free at start
         cores = max(1, cpu_threads() // world.local_world_size)
         self.threads = spec.threads or cores
@@ -91,6 +97,10 @@ class TrainerSetup:
         betas = (spec.beta1, spec.beta2)
         self.opt_g = FusedAdam(self.G.parameters(), lr=spec.lr_g, betas=betas)
         self.opt_d = FusedAdam(self.D.parameters(), lr=spec.lr_d, betas=betas)
+        keep_full_rates((self.opt_g, self.opt_d))  # what the schedule scales (and a rollback lowers)
+        self.lr_scheduled = is_scheduled(spec.lr_schedule, spec.lr_warmup_steps)
+        self.scaler_g = grad_scaler(spec.precision, self.device)  # fp16 only: one per optimiser
+        self.scaler_d = grad_scaler(spec.precision, self.device)
         self.ema = EMA(self.G, spec.ema_decay) if spec.ema_decay > 0 else None
         self.batches = make_batches(data, spec.batch_size, spec.seed, self.device, world.rank, world.world_size)
         self.augmenter = None
@@ -100,6 +110,10 @@ class TrainerSetup:
             # ADA starts from p = 0 and adapts; otherwise the fixed augment_p
             self.augmenter = Augmenter(spec.augment, 0.0 if spec.ada_target else spec.augment_p,
                                        ada_target=spec.ada_target, seed=spec.seed, device=self.device)  # fmt: skip
+        if self.batches.local_batch_size % spec.accumulate:  # the spec knows this node's processes, not all nodes'
+            raise SpecError("accumulate", f"this rank's batch of {self.batches.local_batch_size} (batch_size "
+                            f"{spec.batch_size} over {world.world_size} processes) does not split into accumulate="
+                            f"{spec.accumulate} equal micro-batches")  # fmt: skip
         # this rank's rows of every global batch: [batch_lo, batch_hi)
         self.batch_lo = world.rank * self.batches.local_batch_size
         self.batch_hi = self.batch_lo + self.batches.local_batch_size
@@ -111,6 +125,7 @@ class TrainerSetup:
             self.total_steps = spec.steps
         else:
             self.total_steps = max(1, round(spec.epochs * self.batches.batches_per_epoch / spec.n_critic))
+        spec.check_warmup(self.total_steps)
         self.watch = FailureWatch(spec.loss)
         self.step = 0
         self.wall_before = 0.0  # wall-clock seconds of earlier sessions of this run

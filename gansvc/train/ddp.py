@@ -3,6 +3,7 @@ BatchNorm for what runs on one rank (sampling, standing statistics)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import torch
@@ -26,6 +27,16 @@ def wrap_for_ranks(model: torch.nn.Module, device: torch.device, distributed: bo
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     device_ids = [device] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=device_ids, forward_sync_buffers=True)
+
+
+def sync_gradients(model: torch.nn.Module, sync: bool):
+    """Return a context for a forward and backward through `model` that averages the gradients over the ranks only
+    when `sync` (DDP's no_sync otherwise: the earlier micro-batches of an accumulated step add up locally)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if sync or not isinstance(model, DistributedDataParallel):  # one rank: nothing to synchronise
+        return contextlib.nullcontext()
+    return model.no_sync()
 
 
 class LocalBatchNorm(torch.nn.modules.batchnorm._BatchNorm):

@@ -4,7 +4,7 @@ torch.optim.Adam(fused=True) regroups every tensor by device and dtype on every 
 GANs trained on a CPU that bookkeeping costs as much as the kernel itself (about 0.3 ms a step per
 optimiser). This subclass lets torch initialise the state on the first step, then keeps the tensor
 lists and calls the same fused kernel directly. State, state_dict and results are torch's own
-(tests/test_train.py compares the two bit for bit).
+(tests/test_train.py compares the two bit for bit, also under a GradScaler).
 """
 
 from __future__ import annotations
@@ -39,6 +39,10 @@ class FusedAdam(torch.optim.Adam):
         if closure is not None or len(self.param_groups) != 1:
             self._cached = None
             return super().step(closure)
+        if getattr(self, "grad_scale", None) is not None or getattr(self, "found_inf", None) is not None:
+            # a GradScaler's step (fp16) hands these to the fused kernel, which unscales and skips an overflowed
+            # step: torch's own path does that (the cached lists stay valid, its state is updated in place)
+            return super().step()
         group = self.param_groups[0]
         params = group["params"]
         if self._cached is None or any(p.grad is None for p in params):

@@ -5,6 +5,18 @@ from __future__ import annotations
 import torch
 
 
+def mixing_weights(
+    real: torch.Tensor, generator: torch.Generator, global_batch: int | None = None, offset: int = 0
+) -> torch.Tensor:
+    """Return the WGAN-GP mixing weights [n, 1, ...] of rows [offset, offset + n) of a global batch (n = len(real)).
+
+    They are drawn for the whole global batch and sliced, as one process would draw them.
+    """
+    n = real.shape[0]
+    shape = (global_batch or n,) + (1,) * (real.dim() - 1)
+    return torch.rand(shape, device=real.device, generator=generator, dtype=real.dtype)[offset : offset + n]
+
+
 def gradient_penalty(
     discriminator,
     real: torch.Tensor,
@@ -13,15 +25,15 @@ def gradient_penalty(
     generator: torch.Generator,
     global_batch: int | None = None,
     offset: int = 0,
+    alpha: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Return weight * E[(||grad D(x_hat)|| - 1)^2] at random points x_hat between real and fake samples.
 
-    With several ranks, `real` and `fake` are rows [offset, offset + n) of a global batch of `global_batch`:
-    the mixing weights are drawn for the whole global batch and sliced, as one process would draw them.
+    With several ranks, `real` and `fake` are rows [offset, offset + n) of a global batch of `global_batch`
+    (see mixing_weights). `alpha` gives the mixing weights instead (a micro-batch's rows of the batch's).
     """
-    n = real.shape[0]
-    shape = (global_batch or n,) + (1,) * (real.dim() - 1)
-    alpha = torch.rand(shape, device=real.device, generator=generator, dtype=real.dtype)[offset : offset + n]
+    if alpha is None:
+        alpha = mixing_weights(real, generator, global_batch, offset)
     x_hat = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
     (grad,) = torch.autograd.grad(discriminator(x_hat).sum(), x_hat, create_graph=True)
     # the epsilon keeps the norm's derivative finite where a gradient is exactly zero

@@ -75,6 +75,9 @@ class TrainerReporting:
         values["images_per_sec"] = images / self.window_seconds if self.window_seconds > 0 else 0.0
         values["g_grad_norm"] = _grad_norm(self.G)
         values["d_grad_norm"] = _grad_norm(self.D)
+        if self.lr_scheduled:  # the learning rates of the window's last step
+            values["lr_g"] = self.opt_g.param_groups[0]["lr"]
+            values["lr_d"] = self.opt_d.param_groups[0]["lr"]
         self.last_train = values
         record = {
             "step": self.step, "kind": "train", "epoch": round(self.batches.epoch, 4),

@@ -10,11 +10,12 @@ What counts as diverging:
   run at evaluations only, too rarely to call a sign persisting between them.
 A run with no checkpoint yet goes back to its first step (a copy of that state is kept in memory).
 
-Each rollback is a Rollback event and a record in summary.json; the scaled learning rates live in the
-optimisers' state and the rollbacks in the checkpoint's `selection` entry, so a run resumed after a
-rollback continues exactly as the uninterrupted one. metrics.jsonl and TensorBoard drop the records after
-the step gone back to, as a resume does: the steps are trained again. Once no rollback is left, NaN fails
-the run as before (TrainingDiverged) and persisting signs stay warnings.
+Each rollback is a Rollback event and a record in summary.json; the scaled learning rates (the full rates
+a learning-rate schedule scales) live in the optimisers' state and the rollbacks in the checkpoint's
+`selection` entry, so a run resumed after a rollback continues exactly as the uninterrupted one.
+metrics.jsonl and TensorBoard drop the records after the step gone back to, as a resume does: the steps
+are trained again. Once no rollback is left, NaN fails the run as before (TrainingDiverged) and
+persisting signs stay warnings.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from gansvc.train import checkpoints
 from gansvc.train.errors import TrainingDiverged
 from gansvc.train.monitor import MetricsLog, TensorBoard
 from gansvc.runtime.rundir import checkpoint_steps
+from gansvc.train.schedule import full_rate, set_full_rates
 
 ROLLBACK_SIGNS = ("d_overpowering",)  # failure signs that roll a run back when they persist
 PERSIST_WINDOWS = 1  # windows of log points a sign must still hold after the monitor flagged it
@@ -73,8 +75,9 @@ class TrainerRollback:
             suffix = f" (after {done} rollback{'s' * (done != 1)})" if done else ""
             raise TrainingDiverged(f"{error}{suffix}") from None
         diverged_at = self.step
-        lr_g = self.opt_g.param_groups[0]["lr"] * spec.rollback_factor
-        lr_d = self.opt_d.param_groups[0]["lr"] * spec.rollback_factor
+        # the full rates (what a learning-rate schedule scales), before the checkpoint's replace them
+        lr_g = full_rate(self.opt_g) * spec.rollback_factor
+        lr_d = full_rate(self.opt_d) * spec.rollback_factor
         path, state = self._rollback_source(before_step)
         kept = (self.selection, self.wall_before, self.train_seconds, self.warnings)
         self.watch.history.clear()  # the checkpoint's history replaces this one
@@ -82,9 +85,7 @@ class TrainerRollback:
         # the best so far and the rollbacks stay what they are now; time counters keep counting
         self.selection, self.wall_before, self.train_seconds, self.warnings = kept
         self.selection.sign_streak = {}
-        for optimiser, lr in ((self.opt_g, lr_g), (self.opt_d, lr_d)):
-            for group in optimiser.param_groups:
-                group["lr"] = lr
+        set_full_rates((self.opt_g, self.opt_d), (lr_g, lr_d))
         record = {"step": diverged_at, "to_step": self.step, "lr_g": lr_g, "lr_d": lr_d, "reason": reason}
         self.selection.rollbacks.append(record)
         self.checkpointed_step = self.step if path is not None else -1

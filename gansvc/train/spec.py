@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any, Callable
 
 from gansvc.runtime import registry
+from gansvc.train.schedule import LR_SCHEDULES
 
 # Kept importable for callers that read them from here; the names themselves live in the registry.
 DATASETS = registry.dataset_names()  # plus folder:PATH
@@ -91,7 +92,8 @@ class TrainSpec:
     beta2: float = setting(0.999, "Adam beta2" + registry.model_optimizer_note("beta2"), min=0.0, max=1.0)
     ema_decay: float = setting(0.999, "EMA decay of G's weights (0 = no EMA; a short warm-up)", min=0.0,
                         max=1.0)  # fmt: skip
-    precision: str = setting("fp32", " | ".join(registry.precision_names()) + " (autocast)",
+    precision: str = setting("fp32", " | ".join(registry.precision_names()) + " (autocast; fp16 with a gradient "
+                             "scaler, CUDA only)",
                              choices=registry.precision_names)  # fmt: skip
     device: str = setting("auto", "auto | cpu | cuda | cuda:N")
     seed: int = setting(0, "random seed", min=0, max=2**63 - 1)
@@ -140,6 +142,17 @@ class TrainSpec:
     ada_target: float = setting(0.0, "ADA: adapt the augmentation probability (from 0) towards this "
                                 "E[sign(D(real))] (0 = a fixed augment_p; ADA's 0.6)", min=0.0, max=1.0)  # fmt: skip
     attention: int = setting(0, "resnet: self-attention at this resolution in G and D (0 = none)", min=0, max=1024)
+    # --- schedules and precision for longer runs (issue 21)
+    lr_schedule: str = setting("constant", "learning-rate schedule of G and D after the warm-up: constant | cosine | "
+                               "linear-decay (both decay to 0 at the run's last step)",
+                               choices=lambda: LR_SCHEDULES)  # fmt: skip
+    lr_warmup_steps: int = setting(0, "steps over which both learning rates rise linearly to their full value "
+                                   "(0 = none)", min=0, max=_MAX_STEPS)  # fmt: skip
+    accumulate: int = setting(1, "micro-batches per optimiser step: each batch_size batch is split into this many, "
+                              "their gradients summed to the whole batch's (less memory; BatchNorm then normalises "
+                              "each micro-batch)", min=1, max=65536)  # fmt: skip
+    r1_every: int = setting(1, "lazy R1 (StyleGAN2): R1 on every r1_every-th D step only, with r1_gamma times "
+                            "r1_every", min=1, max=1000)  # fmt: skip
 
     # ------------------------------------------------------------------ construction
     def __post_init__(self) -> None:
@@ -284,6 +297,7 @@ class TrainSpec:
             self.check_dataset_size(info.size("train"))
         self._validate_selection()
         self._validate_issue12(info)
+        self._validate_longer_runs()
         return self
 
     def _validate_selection(self) -> None:
@@ -323,6 +337,29 @@ class TrainSpec:
         if self.attention and self.model != "resnet":
             raise SpecError("attention", f"self-attention exists in model 'resnet' only, not {self.model!r}")
 
+    def _validate_longer_runs(self) -> None:
+        """Check the schedule, accumulation, lazy R1 and precision settings (issue 21)."""
+        if self.batch_size % (self.nproc * self.accumulate):
+            raise SpecError(
+                "accumulate", f"the global batch {self.batch_size} does not split into nproc={self.nproc} x "
+                f"accumulate={self.accumulate} equal micro-batches; use a batch_size that is a multiple of "
+                f"{self.nproc * self.accumulate}",
+            )  # fmt: skip
+        if self.r1_every > 1 and self.r1_gamma == 0:
+            raise SpecError("r1_every", "lazy R1 applies with R1 only (set r1_gamma)")
+        if self.steps:
+            self.check_warmup(self.steps)
+        if self.device == "cpu":
+            check_precision_device(self.precision, "cpu")
+
+    def check_warmup(self, total_steps: int) -> None:
+        """Raise SpecError('lr_warmup_steps') when the warm-up would take the whole run of `total_steps` steps."""
+        if self.lr_warmup_steps >= total_steps:
+            raise SpecError(
+                "lr_warmup_steps", f"{self.lr_warmup_steps} warm-up steps leave none of the run's {total_steps} "
+                "steps at the full learning rate; use fewer",
+            )  # fmt: skip
+
     def check_dataset_size(self, samples: int) -> None:
         """Raise SpecError('batch_size') when the global batch does not fit a data set of `samples` samples."""
         if samples < self.batch_size:
@@ -342,6 +379,15 @@ class TrainSpec:
     def zip_path(self) -> str | None:
         """Return the PATH of a zip:PATH data set, else None."""
         return registry.zip_path(self.dataset)
+
+
+def check_precision_device(precision: str, device_type: str, allowed: tuple[str, ...] = ("cuda",)) -> None:
+    """Raise SpecError('precision') when `precision` cannot train on a `device_type` device (fp16: CUDA only)."""
+    if precision == "fp16" and device_type not in allowed:
+        raise SpecError(
+            "precision", f"fp16 trains on a CUDA device only (with a gradient scaler), not on {device_type!r}; "
+            "on a CPU use bf16",
+        )  # fmt: skip
 
 
 def _is_dataset_plugin(name: str) -> bool:

@@ -13,6 +13,7 @@ from gansvc.atomic import atomic_write_text
 from gansvc.runtime.events import Checkpoint
 from gansvc.train import checkpoints
 from gansvc.train.sampling import export_generator
+from gansvc.train.schedule import keep_full_rates
 from gansvc.train.selection import SelectionState
 from gansvc.train.spec import SpecError
 
@@ -62,6 +63,11 @@ class TrainerState:
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "batches": self.batches.state_dict(),
             "augment": self.augmenter.state_dict() if self.augmenter is not None else None,
+            # fp16's loss scales and their growth counters; the learning-rate schedule is a function of the step
+            # (its full rates are in the optimisers' state), given the run length it decays over
+            "scalers": None if self.scaler_d is None else {
+                "d": self.scaler_d.state_dict(), "g": self.scaler_g.state_dict()},
+            "lr_schedule": {"total_steps": self.total_steps},
             **self._class_record(),
             "rng": {
                 "noise": self.noise.get_state(),
@@ -89,10 +95,22 @@ class TrainerState:
                 )
         if tuple(state["data_shape"]) != self.data_shape:
             raise SpecError("dataset", f"data shape {self.data_shape} differs from the checkpoint's {state['data_shape']}")
+        horizon = (state.get("lr_schedule") or {}).get("total_steps")
+        if self.spec.lr_schedule != "constant" and horizon is not None and horizon != self.total_steps:
+            raise SpecError(
+                "steps" if self.spec.steps else "epochs",
+                f"the {self.spec.lr_schedule} learning-rate schedule of the checkpoint {path} decays over "
+                f"{horizon} steps; resuming it for {self.total_steps} would change its rates from here on: keep the "
+                "run's length, or use a new run directory",
+            )  # fmt: skip
         self.G.load_state_dict(state["G"])
         self.D.load_state_dict(state["D"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
+        keep_full_rates((self.opt_g, self.opt_d))  # a checkpoint from before schedules: its rates are the full ones
+        if self.scaler_d is not None and state.get("scalers") is not None:
+            self.scaler_d.load_state_dict(state["scalers"]["d"])
+            self.scaler_g.load_state_dict(state["scalers"]["g"])
         if self.ema is not None and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
         self.batches.load_state_dict(state["batches"])

@@ -12,6 +12,17 @@ Without a gradient penalty or R1 (both need the loss inside the autograd graph),
 gansvc.ops.d_loss_step / g_loss_step: the fused kernel adds d loss / d logits straight into the logits'
 graph (one autograd-engine call, no autograd node) and returns the detached statistics, the same
 numbers `discriminator_loss` + `loss.backward()` give to float rounding (tests/test_fused_step.py).
+
+For longer runs (issue 21): the learning rates follow the spec's schedule (gansvc.train.schedule), set
+before each step from the step count. With `accumulate` = k, each batch is split into k equal
+micro-batches whose losses, each divided by k, add their gradients up to the whole batch's before the
+one optimiser step (with several ranks, averaged once, at the last); the G step then runs G again on
+each micro-batch instead of keeping the whole batch's graph. What sees a batch, not a sample, sees
+micro-batches: BatchNorm normalises each with its own statistics, and spectral norm's power iteration
+runs once per micro-batch forward. A step is never split by a checkpoint, so no accumulation position
+needs saving. Lazy R1 adds R1, weighted r1_gamma * r1_every, to every r1_every-th D step's loss (the
+others take the fused path). fp16 scales each loss by its optimiser's GradScaler
+(gansvc.train.precision) and takes the autograd path.
 """
 
 from __future__ import annotations
@@ -23,7 +34,10 @@ from torch import nn
 
 from gansvc import ops
 from gansvc.losses import discriminator_loss, generator_kind, generator_loss
-from gansvc.train.regularisers import gradient_penalty, r1_penalty
+from gansvc.train.ddp import sync_gradients
+from gansvc.train.precision import autocast, backward, optimiser_step
+from gansvc.train.regularisers import gradient_penalty, mixing_weights, r1_penalty
+from gansvc.train.schedule import lr_factor, set_learning_rates
 
 
 class TrainerStep:
@@ -32,21 +46,23 @@ class TrainerStep:
     # False forces the differentiable loss + loss.backward() path everywhere (the tests compare the two)
     _fused_loss_steps = True
 
-    def _fused_losses(self) -> bool:
-        """Return whether the losses run as fused steps: nothing else (gradient penalty, R1) joins D's loss."""
+    def _fused_losses(self, r1: bool) -> bool:
+        """Return whether a loss runs as a fused step: nothing joins it in the graph (a gradient penalty, R1 when
+        `r1`) and nothing scales its gradient (accumulation's 1 / accumulate, fp16's loss scale)."""
         spec = self.spec
-        return self._fused_loss_steps and spec.gradient_penalty == 0 and spec.r1_gamma == 0
+        return (self._fused_loss_steps and spec.gradient_penalty == 0 and not r1 and spec.accumulate == 1
+                and self.scaler_d is None)  # fmt: skip
 
     def _autocast(self):
-        """Return a fresh autocast context: bf16 for precision 'bf16', a no-op for fp32."""
-        if self.spec.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        """Return a fresh autocast context for the spec's precision (a no-op for fp32)."""
+        return autocast(self.spec.precision, self.device.type)
 
     def _train_step(self) -> torch.Tensor:
         """Run n_critic D steps and one G step; return this step's statistics as one tensor."""
         spec = self.spec
-        fused = self._fused_losses()
+        if self.lr_scheduled:  # a function of the step count alone: a resumed run continues the schedule exactly
+            factor = lr_factor(spec.lr_schedule, self.step, self.total_steps, spec.lr_warmup_steps)
+            set_learning_rates((self.opt_g, self.opt_d), factor)
         d_stats = None
         for i in range(spec.n_critic):
             real = self.batches.next()
@@ -55,16 +71,31 @@ class TrainerStep:
             z = torch.randn(spec.batch_size, spec.z_dim, device=self.device, generator=self.noise)
             z = z[self.batch_lo : self.batch_hi]
             fake_labels = self._fake_labels()
-            last = i == spec.n_critic - 1
-            with self._autocast(), torch.set_grad_enabled(last):
-                fake = self.G_train(z, *_given(fake_labels))
-            stats = self._d_step(real, fake.detach(), real_labels, fake_labels, fused)
+            # the G step reuses the last fake batch's graph; with accumulation it runs G again per micro-batch
+            keep_graph = i == spec.n_critic - 1 and spec.accumulate == 1
+            fake = self._generate(z, fake_labels, keep_graph)
+            # lazy R1 (StyleGAN2): on every r1_every-th D step of the run, counted from its first
+            r1 = spec.r1_gamma > 0 and (self.step * spec.n_critic + i) % spec.r1_every == 0
+            stats = self._d_step(real, fake.detach(), real_labels, fake_labels, r1)
             d_stats = stats if d_stats is None else d_stats + stats
         if spec.n_critic > 1:
             d_stats = d_stats / spec.n_critic
-        g_loss = self._g_step(fake, fake_labels, fused)
+        if spec.accumulate == 1:
+            # R1 runs keep G's loss on the autograd path too, as they did before lazy R1 (their results unchanged)
+            g_loss = self._g_step(fake, fake_labels, self._fused_losses(r1=spec.r1_gamma > 0))
+        else:
+            g_loss = self._g_step_accumulated(z, fake_labels)
         # order: d_loss, g_loss, d_real, d_fake, d_accuracy, [gp], [r1], [augment_p]
         return torch.cat((d_stats[:1], g_loss, d_stats[1:]))
+
+    def _generate(self, z: torch.Tensor, labels: torch.Tensor | None, keep_graph: bool) -> torch.Tensor:
+        """Return G's fake batch for noise `z` (with its graph when `keep_graph`); with accumulation one micro-batch
+        at a time, so BatchNorm in G normalises each micro-batch as it does when the G step runs them again."""
+        k = self.spec.accumulate
+        with self._autocast(), torch.set_grad_enabled(keep_graph):
+            if k == 1:
+                return self.G_train(z, *_given(labels))
+            return torch.cat([self.G_train(z_j, *_given(l_j)) for z_j, l_j in zip(z.chunk(k), _chunks(labels, k))])
 
     def _fake_labels(self) -> torch.Tensor | None:
         """Return this rank's labels of the global fake batch (None unless conditional), from the noise stream."""
@@ -89,13 +120,38 @@ class TrainerStep:
         self.augmenter.observe_signs(float(signs[0]), int(signs[1]), self.spec.batch_size)
 
     def _d_step(self, real: torch.Tensor, fake: torch.Tensor, real_labels=None, fake_labels=None,
-                fused: bool = False) -> torch.Tensor:  # fmt: skip
-        """Run one D step; return float64 [d_loss, d_real, d_fake, d_accuracy, [gp], [r1], [augment_p]]."""
+                r1: bool = False) -> torch.Tensor:  # fmt: skip
+        """Run one D step (R1 in its loss when `r1`) over `accumulate` micro-batches; return float64
+        [d_loss, d_real, d_fake, d_accuracy, [gp], [r1], [augment_p]] of the whole batch."""
         spec = self.spec
+        k = spec.accumulate
         self.opt_d.zero_grad(set_to_none=True)
-        if spec.r1_gamma > 0:
-            real.requires_grad_(True)  # before the augmentation: R1 is the gradient at the data, through it
         p_used = None if self.augmenter is None else self.augmenter.p
+        alphas = [None] * k
+        if spec.gradient_penalty > 0 and k > 1:  # drawn for the whole batch at once, as without accumulation
+            alphas = mixing_weights(real, self.noise, spec.batch_size, self.batch_lo).chunk(k)
+        parts = zip(_chunks(real, k), _chunks(fake, k), _chunks(real_labels, k), _chunks(fake_labels, k), alphas)
+        values, real_logits = [], []
+        for j, (real_j, fake_j, real_labels_j, fake_labels_j, alpha_j) in enumerate(parts):
+            with sync_gradients(self.D_train, j == k - 1):  # the ranks average the gradients once, at the last
+                stats, logits = self._d_micro_step(real_j, fake_j, real_labels_j, fake_labels_j, r1, alpha_j)
+            values.append(stats)
+            real_logits.append(logits)
+        optimiser_step(self.opt_d, self.scaler_d)
+        self._observe_real(real_logits[0] if k == 1 else torch.cat(real_logits))
+        # equal micro-batches: the mean of their means is the batch's mean
+        stats = values[0] if k == 1 else torch.stack(values).mean(0)
+        if p_used is None:
+            return stats
+        return torch.cat((stats, torch.full((1,), p_used, dtype=torch.float64, device=stats.device)))
+
+    def _d_micro_step(self, real: torch.Tensor, fake: torch.Tensor, real_labels, fake_labels, r1: bool,
+                      alpha: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """Add one micro-batch's share of D's gradients (the whole batch's without accumulation); return (float64
+        [d_loss, d_real, d_fake, d_accuracy, [gp], [r1]] of the micro-batch, D's logits of its real samples)."""
+        spec = self.spec
+        if r1:  # before the augmentation: R1 is the gradient at the data, through it
+            real = real.detach().requires_grad_(True)
         seen_real, seen_fake = self._augment(real), self._augment(fake)
         with self._autocast():
             if self.joint_d:
@@ -104,14 +160,12 @@ class TrainerStep:
             else:
                 real_logits = self.D_train(seen_real, *_given(real_labels))
                 fake_logits = self.D_train(seen_fake, *_given(fake_labels))
-        if fused:
+        # lazy R1's steps without it report a zero penalty: the column's mean over steps is the penalty per step
+        no_r1 = [torch.zeros(1, dtype=torch.float64, device=real_logits.device)] if spec.r1_gamma > 0 else []
+        if self._fused_losses(r1):
             # [loss, mean D(x), mean D(G(z)), accuracy], D's weight gradients accumulated (one backward)
             values = ops.d_loss_step(real_logits.float(), fake_logits.float(), spec.loss, spec.real_label)
-            self.opt_d.step()
-            self._observe_real(real_logits)
-            if p_used is None:
-                return values.double()
-            return torch.cat((values.double(), torch.full((1,), p_used, dtype=torch.float64, device=values.device)))
+            return torch.cat([values.double(), *no_r1]), real_logits
         out = discriminator_loss(real_logits.float(), fake_logits.float(), spec.loss, spec.real_label)
         loss = out.loss
         extras = []
@@ -120,47 +174,73 @@ class TrainerStep:
             # carry the real samples' labels (as StudioGAN does)
             critic = self.D if real_labels is None else (lambda x: self.D(x, real_labels))
             with self._autocast():
-                penalty = gradient_penalty(
-                    critic, seen_real, seen_fake, spec.gradient_penalty, self.noise, spec.batch_size, self.batch_lo
-                )
+                penalty = gradient_penalty(critic, seen_real, seen_fake, spec.gradient_penalty, self.noise,
+                                           spec.batch_size, self.batch_lo, alpha=alpha)  # fmt: skip
             loss = loss + penalty
             extras.append(penalty.detach().reshape(1))
-        if spec.r1_gamma > 0:
-            penalty = r1_penalty(real_logits, real, spec.r1_gamma)
+        if r1:
+            # The input gradient is taken unscaled under fp16 too: it is of a sum of logits (no 1 / batch factor
+            # to underflow), as StyleGAN2-ADA takes it; the loss it joins is scaled below.
+            penalty = r1_penalty(real_logits, real, spec.r1_gamma * spec.r1_every)
             loss = loss + penalty
             extras.append(penalty.detach().reshape(1))
-        loss.backward()
-        self.opt_d.step()
-        self._observe_real(real_logits)
-        if p_used is not None:
-            extras.append(torch.full((1,), p_used, dtype=torch.float64, device=out.loss.device))
-        parts = [out.loss.detach().reshape(1), out.mean_real.reshape(1), out.mean_fake.reshape(1), out.accuracy.reshape(1)]
-        return torch.cat([p.double() for p in parts + extras])
+        else:
+            extras += no_r1
+        backward(loss if spec.accumulate == 1 else loss / spec.accumulate, self.scaler_d)
+        parts = [out.loss.detach(), out.mean_real, out.mean_fake, out.accuracy]
+        return torch.cat([p.double().reshape(1) for p in parts + extras]), real_logits
 
     def _g_step(self, fake: torch.Tensor, fake_labels: torch.Tensor | None = None, fused: bool = False) -> torch.Tensor:
         """Run the G step on the D step's last fake batch; return float64 [g_loss]."""
         spec = self.spec
         self.opt_g.zero_grad(set_to_none=True)
-        # no weight gradients for D in the G step: only dD/dx is needed. The plain D (not its DDP
-        # wrapper) runs here, so no gradient synchronisation of D is started.
-        d_params = self._d_parameters()
-        for p in d_params:
-            p.requires_grad_(False)
-        try:
+        with self._d_frozen():
             with self._autocast():
                 logits = self.D(self._augment(fake), *_given(fake_labels))
             if fused:
                 g_loss = ops.g_loss_step(logits.float(), generator_kind(spec.loss, spec.g_saturating))[:1]
             else:
                 g_loss = generator_loss(logits.float(), spec.loss, spec.g_saturating).loss
-                g_loss.backward()
-        finally:
-            for p in d_params:
-                p.requires_grad_(True)
-        self.opt_g.step()
+                backward(g_loss, self.scaler_g)
+        optimiser_step(self.opt_g, self.scaler_g)
         if self.ema is not None:
             self.ema.update(self.G)
         return g_loss.detach().double().reshape(1)
+
+    def _g_step_accumulated(self, z: torch.Tensor, fake_labels: torch.Tensor | None) -> torch.Tensor:
+        """Run the G step over `accumulate` micro-batches of the last D step's noise, G run again on each (only one
+        micro-batch's activations are held at a time); return float64 [g_loss] of the whole batch."""
+        spec = self.spec
+        k = spec.accumulate
+        self.opt_g.zero_grad(set_to_none=True)
+        losses = []
+        # the D step's forward of these micro-batches already moved G's BatchNorm running statistics: once is all
+        with self._d_frozen(), _buffers_kept(self.G):
+            for j, (z_j, labels_j) in enumerate(zip(z.chunk(k), _chunks(fake_labels, k))):
+                with sync_gradients(self.G_train, j == k - 1):
+                    with self._autocast():
+                        fake = self.G_train(z_j, *_given(labels_j))
+                        logits = self.D(self._augment(fake), *_given(labels_j))
+                    g_loss = generator_loss(logits.float(), spec.loss, spec.g_saturating).loss
+                    backward(g_loss / k, self.scaler_g)
+                losses.append(g_loss.detach())
+        optimiser_step(self.opt_g, self.scaler_g)
+        if self.ema is not None:
+            self.ema.update(self.G)
+        return torch.stack(losses).double().mean().reshape(1)
+
+    @contextlib.contextmanager
+    def _d_frozen(self):
+        """Switch D's weight gradients off for the G step, which needs only dD/dx. The plain D (not its DDP
+        wrapper) runs there, so no gradient synchronisation of D is started."""
+        d_params = self._d_parameters()
+        for p in d_params:
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p in d_params:
+                p.requires_grad_(True)
 
     def _d_parameters(self) -> list[torch.Tensor]:
         """Return D's parameters (listed once: the G step switches their gradients off and on every step)."""
@@ -168,6 +248,25 @@ class TrainerStep:
         if cached is None or cached[0] is not self.D:
             cached = self._d_params_cache = (self.D, list(self.D.parameters()))
         return cached[1]
+
+
+@contextlib.contextmanager
+def _buffers_kept(module: nn.Module):
+    """Put `module`'s buffers (BatchNorm running statistics, spectral-norm vectors) back as they were on exit."""
+    saved = [b.clone() for b in module.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in zip(module.buffers(), saved):
+                buffer.copy_(value)
+
+
+def _chunks(tensor: torch.Tensor | None, k: int) -> list:
+    """Return `tensor` split into k equal micro-batches along its first dimension ([tensor] for k = 1; None k times)."""
+    if tensor is None:
+        return [None] * k
+    return [tensor] if k == 1 else list(tensor.chunk(k))
 
 
 def channels_last_on_cpu(model: nn.Module, device: torch.device) -> nn.Module:
