@@ -28,8 +28,11 @@ def gansvc(*args, timeout=300):
 
 
 def service_cli(*args, timeout=120):
-    """Run `python -m gansvc.service.cli ARGS`: the same commands without the top-level dispatcher's imports."""
-    command = [sys.executable, "-m", "gansvc.service.cli", *args]
+    """Run `python -m gansvc.clients.cli ARGS` (`python -m gansvc.service.cli serve ...` for serve): the same
+    commands without the top-level dispatcher's imports; the client one is the health check of scripts/run.sh
+    and the Dockerfile."""
+    module = "gansvc.service.cli" if args[0] == "serve" else "gansvc.clients.cli"
+    command = [sys.executable, "-m", module, *args]
     return subprocess.run(command, check=False, capture_output=True, text=True, timeout=timeout)
 
 

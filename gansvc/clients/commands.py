@@ -1,7 +1,7 @@
 """The client commands: `gansvc submit | watch | jobs | samples | cancel | download | health`.
 
 Each takes a connected GanClient and the parsed arguments and returns the exit code; what they print
-is composed in gansvc.service.render.
+is composed in gansvc.clients.render.
 """
 
 from __future__ import annotations
@@ -11,15 +11,15 @@ from pathlib import Path
 
 from gansvc.runtime import registry
 from gansvc.runtime.console import UsageError
-from gansvc.service import render
-from gansvc.service.convert import pb, state_name
+from gansvc.clients import render
+from gansvc.api.convert import pb, state_name
 
 STATES = registry.JOB_STATES
 
 
 # ---------------------------------------------------------------------- submit
 def _spec_settings(args) -> dict:
-    from gansvc.service.convert import training_spec_fields
+    from gansvc.api.convert import training_spec_fields
 
     settings: dict = {}
     if args.spec:
@@ -193,7 +193,7 @@ def download(client, args) -> int:
 
 def cancel(client, args) -> int:
     """Cancel a job and (unless --no-wait) wait until it has stopped; return 0 if it ended CANCELLED."""
-    from gansvc.client import TERMINAL
+    from gansvc.clients.python import TERMINAL
 
     job = client.cancel(args.job)
     if not args.no_wait and job.state not in TERMINAL:
