@@ -113,6 +113,17 @@ def _int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated class numbers, got {text!r}") from None
 
 
+def _resamples(text: str) -> int:
+    """argparse type of --bootstrap: a count >= 0 (the server holds the upper bound)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of resamples >= 0 (0 = none), got {text!r}")
+    return value
+
+
 def _submit_arguments(parser: argparse.ArgumentParser) -> None:
     from google.protobuf.descriptor import FieldDescriptor
 
@@ -136,7 +147,8 @@ def _submit_arguments(parser: argparse.ArgumentParser) -> None:
                 metavar=name.upper(),
             )
     evaluation = parser.add_argument_group("evaluation instead of training (uses --data-root, --seed, --device too)")
-    evaluation.add_argument("--evaluate", metavar="JOB", help="score this training job's checkpoint (FID, IS, KID)")
+    evaluation.add_argument("--evaluate", metavar="JOB",
+                            help="score this training job's checkpoint (FID, IS, KID; more below)")  # fmt: skip
     evaluation.add_argument(
         "--evaluate-images",
         type=Path,
@@ -151,7 +163,13 @@ def _submit_arguments(parser: argparse.ArgumentParser) -> None:
     evaluation.add_argument("--sample-labels", type=Path, metavar="FILE.npy",
                             help="the class of each --evaluate-images image (an int .npy [N]; per-class scores)")
     evaluation.add_argument("--real", default="", help="reference data set and split (default fashion-mnist:test)")
-    evaluation.add_argument("--extractor", default="", help="fmnist-cnn (default) or inception-v3")
+    extractors = " | ".join(registry.extractor_names())
+    evaluation.add_argument("--extractor", default="",
+                            help=f"{extractors}, or a plugin's (default {registry.DEFAULT_EXTRACTOR})")  # fmt: skip
     evaluation.add_argument("--inception-weights", default="", help="Inception weights file under a data root")
     evaluation.add_argument("--num-samples", type=int, help="images generated from the checkpoint (default 5000)")
     evaluation.add_argument("--num-real", type=int, help="reference images used (default: the whole split)")
+    evaluation.add_argument("--precision-recall", action="store_true",
+                            help="also precision, recall, density and coverage (k = 3) on the extractor's features")
+    evaluation.add_argument("--bootstrap", type=_resamples, default=0, metavar="N",
+                            help="a 95%% confidence interval of the FID from N bootstrap resamples (default 0: none)")

@@ -68,7 +68,11 @@ def submit(client, args) -> int:
     """Submit a training (or evaluation) job; print its id on stdout; return 0 (or watch's code)."""
     if args.evaluate and args.evaluate_images:
         raise UsageError("--evaluate and --evaluate-images exclude each other")
-    if args.evaluate or args.evaluate_images:
+    evaluating = bool(args.evaluate or args.evaluate_images)
+    for flag, given in (("--precision-recall", args.precision_recall), ("--bootstrap", args.bootstrap)):
+        if given and not evaluating:
+            raise UsageError(f"{flag} scores an evaluation: give --evaluate JOB or --evaluate-images PATH")
+    if evaluating:
         job = client.submit_evaluation(
             job_id=args.evaluate, step=args.step,
             samples=_load_images(args.evaluate_images) if args.evaluate_images else None,
@@ -76,6 +80,7 @@ def submit(client, args) -> int:
             seed=args.spec_seed, data_root=args.spec_data_root or "", inception_weights=args.inception_weights,
             device=args.spec_device or "", request_id=args.request_id, best=args.best, class_labels=args.classes,
             sample_labels=_load_labels(args.sample_labels) if args.sample_labels else (),
+            precision_recall=args.precision_recall, bootstrap=args.bootstrap,
         )  # fmt: skip
         what = "evaluation"
     else:
