@@ -53,7 +53,7 @@ done
 [ -s "$READY" ] || { echo "run.sh: the service did not get ready in 60 s; see $LOG" >&2; exit 1; }
 GANSVC_SERVER=$(.venv/bin/python -c 'import json, sys; print(json.load(open(sys.argv[1]))["address"])' "$READY")
 export GANSVC_SERVER
-until .venv/bin/python -m gansvc.service.cli health >/dev/null 2>&1; do
+until .venv/bin/python -m gansvc.clients.cli health >/dev/null 2>&1; do
     kill -0 "$SERVER" 2>/dev/null || { cat "$LOG" >&2; exit 1; }
     sleep 0.2
 done

@@ -104,6 +104,22 @@ def test_parse_real_lets_the_cli_name_an_existing_bare_folder(tmp_path):
 
 
 # ---------------------------------------------------------------------- run directory
+def test_the_format_tags_are_written_out_once():
+    """CHECKPOINT_FORMAT and GENERATOR_FORMAT are the run directory's; no other module spells them out."""
+    import ast
+    from pathlib import Path
+
+    package = Path(rundir.__file__).resolve().parents[1]
+    tags = {rundir.CHECKPOINT_FORMAT, rundir.GENERATOR_FORMAT}
+    spelled = {}
+    for path in package.rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        found = sorted({n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and n.value in tags})
+        if found:
+            spelled[path.relative_to(package).as_posix()] = found
+    assert spelled == {"runtime/rundir.py": sorted(tags)}
+
+
 def test_run_directory_names_match_a_real_checkpoint(tmp_path):
     from gansvc.train.checkpoints import load_checkpoint, save_checkpoint
 
