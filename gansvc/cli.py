@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "samples": ("gansvc.clients.cli", "download a job's sample grid"),
     "cancel": ("gansvc.clients.cli", "cancel a job"),
     "download": ("gansvc.clients.cli", "download a job's checkpoint or exported generator"),
+    "upload": ("gansvc.clients.cli", "upload a checkpoint to start runs from (prints its upload:SHA256)"),
     "health": ("gansvc.clients.cli", "check that a service answers SERVING"),
     "info": ("gansvc.clients.info_cli", "what a service offers: models, data sets, extractors, devices, kernels"),
     "plugins": ("gansvc.plugin_check", "check an installed plugin: `gansvc plugins check NAME`"),

@@ -1,4 +1,4 @@
-"""`gansvc submit | watch | jobs | samples | cancel | download | health`: the client commands.
+"""`gansvc submit | watch | jobs | samples | cancel | download | upload | health`: the client commands.
 
 They find the server with --server (or $GANSVC_SERVER, default 127.0.0.1:50051) and a token with
 --token-file (or $GANSVC_TOKEN_FILE / $GANSVC_TOKEN); --tls-ca (or $GANSVC_TLS_CA) switches to TLS.

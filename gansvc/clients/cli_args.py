@@ -1,5 +1,5 @@
 """The command-line options of the client commands `gansvc submit | watch | jobs | samples | cancel | download |
-health` (and the connection options of `info` and `sweep`); `serve`'s are in gansvc.service.cli."""
+upload | health` (and the connection options of `info` and `sweep`); `serve`'s are in gansvc.service.cli."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from gansvc.runtime import registry
 
 DEFAULT_SERVER = registry.DEFAULT_ADDRESS
-CLIENT_COMMANDS = ("submit", "watch", "jobs", "samples", "cancel", "download", "health")
+CLIENT_COMMANDS = ("submit", "watch", "jobs", "samples", "cancel", "download", "upload", "health")
 
 
 def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
@@ -56,6 +56,10 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("name", nargs="?", help="artifact, e.g. generator.pt or checkpoints/latest.pt")
         parser.add_argument("-o", "--output", type=Path, help="file to write (default: the artifact's file name)")
         parser.add_argument("--list", action="store_true", help="list the job's artifacts instead")
+    elif name == "upload":
+        parser.add_argument("file", type=Path, help="a gansvc checkpoint (a run's checkpoints/*.pt)")
+        parser.add_argument("--chunk-mb", type=float, default=1.0, help="MiB per chunk (default 1)")
+        parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     elif name == "health":
         parser.add_argument("--service", default="", help="service name to ask about (default: the server)")
 

@@ -1,4 +1,4 @@
-"""The client commands: `gansvc submit | watch | jobs | samples | cancel | download | health`.
+"""The client commands: `gansvc submit | watch | jobs | samples | cancel | download | upload | health`.
 
 Each takes a connected GanClient and the parsed arguments and returns the exit code; what they print
 is composed in gansvc.clients.render.
@@ -196,6 +196,33 @@ def download(client, args) -> int:
     return 0
 
 
+def upload(client, args) -> int:
+    """Upload a checkpoint for init_from (resuming an interrupted upload); print its upload:SHA256; return 0."""
+    if not args.file.is_file():
+        raise UsageError(f"{args.file}: no such file")
+    if not 0 < args.chunk_mb <= 32:
+        raise UsageError(f"--chunk-mb: got {args.chunk_mb:g}, expected 0 < MiB <= 32")
+    bar = None
+    if not args.quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=args.file.stat().st_size, unit="B", unit_scale=True, desc=args.file.name, file=sys.stderr)
+
+    def progress(sent: int, total: int) -> None:
+        if bar is not None:
+            bar.n = sent
+            bar.refresh()
+
+    try:
+        reference = client.upload_checkpoint(args.file, chunk_bytes=int(args.chunk_mb * 2**20), progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    print(reference, flush=True)
+    print(f"gansvc upload: stored; start a run from it with --init-from {reference}", file=sys.stderr)
+    return 0
+
+
 def cancel(client, args) -> int:
     """Cancel a job and (unless --no-wait) wait until it has stopped; return 0 if it ended CANCELLED."""
     from gansvc.clients.python import TERMINAL
@@ -223,5 +250,5 @@ def health(client, args) -> int:
 
 COMMANDS = {
     "submit": submit, "watch": watch, "jobs": jobs, "samples": samples, "cancel": cancel, "download": download,
-    "health": health,
+    "upload": upload, "health": health,
 }  # fmt: skip

@@ -368,6 +368,65 @@ class GanClient:
         return path
 
 
+    # ------------------------------------------------------------------ checkpoints to start from (issue 21)
+    def checkpoint_upload(self, sha256: str) -> pb.CheckpointUpload:
+        """Return how much of the upload of the file with this sha256 the server holds (and its reference once
+        complete)."""
+        request = pb.GetCheckpointUploadRequest(sha256=sha256)
+        return self.stub.GetCheckpointUpload(request, metadata=self._metadata, timeout=self.timeout)
+
+    def upload_checkpoint(self, path: str | os.PathLike, chunk_bytes: int = 1 << 20, retries: int = 5,
+                          progress=None) -> str:  # fmt: skip
+        """Upload a checkpoint file for TrainingSpec.init_from; return its reference, "upload:<sha256>".
+
+        Resumable: it continues from the bytes the server already holds (also of an earlier, interrupted
+        upload of the same file), and after a dropped connection. progress(sent_bytes, total_bytes) is
+        called after each chunk.
+        """
+        path = Path(path)
+        total = path.stat().st_size
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        sha256 = digest.hexdigest()
+        attempt = 0
+        while True:
+            try:
+                status = self.checkpoint_upload(sha256)
+                if status.complete:
+                    return status.reference
+                chunks = _file_chunks(path, sha256, total, status.received_bytes, chunk_bytes, progress)
+                reply = self.stub.UploadCheckpoint(chunks, metadata=self._metadata)
+                if reply.complete:
+                    return reply.reference
+            except grpc.RpcError as error:
+                # UNAVAILABLE: the connection dropped; FAILED_PRECONDITION: the server holds another offset;
+                # ABORTED: a stream of the same file is still open there (a broken one of ours, ending)
+                retry = error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.FAILED_PRECONDITION,
+                                         grpc.StatusCode.ABORTED)  # fmt: skip
+                if not retry or attempt >= retries:
+                    raise
+                time.sleep(min(0.2 * 2**attempt, 5.0))
+            attempt += 1
+            if attempt > retries:
+                raise OSError(f"upload of {path} did not complete after {retries} retries")
+
+
+def _file_chunks(path: Path, sha256: str, total: int, offset: int, chunk_bytes: int, progress=None):
+    """Yield CheckpointChunk messages of the file from `offset` on."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        while offset < total:
+            data = f.read(chunk_bytes)
+            if not data:
+                raise OSError(f"{path} shrank while it was uploaded")
+            yield pb.CheckpointChunk(sha256=sha256, total_size=total, offset=offset, data=data)
+            offset += len(data)
+            if progress is not None:
+                progress(offset, total)
+
+
 class _Restart(Exception):
     """The artifact changed during a resumed download: start over."""
 

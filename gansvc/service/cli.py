@@ -72,6 +72,9 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
     parser.add_argument("--max-message-mb", type=int, default=64, help="largest message in or out (default 64 MiB)")
     parser.add_argument("--max-watchers", type=int, default=64, help="concurrent WatchJob streams (default 64)")
+    parser.add_argument("--max-upload-mb", type=int, default=1024, metavar="MB",
+                        help="largest checkpoint `gansvc upload` (UploadCheckpoint) may send, in MiB; larger ones are "
+                        "refused with RESOURCE_EXHAUSTED (default 1024)")  # fmt: skip
     parser.add_argument(
         "--shutdown-timeout",
         type=float,

@@ -76,7 +76,7 @@ class Scheduler:
     """Starts queued jobs on free devices, stops and cancels them, and recovers after a crash."""
 
     def __init__(self, store: JobStore, pool: DevicePool, jobs_dir: Path, cancel_timeout: float = 120.0,
-                 max_attempts: int = 3, executor: Executor | None = None):  # fmt: skip
+                 max_attempts: int = 3, executor: Executor | None = None, uploads=None):  # fmt: skip
         # Starts the attempts: worker processes of this server by default (service/executor.py).
         self.executor = executor or LocalExecutor()
         self.store = store
@@ -84,6 +84,7 @@ class Scheduler:
         self.jobs_dir = Path(jobs_dir)
         self.cancel_timeout = cancel_timeout
         self.max_attempts = max_attempts  # a worker that dies without a word is started again up to this
+        self.uploads = uploads  # gansvc.service.uploads.CheckpointUploads: the files of init_from upload:SHA256
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._workers: dict[str, Attempt] = {}
@@ -217,6 +218,9 @@ class Scheduler:
         worker_input = {"kind": job.kind, "job_id": job.id, "device": allocation.spec_device}
         if job.kind == "training":
             spec["device"] = allocation.spec_device
+            init_file = self.uploads.file_of(spec.get("init_from") or "") if self.uploads is not None else None
+            if init_file is not None:  # upload:SHA256 (issue 21): the stored file the worker reads
+                spec["init_from"] = str(init_file)
             if allocation.kind == "cpu" and not spec.get("threads"):
                 # nproc > 1: the worker starts that many processes (torchrun, gloo) sharing the slot's threads
                 spec["threads"] = max(1, allocation.cpu_threads // max(1, int(spec.get("nproc", 1) or 1)))
