@@ -24,6 +24,7 @@ from gansvc.service.artifacts import list_artifacts, resolve_artifact
 from gansvc.service.bus import EventBus
 from gansvc.service.devices import DevicePool
 from gansvc.service.errors import InvalidField, MissingReference, ShuttingDown, WrongState
+from gansvc.service.exports import GeneratorExporter
 from gansvc.service.messages import (
     PROTO_TO_KIND,
     event_to_proto,
@@ -85,6 +86,7 @@ class GanServicer(pb_grpc.GanServiceServicer):
         self.uploads_dir = Path(state_dir) / "uploads"
         self.max_message_bytes = max_message_bytes
         self.renderer = SampleRenderer(max_message_bytes)
+        self.exporter = GeneratorExporter()
         self._watch_slots = threading.BoundedSemaphore(max_watchers)
         self.max_watchers = max_watchers
         self.sweeps = sweeps  # gansvc.service.sweeps.SweepManager
@@ -250,6 +252,12 @@ class GanServicer(pb_grpc.GanServiceServicer):
         with status_errors(context):
             job = self._training_job(request.job_id)
             return self.renderer.render(self.jobs_dir / job.id, request)
+
+    def ExportGenerator(self, request: pb.ExportGeneratorRequest, context) -> pb.ExportedGenerator:
+        """Export the job's generator (TorchScript / ONNX, verified) into its run directory; return the artifacts."""
+        with status_errors(context):
+            job = self._training_job(request.job_id)
+            return self.exporter.export(self.jobs_dir / job.id, request)
 
     def ListArtifacts(self, request: pb.ListArtifactsRequest, context) -> pb.ListArtifactsResponse:
         """Return the files of the job's run directory."""
