@@ -63,7 +63,8 @@ class GeneratorExporter:
                 result = export_generator_file(loaded, fmt, run_dir / name,
                                                source=loaded.file.relative_to(run_dir).as_posix())  # fmt: skip
             except (ExportError, ExportUnavailable, PluginError) as error:
-                raise WrongState(f"format: job {run_dir.name}'s generator cannot be exported as {fmt}: {error}") from None
+                what = f"job {run_dir.name}'s generator cannot be exported as {fmt}"
+                raise WrongState(f"format: {what}: {error}") from None
         import json
 
         return pb.ExportedGenerator(

@@ -44,8 +44,7 @@ class SampleRenderer:
             raise InvalidField("step", f"got {request.step} with best: name the best checkpoint or a step, not both")
         # the best checkpoint has no stored grid: its images are always generated
         generate = (request.HasField("seed") or request.HasField("count") or request.include_tensor or request.best
-                    or request.HasField("class_label") or by_seed(request) or request.HasField("truncation")
-                    or request.per_class)  # fmt: skip
+                    or request.HasField("class_label") or by_seed(request) or request.HasField("truncation"))  # fmt: skip
         if not generate:
             return self._stored_grid(run_dir, request.step)
         return self._generated(run_dir, request)
@@ -166,8 +165,8 @@ def _labels(generator, request: pb.GetSamplesRequest, count: int):
 
 
 def by_seed(request: pb.GetSamplesRequest) -> bool:
-    """Return whether GetSamples names its images by seed (seeds or interpolate)."""
-    return bool(request.seeds) or request.HasField("interpolate")
+    """Return whether GetSamples names its images by seed (seeds or interpolate; per_class needs seeds)."""
+    return bool(request.seeds) or request.HasField("interpolate") or request.per_class
 
 
 def _truncation(request: pb.GetSamplesRequest) -> float | None:

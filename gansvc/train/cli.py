@@ -254,6 +254,7 @@ def _print_summary(summary: dict, out: Path) -> None:
 _FORMATS = (".npy", ".npz", ".pt", ".png")
 DEFAULT_COUNT = 10000
 DEFAULT_FRAMES = 16
+DEFAULT_BATCH = 500
 
 
 def _sample_arguments(parser: argparse.ArgumentParser) -> None:
@@ -283,7 +284,9 @@ def _sample_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
                         help="the EMA of G's weights (--no-ema: G's own); default: what the run samples with")  # fmt: skip
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
-    parser.add_argument("--batch-size", type=int, default=500, help="samples per forward pass (default 500)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="samples per forward pass (default 500; with --seeds / --interpolate 1: each image its own "
+                        "pass, bit for bit the same in any company; larger batches agree to float rounding)")  # fmt: skip
     parser.add_argument("--nrow", type=int, default=None, help="images per row of a .png grid")
     parser.add_argument("--class", dest="label", default=None, metavar="K",
                         help="a conditional run: every sample of class K (an index or a class name); default: labels "
@@ -304,7 +307,7 @@ def _check_sample_args(args) -> None:
         raise UsageError("--per-class: give --seeds too (a grid column per seed, a row per class)")
     if args.num is not None and args.num < 1:
         raise UsageError(f"-n: got {args.num}, expected at least 1 sample")
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise UsageError(f"--batch-size: got {args.batch_size}, expected >= 1")
     if args.seed is not None and not 0 <= args.seed < 2**63:
         raise UsageError(f"--seed: got {args.seed}, expected 0 <= seed < 2**63")
@@ -342,14 +345,15 @@ def _run_sample(args) -> int:
         raise UsageError(f"RUN_DIR_OR_CHECKPOINT: {error}") from None
     generator, spec = loaded.generator, loaded.spec
     label = _class_option(generator, args.label)
+    batch_size = args.batch_size or (1 if seeds is not None or ends is not None else DEFAULT_BATCH)
     drawn = None
     try:
         if seeds is not None:
             drawn = draw_seeds(generator, seeds, truncation=args.truncation, label=label, per_class=args.per_class,
-                               device=device, batch_size=args.batch_size)  # fmt: skip
+                               device=device, batch_size=batch_size)  # fmt: skip
         elif ends is not None:
             drawn = draw_interpolation(generator, *ends, args.frames or DEFAULT_FRAMES, truncation=args.truncation,
-                                       label=label, device=device, batch_size=args.batch_size)  # fmt: skip
+                                       label=label, device=device, batch_size=batch_size)  # fmt: skip
     except SamplingError as error:
         raise UsageError(f"--{error.field.replace('_', '-')}: {error.message}") from None
     if drawn is not None:
@@ -357,7 +361,7 @@ def _run_sample(args) -> int:
     else:
         num, seed = args.num or DEFAULT_COUNT, args.seed or 0
         labels = _sample_labels(generator, num, seed, label)
-        samples = generate(generator, num, seed=seed, device=device, batch_size=args.batch_size, labels=labels,
+        samples = generate(generator, num, seed=seed, device=device, batch_size=batch_size, labels=labels,
                            truncation=args.truncation)  # fmt: skip
     _write_samples(output, samples, labels, drawn, args.nrow)
     shape = "x".join(map(str, samples.shape))
@@ -375,7 +379,8 @@ def _run_sample(args) -> int:
     if args.truncation is not None:
         from gansvc.train.latents import truncation_threshold
 
-        print(f"  truncation {args.truncation:g}: latent components within +-{truncation_threshold(args.truncation):.4g}")
+        tau = truncation_threshold(args.truncation)
+        print(f"  truncation {args.truncation:g}: latent components within +-{tau:.4g}")
     if spec.dataset == "gaussian-mixture":
         from gansvc.data.mixture import NUM_MODES, ring_quality
 

@@ -272,8 +272,12 @@ def _fixed_label(generator: nn.Module, label: int | None, field: str = "class") 
 
 
 def draw_seeds(generator: nn.Module, seeds: list[int], *, truncation: float | None = None, label: int | None = None,
-               per_class: bool = False, device="cpu", batch_size: int = 500) -> Drawn:  # fmt: skip
+               per_class: bool = False, device="cpu", batch_size: int = 1) -> Drawn:  # fmt: skip
     """Return one image per seed, each from its own latent (gansvc.train.latents.seed_latent), truncated by ψ.
+
+    batch_size 1 (the default, as StyleGAN's generate.py) gives each image its own forward pass, so it is bit
+    for bit the same whatever other seeds are drawn; larger batches are faster, and agree to float rounding
+    (matrix products sum in another order for another batch size).
 
     A conditional generator draws seed s of class `label`, else of the class drawn for s alone
     (gansvc.train.conditional.seed_labels); per_class draws every seed in every class, a grid row per class
@@ -303,9 +307,10 @@ def draw_seeds(generator: nn.Module, seeds: list[int], *, truncation: float | No
 
 def draw_interpolation(generator: nn.Module, seed_a: int, seed_b: int, frames: int, *,
                        truncation: float | None = None, label: int | None = None, device="cpu",
-                       batch_size: int = 500) -> Drawn:  # fmt: skip
+                       batch_size: int = 1) -> Drawn:  # fmt: skip
     """Return `frames` images along the spherical interpolation from seed_a's latent to seed_b's (both
-    truncated by ψ first); a conditional generator keeps one class throughout: `label`, else seed_a's."""
+    truncated by ψ first); a conditional generator keeps one class throughout: `label`, else seed_a's. The
+    ends are the images draw_seeds gives seed_a and seed_b (batch_size as there)."""
     from gansvc.train.conditional import seed_labels
 
     ends = seed_latents([seed_a, seed_b], generator.z_dim, truncation)
