@@ -274,7 +274,7 @@ def test_what_a_format_can_hold_is_exported(unexportable, tmp_path):
 def test_an_unexportable_plugin_run_exits_1_and_is_failed_precondition_naming_the_operator(unexportable, tmp_path,
                                                                                            capsys):  # fmt: skip
     from gansvc.service.errors import WrongState
-    from gansvc.service.exports import GeneratorExporter
+    from gansvc.service.exports import export_job_generator
     from gansvc.service.messages import pb
 
     run = tmp_path / "run"
@@ -284,7 +284,7 @@ def test_an_unexportable_plugin_run_exits_1_and_is_failed_precondition_naming_th
     assert main(["export", str(run), "--format", "torchscript", "-o", str(tmp_path / "g.pt")]) == 0
     # ExportGenerator's answer (the servicer maps WrongState to FAILED_PRECONDITION)
     with pytest.raises(WrongState, match="format: .* cannot be exported as onnx: the operator aten::linalg_svd"):
-        GeneratorExporter().export(run, pb.ExportGeneratorRequest(job_id="run", format=pb.EXPORT_FORMAT_ONNX))
+        export_job_generator(run, pb.ExportGeneratorRequest(job_id="run", format=pb.EXPORT_FORMAT_ONNX))
     assert not (run / "exports" / "generator.onnx").exists()
 
 

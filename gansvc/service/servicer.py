@@ -24,7 +24,7 @@ from gansvc.service.artifacts import list_artifacts, resolve_artifact
 from gansvc.service.bus import EventBus
 from gansvc.service.devices import DevicePool
 from gansvc.service.errors import InvalidField, MissingReference, ShuttingDown, WrongState
-from gansvc.service.exports import GeneratorExporter
+from gansvc.service.exports import export_job_generator
 from gansvc.service.messages import (
     PROTO_TO_KIND,
     event_to_proto,
@@ -86,7 +86,6 @@ class GanServicer(pb_grpc.GanServiceServicer):
         self.uploads_dir = Path(state_dir) / "uploads"
         self.max_message_bytes = max_message_bytes
         self.renderer = SampleRenderer(max_message_bytes)
-        self.exporter = GeneratorExporter()
         self._watch_slots = threading.BoundedSemaphore(max_watchers)
         self.max_watchers = max_watchers
         self.sweeps = sweeps  # gansvc.service.sweeps.SweepManager
@@ -257,7 +256,7 @@ class GanServicer(pb_grpc.GanServiceServicer):
         """Export the job's generator (TorchScript / ONNX, verified) into its run directory; return the artifacts."""
         with status_errors(context):
             job = self._training_job(request.job_id)
-            return self.exporter.export(self.jobs_dir / job.id, request)
+            return export_job_generator(self.jobs_dir / job.id, request)
 
     def ListArtifacts(self, request: pb.ListArtifactsRequest, context) -> pb.ListArtifactsResponse:
         """Return the files of the job's run directory."""

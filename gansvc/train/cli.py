@@ -255,6 +255,7 @@ _FORMATS = (".npy", ".npz", ".pt", ".png")
 DEFAULT_COUNT = 10000
 DEFAULT_FRAMES = 16
 DEFAULT_BATCH = 500
+MAX_SEEDS = 1_000_000  # a typo such as 0-10000000000 is refused before it fills the memory with seeds
 
 
 def _sample_arguments(parser: argparse.ArgumentParser) -> None:
@@ -324,7 +325,7 @@ def _run_sample(args) -> int:
         raise UsageError(f"--output: {str(output)!r} must end in {', '.join(_FORMATS)}")
     _check_sample_args(args)
     try:
-        seeds = parse_seeds(args.seeds, "--seeds") if args.seeds is not None else None
+        seeds = parse_seeds(args.seeds, "--seeds", limit=MAX_SEEDS) if args.seeds is not None else None
         ends = _interpolation_ends(args.interpolate) if args.interpolate is not None else None
         if args.truncation is not None:
             check_truncation(args.truncation, "--truncation")

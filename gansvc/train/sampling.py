@@ -1,4 +1,5 @@
-"""Generators outside the trainer: export to generator.pt, load from a run / checkpoint / export, and sample."""
+"""Generators outside the trainer: export to generator.pt, load from a run / checkpoint / export (the best, the
+EMA or G's own weights), and sample: n from one noise stream, or by seed (gansvc.train.latents)."""
 
 from __future__ import annotations
 
