@@ -85,8 +85,8 @@ fi
 } >"$REPORT"
 
 # ------------------------------------------------------------------ build
-# On a GPU machine build for its own architecture (scripts/setup.sh defaults to 8.0;9.0, right for
-# A100/H100/H200 but not for an L4 or a B200). The dry run builds what setup.sh always builds.
+# On a GPU machine build for its own architecture (setup.py does the same when torch sees the GPU; without
+# one it builds 8.0 only). The dry run builds what setup.sh always builds.
 if [ "$DRY_RUN" = 0 ] && [ -z "${TORCH_CUDA_ARCH_LIST:-}" ] && [ -x "$PY" ]; then
     ARCH=$("$PY" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())' 2>/dev/null) \
         && export TORCH_CUDA_ARCH_LIST="$ARCH"

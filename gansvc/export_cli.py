@@ -19,7 +19,7 @@ FORMATS = ("torchscript", "onnx")  # gansvc.train.export.FORMATS, named here wit
 
 def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
     """Add the options of `gansvc export` to `parser`."""
-    from gansvc.service import cli_args
+    from gansvc.clients import cli_args
 
     parser.add_argument("source", metavar="RUN_OR_JOB",
                         help="a run directory, checkpoint or generator.pt here, else a job id on --server")  # fmt: skip
@@ -69,7 +69,7 @@ def _export_on_server(args) -> int:
 
     import grpc
 
-    from gansvc.service.cli import _connect
+    from gansvc.clients.cli import _connect
 
     contract_file = args.output.with_name(args.output.name + ".json")
     _check_output(args.output, contract_file)

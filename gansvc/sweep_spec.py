@@ -1,6 +1,7 @@
 """A hyperparameter sweep's spec: the TOML file of `gansvc sweep --spec`, its SweepSpec message, its checks.
 
-    [base]                       # a training spec (TrainSpec's fields), shared by every trial
+    [base]                       # a training spec (TrainSpec's fields), shared by every trial; what it leaves
+                                 # out takes each trial's defaults (a searched model brings its own optimiser)
     dataset = "fashion-mnist"
     model = "mlp"
     steps = 600
@@ -108,7 +109,7 @@ def _spec_error(field: str, error) -> SweepSpecError:
 
 
 def _check_value(base: dict, name: str, value, field: str):
-    """Return `value` as TrainSpec field `name`'s type, checked with the base spec around it."""
+    """Return `value` as TrainSpec field `name`'s type, checked with the base settings given around it."""
     from gansvc.train.spec import SpecError, TrainSpec, _coerce
 
     try:
@@ -176,15 +177,20 @@ def _integer(table: dict, key: str, field: str, default: int, low: int, high: in
 def check_sweep(raw: dict, base: dict) -> dict:
     """Return the checked, complete sweep spec of a raw one; `base` is the trials' validated TrainSpec dict.
 
-    The result: {"base", "method", "trials", "parallel", "seed", "space": {name: {...}}, "objective":
-    {"metric", "direction"}, "pruner": {"method", ...} or {}}. Raises SweepSpecError naming the field.
+    The result: {"base", "base_given", "method", "trials", "parallel", "seed", "space": {name: {...}},
+    "objective": {"metric", "direction"}, "pruner": {"method", ...} or {}}; "base_given" names the settings
+    raw's [base] gives (without a [base]: all of `base`), the others being defaults that a trial of another model
+    takes from that model (trial_settings). Raises SweepSpecError naming the field.
     """
     check_layout({k: v for k, v in raw.items() if k != "base"})
+    given = sorted(name for name in (raw["base"] if isinstance(raw.get("base"), dict) else base) if name in base)
     search = raw.get("search", {})
     method = search.get("method", "tpe")
     if method not in METHODS:
         raise SweepSpecError("search.method", f"got {method!r}, expected one of {', '.join(METHODS)}")
-    space = {str(name): _check_parameter(base, str(name), value, method) for name, value in search["space"].items()}
+    trial_base = trial_settings({"base": base, "base_given": given}, {})  # each value is checked as trials run it
+    space = {str(name): _check_parameter(trial_base, str(name), value, method)
+             for name, value in search["space"].items()}  # fmt: skip
     if method == "grid":
         points = math.prod(len(p["choices"]) for p in space.values())
         trials = _integer(search, "trials", "search.trials", points, 1, points)
@@ -203,7 +209,8 @@ def check_sweep(raw: dict, base: dict) -> dict:
     if metric in ("fid", "is_mean", "kid_mean") and not evaluates:
         raise SweepSpecError("objective.metric", f"the trials report no {metric}: set base.eval_samples > 0")
     return {
-        "base": base, "method": method, "trials": trials, "parallel": parallel, "seed": seed, "space": space,
+        "base": base, "base_given": given, "method": method, "trials": trials, "parallel": parallel, "seed": seed,
+        "space": space,
         "objective": {"metric": metric, "direction": DIRECTIONS[direction]},
         "pruner": _check_pruner(raw.get("pruner", {}), base, space),
     }  # fmt: skip
@@ -230,6 +237,15 @@ def _check_pruner(table: dict, base: dict, space: dict) -> dict:
                                  10**12),
         "reduction_factor": _integer(table, "reduction_factor", "pruner.reduction_factor", 3, 2, 100),
     }  # fmt: skip
+
+
+def trial_settings(spec: dict, params: dict) -> dict:
+    """Return the TrainSpec settings of a checked spec's trial with `params`: the base settings given and the
+    trial's. The base's defaults are left out so that TrainSpec applies the trial's own: a trial whose model is
+    searched gets that model's optimiser settings and loss, not the base model's."""
+    base = spec["base"]
+    given = spec.get("base_given", base)  # a sweep stored before base_given: every base setting
+    return {**{name: base[name] for name in given}, **params}
 
 
 def grid_size(spec: dict) -> int:
@@ -260,11 +276,15 @@ def _plain(value):
 
 
 def sweep_spec_to_proto(raw: dict, request_id: str = ""):
-    """Return the SweepSpec of a raw or checked sweep (ValueError naming a bad base setting)."""
-    from gansvc.service.convert import pb, training_spec_from_dict
+    """Return the SweepSpec of a raw or checked sweep (ValueError naming a bad base setting). A checked sweep's
+    base holds the settings given only: the message means what was submitted, defaults and all."""
+    from gansvc.api.convert import pb, training_spec_from_dict
 
     search = raw.get("search", raw)  # a raw file's [search] table, or a checked spec (flat)
-    message = pb.SweepSpec(base=training_spec_from_dict(raw.get("base", {})), method=search.get("method", ""),
+    base = raw.get("base", {})
+    if "base_given" in raw:
+        base = {name: base[name] for name in raw["base_given"]}
+    message = pb.SweepSpec(base=training_spec_from_dict(base), method=search.get("method", ""),
                            request_id=request_id or "")  # fmt: skip
     for key in ("trials", "parallel", "seed"):
         if key in search:
@@ -297,7 +317,10 @@ def sweep_spec_to_proto(raw: dict, request_id: str = ""):
 
 
 def sweep_spec_to_raw(message) -> tuple[object, dict]:
-    """Return (the base TrainingSpec message, the raw rest of a SweepSpec) for check_sweep."""
+    """Return (the base TrainingSpec message, the raw sweep of a SweepSpec) for check_sweep; the raw sweep's
+    base holds the settings the message gives."""
+    from gansvc.api.convert import training_spec_to_dict
+
     search: dict = {"method": message.method or "tpe", "space": {}}
     for key in ("trials", "parallel", "seed"):
         if message.HasField(key):
@@ -311,7 +334,7 @@ def sweep_spec_to_raw(message) -> tuple[object, dict]:
         if entry.name in search["space"]:
             raise SweepSpecError(_field(entry.name), "given twice")
         search["space"][entry.name] = parameter
-    raw = {"search": search, "objective": {}}
+    raw = {"base": training_spec_to_dict(message.base), "search": search, "objective": {}}
     if message.metric:
         raw["objective"]["metric"] = message.metric
     if message.direction:

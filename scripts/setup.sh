@@ -49,10 +49,11 @@ step() {
 if [ ! -x .venv/bin/python ]; then
     step "creating .venv with $PYTHON" "$PYTHON" -m venv .venv
 fi
-# A stamp keeps repeated runs fast: pip is asked again only when requirements.txt changed.
+# A stamp keeps repeated runs fast: pip is asked again only when requirements.txt changed. --no-compile: pip
+# would byte-compile every module of every wheel (torch alone has thousands); Python compiles what it imports.
 if ! cmp -s requirements.txt .venv/.requirements.stamp 2>/dev/null; then
     step "installing the pinned wheels of requirements.txt (torch, grpcio, ...; first time ~2 min, 5.7 GB)" \
-        .venv/bin/pip install --disable-pip-version-check --no-input --progress-bar off -r requirements.txt
+        .venv/bin/pip install --disable-pip-version-check --no-input --progress-bar off --no-compile -r requirements.txt
     cp requirements.txt .venv/.requirements.stamp
 fi
 
@@ -68,7 +69,6 @@ fi
 
 # The CUDA build on a machine without a GPU needs these (see "Building the extension" in the README).
 if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then export CUDA_HOME=/usr/local/cuda; fi
-export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-"8.0;9.0"}
 export MAX_JOBS=${MAX_JOBS:-2}
 # One build of gansvc._C and the gRPC stubs, in place: ninja keeps its objects under build/, so a later run
 # recompiles only what changed (seconds when nothing did).

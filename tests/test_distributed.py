@@ -442,5 +442,10 @@ def test_a_rank_failure_crosses_the_process_boundary_as_a_kind_code(tmp_path, mo
     assert failed.kind is failure_kind(failed) is FailureKind.DIVERGED
     assert str(failed).startswith("rank 0 failed (exit code 1): TrainingDiverged: training diverged at step 7")
     assert failure_kind(DistributedRunFailed(LaunchResult(exit_code=1))) is FailureKind.ERROR
+    # a rank's own error is the job's failure; a rank (or the agent) killed by a signal is a death, retried
+    assert not failed.process_died and not DistributedRunFailed(LaunchResult(exit_code=1)).process_died
+    killed = RankFailure(rank=1, exit_code=-signal.SIGKILL, message="most likely the out-of-memory killer")
+    assert DistributedRunFailed(LaunchResult(exit_code=1, failure=killed)).process_died
+    assert DistributedRunFailed(LaunchResult(exit_code=-signal.SIGKILL)).process_died
     # a code a newer version wrote is read as a plain error, not a crash
     assert FailureKind.parse("some_future_kind") is FailureKind.ERROR

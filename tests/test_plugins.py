@@ -11,7 +11,9 @@ import grpc
 import pytest
 import torch
 import torch.nn.functional as F
-from plugin_packages import plugins_visible
+from plugin_packages import (
+    PICKY, PICKY_ENTRY_POINTS, PICKY_MODULE, picky_plugins_visible, plugins_visible, write_package,
+)  # fmt: skip
 
 from gansvc.runtime import registry
 from gansvc.runtime.plugins import PluginArgumentError, PluginError, load_factory
@@ -19,6 +21,10 @@ from gansvc.runtime.plugins import PluginArgumentError, PluginError, load_factor
 SMALL = {"model": "stylish", "dataset": "shapes", "model_args": {"width": 8}, "dataset_args": {"count": 64},
          "steps": 2, "batch_size": 16, "z_dim": 16, "eval_samples": 0, "sample_every": 0, "checkpoint_every": 0,
          "log_every": 1, "tensorboard": False, "device": "cpu", "threads": 1}  # fmt: skip
+
+
+# submitting a plugin model on plugin data learns the data set's shape into the cache folder: a private one
+pytestmark = pytest.mark.usefixtures("cache_dir")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -44,7 +50,7 @@ def test_installed_plugins_stand_next_to_the_built_ins():
 
 
 def test_plugin_arguments_travel_through_dict_toml_and_the_proto(tmp_path):
-    from gansvc.service.convert import training_spec_from_dict, training_spec_to_dict
+    from gansvc.api.convert import training_spec_from_dict, training_spec_to_dict
     from gansvc.train.spec import SpecError, TrainSpec
 
     spec = tiny(model_args={"width": 8, "mapping_layers": 1})
@@ -206,6 +212,90 @@ def test_the_example_trains_and_is_scored_through_the_service_and_broken_plugins
         except grpc.RpcError as error:
             assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and error.details().startswith("model_args.depth")
         assert client.health() == "SERVING"  # the server lives on
+
+
+# ---------------------------------------------------------------------- a plugin data set's shape, learnt once
+PICKY_SPEC = {"model": "picky", "dataset": "dots", "steps": 2, "batch_size": 8, "z_dim": 4, "eval_samples": 0,
+              "sample_every": 0, "checkpoint_every": 0, "tensorboard": False, "device": "cpu",
+              "threads": 1}  # fmt: skip
+
+
+@pytest.fixture
+def picky(tmp_path, monkeypatch):
+    """A third party's package with a model and a data set (tests/plugin_packages.py), a fresh cache folder and a
+    process that has probed nothing yet; yields the package's module folder."""
+    from gansvc.service import dataset_probe
+
+    monkeypatch.setenv("GANSVC_CACHE_DIR", str(tmp_path / "cache"))
+    dataset_probe.forget()
+    with picky_plugins_visible(tmp_path / "site") as module:
+        yield module
+    dataset_probe.forget()
+
+
+def _factory_calls(module) -> list[str]:
+    return (module / "calls").read_text().splitlines() if (module / "calls").exists() else []
+
+
+def test_a_plugin_models_refused_argument_is_refused_at_submit_on_plugin_data_too(picky, service):
+    from gansvc.client import GanClient
+    from gansvc.service.devices import DevicePool
+    from gansvc.service.messages import training_spec_from_dict
+    from gansvc.service.validation import DataRoots, training_spec
+
+    with GanClient(service.address, timeout=60) as client:
+        with pytest.raises(grpc.RpcError) as caught:
+            client.submit_training({**PICKY_SPEC, "model_args": {"width": 7}})
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details().startswith("model_args.width"), caught.value.details()
+    assert "width must be even, got 7" in caught.value.details()
+    assert _factory_calls(picky) == ["train"]  # the data set's shape was learnt from its factory, once
+    accepted = training_spec(training_spec_from_dict({**PICKY_SPEC, "model_args": {"width": 8}}), DataRoots(()),
+                             DevicePool([], 1))  # fmt: skip
+    assert accepted["model_args"] == {"width": 8} and _factory_calls(picky) == ["train"]
+
+
+def test_a_plugin_data_sets_shape_is_kept_per_installed_version_and_learnt_again_after_an_upgrade(picky):
+    from gansvc.models.plugin import known_data_shape
+    from gansvc.service import dataset_probe
+
+    first = dataset_probe.probe_dataset("dots")
+    assert first == {"shape": [1, 16, 16], "size": 32, "num_classes": 2, "class_names": ["even", "odd"]}
+    kept = json.loads(dataset_probe.cache_file("dots").read_text())
+    assert (kept["dataset"], kept["entry_point"], kept["distribution"]) == ("dots", "gansvc_picky_plugins:dots",
+                                                                           f"{PICKY} 0.1")  # fmt: skip
+    assert kept["facts"] == first
+    assert known_data_shape(tiny(**PICKY_SPEC, image_size=8), first["shape"]) == (1, 8, 8)  # image_size applies
+    (picky / "channels").write_text("3")  # what the factory shows from now on, under the same version
+    dataset_probe.forget()  # a restarted server reads what the cache keeps: the factory does not run again
+    assert dataset_probe.probe_dataset("dots") == first and _factory_calls(picky) == ["train"]
+    # an upgrade while the server runs: another version installed, so the data set is probed again
+    write_package(picky.parent, PICKY, "0.2", PICKY_MODULE, PICKY_ENTRY_POINTS)
+    upgraded = dataset_probe.probe_dataset("dots")
+    assert upgraded["shape"] == [3, 16, 16] and _factory_calls(picky) == ["train", "train"]
+    assert json.loads(dataset_probe.cache_file("dots").read_text())["distribution"] == f"{PICKY} 0.2"
+    assert dataset_probe.probe_dataset("dots") == upgraded and len(_factory_calls(picky)) == 2
+
+
+def test_a_data_set_factory_that_kills_its_process_is_a_problem_named_and_the_job_is_left_to_fail(picky):
+    from gansvc.service import dataset_probe
+    from gansvc.service.devices import DevicePool
+    from gansvc.service.errors import InvalidField
+    from gansvc.service.messages import training_spec_from_dict
+    from gansvc.service.validation import DataRoots, training_spec
+
+    (picky / "channels").write_text("crash")
+    settings = training_spec_from_dict({**PICKY_SPEC, "model_args": {"width": 7}})
+    # the shape stays unknown, so the model is not built at submit: the job fails when it runs, naming the plugin
+    assert training_spec(settings, DataRoots(()), DevicePool([], 1))["model_args"] == {"width": 7}
+    problem = dataset_probe.probe_problems()["dots"]  # this process (the server) lived
+    assert problem == "plugin gansvc.datasets:dots: the process calling its factory was killed by SIGKILL"
+    assert not dataset_probe.cache_file("dots").exists()  # a failure is not kept past this process
+    (picky / "channels").write_text("1")
+    dataset_probe.forget()
+    with pytest.raises(InvalidField) as caught:  # fixed without a new version: the next server learns the shape
+        training_spec(settings, DataRoots(()), DevicePool([], 1))
+    assert caught.value.field == "model_args.width"
 
 
 # ---------------------------------------------------------------------- gansvc plugins check

@@ -9,9 +9,15 @@ from types import SimpleNamespace
 
 import grpc
 import pytest
+import torch
 from plugin_packages import REPO, plugins_visible
+from test_selftest import _wrong_loss, fresh_selftest, needs_extension  # noqa: F401 - fresh_selftest: a fixture
 
 from gansvc.runtime import registry
+
+
+# probing the plugin data sets keeps what they showed in the cache folder: a private one
+pytestmark = pytest.mark.usefixtures("cache_dir")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -61,6 +67,47 @@ def test_server_info_lists_everything_offered(server):
     assert bool(info.cuda_architectures) == ops.cuda_compiled()
     assert info.max_attempts == 5 and list(info.data_roots) == [str((folder / "data").resolve())]
     assert [d.name for d in info.devices] == ["cpu"] and not info.devices[0].busy
+
+
+def _kernel_selftest(server) -> dict:
+    """Return GetServerInfo's kernel_selftest of the running server as plain data."""
+    from google.protobuf.json_format import MessageToDict
+
+    from gansvc.client import GanClient
+
+    with GanClient(server[0].address, token="secret") as client:
+        info = client.server_info()
+    assert info.HasField("kernel_selftest")
+    return MessageToDict(info.kernel_selftest)
+
+
+def test_server_info_reports_the_kernels_of_its_process(server, fresh_selftest):
+    from gansvc import ops
+
+    reported = _kernel_selftest(server)
+    built = ops.load_extension() is not None
+    assert reported["kernels"] == ("ext" if built else "ref") and reported["extension_built"] is built
+    assert reported["cuda_compiled"] is ops.cuda_compiled()
+    assert reported["selftest"] == "not run" and reported["devices"] == {} and reported["message"] == ""
+
+
+@needs_extension
+def test_server_info_reports_a_failed_kernel_self_test_and_the_fallback(server, fresh_selftest):
+    from gansvc import ops
+    from gansvc.ops import selftest
+
+    fresh_selftest.setenv("GANSVC_SELFTEST", "all")  # the CPU gets the first-use self-test a GPU gets
+    selftest.configure()
+    fresh_selftest.setitem(selftest.KERNELS, "d_loss", _wrong_loss)
+    with pytest.warns(RuntimeWarning, match="failed their self-test on cpu"):
+        ops.d_loss(torch.randn(9, dtype=torch.float64), torch.randn(9, dtype=torch.float64), "bce")
+    reported = _kernel_selftest(server)  # the server runs in this process: it reports the fallback just made
+    assert reported["selftest"] == "failed" and reported["kernels"] == "ref"
+    cpu = reported["devices"]["cpu"]
+    assert cpu["passed"] is False and cpu["checks"] == len(selftest.check_device("cpu"))
+    assert {f["op"] for f in cpu["failures"]} == {"d_loss"}
+    assert all(f["max_error"] > f["tolerance"] for f in cpu["failures"])
+    assert reported["message"] == selftest.failure_message() and "d_loss" in reported["message"]
 
 
 def test_server_info_needs_what_list_jobs_needs(server):

@@ -1,6 +1,7 @@
 """The service runs a job whose spec asks for several processes through torchrun (gloo on this CPU): it succeeds
-with rank 0's events streamed like any job's; a rank that dies fails the job with that rank's error, and no
-process of the job is left behind."""
+with rank 0's events streamed like any job's; a rank killed by a signal is a worker death: the job is retried from
+its last checkpoint (and succeeds), or fails naming the rank once no attempt is left, and no process of the job is
+left behind."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from gansvc.client import GanClient, state_name
+from gansvc.runtime.rundir import latest_checkpoint_step
 from gansvc.service.server import GanServer, ServerConfig
 
 TINY = {
@@ -21,6 +23,8 @@ TINY = {
     "nproc": 2,
 }  # fmt: skip
 LONG = {**TINY, "steps": 1_000_000, "sample_every": 0, "checkpoint_every": 0}
+# ~20 ms a step on 2 gloo ranks here: the kill after the first checkpoint comes well before the end
+RESUMABLE = {**TINY, "steps": 200, "sample_every": 0, "checkpoint_every": 50, "log_every": 10}
 
 
 def wait_for(predicate, timeout=180.0, interval=0.2, what="condition"):
@@ -95,15 +99,52 @@ def test_a_two_process_job_runs_under_torchrun_and_streams_rank_0s_events(servic
     assert wait_for(lambda: not job_processes(job_dir), 30, what="the job's processes to exit")
 
 
-def test_a_rank_that_dies_fails_the_job_with_its_error_and_takes_the_others_down(service, client):
+def kill_rank(job_dir: Path, rank: str) -> int:
+    """SIGKILL the job's rank `rank` (as the out-of-memory killer would); return its pid."""
+    ranks = {pid: env for pid, env in job_processes(job_dir).items() if "RANK" in env}
+    assert sorted(env["RANK"] for env in ranks.values()) == ["0", "1"]
+    victim = next(pid for pid, env in ranks.items() if env["RANK"] == rank)
+    os.kill(victim, signal.SIGKILL)
+    return victim
+
+
+@pytest.mark.slow  # two torchrun starts (~20 s each here)
+def test_a_killed_rank_is_retried_from_the_last_checkpoint_and_the_job_succeeds(service, client):
+    job = client.submit_training(RESUMABLE)
+    job_dir = service.state_dir / "jobs" / job.id
+    wait_for(lambda: (latest_checkpoint_step(job_dir) or 0) >= 50, what="the first checkpoint")
+    kill_rank(job_dir, "1")
+    job = wait_for(lambda: ended(client, job.id), 300, what="the job to end")
+    assert state_name(job.state) == "SUCCEEDED", job.message
+    assert job.attempts == 2 and job.progress.step == RESUMABLE["steps"]
+    summary = json.loads((job_dir / "summary.json").read_text())
+    assert summary["step"] == RESUMABLE["steps"] and summary["world_size"] == 2
+
+    events = list(client.watch(job.id, history_only=True))
+    changes = [(state_name(e.state.state), e.state) for e in events if e.WhichOneof("payload") == "state"]
+    assert [name for name, _ in changes] == ["QUEUED", "RUNNING", "QUEUED", "RUNNING", "SUCCEEDED"]
+    retry, second = changes[2][1], changes[3][1]
+    assert retry.reason.startswith("attempt 1 died (1 of 3 allowed): rank 1 was killed by SIGKILL"), retry.reason
+    assert f"retrying from the checkpoint at step {second.resume_step}" in retry.reason
+    # the second attempt resumed from a checkpoint of the first (50, or a later one written before the ranks
+    # were torn down), and its ranks said so
+    assert second.attempt == 2 and second.resume_step in (50, 100, 150)
+    resumed = [e.log.message for e in events if e.WhichOneof("payload") == "log" and "resumed" in e.log.message]
+    assert resumed == [f"resumed from the checkpoint at step {second.resume_step}"]
+    deaths = json.loads((job_dir / "worker_deaths.json").read_text())
+    assert [d["attempt"] for d in deaths] == [1] and deaths[0]["exit"].startswith("rank 1 was killed by SIGKILL")
+    assert wait_for(lambda: not job_processes(job_dir), 60, what="the job's processes to exit")
+
+
+def test_a_rank_killed_in_its_last_attempt_fails_the_job_naming_it_and_takes_the_others_down(
+    service, client, monkeypatch
+):
+    monkeypatch.setattr(service.scheduler, "max_attempts", 1)  # `gansvc serve --max-attempts 1`: no retry
     job = client.submit_training(LONG)
     job_dir = service.state_dir / "jobs" / job.id
     wait_for(lambda: client.get_job(job.id).progress.step >= 3, what="the job to train")
-    ranks = {pid: env for pid, env in job_processes(job_dir).items() if "RANK" in env}
-    assert sorted(env["RANK"] for env in ranks.values()) == ["0", "1"]
-    victim = next(pid for pid, env in ranks.items() if env["RANK"] == "1")
-    os.kill(victim, signal.SIGKILL)  # as the out-of-memory killer would
+    kill_rank(job_dir, "1")
     job = wait_for(lambda: ended(client, job.id), what="the job to end")
-    assert state_name(job.state) == "FAILED"
-    assert "rank 1 was killed by SIGKILL" in job.message, job.message
+    assert state_name(job.state) == "FAILED" and job.attempts == 1
+    assert "the worker died 1 times (attempt 1: rank 1 was killed by SIGKILL" in job.message, job.message
     assert wait_for(lambda: not job_processes(job_dir), 60, what="every process of the job to exit")

@@ -3,10 +3,12 @@ up to `gansvc serve --max-attempts`; a job that keeps dying fails naming every a
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 
 import pytest
+import torch
 
 from gansvc.client import GanClient, state_name
 from gansvc.service.scheduler import describe_exit, last_log_lines
@@ -14,6 +16,7 @@ from gansvc.service.server import GanServer, ServerConfig
 from tests.test_service_restart import RUN, alive, states, wait_for
 
 LONG = {**RUN, "steps": 100_000, "checkpoint_every": 20}
+RESUMABLE = {**RUN, "steps": 400, "checkpoint_every": 20, "log_every": 20}
 
 
 @pytest.fixture
@@ -57,6 +60,34 @@ def test_a_killed_worker_is_retried_from_its_checkpoint_then_the_job_fails_namin
     assert "attempt 1 died (1 of 2 allowed)" in retry.reason and "SIGKILL" in retry.reason
     assert "retrying from the checkpoint at step" in retry.reason
     assert changes[3][1].resume_step >= 40  # the second attempt resumed, not restarted
+    client.close()
+
+
+@pytest.mark.slow  # three worker starts (~40 s here)
+def test_a_killed_worker_resumes_from_its_checkpoint_and_the_job_succeeds(server):
+    client = GanClient(f"127.0.0.1:{server.port}")
+    job = client.submit_training(RESUMABLE)
+    _kill_worker_after_a_checkpoint(client, job.id, 45)
+    ended = wait_for(lambda: state_name((j := client.get_job(job.id)).state) not in ("QUEUED", "RUNNING") and j,
+                     timeout=180, what="the job to end")  # fmt: skip
+    assert state_name(ended.state) == "SUCCEEDED", ended.message
+    assert ended.attempts == 2 and ended.progress.step == RESUMABLE["steps"]
+    changes = states(list(client.watch(job.id, history_only=True)))
+    assert [name for name, _ in changes] == ["QUEUED", "RUNNING", "QUEUED", "RUNNING", "SUCCEEDED"]
+    resumed = changes[3][1]
+    assert resumed.attempt == 2 and resumed.resume_step >= 40 and resumed.resume_step % 20 == 0
+    job_dir = server.state_dir / "jobs" / job.id
+    records = [json.loads(line) for line in (job_dir / "metrics.jsonl").read_text().splitlines()]
+    # every logged step once: the steps the first attempt did after its checkpoint were redone, not repeated
+    assert [r["step"] for r in records if r["kind"] == "train"] == list(range(20, RESUMABLE["steps"] + 1, 20))
+
+    # the same spec without the kill: resuming from the checkpoint gave the very same generator
+    again = client.submit_training(RESUMABLE)
+    wait_for(lambda: state_name(client.get_job(again.id).state) == "SUCCEEDED", 180, "the uninterrupted job")
+    weights = [torch.load(server.state_dir / "jobs" / name / "checkpoints" / "latest.pt", weights_only=True)["G"]
+               for name in (job.id, again.id)]  # fmt: skip
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
     client.close()
 
 

@@ -113,14 +113,14 @@ def build_plugin_models(spec, data_shape, num_classes: int = 0) -> tuple[PluginG
     return PluginGenerator(pair[0], name, spec.z_dim, data_shape), PluginDiscriminator(pair[1], name)
 
 
-def check_plugin_spec(spec, data_shape=None) -> None:
+def check_plugin_spec(spec, data_shape=None, num_classes: int = 0) -> None:
     """Check a spec's plugin arguments before a job exists (the service's submit); raise PluginArgumentError.
 
     model_args and dataset_args are bound to their factories' signatures (an unknown keyword names
     `model_args.<key>`). When the data shape is known without loading the data (`data_shape`), the
-    model factory also runs once on the meta device (no memory, no weights), so a value it refuses
-    is refused here. A plugin that cannot be imported or fails otherwise is not refused here: its job
-    fails with a reason naming it, as the contract says.
+    model factory also runs once on the meta device (no memory, no weights) with `num_classes`, so a
+    value it refuses is refused here. A plugin that cannot be imported or fails otherwise is not refused
+    here: its job fails with a reason naming it, as the contract says.
     """
     from gansvc.runtime import registry
     from gansvc.runtime.plugins import PluginArgumentError, check_arguments
@@ -132,7 +132,7 @@ def check_plugin_spec(spec, data_shape=None) -> None:
                             dict(spec.dataset_args), "dataset_args")  # fmt: skip
         if registry.is_plugin("models", spec.model):
             factory = load_factory("models", spec.model)
-            fixed = factory_arguments(spec, data_shape or (1, 8, 8))
+            fixed = factory_arguments(spec, data_shape or (1, 8, 8), num_classes)
             check_arguments("models", spec.model, factory, fixed, dict(spec.model_args), "model_args")
             if data_shape is not None:
                 with torch.device("meta"):
@@ -143,13 +143,16 @@ def check_plugin_spec(spec, data_shape=None) -> None:
         return
 
 
-def known_data_shape(spec) -> tuple[int, ...] | None:
-    """Return one sample's shape when the registry knows it (built-in data sets), else None (folders, plugins)."""
+def known_data_shape(spec, learnt=None) -> tuple[int, ...] | None:
+    """Return one sample's shape as the trainer will see it (image_size applied) when it is known without loading
+    the data: the registry's (built-in data sets) or `learnt`, a plugin data set's probed native shape; else None
+    (folders, a plugin not probed)."""
     from gansvc.runtime import registry
 
     info = registry.dataset_info(spec.dataset)
-    if info is None or not info.shape:
+    shape = tuple(int(s) for s in (info.shape if info is not None and info.shape else learnt or ()))
+    if not shape:
         return None
-    if len(info.shape) == 3 and spec.image_size:
-        return (info.shape[0], spec.image_size, spec.image_size)
-    return tuple(info.shape)
+    if len(shape) == 3 and spec.image_size:
+        return (shape[0], spec.image_size, spec.image_size)
+    return shape

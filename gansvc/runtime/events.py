@@ -3,7 +3,7 @@
 A producer (the trainer, an evaluation, the scheduler) builds typed events; the worker pipe, the
 distributed side channel, the store and the CLI carry them as `encode`/`decode` lines or
 `to_dict`/`from_dict` records without knowing their fields. The conversion to the proto lives with
-the generated stubs (gansvc.service.convert), driven by each class's `PROTO` field name and `RENAME`.
+the generated stubs (gansvc.api.convert), driven by each class's `PROTO` field name and `RENAME`.
 
 Adding an event type: a dataclass here (TYPE, PROTO, fields with defaults), its producer, and the
 proto message in protos/gansvc/v1/gansvc.proto. Nothing else.
@@ -145,11 +145,16 @@ class Finished(Event):
 
 @dataclass(frozen=True)
 class Failed(Event):
-    """Worker protocol: the job failed; reason in a user's words, error the exception's class name."""
+    """Worker protocol: the job failed; reason in a user's words, error the exception's class name.
+
+    died: a process of the job was killed (a rank of a distributed run, by a signal) rather than the job
+    failing by itself; the scheduler retries it from the last checkpoint like a worker that died.
+    """
 
     TYPE: ClassVar[str] = "failed"
     reason: str = ""
     error: str = ""
+    died: bool = False
 
 
 # ---------------------------------------------------------------------- model selection (issue 13)

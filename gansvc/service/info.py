@@ -1,20 +1,18 @@
 """What a server offers: the GetServerInfo RPC's answer (`server_info`; `gansvc info` prints it, see info_cli).
 
 Built-in and installed (plugin) models, data sets, losses and extractors come from the registry; a
-plugin data set's size, shape and classes are unknown until its factory runs, which happens only when
-a client asks (`probe_datasets`, `gansvc info --probe-datasets`) and then once per server (cached).
+plugin data set's size, shape and classes are unknown until its factory runs, which happens when a client
+asks (`probe_datasets`, `gansvc info --probe-datasets`) or a job on it is submitted, and then once per
+installed version of its package (gansvc.service.dataset_probe).
 """
 
 from __future__ import annotations
 
 import functools
 import re
-import threading
 
 from gansvc.runtime import registry
-
-_PROBED: dict[str, dict] = {}  # plugin data set -> what its factory's result showed (or {"problem": ...})
-_PROBE_LOCK = threading.Lock()
+from gansvc.service.dataset_probe import probe_dataset, probe_problems
 
 
 # ---------------------------------------------------------------------- server side
@@ -26,7 +24,7 @@ def server_info(pool, roots, max_attempts: int, running_jobs, probe_datasets: bo
     import torch
 
     import gansvc
-    from gansvc.service.convert import pb, struct
+    from gansvc.api.convert import pb, struct
 
     info = pb.ServerInfo(version=gansvc.__version__, losses=list(registry.loss_names()), max_attempts=max_attempts,
                          precisions=list(registry.precision_names()), torch_version=torch.__version__,
@@ -43,9 +41,8 @@ def server_info(pool, roots, max_attempts: int, running_jobs, probe_datasets: bo
         info.extractors.add(name=name, description=extractor.description, plugin=extractor.plugin)
     for kind, name, dist in registry.PLUGIN_CONFLICTS:
         info.plugin_problems.add(kind=kind, name=name, message=f"{dist}: the name is taken (or not allowed); left out")
-    for name, found in sorted(_PROBED.items()):
-        if "problem" in found:
-            info.plugin_problems.add(kind="datasets", name=name, message=found["problem"])
+    for name, problem in sorted(probe_problems().items()):
+        info.plugin_problems.add(kind="datasets", name=name, message=problem)
     _devices(info, pool, running_jobs)
     info.cpu_capability, info.cuda_architectures[:] = kernels()
     status = selftest_status()
@@ -72,45 +69,6 @@ def _dataset_offer(pb, name: str, probe: bool):
 
 def _size(value) -> int:
     return -1 if value is None else int(value)
-
-
-def probe_dataset(name: str) -> dict:
-    """Call plugin data set `name`'s factory once (split train, default arguments); return what it showed.
-
-    {"shape", "size", "num_classes" (-1 unknown), "class_names"} or {"problem": text naming the plugin}.
-    A map-style Dataset is not read beyond its first item. Cached for the process's lifetime.
-    """
-    with _PROBE_LOCK:
-        if name not in _PROBED:
-            _PROBED[name] = _probe(name)
-        return _PROBED[name]
-
-
-def _probe(name: str) -> dict:
-    import torch
-
-    from gansvc.runtime.plugins import PluginError, call_factory, load_factory
-
-    try:
-        factory = load_factory("datasets", name)
-        found = call_factory("datasets", name, factory, {"split": "train", "root": None, "image_size": 0}, {},
-                             "dataset_args", "dataset")  # fmt: skip
-        class_names = getattr(found, "class_names", None)
-        if hasattr(found, "images"):
-            shape, size = list(found.images.shape[1:]), int(found.images.shape[0])
-            labels = getattr(found, "labels", None)
-            classes = len(class_names) if class_names else (int(labels.max()) + 1 if labels is not None else 0)
-        else:
-            size = len(found)
-            image, label = found[0]
-            shape = list(torch.as_tensor(image).shape)
-            classes = len(class_names) if class_names else (-1 if label is not None else 0)
-        names = [str(c) for c in class_names or ()]
-        return {"shape": shape, "size": size, "num_classes": classes, "class_names": names}
-    except (PluginError, ValueError) as error:
-        return {"problem": str(error)}
-    except Exception as error:  # noqa: BLE001 - a third party's code
-        return {"problem": str(PluginError("datasets", name, f"{type(error).__name__}: {error}"))}
 
 
 def _devices(info, pool, running_jobs) -> None:

@@ -26,7 +26,7 @@ from gansvc.runtime.registry import INCEPTION_WEIGHTS_ENV
 from gansvc.service.auth import BearerTokenInterceptor, TokenFile
 from gansvc.service.bus import EventBus
 from gansvc.service.devices import DevicePool
-from gansvc.service.convert import SERVICE_NAME, pb_grpc, reflection_pool
+from gansvc.api.convert import SERVICE_NAME, pb_grpc, reflection_pool
 from gansvc.service.scheduler import Scheduler
 from gansvc.service.servicer import GanServicer
 from gansvc.service.sweeps import SweepManager

@@ -21,7 +21,13 @@ statistics are computed by the first trial that evaluates and read from the cach
 
 Objective: the value of `objective.metric` the trial's job reported last (the final evaluation);
 intermediate values are every evaluation during training, which the pruner (median or ASHA) reads.
-A pruned trial's job is cancelled (it writes a checkpoint and stops).
+A pruned trial's job is cancelled (it writes a checkpoint and stops; its cancel request says why); the sweep's
+events say so (TrialPruned, then TrialFinished with state PRUNED) and its summary counts the trials by state.
+The pruner can only stop a trial whose job is still running when the driver reads its value: a trial that
+ended before then completed, and counts as such.
+
+A trial's settings are the base settings the sweep gave plus its own (sweep_spec.trial_settings): the base's
+defaults are left to the trial's model, so a search over `model` gives each model its own optimiser settings.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import json
 import logging
 import math
 import threading
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,7 +46,7 @@ from gansvc.service import validation
 from gansvc.service.errors import InvalidField, WrongState
 from gansvc.service.messages import pb, training_spec_from_dict
 from gansvc.service.store import JobRecord
-from gansvc.sweep_spec import SweepSpecError, check_sweep, sweep_spec_to_raw
+from gansvc.sweep_spec import SweepSpecError, check_sweep, sweep_spec_to_raw, trial_settings
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 0.5  # how often a driver looks at its trials' jobs
@@ -195,7 +202,7 @@ class SweepDriver(threading.Thread):
                 run = self._start_trial(study, spec, space)
                 if run is not None:
                     running[run.number] = run
-            if not running and len(study.trials) >= spec["trials"]:
+            if not running and len(study.trials) >= spec["trials"] and not self._trials_ending():
                 self._finish(study, spec, "SUCCEEDED", "")
                 return
             self.stop_event.wait(POLL_SECONDS)
@@ -227,7 +234,7 @@ class SweepDriver(threading.Thread):
         import optuna
 
         try:
-            message = training_spec_from_dict({**spec["base"], **trial.params})
+            message = training_spec_from_dict(trial_settings(spec, trial.params))
             settings = validation.training_spec(message, self.manager.roots, self.manager.pool)
         except (InvalidField, ValueError) as error:
             reason = f"invalid settings {trial.params}: {error}"
@@ -260,8 +267,11 @@ class SweepDriver(threading.Thread):
             run.reported.add(event.step)
             run.trial.report(value, event.step)
             self._event(ev.TrialReported(trial=run.number, job_id=run.job_id, step=event.step, value=value))
-            if not job.terminal and run.trial.should_prune():
-                self._cancel(run.job_id)
+            # asked also when the job has ended: ASHA records each rung's value as it answers, and the trials
+            # after this one compete with those values (an ended job is not stopped, it completes)
+            if run.trial.should_prune() and not job.terminal:
+                self._cancel(run.job_id, f"pruned by sweep {self.job_id}: trial {run.number}, {metric} {value:.4g} "
+                                         f"at step {event.step}")  # fmt: skip
                 study.tell(run.trial, state=optuna.trial.TrialState.PRUNED)
                 self._event(ev.TrialPruned(trial=run.number, job_id=run.job_id, step=event.step, value=value))
                 self._event(ev.TrialFinished(trial=run.number, job_id=run.job_id, state="PRUNED", value=value,
@@ -282,9 +292,14 @@ class SweepDriver(threading.Thread):
                                      state="FAILED" if job.state != "CANCELLED" else "CANCELLED", reason=reason))
         return True
 
-    def _cancel(self, job_id: str) -> None:
+    def _trials_ending(self) -> bool:
+        """Return whether a trial's job has not ended yet (a pruned trial's job writes its checkpoint and stops):
+        the sweep ends after its trials' jobs, so that none still holds a device when it has."""
+        return any(not job.terminal for job in self.store.list_jobs(sweep_id=self.job_id, limit=MAX_TRIALS_LISTED))
+
+    def _cancel(self, job_id: str, reason: str) -> None:
         try:
-            self.scheduler.cancel(job_id)
+            self.scheduler.cancel(job_id, reason)
         except WrongState:  # it ended meanwhile
             pass
 
@@ -310,6 +325,7 @@ class SweepDriver(threading.Thread):
         if state == "SUCCEEDED":
             message = (f"best: trial {best['trial']} ({best['job_id']}) with {spec['objective']['metric']} "
                        f"{best['value']:.4g}" if best else "no trial completed")  # fmt: skip
+            message += f"; {count_line(summary['counts'])}"
         job_dir = self.manager.state_dir / "jobs" / self.job_id
         job_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(job_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
@@ -322,8 +338,14 @@ class SweepDriver(threading.Thread):
         self.store.set_state(self.job_id, state, reason, **extra)
 
 
+def count_line(counts: dict) -> str:
+    """Return a summary's trial counts by state as words, e.g. '3 complete, 2 pruned'."""
+    return ", ".join(f"{n} {state.lower()}" for state, n in sorted(counts.items())) or "no trials"
+
+
 def sweep_summary(study, spec: dict, store) -> dict:
-    """Return a sweep's summary: the table of trials (settings, state, value, job) and the best trial's spec."""
+    """Return a sweep's summary: the table of trials (settings, state, value, job), their number in each state
+    (Optuna's: COMPLETE, PRUNED, FAIL, ...) and the best trial's spec."""
     rows = []
     for trial in study.get_trials(deepcopy=False):
         steps = sorted(trial.intermediate_values)
@@ -332,8 +354,9 @@ def sweep_summary(study, spec: dict, store) -> dict:
             "value": trial.value, "params": dict(trial.params), "last_reported_step": steps[-1] if steps else None,
             "reason": trial.user_attrs.get("reason", ""),
         })  # fmt: skip
+    counts = dict(Counter(row["state"] for row in rows))
     summary = {"metric": spec["objective"]["metric"], "direction": spec["objective"]["direction"],
-               "method": spec["method"], "trials": rows}  # fmt: skip
+               "method": spec["method"], "trials": rows, "counts": counts}  # fmt: skip
     try:
         best = study.best_trial
     except ValueError:

@@ -154,15 +154,27 @@ def _zip_images(path: str) -> int:
 
 
 def _plugin_arguments(spec) -> None:
-    """Refuse plugin arguments the factory would refuse (gansvc.models.plugin.check_plugin_spec): a SpecError."""
+    """Refuse plugin arguments the factory would refuse (gansvc.models.plugin.check_plugin_spec): a SpecError.
+
+    A plugin model is built on the meta device when the data's shape is known: a built-in data set's, or a
+    plugin data set's as its factory showed it (gansvc.service.dataset_probe: once per installed version).
+    """
     if not (registry.is_plugin("models", spec.model) or registry.is_plugin("datasets", spec.dataset)):
         return
     from gansvc.models.plugin import check_plugin_spec, known_data_shape
     from gansvc.runtime.plugins import PluginArgumentError
+    from gansvc.service.dataset_probe import probe_dataset
     from gansvc.train.spec import SpecError
 
+    info = registry.dataset_info(spec.dataset)
+    shape, classes = known_data_shape(spec), info.num_classes if info is not None else None
+    if shape is None and registry.is_plugin("models", spec.model) and registry.is_plugin("datasets", spec.dataset):
+        found = probe_dataset(spec.dataset)  # {"problem": ...} when the factory fails: its job will say so
+        shape, classes = known_data_shape(spec, found.get("shape")), found.get("num_classes")
+    if spec.conditional and not (classes or 0) > 0:
+        shape = None  # the classes the trainer will find are unknown here: the model is built when the job runs
     try:
-        check_plugin_spec(spec, known_data_shape(spec))
+        check_plugin_spec(spec, shape, classes if spec.conditional else 0)
     except PluginArgumentError as error:
         raise SpecError(error.field, error.message) from None
 

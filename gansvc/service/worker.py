@@ -255,6 +255,14 @@ def failure_reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}"
 
 
+def process_died(error: BaseException) -> bool:
+    """Return whether the job ended because one of its processes was killed (a rank of a distributed run, by a
+    signal): the scheduler then retries it from the last checkpoint like a worker that died."""
+    from gansvc.train.errors import DistributedRunFailed
+
+    return isinstance(error, DistributedRunFailed) and error.process_died
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the job of --job-dir; return the process exit code (0 finished, 1 failed)."""
     parser = argparse.ArgumentParser(prog="python -m gansvc.service.worker", description=__doc__.splitlines()[0])
@@ -285,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         sys.stderr.flush()
         reason = failure_reason(error) if isinstance(error, Exception) else f"{type(error).__name__}"
-        channel.send(events.Failed(reason=reason, error=type(error).__name__))
+        channel.send(events.Failed(reason=reason, error=type(error).__name__, died=process_died(error)))
         return 1
 
 

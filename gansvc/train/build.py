@@ -42,13 +42,14 @@ class TrainerSetup:
         # ranks on one node share its cores; threads = 0 on the CPU takes the cores that are free at start
         cores = max(1, cpu_threads() // world.local_world_size)
         self.threads = spec.threads or cores
+        self.start_load: float | None = None  # cores in use when threads = 0 chose the count
         if self.device.type == "cpu":
             if not spec.threads:
-                load = system_load()
+                load = self.start_load = system_load()
                 self.threads = threads_for_load(cores, load / world.local_world_size if load is not None else None)
                 if self.threads < cores:
                     self._startup_logs.append(Log(message=(
-                        f"threads: {self.threads} of {cores} cores (the CPU was busy at start: load {load:.1f}); "
+                        f"threads: {self.threads} of {cores} cores (the CPU was busy at start: {load:.1f} cores in use); "
                         "--threads N fixes the count")))  # fmt: skip
             torch.set_num_threads(self.threads)
         data = self._load_data()  # in memory, or streamed from disk when larger than the memory budget

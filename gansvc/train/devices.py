@@ -71,17 +71,42 @@ def threads_for_load(cores: int, load: float | None) -> int:
     """Return the threads to use on `cores` cores when others keep `load` of them busy: the free cores, at least 1.
 
     On a busy CPU each of torch's parallel regions waits for a descheduled thread: with 2 threads on 2 cores
-    at load 2 the default DCGAN ran at ~313 images/s where one thread runs it faster. The load average counts
-    runnable processes (this one, just started, barely), so the free cores are `cores - load`, rounded.
+    at load 2 the default DCGAN ran at ~313 images/s where one thread runs it faster.
     """
     if load is None:
         return max(1, cores)
     return max(1, min(cores, int(cores - load + 0.5)))
 
 
-def system_load() -> float | None:
-    """Return the 1-minute load average, or None where the system does not tell."""
+def _cpu_times() -> tuple[int, int] | None:
+    # (busy, total) jiffies of all cores from /proc/stat's first line; idle and iowait count as not busy
     try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
         return None
+    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal (guest time is inside user)
+    return total - fields[3] - fields[4], total
+
+
+def system_load(window: float = 0.3) -> float | None:
+    """Return how many cores other processes keep busy now, or None where the system does not tell.
+
+    Measured over `window` seconds of /proc/stat while this process sleeps, not the 1-minute load average:
+    that one still counts a build or set-up that just finished (after scripts/setup.sh's 2-minute compile it
+    reads ~1.7 on an idle 2-core machine). Falls back to the load average where /proc/stat is missing.
+    """
+    import time
+
+    first = _cpu_times()
+    if first is None:
+        try:
+            return os.getloadavg()[0]
+        except (AttributeError, OSError):
+            return None
+    time.sleep(window)
+    second = _cpu_times()
+    if second is None or second[1] <= first[1]:
+        return None
+    busy_fraction = (second[0] - first[0]) / (second[1] - first[1])
+    return busy_fraction * (os.cpu_count() or 1)

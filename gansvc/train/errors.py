@@ -114,3 +114,12 @@ class DistributedRunFailed(RuntimeError):
     def kind(self) -> FailureKind:
         """Return the failing rank's kind (ERROR when no rank said why)."""
         return self.failure.kind if self.failure is not None else FailureKind.ERROR
+
+    @property
+    def process_died(self) -> bool:
+        """Return whether the run ended because a process of it was killed by a signal (a rank, or torchrun's
+        agent when no rank said why) rather than failing by itself: a death, not an error of the job."""
+        # a rank's own error is recorded with a positive exit code; only torchrun's view of a silent rank
+        # (or of the agent) carries the negative signal number
+        code = self.failure.exit_code if self.failure is not None else self.result.exit_code
+        return code < 0

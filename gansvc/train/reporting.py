@@ -7,14 +7,13 @@ Events are gansvc.runtime.events classes, handed to the Trainer's on_event on ra
 from __future__ import annotations
 
 import math
-import os
 import time
 
 import torch
 
 from gansvc.ops import selftest
 from gansvc.runtime.events import Event, Metrics, Progress, Warning
-from gansvc.train.devices import cpu_threads
+from gansvc.train.devices import cpu_threads, system_load
 from gansvc.train.errors import TrainingDiverged
 
 TRAIN_STATS = ("d_loss", "g_loss", "d_real", "d_fake", "d_accuracy")
@@ -97,13 +96,15 @@ class TrainerReporting:
     def _check_cpu_load(self) -> None:
         """Warn when other processes already keep the cores busy: then each of torch's parallel regions waits
         for a descheduled thread, and training with several threads can be many times slower than with one."""
-        if self.device.type != "cpu" or self.threads < 2 or not hasattr(os, "getloadavg"):
+        if self.device.type != "cpu" or self.threads < 2:
             return
-        load, cores = os.getloadavg()[0], cpu_threads()
-        if load + self.threads > cores + 0.5:
+        # the measure threads = 0 chose by (the cores in use at start), else measured now
+        load = self.start_load if self.start_load is not None else system_load()
+        cores = cpu_threads()
+        if load is not None and load + self.threads > cores + 0.5:
             self._warn(
                 "cpu_oversubscribed",
-                f"the CPU is busy (load {load:.1f} on {cores} cores) and training uses {self.threads} threads; "
+                f"the CPU is busy ({load:.1f} of {cores} cores in use) and training uses {self.threads} threads; "
                 "threads=1 (--threads 1) may be much faster here (results are bit-identical only between runs "
                 "with the same thread count)",
             )

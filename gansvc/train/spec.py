@@ -95,7 +95,7 @@ class TrainSpec:
                              choices=registry.precision_names)  # fmt: skip
     device: str = setting("auto", "auto | cpu | cuda | cuda:N")
     seed: int = setting(0, "random seed", min=0, max=2**63 - 1)
-    threads: int = setting(0, "CPU threads (0 = all cores)", min=0, max=4096)
+    threads: int = setting(0, "CPU threads (0 = the cores free when training starts)", min=0, max=4096)
     # what the user watches
     log_every: int = setting(50, "steps between progress lines", min=1, max=_MAX_INTERVAL)
     sample_every: int = setting(500, "steps between sample grids (0 = at the end only)", min=0, max=_MAX_INTERVAL)

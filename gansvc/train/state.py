@@ -49,7 +49,7 @@ class TrainerState:
         """Return everything a resume needs to continue bit for bit (an error if the run has diverged)."""
         self._check_finite()
         return {
-            "format": "gansvc-checkpoint",
+            "format": checkpoints.CHECKPOINT_FORMAT,
             "version": 1,
             "step": self.step,
             "spec": self.spec.to_dict(),

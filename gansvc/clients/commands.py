@@ -1,7 +1,7 @@
 """The client commands: `gansvc submit | watch | jobs | samples | cancel | download | health`.
 
 Each takes a connected GanClient and the parsed arguments and returns the exit code; what they print
-is composed in gansvc.service.render.
+is composed in gansvc.clients.render.
 """
 
 from __future__ import annotations
@@ -11,15 +11,15 @@ from pathlib import Path
 
 from gansvc.runtime import registry
 from gansvc.runtime.console import UsageError
-from gansvc.service import render
-from gansvc.service.convert import pb, state_name
+from gansvc.clients import render
+from gansvc.api.convert import pb, state_name
 
 STATES = registry.JOB_STATES
 
 
 # ---------------------------------------------------------------------- submit
 def _spec_settings(args) -> dict:
-    from gansvc.service.convert import training_spec_fields
+    from gansvc.api.convert import training_spec_fields
 
     settings: dict = {}
     if args.spec:
@@ -68,7 +68,11 @@ def submit(client, args) -> int:
     """Submit a training (or evaluation) job; print its id on stdout; return 0 (or watch's code)."""
     if args.evaluate and args.evaluate_images:
         raise UsageError("--evaluate and --evaluate-images exclude each other")
-    if args.evaluate or args.evaluate_images:
+    evaluating = bool(args.evaluate or args.evaluate_images)
+    for flag, given in (("--precision-recall", args.precision_recall), ("--bootstrap", args.bootstrap)):
+        if given and not evaluating:
+            raise UsageError(f"{flag} scores an evaluation: give --evaluate JOB or --evaluate-images PATH")
+    if evaluating:
         job = client.submit_evaluation(
             job_id=args.evaluate, step=args.step,
             samples=_load_images(args.evaluate_images) if args.evaluate_images else None,
@@ -76,6 +80,7 @@ def submit(client, args) -> int:
             seed=args.spec_seed, data_root=args.spec_data_root or "", inception_weights=args.inception_weights,
             device=args.spec_device or "", request_id=args.request_id, best=args.best, class_labels=args.classes,
             sample_labels=_load_labels(args.sample_labels) if args.sample_labels else (),
+            precision_recall=args.precision_recall, bootstrap=args.bootstrap,
         )  # fmt: skip
         what = "evaluation"
     else:
@@ -213,7 +218,7 @@ def download(client, args) -> int:
 
 def cancel(client, args) -> int:
     """Cancel a job and (unless --no-wait) wait until it has stopped; return 0 if it ended CANCELLED."""
-    from gansvc.client import TERMINAL
+    from gansvc.clients.python import TERMINAL
 
     job = client.cancel(args.job)
     if not args.no_wait and job.state not in TERMINAL:
