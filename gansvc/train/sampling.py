@@ -214,11 +214,16 @@ def generate(
                 chunks.append(generator(z[lo:hi], *extra).float().cpu())
     finally:
         generator.train(was_training)
+    return _joined(chunks, generator)
+
+
+
+def _joined(chunks: list[torch.Tensor], generator: nn.Module) -> torch.Tensor:
+    """Return the generated chunks as one tensor, images clamped to [-1, 1] (empty of G's shape when none)."""
     if not chunks:
         return torch.empty(0, *getattr(generator, "out_shape", ()), dtype=torch.float32)
     samples = torch.cat(chunks)
     return samples.clamp_(-1.0, 1.0) if samples.dim() == 4 else samples
-
 
 @torch.no_grad()
 def images_for(generator: nn.Module, z: torch.Tensor, labels: torch.Tensor | None = None, device="cpu",
@@ -240,10 +245,7 @@ def images_for(generator: nn.Module, z: torch.Tensor, labels: torch.Tensor | Non
             chunks.append(generator(z[start : start + batch_size].to(device), *extra).float().cpu())
     finally:
         generator.train(was_training)
-    if not chunks:
-        return torch.empty(0, *getattr(generator, "out_shape", ()), dtype=torch.float32)
-    samples = torch.cat(chunks)
-    return samples.clamp_(-1.0, 1.0) if samples.dim() == 4 else samples
+    return _joined(chunks, generator)
 
 
 INTERPOLATION_ROW = 16  # frames per grid row of an interpolation: a long one wraps, still read row by row
