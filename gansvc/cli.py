@@ -15,7 +15,8 @@ from gansvc.runtime.console import UsageError
 # `gansvc --help` and the light commands do not pay for torch or grpc imports they do not use.
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("gansvc.train.cli", "train a GAN locally and write a run directory"),
-    "sample": ("gansvc.train.cli", "write N generated images from a run or checkpoint"),
+    "sample": ("gansvc.train.cli", "write generated images from a run or checkpoint: N, by seed, or interpolated"),
+    "export": ("gansvc.export_cli", "export a generator as TorchScript or ONNX that runs without gansvc"),
     "eval": ("gansvc.metrics.cli", "score generated images: FID, Inception Score, KID"),
     "serve": ("gansvc.service.cli", "run the gRPC service"),
     "submit": ("gansvc.clients.cli", "submit a training job to a running service"),

@@ -59,8 +59,8 @@ until .venv/bin/python -m gansvc.clients.cli health >/dev/null 2>&1; do
 done
 echo "run.sh: service SERVING on $GANSVC_SERVER after $((SECONDS - SERVE_START)) s (state in $STATE)" >&2
 
-# The seeds' MLP GAN with gansvc's default optimiser and EMA: 12 000 steps in about 1.5 minutes on 2 idle CPU
-# cores, and FID / IS / KID of 5 000 samples at the end. The spec file says what it sets and why.
+# The seeds' MLP GAN with gansvc's default optimiser and EMA: 12 000 steps in about 2 minutes on one CPU
+# thread, and FID / IS / KID of 5 000 samples at the end. The spec file says what it sets and why.
 echo "run.sh: submitting $SPEC${OVERRIDES[*]:+ ${OVERRIDES[*]}}" >&2
 JOB=$("$GANSVC" submit --spec "$SPEC" "${OVERRIDES[@]}" --request-id "run-sh-$$-$(date +%s)")
 STATUS=0

@@ -9,12 +9,11 @@ health` is the health check of scripts/run.sh and the Dockerfile (no top-level d
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 from gansvc.clients.cli_args import CLIENT_COMMANDS, DEFAULT_SERVER, add_arguments
-from gansvc.runtime.console import UsageError
+from gansvc.runtime.console import UsageError, run_commands
 
 __all__ = ["CLIENT_COMMANDS", "DEFAULT_SERVER", "add_arguments", "main", "run"]
 
@@ -55,16 +54,9 @@ def _connect(args):
 
 def main(argv: list[str] | None = None) -> int:
     """Run a client command as `python -m gansvc.clients.cli COMMAND ...` (e.g. health checks); return its code."""
-    parser = argparse.ArgumentParser(prog="python -m gansvc.clients.cli", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name in CLIENT_COMMANDS:
-        add_arguments(name, sub.add_parser(name))
-    args = parser.parse_args(argv)
-    try:
-        return run(args.command, args)
-    except UsageError as error:
-        print(f"gansvc {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    return run_commands(
+        "python -m gansvc.clients.cli", __doc__.splitlines()[0], CLIENT_COMMANDS, add_arguments, run, argv
+    )
 
 
 if __name__ == "__main__":

@@ -46,6 +46,14 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             "--tensor", type=Path, metavar="FILE.npy", help="also save the raw images (float32, [-1, 1])"
         )
+        # by seed (issue 21): the same images as `gansvc sample --seeds / --truncation / --interpolate` locally
+        parser.add_argument("--seeds", default="", metavar="LIST", help="one image per seed, e.g. 0-63 or 1,5,9")
+        parser.add_argument("--truncation", type=float, metavar="PSI", help="truncation psi in (0, 1] (1 = none)")
+        parser.add_argument("--interpolate", metavar="A,B", help="slerp between seeds A and B: a grid and an animation")
+        parser.add_argument("--frames", type=int, default=0, help="frames of --interpolate (default 16)")
+        parser.add_argument("--animation", type=Path, metavar="FILE", help="--interpolate's .gif / .webp (default: "
+                            "-o with .gif)")  # fmt: skip
+        parser.add_argument("--per-class", action="store_true", help="every seed in every class, a row per class")
     elif name == "cancel":
         parser.add_argument("job", help="job id")
         parser.add_argument(

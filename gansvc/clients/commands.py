@@ -170,18 +170,38 @@ def samples(client, args) -> int:
     """Write a job's sample grid PNG (and optionally the raw images); return 0."""
     from gansvc.atomic import atomic_write, atomic_write_bytes
 
+    interpolate, animation = _interpolation(args)
     grid = client.samples(
         args.job, step=args.step, seed=args.seed, count=args.count, include_tensor=args.tensor is not None,
-        nrow=args.nrow, best=args.best, class_label=args.class_label,
+        nrow=args.nrow, best=args.best, class_label=args.class_label, seeds=args.seeds, truncation=args.truncation,
+        interpolate=interpolate, frames=args.frames, per_class=args.per_class,
+        animation_format=animation.suffix.lstrip(".").lower() if animation else "",
     )  # fmt: skip
     atomic_write_bytes(args.output, grid.png)
     print(f"wrote {args.output} (step {grid.step}, from {grid.source})", file=sys.stderr)
+    if grid.animation and animation is not None:
+        atomic_write_bytes(animation, grid.animation)
+        print(f"wrote {animation}", file=sys.stderr)
     if args.tensor is not None:
         import numpy as np
 
         atomic_write(args.tensor, lambda f: np.save(f, grid.images, allow_pickle=False))
         print(f"wrote {args.tensor} {list(grid.images.shape)} float32", file=sys.stderr)
     return 0
+
+
+def _interpolation(args) -> tuple[tuple[int, int] | None, Path | None]:
+    """Return (seeds A, B) of --interpolate A,B and the animation's path, or (None, None) without it."""
+    if not args.interpolate:
+        return None, None
+    try:
+        a, b = (int(part) for part in args.interpolate.split(","))
+    except ValueError:
+        raise UsageError(f"--interpolate: got {args.interpolate!r}, expected two seeds A,B (e.g. 3,17)") from None
+    animation = args.animation or args.output.with_suffix(".gif")
+    if animation.suffix.lower() not in (".gif", ".webp"):
+        raise UsageError(f"--animation: {str(animation)!r} must end in .gif or .webp")
+    return (a, b), animation
 
 
 def download(client, args) -> int:

@@ -61,6 +61,9 @@ class SampleGrid:
     step: int
     source: str
     images: object | None = None  # numpy float32 [N, C, H, W] in [-1, 1]
+    seeds: tuple[int, ...] = ()  # drawn by seeds / interpolate: each image's seed
+    labels: tuple[int, ...] = ()  # and a conditional run's class of each
+    animation: bytes = b""  # interpolate: the animated GIF / WebP
 
 
 def _read(value) -> bytes | None:
@@ -299,13 +302,27 @@ class GanClient:
         nrow: int = 0,
         best: bool = False,
         class_label: int | None = None,
+        seeds: str = "",
+        truncation: float | None = None,
+        interpolate: tuple[int, int] | None = None,
+        frames: int = 0,
+        animation_format: str = "",
+        per_class: bool = False,
     ) -> SampleGrid:
         """Return a sample grid: the trainer's own, or generated from a checkpoint when seed/count is given.
 
         best: generate from the job's best generator (generator_best.pt); class_label: a conditional run's
-        images all of this class (fresh images are drawn in both cases).
+        images all of this class (fresh images are drawn in both cases). seeds ("0-63"): one image per seed,
+        as `gansvc sample --seeds`; truncation: psi in (0, 1]; interpolate (seed A, seed B): `frames` images
+        along the slerp and an animation (animation_format gif | webp); per_class: every seed in every class.
         """
-        request = pb.GetSamplesRequest(job_id=job_id, step=step, include_tensor=include_tensor, nrow=nrow, best=best)
+        request = pb.GetSamplesRequest(job_id=job_id, step=step, include_tensor=include_tensor, nrow=nrow, best=best,
+                                       seeds=seeds, per_class=per_class)  # fmt: skip
+        if truncation is not None:
+            request.truncation = truncation
+        if interpolate is not None:
+            request.interpolate.CopyFrom(pb.Interpolation(seed_a=interpolate[0], seed_b=interpolate[1], frames=frames,
+                                                          animation_format=animation_format))  # fmt: skip
         if class_label is not None:
             request.class_label = class_label
         if seed is not None:
@@ -314,7 +331,20 @@ class GanClient:
             request.count = count
         reply = self.stub.GetSamples(request, metadata=self._metadata, timeout=self.timeout)
         images = from_tensor(reply.tensor) if reply.HasField("tensor") else None
-        return SampleGrid(reply.png, reply.step, reply.source, images)
+        return SampleGrid(reply.png, reply.step, reply.source, images, tuple(reply.seeds), tuple(reply.labels),
+                          reply.animation)  # fmt: skip
+
+    def export_generator(self, job_id: str, fmt: str, best: bool = False,
+                         ema: bool | None = None) -> pb.ExportedGenerator:  # fmt: skip
+        """Export the job's generator as fmt (torchscript | onnx) into its run directory; return the answer, whose
+        `artifact` and `contract_artifact` download() fetches."""
+        formats = {"torchscript": pb.EXPORT_FORMAT_TORCHSCRIPT, "onnx": pb.EXPORT_FORMAT_ONNX}
+        if fmt not in formats:
+            raise ValueError(f"fmt: got {fmt!r}, expected torchscript or onnx")
+        request = pb.ExportGeneratorRequest(job_id=job_id, format=formats[fmt], best=best)
+        if ema is not None:
+            request.ema = ema
+        return self.stub.ExportGenerator(request, metadata=self._metadata, timeout=self.timeout)
 
     def server_info(self, probe_datasets: bool = False) -> pb.ServerInfo:
         """Return what the server offers (GetServerInfo): models, data sets, extractors, devices, kernels, limits."""

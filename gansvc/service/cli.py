@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from gansvc.runtime import registry
-from gansvc.runtime.console import UsageError, size_argument
+from gansvc.runtime.console import run_commands, size_argument
 
 DEFAULT_STATE_DIR = "runs/service"
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -126,15 +126,7 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the server as `python -m gansvc.service.cli serve ...`; return its exit code."""
-    parser = argparse.ArgumentParser(prog="python -m gansvc.service.cli", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_arguments("serve", sub.add_parser("serve"))
-    args = parser.parse_args(argv)
-    try:
-        return run(args.command, args)
-    except UsageError as error:
-        print(f"gansvc {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    return run_commands("python -m gansvc.service.cli", __doc__.splitlines()[0], ["serve"], add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from gansvc.service.artifacts import list_artifacts, resolve_artifact
 from gansvc.service.bus import EventBus
 from gansvc.service.devices import DevicePool
 from gansvc.service.errors import Busy, InvalidField, MissingReference, ShuttingDown, TooLarge, WrongState
+from gansvc.service.exports import export_job_generator
 from gansvc.service.messages import (
     PROTO_TO_KIND,
     event_to_proto,
@@ -258,6 +259,12 @@ class GanServicer(pb_grpc.GanServiceServicer):
         with status_errors(context):
             job = self._training_job(request.job_id)
             return self.renderer.render(self.jobs_dir / job.id, request)
+
+    def ExportGenerator(self, request: pb.ExportGeneratorRequest, context) -> pb.ExportedGenerator:
+        """Export the job's generator (TorchScript / ONNX, verified) into its run directory; return the artifacts."""
+        with status_errors(context):
+            job = self._training_job(request.job_id)
+            return export_job_generator(self.jobs_dir / job.id, request)
 
     def ListArtifacts(self, request: pb.ListArtifactsRequest, context) -> pb.ListArtifactsResponse:
         """Return the files of the job's run directory."""
