@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gansvc.client import TERMINAL, GanClient, pb, state_name  # noqa: E402
+from gansvc.clients.python import TERMINAL, GanClient, pb, state_name  # noqa: E402
 
 DATA_ROOT = Path("/usr/share/datasets")
 

@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gansvc.client import GanClient, state_name  # noqa: E402
+from gansvc.clients.python import GanClient, state_name  # noqa: E402
 from gansvc.data.datasets import DEBIAN_FASHION_MNIST  # noqa: E402
 from gansvc.sweep_spec import sweep_spec_to_proto  # noqa: E402
 

@@ -15,20 +15,22 @@ from gansvc.runtime.console import UsageError
 # `gansvc --help` and the light commands do not pay for torch or grpc imports they do not use.
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("gansvc.train.cli", "train a GAN locally and write a run directory"),
-    "sample": ("gansvc.train.cli", "write N generated images from a run or checkpoint"),
+    "sample": ("gansvc.train.cli", "write generated images from a run or checkpoint: N, by seed, or interpolated"),
+    "export": ("gansvc.export_cli", "export a generator as TorchScript or ONNX that runs without gansvc"),
     "eval": ("gansvc.metrics.cli", "score generated images: FID, Inception Score, KID"),
     "serve": ("gansvc.service.cli", "run the gRPC service"),
-    "submit": ("gansvc.service.cli", "submit a training job to a running service"),
-    "watch": ("gansvc.service.cli", "follow a job's events until it ends"),
-    "jobs": ("gansvc.service.cli", "list the service's jobs"),
-    "samples": ("gansvc.service.cli", "download a job's sample grid"),
-    "cancel": ("gansvc.service.cli", "cancel a job"),
-    "download": ("gansvc.service.cli", "download a job's checkpoint or exported generator"),
-    "health": ("gansvc.service.cli", "check that a service answers SERVING"),
-    "info": ("gansvc.service.info_cli", "what a service offers: models, data sets, extractors, devices, kernels"),
+    "submit": ("gansvc.clients.cli", "submit a training job to a running service"),
+    "watch": ("gansvc.clients.cli", "follow a job's events until it ends"),
+    "jobs": ("gansvc.clients.cli", "list the service's jobs"),
+    "samples": ("gansvc.clients.cli", "download a job's sample grid"),
+    "cancel": ("gansvc.clients.cli", "cancel a job"),
+    "download": ("gansvc.clients.cli", "download a job's checkpoint or exported generator"),
+    "upload": ("gansvc.clients.cli", "upload a checkpoint to start runs from (prints its upload:SHA256)"),
+    "health": ("gansvc.clients.cli", "check that a service answers SERVING"),
+    "info": ("gansvc.clients.info_cli", "what a service offers: models, data sets, extractors, devices, kernels"),
     "plugins": ("gansvc.plugin_check", "check an installed plugin: `gansvc plugins check NAME`"),
     "doctor": ("gansvc.doctor", "self-test gansvc's kernels on every device and print a table"),
-    "sweep": ("gansvc.service.sweep_cli", "run a hyperparameter sweep (Optuna) on a running service"),
+    "sweep": ("gansvc.clients.sweep_cli", "run a hyperparameter sweep (Optuna) on a running service"),
 }
 
 

@@ -66,6 +66,33 @@ def encode_png(images, nrow: int | None = None) -> bytes:
     return buffer.getvalue()
 
 
+ANIMATION_FORMATS = ("gif", "webp")
+
+
+def encode_animation(frames, fmt: str = "gif", frame_ms: int = 100, nrow: int | None = None) -> bytes:
+    """Return an animated GIF or WebP (lossless, looping) of `frames`: [F, C, H, W] images, one per frame, or
+    [F, N, C, H, W], a grid of N images (nrow per row) per frame."""
+    from PIL import Image
+
+    fmt = fmt.lower()
+    if fmt not in ANIMATION_FORMATS:
+        raise ValueError(f"animation format must be one of {', '.join(ANIMATION_FORMATS)}, got {fmt!r}")
+    array = to_uint8(frames)
+    if array.ndim == 4:
+        array = array[:, None]
+    pictures = []
+    for frame in array:
+        grid = make_grid(frame, nrow or len(frame), padding=0 if len(frame) == 1 else 2)
+        if grid.shape[2] == 1:
+            grid = np.repeat(grid, 3, axis=2)  # GIF and WebP animations are colour; grey stays grey in RGB
+        pictures.append(Image.fromarray(np.ascontiguousarray(grid[:, :, :3]), mode="RGB"))
+    buffer = io.BytesIO()
+    options = {"lossless": True} if fmt == "webp" else {"disposal": 1}
+    pictures[0].save(buffer, format=fmt.upper(), save_all=True, append_images=pictures[1:], duration=frame_ms,
+                     loop=0, **options)  # fmt: skip
+    return buffer.getvalue()
+
+
 def save_grid(images, path: str | os.PathLike, nrow: int | None = None) -> Path:
     """Write the grid of `images` as a PNG file atomically; return its path."""
     return atomic_write_bytes(path, encode_png(images, nrow))

@@ -278,7 +278,7 @@ def _plain(value):
 def sweep_spec_to_proto(raw: dict, request_id: str = ""):
     """Return the SweepSpec of a raw or checked sweep (ValueError naming a bad base setting). A checked sweep's
     base holds the settings given only: the message means what was submitted, defaults and all."""
-    from gansvc.service.convert import pb, training_spec_from_dict
+    from gansvc.api.convert import pb, training_spec_from_dict
 
     search = raw.get("search", raw)  # a raw file's [search] table, or a checked spec (flat)
     base = raw.get("base", {})
@@ -319,7 +319,7 @@ def sweep_spec_to_proto(raw: dict, request_id: str = ""):
 def sweep_spec_to_raw(message) -> tuple[object, dict]:
     """Return (the base TrainingSpec message, the raw sweep of a SweepSpec) for check_sweep; the raw sweep's
     base holds the settings the message gives."""
-    from gansvc.service.convert import training_spec_to_dict
+    from gansvc.api.convert import training_spec_to_dict
 
     search: dict = {"method": message.method or "tpe", "space": {}}
     for key in ("trials", "parallel", "seed"):

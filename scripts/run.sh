@@ -53,14 +53,14 @@ done
 [ -s "$READY" ] || { echo "run.sh: the service did not get ready in 60 s; see $LOG" >&2; exit 1; }
 GANSVC_SERVER=$(.venv/bin/python -c 'import json, sys; print(json.load(open(sys.argv[1]))["address"])' "$READY")
 export GANSVC_SERVER
-until .venv/bin/python -m gansvc.service.cli health >/dev/null 2>&1; do
+until .venv/bin/python -m gansvc.clients.cli health >/dev/null 2>&1; do
     kill -0 "$SERVER" 2>/dev/null || { cat "$LOG" >&2; exit 1; }
     sleep 0.2
 done
 echo "run.sh: service SERVING on $GANSVC_SERVER after $((SECONDS - SERVE_START)) s (state in $STATE)" >&2
 
-# The seeds' MLP GAN with gansvc's default optimiser and EMA: 12 000 steps in about 1.5 minutes on 2 idle CPU
-# cores, and FID / IS / KID of 5 000 samples at the end. The spec file says what it sets and why.
+# The seeds' MLP GAN with gansvc's default optimiser and EMA: 12 000 steps in about 2 minutes on one CPU
+# thread, and FID / IS / KID of 5 000 samples at the end. The spec file says what it sets and why.
 echo "run.sh: submitting $SPEC${OVERRIDES[*]:+ ${OVERRIDES[*]}}" >&2
 JOB=$("$GANSVC" submit --spec "$SPEC" "${OVERRIDES[@]}" --request-id "run-sh-$$-$(date +%s)")
 STATUS=0

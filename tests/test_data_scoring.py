@@ -276,3 +276,15 @@ def test_an_evaluation_job_scores_per_class_against_a_zip_and_warns_for_a_flat_f
     assert _per_class_scores(fake, labels, {**spec, "real": f"folder:{folder}"}, "cpu", channel) == {}
     warned = [e for e in channel.sent if getattr(e, "level", "") == "warning"]
     assert len(warned) == 1 and "carry no class labels" in warned[0].message
+
+
+def test_an_evaluation_against_a_folder_reads_it_at_the_generated_images_size(labelled_folder):
+    # A folder's images have no size of their own: without image_size they were read at 64 px, which the
+    # 28×28 fmnist-cnn refused. Now the real side is read at the generated images' size, as a run reads it.
+
+    fake = uint8_to_unit_range(torch.from_numpy(random_images(90, 28, 1, seed=6)).unsqueeze(1))
+    result = evaluate(fake, f"folder:{labelled_folder}", kid_subsets=2)
+    net = get_extractor("fmnist-cnn")
+    real_features = net(folder_files(labelled_folder, 28).read_all().images)[0].double().numpy()
+    expected = _fid(net(fake)[0].double().numpy(), real_features)
+    assert result["n_real"] == 600 and result["fid"] == pytest.approx(expected, rel=1e-6)

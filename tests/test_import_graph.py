@@ -1,15 +1,16 @@
-"""The import graph of gansvc: no cycles (imports inside functions count), and a client that reaches no
-server code. Every module under gansvc/ is parsed with `ast`; nothing is imported to build the graph."""
+"""The import graph of gansvc: no cycles (imports inside functions count), and the borders of the layout:
+the clients (gansvc.clients) reach no server module, the server (gansvc.service) no client module, and
+what both need (gansvc.api) neither. Every module under gansvc/ is parsed with `ast`; nothing is imported to
+build the graph."""
 
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "gansvc"
-# What gansvc.client may reach under gansvc.service: the store-free conversions (and the package itself,
-# whose __init__ is a docstring).
-CLIENT_MAY_REACH = {"gansvc.service", "gansvc.service.convert"}
+SERVER, CLIENTS, API = "gansvc.service", "gansvc.clients", "gansvc.api"
 
 
 def module_names() -> dict[str, Path]:
@@ -60,6 +61,7 @@ def imports_of(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
     return found
 
 
+@functools.cache  # parsed once per test run; the tests only read it
 def graph() -> dict[str, set[str]]:
     """Return {module: the gansvc modules it imports}."""
     modules = module_names()
@@ -115,11 +117,22 @@ def reachable(edges: dict[str, set[str]], start: str) -> set[str]:
     return seen
 
 
+def inside(module: str, package: str) -> bool:
+    """Return whether `module` is `package` or one of its modules."""
+    return module == package or module.startswith(package + ".")
+
+
+def reached_from_package(edges: dict[str, set[str]], package: str) -> dict[str, set[str]]:
+    """Return {module of `package`: every module importing it runs}."""
+    return {name: reachable(edges, name) for name in edges if inside(name, package)}
+
+
 def test_the_graph_sees_imports_inside_functions_and_by_name():
     edges = graph()
     assert "gansvc.train.errors" in edges["gansvc.service.worker"]  # imported inside functions only
     assert "gansvc.runtime.events" in edges["gansvc.service.store"]
-    assert "gansvc.service.cli" in edges["gansvc.cli"]  # importlib.import_module of its command table
+    # importlib.import_module of its command table
+    assert {"gansvc.service.cli", "gansvc.clients.cli", "gansvc.clients.sweep_cli"} <= edges["gansvc.cli"]
 
 
 def test_no_import_cycles():
@@ -127,10 +140,50 @@ def test_no_import_cycles():
     assert found == [], "import cycles (imports inside functions count): " + "; ".join(" <-> ".join(c) for c in found)
 
 
-def test_the_client_reaches_no_server_module():
-    reached = reachable(graph(), "gansvc.client")
-    server_side = sorted(m for m in reached if m.startswith("gansvc.service") and m not in CLIENT_MAY_REACH)
-    assert server_side == [], f"gansvc.client reaches server modules: {server_side}"
-    assert "gansvc.service.convert" in reached and "gansvc._proto.v1.gansvc_pb2" in reached
-    # nothing heavy either: no torch-side package
+def test_the_clients_reach_no_server_module():
+    reached = reached_from_package(graph(), CLIENTS)
+    assert {"gansvc.clients.python", "gansvc.clients.cli", "gansvc.clients.commands"} <= set(reached)
+    crossing = {name: sorted(m for m in found if inside(m, SERVER)) for name, found in reached.items()}
+    assert {name: found for name, found in crossing.items() if found} == {}, "client modules reach server code"
+    # the documented import (gansvc.client) is the clients' too
+    assert reachable(graph(), "gansvc.client") == {"gansvc", "gansvc.client"} | reached["gansvc.clients.python"]
+
+
+def test_the_server_reaches_no_client_module():
+    reached = reached_from_package(graph(), SERVER)
+    assert {"gansvc.service.scheduler", "gansvc.service.server", "gansvc.service.cli"} <= set(reached)
+    crossing = {name: sorted(m for m in found if inside(m, CLIENTS) or m == "gansvc.client")
+                for name, found in reached.items()}  # fmt: skip
+    assert {name: found for name, found in crossing.items() if found} == {}, "server modules reach client code"
+
+
+def test_the_api_reaches_neither_end():
+    reached = reached_from_package(graph(), API)
+    assert "gansvc._proto.v1.gansvc_pb2" in reached["gansvc.api.convert"]
+    for name, found in reached.items():
+        assert not {m for m in found if inside(m, SERVER) or inside(m, CLIENTS)}, name
+
+
+def test_the_client_commands_live_with_the_clients():
+    """Every command of `gansvc` that talks to a server is a client module; `serve` alone is the server's."""
+    from gansvc.cli import COMMANDS
+
+    talking = {"submit", "watch", "jobs", "samples", "cancel", "download", "health", "info", "sweep"}
+    elsewhere = {name: module for name, (module, _) in COMMANDS.items() if name in talking}
+    elsewhere = {name: module for name, module in elsewhere.items() if not inside(module, CLIENTS)}
+    assert elsewhere == {}
+    assert COMMANDS["serve"][0] == "gansvc.service.cli"
+
+
+def test_the_python_client_needs_no_torch_side_package():
+    reached = reachable(graph(), "gansvc.clients.python")
+    assert "gansvc.api.convert" in reached and "gansvc._proto.v1.gansvc_pb2" in reached
     assert not {m for m in reached if m.split(".")[1:2] and m.split(".")[1] in ("train", "ops", "metrics", "data")}
+
+
+def test_the_documented_client_import_is_the_client():
+    import gansvc.client
+    import gansvc.clients.python
+
+    for name in gansvc.clients.python.__all__:
+        assert getattr(gansvc.client, name) is getattr(gansvc.clients.python, name), name

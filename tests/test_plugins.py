@@ -50,7 +50,7 @@ def test_installed_plugins_stand_next_to_the_built_ins():
 
 
 def test_plugin_arguments_travel_through_dict_toml_and_the_proto(tmp_path):
-    from gansvc.service.convert import training_spec_from_dict, training_spec_to_dict
+    from gansvc.api.convert import training_spec_from_dict, training_spec_to_dict
     from gansvc.train.spec import SpecError, TrainSpec
 
     spec = tiny(model_args={"width": 8, "mapping_layers": 1})

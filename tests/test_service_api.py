@@ -128,6 +128,20 @@ def test_submit_watch_to_succeeded(finished, service):
     assert job.training.steps == 30 and job.training.model == "mlp" and job.training.z_dim == 16
 
 
+def test_the_resolved_spec_sets_every_field(finished, client):
+    """SubmitTraining and GetJob return the resolved spec: every setting set (model_args / dataset_args
+    empty Structs when there are none), as a client that checks field presence expects."""
+    job, _ = finished
+    submitted = client.submit_training(dict(TINY, eval_samples=400), request_id=job.request_id)  # the same job
+    assert submitted.id == job.id
+    for answer in (submitted, client.get_job(job.id)):
+        spec = answer.training
+        unset = [f.name for f in spec.DESCRIPTOR.fields if f.has_presence and not spec.HasField(f.name)]
+        assert unset == []
+        assert dict(spec.model_args) == {} and dict(spec.dataset_args) == {}
+        assert {f.name for f, _ in spec.ListFields()} >= {f.name for f in spec.DESCRIPTOR.fields if f.has_presence}
+
+
 def test_metrics_history_matches_the_run_directory(finished, client, service):
     import json
 

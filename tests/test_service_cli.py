@@ -28,8 +28,11 @@ def gansvc(*args, timeout=300):
 
 
 def service_cli(*args, timeout=120):
-    """Run `python -m gansvc.service.cli ARGS`: the same commands without the top-level dispatcher's imports."""
-    command = [sys.executable, "-m", "gansvc.service.cli", *args]
+    """Run `python -m gansvc.clients.cli ARGS` (`python -m gansvc.service.cli serve ...` for serve): the same
+    commands without the top-level dispatcher's imports; the client one is the health check of scripts/run.sh
+    and the Dockerfile."""
+    module = "gansvc.service.cli" if args[0] == "serve" else "gansvc.clients.cli"
+    command = [sys.executable, "-m", module, *args]
     return subprocess.run(command, check=False, capture_output=True, text=True, timeout=timeout)
 
 
@@ -162,6 +165,28 @@ def test_samples_by_class_and_evaluation_flags_of_a_conditional_job(server, tmp_
         evaluation = client.get_job(submitted.stdout.strip())
         assert list(evaluation.evaluation.class_labels) == [1, 2]
         client.wait(evaluation.id, timeout=300)
+
+
+def test_evaluation_metric_flags_reach_the_evaluation_spec(server, tmp_path, fashion_mnist_root):
+    images = tmp_path / "images.npy"
+    np.save(images, np.zeros((8, 1, 28, 28), dtype=np.uint8))
+    evaluation = ["submit", "--evaluate-images", str(images), "--data-root", str(fashion_mnist_root)]
+    submitted = service_cli(*evaluation, "--precision-recall", "--bootstrap", "7", "--server", server.address)
+    assert submitted.returncode == 0, submitted.stderr
+    with GanClient(server.address) as client:
+        job = client.get_job(submitted.stdout.strip())
+        client.cancel(job.id)  # the scores are not this test's
+        assert job.evaluation.precision_recall and job.evaluation.bootstrap == 7
+        plain = client.get_job(service_cli(*evaluation, "--server", server.address).stdout.strip())
+        client.cancel(plain.id)
+        assert not plain.evaluation.precision_recall and plain.evaluation.bootstrap == 0
+    negative = service_cli(*evaluation, "--bootstrap", "-1", "--server", server.address)
+    assert negative.returncode == 2 and "--bootstrap: expected a number of resamples >= 0" in negative.stderr
+    too_many = service_cli(*evaluation, "--bootstrap", "1000000", "--server", server.address)
+    assert too_many.returncode == 2 and "INVALID_ARGUMENT: bootstrap: got 1000000" in too_many.stderr
+    for flag in (["--precision-recall"], ["--bootstrap", "5"]):  # a training submission has no such scores
+        training = service_cli("submit", *SMALL, "--steps", "10", *flag, "--server", server.address)
+        assert training.returncode == 2 and f"{flag[0]} scores an evaluation" in training.stderr, training.stderr
 
 
 def test_bad_class_lists_exit_2(server):

@@ -378,7 +378,7 @@ def test_every_stored_event_type_converts_by_its_schema():
     """The one generic conversion: each field lands in the proto field of its name (or RENAME), by value."""
     import dataclasses
 
-    from gansvc.service.convert import job_event
+    from gansvc.api.convert import job_event
 
     examples = {int: 7, float: 0.25, str: "x", bool: True}
     for cls in ev.event_types().values():

@@ -18,13 +18,13 @@ import torch
 
 from gansvc.cli import main as gansvc_main
 from gansvc.client import GanClient, state_name
+from gansvc.clients.sweep_cli import build_request
 from gansvc.runtime import events as ev
 from gansvc.runtime import registry
 from gansvc.service import sweeps
 from gansvc.service.devices import DevicePool
 from gansvc.service.server import GanServer, ServerConfig
 from gansvc.service.store import JobStore
-from gansvc.service.sweep_cli import build_request
 from gansvc.service.sweeps import SweepDriver, TrialRun, checked_sweep
 from gansvc.service.validation import DataRoots
 from gansvc.sweep_spec import (SweepSpecError, check_sweep, load_sweep_file, sweep_spec_to_proto, sweep_spec_to_raw,

@@ -6,7 +6,7 @@ extractors) are importable on their own. The FID trace term runs on the gansvc e
 """
 
 from gansvc.metrics.evaluate import evaluate, get_extractor
-from gansvc.metrics.features import EXTRACTORS, extractor_fits, load_extractor
+from gansvc.metrics.features import extractor_fits, load_extractor
 from gansvc.metrics.fid import (
     FeatureStats,
     GaussianStatistics,
@@ -19,7 +19,6 @@ from gansvc.metrics.inception_score import inception_score
 from gansvc.metrics.kid import kernel_inception_distance
 
 __all__ = [
-    "EXTRACTORS",
     "FeatureStats",
     "GaussianStatistics",
     "evaluate",

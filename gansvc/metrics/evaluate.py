@@ -11,7 +11,7 @@ from gansvc.metrics.fid import fid_from_features, statistics_device, trace_repor
 from gansvc.metrics.inception_score import inception_score
 from gansvc.metrics.kid import kernel_inception_distance
 from gansvc.metrics.prdc import precision_recall_density_coverage
-from gansvc.metrics.reference import real_reference
+from gansvc.metrics.reference import real_image_size, real_reference
 from gansvc.runtime import registry
 
 _EXTRACTOR_CACHE: dict[tuple, FeatureExtractor] = {}
@@ -74,6 +74,7 @@ def evaluate(
     net = get_extractor(extractor, device, inception_weights)
     if not net.fits(fake.shape[1:]):  # a plugin's input_channels is known once it is loaded
         raise ValueError(f"the {extractor} extractor cannot take images of shape {list(fake.shape[1:])}")
+    image_size = real_image_size(real, fake.shape, image_size)
     reference = real_reference(real, net, data_root, n_real, progress, image_size=image_size)
     # On a GPU with fast float64 the features stay there: statistics, trace term and KID run on the device.
     fake_features, fake_logits = net(fake, progress, desc="generated images",

@@ -19,7 +19,6 @@ from tqdm import tqdm
 from gansvc.images import uint8_to_unit_range
 from gansvc.runtime import registry
 
-EXTRACTORS = registry.extractor_names()  # kept importable; the names live in the registry
 # Float images may overshoot [-1, 1] by this much (resampling, bf16 rounding) before being clamped.
 _RANGE_SLACK = 1e-3
 
@@ -35,7 +34,7 @@ def extractor_fits(name: str, image_shape) -> bool:
         return shape[0] in (1, 3) and min(shape[1:]) >= 8
     if registry.is_plugin("extractors", name):  # what it takes is known once it is loaded (PluginExtractor.fits)
         return shape[0] in (1, 3)
-    raise ValueError(f"unknown extractor {name!r}: expected one of {', '.join(EXTRACTORS)}")
+    raise ValueError(f"unknown extractor {name!r}: expected one of {', '.join(registry.extractor_names())}")
 
 
 def images_to_unit_range(images: torch.Tensor) -> torch.Tensor:

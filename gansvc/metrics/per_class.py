@@ -15,7 +15,7 @@ import torch
 
 from gansvc.metrics.features import extractor_fits
 from gansvc.metrics.fid import fid_from_features
-from gansvc.metrics.reference import LABELLED_SETS, NoClassLabels, real_reference
+from gansvc.metrics.reference import LABELLED_SETS, NoClassLabels, real_image_size, real_reference
 from gansvc.runtime.registry import parse_real
 
 AGREEMENT_DATASETS = ("fashion-mnist",)  # the data sets whose classes fmnist-cnn predicts
@@ -70,6 +70,7 @@ def evaluate_per_class(
     if parse_real(real).kind == "path":
         raise NoClassLabels(f"real {real!r}: per-class scores need a labelled data set as the real side "
                             f"({LABELLED_SETS})")  # fmt: skip
+    image_size = real_image_size(real, fake.shape, image_size)
     net = get_extractor(extractor, device, inception_weights)
     features, _ = net(fake, progress, desc="generated images")
     per_class = {}

@@ -44,7 +44,7 @@ from gansvc.metrics.fid import (
     statistics_device,
 )
 from gansvc.runtime import paths
-from gansvc.runtime.registry import parse_real
+from gansvc.runtime.registry import is_folder_dataset, parse_real
 
 CACHE_ENV = "GANSVC_CACHE_DIR"
 # Real feature rows kept for KID (a seeded random subset when the set is larger): KID's subsets of
@@ -87,6 +87,18 @@ def parse_dataset_spec(spec: str) -> tuple[str, str]:
     if source.kind == "path":
         raise ValueError(f"{spec!r} names a file or folder, not a data set")
     return source.name, source.split
+
+
+def real_image_size(real: str, fake_shape, image_size: int = 0) -> int:
+    """Return the size to score the real side at: `image_size` if set, else the generated images' for a folder.
+
+    A folder's images have no size of their own (its loader needs one, 64 px by default), so a folder scored
+    against generated images is read at their size, as a training run reads it at its resolution; named data
+    sets and zip archives keep theirs.
+    """
+    if image_size or not is_folder_dataset(real):
+        return image_size
+    return int(fake_shape[-1])
 
 
 def real_reference(

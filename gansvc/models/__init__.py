@@ -94,6 +94,26 @@ def apply_spectral_norm(model: nn.Module) -> nn.Module:
     return model
 
 
+def discriminator_blocks(discriminator: nn.Module) -> list[nn.Module]:
+    """Return D's blocks in input order (its `feature_blocks()`: FreezeD freezes the first K); ValueError when the
+    model defines none (a plugin may, with a method of that name)."""
+    blocks = getattr(discriminator, "feature_blocks", None)
+    if blocks is None:
+        raise ValueError(f"{type(discriminator).__name__} defines no blocks (a feature_blocks() method)")
+    return list(blocks())
+
+
+def freeze_blocks(discriminator: nn.Module, count: int) -> list[nn.Parameter]:
+    """Make the parameters of D's first `count` blocks require no gradient; return them (ValueError: too many)."""
+    blocks = discriminator_blocks(discriminator)
+    if count > len(blocks):
+        raise ValueError(f"got {count}, but {type(discriminator).__name__} has {len(blocks)} blocks")
+    frozen = [p for block in blocks[:count] for p in block.parameters()]
+    for parameter in frozen:
+        parameter.requires_grad_(False)
+    return frozen
+
+
 def has_batchnorm(model: nn.Module) -> bool:
     """Return whether any BatchNorm layer is in `model`."""
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
@@ -116,6 +136,8 @@ __all__ = [
     "build_discriminator",
     "build_generator",
     "build_models",
+    "discriminator_blocks",
     "discriminator_norm",
+    "freeze_blocks",
     "has_batchnorm",
 ]

@@ -44,6 +44,10 @@ def check_labels(labels: torch.Tensor | None, num_classes: int, n: int) -> None:
     """Raise a ValueError naming `labels` unless a conditional model got one class index per sample."""
     if not num_classes:
         return
+    if torch.jit.is_tracing():  # n is a traced size there; comparing it would freeze the example's batch size
+        if labels is None:
+            raise ValueError("labels: a conditional model needs one label per sample")
+        return
     if labels is None or labels.shape != (n,):
         got = None if labels is None else list(labels.shape)
         raise ValueError(f"labels: a conditional model needs one label per sample ([{n}]), got {got}")

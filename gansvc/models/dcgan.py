@@ -81,6 +81,16 @@ class DCGANDiscriminator(nn.Module):
         if self.embed is not None:
             nn.init.normal_(self.embed.weight, 0.0, 0.02)  # the projection starts as small as the other weights
 
+    def feature_blocks(self) -> list[nn.Module]:
+        """Return D's blocks from the input on (FreezeD): each stride-2 convolution with its BatchNorm and
+        activation; the last convolution to the logit and the class projection are the head, no block."""
+        blocks: list[list[nn.Module]] = []
+        for layer in self.main[:-1]:
+            if isinstance(layer, nn.Conv2d):
+                blocks.append([])
+            blocks[-1].append(layer)
+        return [nn.Sequential(*block) for block in blocks]
+
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         if self.embed is None:
             return self.main(x).view(-1)

@@ -59,6 +59,11 @@ class MLPDiscriminator(nn.Module):
             nn.Linear(hidden, 1),
         )
 
+    def feature_blocks(self) -> list[nn.Module]:
+        """Return D's blocks from the input on (FreezeD): each hidden Linear layer with its ReLU; the last Linear
+        to the logit and the class projection are the head, no block."""
+        return [self.main[0:2], self.main[2:4]]
+
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         if self.embed is None:
             return self.main(x.flatten(1)).view(-1)

@@ -139,6 +139,15 @@ class ResNetDiscriminator(nn.Module):
         self.linear = spectral_norm(nn.Linear(width, 1))
         self.embed = spectral_norm(nn.Embedding(num_classes, width)) if num_classes else None
 
+    def feature_blocks(self) -> list[nn.Module]:
+        """Return D's blocks from the input on (FreezeD): the down-sampling residual blocks, self-attention with the
+        block it follows; the block at the base resolution (final), the linear logit and the projection are the
+        head, no block."""
+        blocks = [nn.ModuleList([block]) for block in self.blocks]
+        if self.attention is not None:
+            blocks[self.attention_after].append(self.attention)
+        return list(blocks)
+
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         check_labels(labels, self.num_classes, x.shape[0])
         h = x

@@ -46,3 +46,24 @@ def size_argument(text: str) -> str:
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
     return text.strip()
+
+
+def run_commands(prog: str, description: str, names, add_arguments, run, argv: list[str] | None = None) -> int:
+    """Parse `prog COMMAND ...` for the commands `names` and run one; return its exit code (2 on a UsageError).
+
+    The `python -m` entry of a command module (gansvc.clients.cli, gansvc.service.cli): the same parsing and
+    error handling as the `gansvc` dispatcher, without its imports.
+    """
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in names:
+        add_arguments(name, sub.add_parser(name))
+    args = parser.parse_args(argv)
+    try:
+        return run(args.command, args)
+    except UsageError as error:
+        print(f"gansvc {args.command}: error: {error}", file=sys.stderr)
+        return 2

@@ -3,7 +3,7 @@
 A producer (the trainer, an evaluation, the scheduler) builds typed events; the worker pipe, the
 distributed side channel, the store and the CLI carry them as `encode`/`decode` lines or
 `to_dict`/`from_dict` records without knowing their fields. The conversion to the proto lives with
-the generated stubs (gansvc.service.convert), driven by each class's `PROTO` field name and `RENAME`.
+the generated stubs (gansvc.api.convert), driven by each class's `PROTO` field name and `RENAME`.
 
 Adding an event type: a dataclass here (TYPE, PROTO, fields with defaults), its producer, and the
 proto message in protos/gansvc/v1/gansvc.proto. Nothing else.

@@ -250,6 +250,19 @@ def extractor_info(name: str) -> ExtractorInfo | None:
     return _EXTRACTORS.get(name)
 
 
+# ---------------------------------------------------------------------- evaluation metrics
+# The scores an evaluation job reports (its Metrics event, Job.latest_metrics; computed by gansvc.metrics),
+# each with what adds it: "" always (IS needs an extractor with logits, KID real feature rows), else the
+# EvaluationSpec field that asks for it, or "labels": a conditional checkpoint, or uploads with sample_labels.
+EVALUATION_METRICS: dict[str, str] = {
+    "fid": "", "is_mean": "", "is_std": "", "kid_mean": "", "kid_std": "",
+    "precision": "precision_recall", "recall": "precision_recall", "density": "precision_recall",
+    "coverage": "precision_recall",
+    "fid_ci_low": "bootstrap", "fid_ci_high": "bootstrap",
+    "intra_fid": "labels", "class_agreement": "labels",
+}  # fmt: skip
+
+
 # ---------------------------------------------------------------------- jobs and the server
 JOB_STATES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
 TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})

@@ -149,6 +149,15 @@ def generator_source(run_dir: str | os.PathLike) -> Path | None:
     return None
 
 
+def partial_name(name: str) -> str:
+    """Return the name of a resumable transfer's partial file for `name` (.NAME.partial_.tmp).
+
+    One fixed name per target, so a transfer can continue where it stopped; it has the atomic temp
+    pattern, so clean_leftovers removes it (the server's start: uploads do not survive a restart).
+    """
+    return f".{name}.partial_.tmp"
+
+
 def is_leftover(name: str) -> bool:
     """Return whether a file name is an atomic write's temp file (.NAME.XXXX.tmp)."""
     return bool(_TEMP_FILE.match(name))

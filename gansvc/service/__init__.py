@@ -1,8 +1,9 @@
-"""The gRPC service: job store (SQLite), scheduler and worker processes, servicer, auth.
+"""The gRPC server: job store (SQLite), scheduler and worker processes, servicer, auth. Server code only:
+the clients are gansvc.clients, and what both ends need (the stubs, the conversions) is gansvc.api.
 
-Read in this order: store (jobs and events) -> validation (spec messages) -> scheduler (devices, worker
-processes, job states) -> worker (the process that runs one job) -> servicer (the RPCs) -> server
-(wiring, health, TLS, shutdown) -> cli (cli_args, serve, commands, render). The events are
-gansvc.runtime.events; convert turns them (and states, settings) into messages without the store,
-for the client (gansvc.client) as for the server.
+Read in this order: store (jobs and events) -> validation (spec messages) -> scheduler (devices, job states,
+retries) -> executor (the interface that starts and watches an attempt; local_executor: worker processes
+here) -> worker (the process that runs one job) -> servicer (the RPCs) -> server (wiring, health, TLS,
+shutdown) -> cli and serve (`gansvc serve`). messages adds the conversions that read
+the store's records to gansvc.api.convert's.
 """

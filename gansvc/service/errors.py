@@ -30,3 +30,11 @@ class WrongState(Exception):
 
 class ShuttingDown(Exception):
     """The server is shutting down and takes no new jobs (UNAVAILABLE)."""
+
+
+class TooLarge(InvalidField):
+    """A request over a limit the operator set (RESOURCE_EXHAUSTED); str() names the field and the limit."""
+
+
+class Busy(Exception):
+    """Another request is doing the same thing now, e.g. uploading the same file (ABORTED: retry later)."""

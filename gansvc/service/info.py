@@ -24,7 +24,7 @@ def server_info(pool, roots, max_attempts: int, running_jobs, probe_datasets: bo
     import torch
 
     import gansvc
-    from gansvc.service.convert import pb, struct
+    from gansvc.api.convert import pb, struct
 
     info = pb.ServerInfo(version=gansvc.__version__, losses=list(registry.loss_names()), max_attempts=max_attempts,
                          precisions=list(registry.precision_names()), torch_version=torch.__version__,

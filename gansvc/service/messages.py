@@ -1,13 +1,13 @@
 """The server's conversions of stored jobs and events to messages (the store-free ones are in convert).
 
 Everything a client needs (the stubs, state names, training settings) lives in
-gansvc.service.convert, which knows nothing of the store; this module adds the two conversions that
+gansvc.api.convert, which knows nothing of the store; this module adds the two conversions that
 read the store's records.
 """
 
 from __future__ import annotations
 
-from gansvc.service.convert import (
+from gansvc.api.convert import (
     KIND_TO_PROTO,
     PROTO_TO_KIND,
     SERVICE_NAME,

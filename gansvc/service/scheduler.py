@@ -1,7 +1,7 @@
-"""The scheduler: queued jobs get devices and a worker process each; worker events go to the store.
+"""The scheduler: queued jobs get devices and a worker each; worker events go to the store.
 
-One long-lived thread starts every worker (Linux ties PR_SET_PDEATHSIG to the thread that forked),
-and a reader thread per worker decodes its lines (gansvc.runtime.events) and stores the job events.
+The executor (service/executor.py; the local one runs worker processes) starts each attempt from the
+scheduler's one long-lived thread and relays the worker's events, which the scheduler stores.
 When a worker ends, its last word (Finished / Failed) or its exit status decides the job's next state:
 
 - finished          -> SUCCEEDED (or CANCELLED / back to QUEUED when it stopped because it was asked to)
@@ -15,26 +15,22 @@ from __future__ import annotations
 import json
 import logging
 import os
-import select
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
-import gansvc
 from gansvc.atomic import atomic_write_text
 from gansvc.runtime import events
-from gansvc.runtime.process import command_line, kill_if
 from gansvc.service.artifacts import latest_checkpoint_step
 from gansvc.service.devices import Allocation, DevicePool
 from gansvc.service.errors import WrongState
+from gansvc.service.executor import ATTEMPT_BANNER, Attempt, Executor
+from gansvc.service.local_executor import LocalExecutor
 from gansvc.runtime.rundir import clean_leftovers
 from gansvc.service.store import InvalidTransition, JobRecord, JobStore
 
 log = logging.getLogger(__name__)
-ATTEMPT_BANNER = "===== attempt "  # WorkerProcess.start writes one such line into worker.log per attempt
 DEATHS_FILE = "worker_deaths.json"  # the job directory's record of its workers that died without a word
 
 
@@ -76,161 +72,22 @@ def record_death(job_dir: Path, attempt: int, what: str, tail: str) -> list[dict
     return deaths
 
 
-class WorkerProcess:
-    """One worker: the process, its event and control pipes, and the thread reading its events."""
-
-    def __init__(self, job: JobRecord, job_dir: Path, allocation: Allocation, scheduler: Scheduler):
-        self.job_id = job.id
-        self.kind = job.kind
-        self.job_dir = job_dir
-        self.allocation = allocation
-        self.scheduler = scheduler
-        self.process: subprocess.Popen | None = None
-        self.final: events.Finished | events.Failed | None = None
-        self.stop_requested_at: float | None = None
-        self.killed = False
-        self._event_fd = -1
-        self._control_fd = -1
-        # The control pipe is written by request threads (cancel, drain) and closed once the worker is
-        # gone: one lock, so a "stop" never goes to a closed fd or to a file that reused its number.
-        self._control_lock = threading.Lock()
-
-    @property
-    def pid(self) -> int:
-        """Return the worker's process id."""
-        return self.process.pid if self.process else 0
-
-    def start(self, attempt: int) -> int:
-        """Start the worker process; return its pid."""
-        event_read, event_write = os.pipe()
-        control_read, control_write = os.pipe()
-        env = dict(os.environ)
-        env.update(self.allocation.worker_env())
-        # The worker imports the same gansvc as this server, installed or not.
-        package_parent = str(Path(gansvc.__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH", "")) if p)
-        env["PYTHONUNBUFFERED"] = "1"
-        if env.get("GANSVC_CACHE_DIR"):  # workers run in their job directories: a relative cache would not be shared
-            env["GANSVC_CACHE_DIR"] = str(Path(env["GANSVC_CACHE_DIR"]).expanduser().resolve())
-        command = [
-            sys.executable, "-m", "gansvc.service.worker", "--job-dir", str(self.job_dir),
-            "--event-fd", str(event_write), "--control-fd", str(control_read), "--parent-pid", str(os.getpid()),
-        ]  # fmt: skip
-        try:
-            with open(self.job_dir / "worker.log", "ab") as log:
-                stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-                log.write(f"\n{ATTEMPT_BANNER}{attempt} on {self.allocation.label}, {stamp} =====\n".encode())
-                log.flush()
-                self.process = subprocess.Popen(
-                    command,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    pass_fds=(event_write, control_read),
-                    start_new_session=True,  # the terminal's Ctrl-C is for the server, which stops jobs cleanly
-                    env=env,
-                    cwd=self.job_dir,
-                )
-        except BaseException:
-            for fd in (event_read, control_write):
-                os.close(fd)
-            raise
-        finally:
-            os.close(event_write)
-            os.close(control_read)
-        self._event_fd, self._control_fd = event_read, control_write
-        return self.process.pid
-
-    def start_reader(self) -> None:
-        """Start the thread that records the worker's events and finishes the job when it exits."""
-        threading.Thread(target=self._read_events, name=f"gansvc-events-{self.job_id}", daemon=True).start()
-
-    def request_stop(self) -> None:
-        """Ask the worker to checkpoint and stop (training); evaluations are killed (nothing to save)."""
-        if self.stop_requested_at is None:
-            self.stop_requested_at = time.monotonic()
-        if self.kind != "training":
-            self.kill()
-            return
-        with self._control_lock:
-            if self._control_fd < 0:  # already gone: its exit finishes the job
-                return
-            try:
-                os.write(self._control_fd, b"stop\n")
-            except OSError:  # exiting: its exit finishes the job
-                pass
-
-    def close_control(self) -> None:
-        """Close the control pipe (the worker has exited); later stop requests do nothing."""
-        with self._control_lock:
-            fd, self._control_fd = self._control_fd, -1
-        if fd >= 0:
-            os.close(fd)
-
-    def kill(self) -> None:
-        """SIGKILL the worker and everything it started (its own process group)."""
-        self.killed = True
-        process = self.process
-        if process is None or process.poll() is not None:
-            return
-        # poll() said it runs, and only this object reaps it: the pid is still the worker's.
-        kill_if(process.pid, lambda pid: process.returncode is None, group=True)
-
-    def _read_events(self) -> None:
-        buffer = b""
-        try:
-            while True:
-                ready, _, _ = select.select([self._event_fd], [], [], 1.0)
-                if not ready:
-                    # A grandchild holding the pipe must not keep a dead worker's job RUNNING.
-                    if self.process.poll() is not None:
-                        break
-                    continue
-                chunk = os.read(self._event_fd, 1 << 16)
-                if not chunk:
-                    break
-                buffer += chunk
-                *lines, buffer = buffer.split(b"\n")
-                self._record(lines)
-            if buffer.strip():
-                self._record([buffer])
-        except Exception:  # a store failure must not leave the job RUNNING forever
-            log.exception("reading the events of %s failed", self.job_id)
-            self.kill()
-        finally:
-            returncode = self.process.wait()
-            os.close(self._event_fd)
-            # The control pipe stays open until worker_exited has removed this worker under the
-            # scheduler's lock, and closes under the worker's own lock (see request_stop).
-            self.scheduler.worker_exited(self, returncode)
-
-    def _record(self, lines: list[bytes]) -> None:
-        batch = []
-        for line in lines:
-            if not line.strip():
-                continue
-            event = events.decode(line)  # typed and coerced; a bad line becomes a Log quoting it
-            if isinstance(event, (events.Finished, events.Failed)):
-                self.final = event
-            elif event.stored:
-                batch.append(event)
-        if batch:
-            self.scheduler.store.append_events(self.job_id, batch)
-
-
 class Scheduler:
     """Starts queued jobs on free devices, stops and cancels them, and recovers after a crash."""
 
     def __init__(self, store: JobStore, pool: DevicePool, jobs_dir: Path, cancel_timeout: float = 120.0,
-                 max_attempts: int = 3):  # fmt: skip
+                 max_attempts: int = 3, executor: Executor | None = None, uploads=None):  # fmt: skip
+        # Starts the attempts: worker processes of this server by default (service/executor.py).
+        self.executor = executor or LocalExecutor()
         self.store = store
         self.pool = pool
         self.jobs_dir = Path(jobs_dir)
         self.cancel_timeout = cancel_timeout
         self.max_attempts = max_attempts  # a worker that dies without a word is started again up to this
+        self.uploads = uploads  # gansvc.service.uploads.CheckpointUploads: the files of init_from upload:SHA256
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
-        self._workers: dict[str, WorkerProcess] = {}
+        self._workers: dict[str, Attempt] = {}
         self._draining = False
         self._stopped = False
         self._thread: threading.Thread | None = None
@@ -361,6 +218,9 @@ class Scheduler:
         worker_input = {"kind": job.kind, "job_id": job.id, "device": allocation.spec_device}
         if job.kind == "training":
             spec["device"] = allocation.spec_device
+            init_file = self.uploads.file_of(spec.get("init_from") or "") if self.uploads is not None else None
+            if init_file is not None:  # upload:SHA256 (issue 21): the stored file the worker reads
+                spec["init_from"] = str(init_file)
             if allocation.kind == "cpu" and not spec.get("threads"):
                 # nproc > 1: the worker starts that many processes (torchrun, gloo) sharing the slot's threads
                 spec["threads"] = max(1, allocation.cpu_threads // max(1, int(spec.get("nproc", 1) or 1)))
@@ -369,9 +229,8 @@ class Scheduler:
                 worker_input["source_run_dir"] = str(self.jobs_dir / spec["job_id"])
         worker_input["spec"] = spec
         atomic_write_text(job_dir / "worker_input.json", json.dumps(worker_input, indent=2) + "\n")
-        worker = WorkerProcess(job, job_dir, allocation, self)
         try:
-            pid = worker.start(attempt)
+            worker = self.executor.start(job, job_dir, allocation, attempt, self)
         except OSError as error:
             self.pool.release(allocation)
             self.store.set_state(job.id, "FAILED", f"could not start a worker process: {error}")
@@ -383,11 +242,11 @@ class Scheduler:
                 f" (attempt {attempt}, resuming from {where})" if job.kind == "training" else f" (attempt {attempt})"
             )
         self.store.set_state(
-            job.id, "RUNNING", reason, attempt=attempt, device=allocation.label, worker_pid=pid,
+            job.id, "RUNNING", reason, attempt=attempt, device=allocation.label, worker_pid=worker.pid,
             resume_step=resume_step if attempt > 1 else None,
         )  # fmt: skip
         self._workers[job.id] = worker
-        worker.start_reader()
+        worker.watch()
 
     def _enforce_cancel_timeouts(self) -> None:
         now = time.monotonic()
@@ -397,9 +256,13 @@ class Scheduler:
                 log.warning("job %s ignored its stop request: killing it", worker.job_id)
                 worker.kill()
 
-    # ------------------------------------------------------------------ endings
-    def worker_exited(self, worker: WorkerProcess, returncode: int) -> None:
-        """Record how a worker ended (called by its reader thread), free its devices, and wake the loop."""
+    # ------------------------------------------------------------------ what the executor reports
+    def worker_events(self, worker: Attempt, batch: list[events.Event]) -> None:
+        """Store events a worker sent (called by the executor as they come)."""
+        self.store.append_events(worker.job_id, batch)
+
+    def worker_exited(self, worker: Attempt, returncode: int) -> None:
+        """Record how a worker ended (called by the executor once), free its devices, and wake the loop."""
         with self._lock:
             try:
                 self._finish(worker, returncode)
@@ -407,11 +270,11 @@ class Scheduler:
                 log.warning("%s", error)
             finally:
                 self._workers.pop(worker.job_id, None)
-                worker.close_control()
+                worker.close()
                 self.pool.release(worker.allocation)
                 self._changed.notify_all()
 
-    def _finish(self, worker: WorkerProcess, returncode: int) -> None:
+    def _finish(self, worker: Attempt, returncode: int) -> None:
         job = self.store.require_job(worker.job_id)
         if job.state != "RUNNING":
             return
@@ -440,7 +303,7 @@ class Scheduler:
         else:
             self._worker_died(job, worker, returncode)
 
-    def _worker_died(self, job: JobRecord, worker: WorkerProcess, returncode: int, what: str = "") -> None:
+    def _worker_died(self, job: JobRecord, worker: Attempt, returncode: int, what: str = "") -> None:
         """A worker died without a word (OOM killer, a signal, a crash), or said a process of its job was killed
         (`what`: a rank of a distributed run): retry from the last checkpoint while attempts remain, else fail
         naming every attempt."""
@@ -464,8 +327,7 @@ class Scheduler:
         """Requeue the jobs a crashed server left RUNNING (killing any worker of theirs still alive)."""
         for job in self.store.jobs_in_state("RUNNING"):
             job_dir = self.jobs_dir / job.id
-            if job.worker_pid:
-                kill_stale_worker(job.worker_pid, job_dir)
+            self.executor.kill_stale(job, job_dir)
             if job.cancel_requested:
                 self.store.set_state(job.id, "CANCELLED", _cancel_reason(job_dir, "(the server stopped meanwhile)"))
                 continue
@@ -486,13 +348,3 @@ def _step_of(summary: dict | None) -> int:
     except (TypeError, ValueError):
         return 0
 
-
-def kill_stale_worker(pid: int, job_dir: Path, timeout: float = 10.0) -> bool:
-    """SIGKILL a worker of `job_dir` left by a dead server, if that pid is still one; return whether one was."""
-
-    def is_its_worker(pid: int) -> bool:
-        # The pid may belong to some other process by now: only a worker of this job directory is killed.
-        command = command_line(pid)
-        return bool(command) and b"gansvc.service.worker" in command and str(job_dir).encode() in command
-
-    return kill_if(pid, is_its_worker, group=True, wait=timeout)

@@ -52,6 +52,7 @@ def serve(args) -> int:
         state_dir=args.state_dir, listen=args.listen, devices=args.devices, cpu_jobs=args.cpu_jobs,
         data_roots=args.data_root, auth_token_file=args.auth_token_file, tls_cert=args.tls_cert,
         tls_key=args.tls_key, max_message_mb=args.max_message_mb, max_watchers=args.max_watchers,
+        max_upload_mb=args.max_upload_mb,
         shutdown_timeout=args.shutdown_timeout, cancel_timeout=args.cancel_timeout, max_attempts=args.max_attempts,
         allow_unauthenticated=args.allow_unauthenticated, inception_weights=args.inception_weights,
         health_listen=getattr(args, "health_listen", None),

@@ -26,11 +26,13 @@ from gansvc.runtime.registry import INCEPTION_WEIGHTS_ENV
 from gansvc.service.auth import BearerTokenInterceptor, TokenFile
 from gansvc.service.bus import EventBus
 from gansvc.service.devices import DevicePool
-from gansvc.service.convert import SERVICE_NAME, pb_grpc, reflection_pool
+from gansvc.api.convert import SERVICE_NAME, pb_grpc, reflection_pool
 from gansvc.service.scheduler import Scheduler
 from gansvc.service.servicer import GanServicer
 from gansvc.service.sweeps import SweepManager
+from gansvc.service.init_sources import InitSources
 from gansvc.service.store import JobStore
+from gansvc.service.uploads import CheckpointUploads
 from gansvc.service.validation import DataRoots
 
 DEFAULT_LISTEN = registry.DEFAULT_ADDRESS
@@ -50,6 +52,7 @@ class ServerConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     max_message_mb: int = 64
+    max_upload_mb: int = 1024  # the largest checkpoint UploadCheckpoint takes (issue 21)
     max_watchers: int = 64
     shutdown_timeout: float = 60.0  # seconds running jobs get to checkpoint on shutdown
     cancel_timeout: float = 120.0  # seconds a cancelled job gets to checkpoint before it is killed
@@ -103,6 +106,8 @@ class GanServer:
             raise ValueError("--tls-cert and --tls-key go together: give both or neither")
         if config.max_message_mb < 1:
             raise ValueError(f"--max-message-mb must be >= 1, got {config.max_message_mb}")
+        if config.max_upload_mb < 1:
+            raise ValueError(f"--max-upload-mb must be >= 1, got {config.max_upload_mb}")
         if config.max_watchers < 1:
             raise ValueError(f"--max-watchers must be >= 1, got {config.max_watchers}")
         if not 1 <= config.max_attempts <= 100:
@@ -153,13 +158,18 @@ class GanServer:
     def _start(self) -> int:
         self.bus = EventBus()
         self.store = JobStore(self.state_dir / "gansvc.db", on_append=self.bus.publish)
+        # checkpoints runs start from (issue 21): uploads, and jobs' checkpoints snapshotted at submit
+        uploads = CheckpointUploads(self.state_dir / "uploads" / "checkpoints", self.config.max_upload_mb * 2**20)
+        self.init_sources = InitSources(self.store, self.state_dir / "jobs", uploads)
         self.scheduler = Scheduler(
-            self.store, self.pool, self.state_dir / "jobs", self.config.cancel_timeout, self.config.max_attempts
+            self.store, self.pool, self.state_dir / "jobs", self.config.cancel_timeout, self.config.max_attempts,
+            uploads=uploads,
         )
-        self.sweeps = SweepManager(self.store, self.scheduler, self.roots, self.pool, self.state_dir)
+        self.sweeps = SweepManager(self.store, self.scheduler, self.roots, self.pool, self.state_dir,
+                                   init_sources=self.init_sources)  # fmt: skip
         self.servicer = GanServicer(
             self.store, self.bus, self.scheduler, self.pool, self.roots, self.state_dir,
-            self.max_message_bytes, self.config.max_watchers, sweeps=self.sweeps,
+            self.max_message_bytes, self.config.max_watchers, sweeps=self.sweeps, init_sources=self.init_sources,
         )  # fmt: skip
         options = [
             ("grpc.max_send_message_length", self.max_message_bytes),

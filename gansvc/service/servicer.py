@@ -23,7 +23,8 @@ from gansvc.service import validation
 from gansvc.service.artifacts import list_artifacts, resolve_artifact
 from gansvc.service.bus import EventBus
 from gansvc.service.devices import DevicePool
-from gansvc.service.errors import InvalidField, MissingReference, ShuttingDown, WrongState
+from gansvc.service.errors import Busy, InvalidField, MissingReference, ShuttingDown, TooLarge, WrongState
+from gansvc.service.exports import export_job_generator
 from gansvc.service.messages import (
     PROTO_TO_KIND,
     event_to_proto,
@@ -49,6 +50,10 @@ def status_errors(context: grpc.ServicerContext):
     """Turn the service's exceptions into gRPC statuses (context.abort raises, ending the RPC)."""
     try:
         yield
+    except TooLarge as error:  # before InvalidField, its base
+        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
+    except Busy as error:
+        context.abort(grpc.StatusCode.ABORTED, str(error))
     except InvalidField as error:
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
     except (MissingReference, JobNotFound) as error:
@@ -75,6 +80,7 @@ class GanServicer(pb_grpc.GanServiceServicer):
         max_message_bytes: int,
         max_watchers: int,
         sweeps=None,
+        init_sources=None,
     ):
         self.store = store
         self.bus = bus
@@ -88,6 +94,7 @@ class GanServicer(pb_grpc.GanServiceServicer):
         self._watch_slots = threading.BoundedSemaphore(max_watchers)
         self.max_watchers = max_watchers
         self.sweeps = sweeps  # gansvc.service.sweeps.SweepManager
+        self.init_sources = init_sources  # gansvc.service.init_sources.InitSources: init_from, uploads (issue 21)
 
     # ------------------------------------------------------------------ helpers
     def _accepting(self) -> None:
@@ -114,9 +121,11 @@ class GanServicer(pb_grpc.GanServiceServicer):
         with status_errors(context):
             self._accepting()
             request_id = validation.check_request_id("request_id", request.request_id)
-            spec = validation.training_spec(request, self.roots, self.pool)
+            spec = validation.training_spec(request, self.roots, self.pool, self.init_sources)
+            # a retry names init_from as the first request did, whatever it resolved to (a job's snapshot)
+            asked = {**spec, "init_from": request.init_from} if request.HasField("init_from") else spec
             job, created = self.store.create_job(
-                "training", spec, request_id, validation.request_hash({"training": spec})
+                "training", spec, request_id, validation.request_hash({"training": asked})
             )
             if created:
                 self.scheduler.wake()
@@ -251,6 +260,12 @@ class GanServicer(pb_grpc.GanServiceServicer):
             job = self._training_job(request.job_id)
             return self.renderer.render(self.jobs_dir / job.id, request)
 
+    def ExportGenerator(self, request: pb.ExportGeneratorRequest, context) -> pb.ExportedGenerator:
+        """Export the job's generator (TorchScript / ONNX, verified) into its run directory; return the artifacts."""
+        with status_errors(context):
+            job = self._training_job(request.job_id)
+            return export_job_generator(self.jobs_dir / job.id, request)
+
     def ListArtifacts(self, request: pb.ListArtifactsRequest, context) -> pb.ListArtifactsResponse:
         """Return the files of the job's run directory."""
         with status_errors(context):
@@ -291,6 +306,18 @@ class GanServicer(pb_grpc.GanServiceServicer):
                     return
 
 
+    # ------------------------------------------------------------------ checkpoints to start from (issue 21)
+    def UploadCheckpoint(self, request_iterator, context) -> pb.CheckpointUpload:
+        """Return the upload's status after storing the stream's chunks (complete once verified)."""
+        with status_errors(context):
+            self._accepting()
+            return _upload_to_proto(self.init_sources.uploads.receive(request_iterator))
+
+    def GetCheckpointUpload(self, request: pb.GetCheckpointUploadRequest, context) -> pb.CheckpointUpload:
+        """Return how much of an upload the server holds."""
+        with status_errors(context):
+            return _upload_to_proto(self.init_sources.uploads.status(request.sha256))
+
     # ------------------------------------------------------------------ what this server offers (issue 11)
     def GetServerInfo(self, request: pb.GetServerInfoRequest, context) -> pb.ServerInfo:
         from gansvc.service.info import server_info
@@ -298,6 +325,11 @@ class GanServicer(pb_grpc.GanServiceServicer):
         with status_errors(context):
             return server_info(self.pool, self.roots, self.scheduler.max_attempts,
                                self.store.jobs_in_state("RUNNING"), request.probe_datasets)  # fmt: skip
+
+
+def _upload_to_proto(status) -> pb.CheckpointUpload:
+    return pb.CheckpointUpload(sha256=status.sha256, received_bytes=status.received, complete=status.complete,
+                               reference=status.reference)  # fmt: skip
 
 
 def _encode_page_token(rowid: int) -> str:

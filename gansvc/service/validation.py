@@ -107,8 +107,11 @@ def _device(pool: DevicePool, device: str, nproc: int = 1) -> None:
         raise InvalidField("nproc" if problem.startswith("nproc") else "device", problem)
 
 
-def training_spec(message: pb.TrainingSpec, roots: DataRoots, pool: DevicePool) -> dict:
-    """Return the validated, complete TrainSpec dict for a TrainingSpec message, or raise InvalidField."""
+def training_spec(message: pb.TrainingSpec, roots: DataRoots, pool: DevicePool, init_sources=None) -> dict:
+    """Return the validated, complete TrainSpec dict for a TrainingSpec message, or raise InvalidField.
+
+    init_sources (gansvc.service.init_sources.InitSources) resolves init_from; without it init_from is refused.
+    """
     from gansvc.train.spec import SpecError, TrainSpec, check_precision_device
 
     settings = training_spec_to_dict(message)
@@ -141,6 +144,13 @@ def training_spec(message: pb.TrainingSpec, roots: DataRoots, pool: DevicePool) 
         check_precision_device(spec.precision, pool.kind(spec.device))
     except SpecError as error:
         raise InvalidField(error.field, error.message) from None
+    if spec.init_from:  # issue 21: the checkpoint exists, is one, and fits (where the data's shape is known)
+        if init_sources is None:
+            raise InvalidField("init_from", "needs the server's checkpoint store, which this check was not given")
+        from gansvc.service.init_sources import check_fit
+
+        spec.init_from, path = init_sources.resolve(spec, roots)
+        check_fit(spec, path)
     return spec.to_dict()
 
 

@@ -88,6 +88,7 @@ class TrainerSetup:
                                 f"{self.data_shape[-1]} px images take it at {', '.join(map(str, allowed))}")  # fmt: skip
         self.G, self.D = (m.to(self.device) for m in _spec_errors(build_models, spec, self.data_shape, self.num_classes))
         self.G, self.D = (channels_last_on_cpu(m, self.device) for m in (self.G, self.D))
+        self._freeze_d()  # FreezeD (issue 21): before DDP and the optimiser see D's parameters
         # Without BatchNorm in D, real and fake go through D as one batch (one forward instead of two).
         self.joint_d = not has_batchnorm(self.D)
         # self.G / self.D are the plain modules (state, EMA, samples); the steps run G_train / D_train,
@@ -96,7 +97,7 @@ class TrainerSetup:
         self.D_train = wrap_for_ranks(self.D, self.device, world.distributed)
         betas = (spec.beta1, spec.beta2)
         self.opt_g = FusedAdam(self.G.parameters(), lr=spec.lr_g, betas=betas)
-        self.opt_d = FusedAdam(self.D.parameters(), lr=spec.lr_d, betas=betas)
+        self.opt_d = FusedAdam([p for p in self.D.parameters() if p.requires_grad], lr=spec.lr_d, betas=betas)
         keep_full_rates((self.opt_g, self.opt_d))  # what the schedule scales (and a rollback lowers)
         self.lr_scheduled = is_scheduled(spec.lr_schedule, spec.lr_warmup_steps)
         self.scaler_g = grad_scaler(spec.precision, self.device)  # fp16 only: one per optimiser
@@ -145,6 +146,8 @@ class TrainerSetup:
         resume_from, state = self.dist.broadcast_object((resume_from, state))
         if state is not None:
             self._resume(resume_from, state)
+        elif spec.init_from:  # a fresh run that starts from another run's weights (issue 21); a resume ignores it
+            self._init_from(*self.dist.broadcast_object(self._read_init() if self.is_main else None))
         self.resumed_from = self.step if resume_from is not None else None
         if self.resumed_from is not None:
             self._startup_logs.append(Log(

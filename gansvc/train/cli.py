@@ -252,40 +252,86 @@ def _print_summary(summary: dict, out: Path) -> None:
 
 # ---------------------------------------------------------------------- sample
 _FORMATS = (".npy", ".npz", ".pt", ".png")
+DEFAULT_COUNT = 10000
+DEFAULT_FRAMES = 16
+DEFAULT_BATCH = 500
+MAX_SEEDS = 1_000_000  # a typo such as 0-10000000000 is refused before it fills the memory with seeds
 
 
 def _sample_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", metavar="RUN_DIR_OR_CHECKPOINT", help="a run directory, checkpoint or generator.pt")
-    parser.add_argument("-n", "--num", type=int, default=10000, help="number of samples (default 10000)")
+    parser.add_argument("-n", "--num", type=int, default=None,
+                        help=f"number of samples, drawn from one noise stream (default {DEFAULT_COUNT})")  # fmt: skip
     parser.add_argument("-o", "--output", required=True,
                         help="output file: .npy / .npz / .pt (float32 [N, C, H, W] in [-1, 1]) or .png (a grid)")  # fmt: skip
-    parser.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    parser.add_argument("--seed", type=int, default=None, help="noise seed of the -n samples (default 0)")
+    parser.add_argument("--seeds", metavar="LIST", default=None,
+                        help="one image per seed, e.g. 0-63 or 1,5,9-12: each latent from its own generator seeded "
+                        "with it, the same on any machine and in any batch size (.npz files hold `seeds`)")  # fmt: skip
+    parser.add_argument("--truncation", type=float, default=None, metavar="PSI",
+                        help="truncation trick, PSI in (0, 1]: latent components beyond the threshold "
+                        "Phi^-1((1+PSI)/2) are resampled within it (0.5 -> 0.674, 0.9 -> 1.645; 1 = off). "
+                        "Cleaner, less varied images; FID rises as PSI falls, so score without it")  # fmt: skip
+    parser.add_argument("--interpolate", metavar="A,B", default=None,
+                        help="spherical interpolation from seed A's latent to seed B's: --frames images, written "
+                        "as the -o grid (or arrays) and an animation (--animation)")  # fmt: skip
+    parser.add_argument("--frames", type=int, default=None, metavar="N",
+                        help=f"frames of --interpolate, both ends included (default {DEFAULT_FRAMES})")  # fmt: skip
+    parser.add_argument("--animation", metavar="FILE", default=None,
+                        help="the animation of --interpolate: .gif or .webp (default: -o with .gif)")  # fmt: skip
+    parser.add_argument("--per-class", action="store_true",
+                        help="a conditional run: every --seeds seed in every class, a grid row per class")  # fmt: skip
+    parser.add_argument("--best", action="store_true", help="the run's best generator (generator_best.pt)")
+    parser.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
+                        help="the EMA of G's weights (--no-ema: G's own); default: what the run samples with")  # fmt: skip
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
-    parser.add_argument("--batch-size", type=int, default=500, help="samples per forward pass (default 500)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="samples per forward pass (default 500; with --seeds / --interpolate 1: each image its own "
+                        "pass, bit for bit the same in any company; larger batches agree to float rounding)")  # fmt: skip
     parser.add_argument("--nrow", type=int, default=None, help="images per row of a .png grid")
     parser.add_argument("--class", dest="label", default=None, metavar="K",
                         help="a conditional run: every sample of class K (an index or a class name); default: labels "
                         "drawn as in training (.npz files hold `labels` next to `images`)")  # fmt: skip
 
 
-def _run_sample(args) -> int:
-    import numpy as np
+def _check_sample_args(args) -> None:
+    """Raise UsageError for options that contradict each other or are out of range."""
+    by_seed = args.seeds is not None or args.interpolate is not None
+    if args.seeds is not None and args.interpolate is not None:
+        raise UsageError("--interpolate: draws its own frames; give --seeds or --interpolate, not both")
+    if by_seed and (args.num is not None or args.seed is not None):
+        option = "-n" if args.num is not None else "--seed"
+        raise UsageError(f"{option}: --seeds / --interpolate name their images by seed; drop {option}")
+    if args.interpolate is None and (args.frames is not None or args.animation is not None):
+        raise UsageError(f"{'--frames' if args.frames is not None else '--animation'}: only with --interpolate A,B")
+    if args.per_class and args.seeds is None:
+        raise UsageError("--per-class: give --seeds too (a grid column per seed, a row per class)")
+    if args.num is not None and args.num < 1:
+        raise UsageError(f"-n: got {args.num}, expected at least 1 sample")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UsageError(f"--batch-size: got {args.batch_size}, expected >= 1")
+    if args.seed is not None and not 0 <= args.seed < 2**63:
+        raise UsageError(f"--seed: got {args.seed}, expected 0 <= seed < 2**63")
 
-    from gansvc.atomic import atomic_torch_save, atomic_write
-    from gansvc.train.sampling import generate, load_generator
+
+def _run_sample(args) -> int:
+    from gansvc.train.latents import SamplingError, check_truncation, parse_seeds
+    from gansvc.train.sampling import draw_interpolation, draw_seeds, generate, open_generator
+    from gansvc.train.spec import SpecError
     from gansvc.train.trainer import resolve_device
 
     output = Path(args.output)
     if output.suffix.lower() not in _FORMATS:
         raise UsageError(f"--output: {str(output)!r} must end in {', '.join(_FORMATS)}")
-    if args.num < 1:
-        raise UsageError(f"-n: got {args.num}, expected at least 1 sample")
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size: got {args.batch_size}, expected >= 1")
-    if not 0 <= args.seed < 2**63:
-        raise UsageError(f"--seed: got {args.seed}, expected 0 <= seed < 2**63")
-    from gansvc.train.spec import SpecError
-
+    _check_sample_args(args)
+    try:
+        seeds = parse_seeds(args.seeds, "--seeds", limit=MAX_SEEDS) if args.seeds is not None else None
+        ends = _interpolation_ends(args.interpolate) if args.interpolate is not None else None
+        if args.truncation is not None:
+            check_truncation(args.truncation, "--truncation")
+    except SamplingError as error:
+        raise UsageError(str(error)) from None
+    animation = _animation_path(args, output) if ends else None
     try:
         device = resolve_device(args.device)
     except SpecError as error:
@@ -293,36 +339,49 @@ def _run_sample(args) -> int:
     except (ValueError, RuntimeError) as error:
         raise UsageError(f"--device: {error}") from None
     try:
-        generator, spec = load_generator(args.source, device=device)
+        loaded = open_generator(args.source, device=device, best=args.best, ema=args.ema)
+    except SamplingError as error:
+        raise UsageError(f"--{error.field}: {error.message}") from None
     except (FileNotFoundError, ValueError) as error:
         raise UsageError(f"RUN_DIR_OR_CHECKPOINT: {error}") from None
-    labels = _sample_labels(generator, args)
-    samples = generate(generator, args.num, seed=args.seed, device=device, batch_size=args.batch_size, labels=labels)
-    suffix = output.suffix.lower()
-    if suffix == ".npy":
-        atomic_write(output, lambda f: np.save(f, samples.numpy()))
-    elif suffix == ".npz":
-        arrays = {"images": samples.numpy()}
-        if labels is not None:
-            arrays["labels"] = labels.numpy()
-        atomic_write(output, lambda f: np.savez_compressed(f, **arrays))
-    elif suffix == ".pt":
-        atomic_torch_save(samples, output)
-    elif samples.dim() == 4:
-        from gansvc.images import save_grid
-
-        save_grid(samples, output, args.nrow)
+    generator, spec = loaded.generator, loaded.spec
+    label = _class_option(generator, args.label)
+    batch_size = args.batch_size or (1 if seeds is not None or ends is not None else DEFAULT_BATCH)
+    drawn = None
+    try:
+        if seeds is not None:
+            drawn = draw_seeds(generator, seeds, truncation=args.truncation, label=label, per_class=args.per_class,
+                               device=device, batch_size=batch_size)  # fmt: skip
+        elif ends is not None:
+            drawn = draw_interpolation(generator, *ends, args.frames or DEFAULT_FRAMES, truncation=args.truncation,
+                                       label=label, device=device, batch_size=batch_size)  # fmt: skip
+    except SamplingError as error:
+        raise UsageError(f"--{error.field.replace('_', '-')}: {error.message}") from None
+    if drawn is not None:
+        samples, labels = drawn.images, drawn.labels
     else:
-        from gansvc.data.mixture import ring_centers
-        from gansvc.train.monitor import plot_points
-
-        plot_points(samples, output, ring_centers(), f"{args.num} samples")
+        num, seed = args.num or DEFAULT_COUNT, args.seed or 0
+        labels = _sample_labels(generator, num, seed, label)
+        samples = generate(generator, num, seed=seed, device=device, batch_size=batch_size, labels=labels,
+                           truncation=args.truncation)  # fmt: skip
+    _write_samples(output, samples, labels, drawn, args.nrow)
     shape = "x".join(map(str, samples.shape))
-    print(f"gansvc sample: wrote {args.num} samples ({shape}, float32) from {spec.model} ({spec.dataset}) to {output}")
-    if args.label is not None:
+    print(f"gansvc sample: wrote {len(samples)} samples ({shape}, float32) from {spec.model} ({spec.dataset}, step "
+          f"{loaded.step}{', EMA' if loaded.ema else ''}) to {output}")  # fmt: skip
+    if animation is not None:
+        from gansvc.atomic import atomic_write_bytes
+        from gansvc.images import encode_animation
+
+        atomic_write_bytes(animation, encode_animation(samples, animation.suffix.lower().lstrip(".")))
+        print(f"  animation of {len(samples)} frames (seed {ends[0]} to seed {ends[1]}) in {animation}")
+    if label is not None:
         names = getattr(generator, "class_names", None) or []
-        k = int(labels[0])
-        print(f"  class {k}" + (f" ({names[k]})" if k < len(names) else ""))
+        print(f"  class {label}" + (f" ({names[label]})" if label < len(names) else ""))
+    if args.truncation is not None:
+        from gansvc.train.latents import truncation_threshold
+
+        tau = truncation_threshold(args.truncation)
+        print(f"  truncation {args.truncation:g}: latent components within +-{tau:.4g}")
     if spec.dataset == "gaussian-mixture":
         from gansvc.data.mixture import NUM_MODES, ring_quality
 
@@ -332,18 +391,68 @@ def _run_sample(args) -> int:
     return 0
 
 
-def _sample_labels(generator, args):
-    """Return the labels of `gansvc sample`'s samples: all --class K, else drawn as in training (None when the
-    generator is unconditional)."""
-    import torch
+def _interpolation_ends(text: str) -> tuple[int, int]:
+    """Return the two seeds of --interpolate A,B."""
+    from gansvc.train.latents import SamplingError, parse_seeds
 
-    from gansvc.train.conditional import check_class, sample_labels
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise SamplingError("--interpolate", f"got {text!r}, expected two seeds A,B (e.g. 3,17)")
+    (a,), (b,) = (parse_seeds(part, "--interpolate", limit=1) for part in parts)
+    return a, b
 
+
+def _animation_path(args, output: Path) -> Path:
+    """Return the animation file of --interpolate: --animation, else -o with .gif."""
+    from gansvc.images import ANIMATION_FORMATS
+
+    if args.frames is not None and args.frames < 2:
+        raise UsageError(f"--frames: got {args.frames}, expected at least 2 (both ends)")
+    path = Path(args.animation) if args.animation else output.with_suffix(".gif")
+    if path.suffix.lower().lstrip(".") not in ANIMATION_FORMATS:
+        raise UsageError(f"--animation: {str(path)!r} must end in .gif or .webp")
+    return path
+
+
+def _write_samples(output: Path, samples, labels, drawn, nrow: int | None) -> None:
+    """Write samples to `output` by its suffix: .npy, .npz (with labels, seeds and latents when known), .pt, .png."""
+    import numpy as np
+
+    from gansvc.atomic import atomic_torch_save, atomic_write
+
+    suffix = output.suffix.lower()
+    if suffix == ".npy":
+        atomic_write(output, lambda f: np.save(f, samples.numpy()))
+    elif suffix == ".npz":
+        arrays = {"images": samples.numpy()}
+        if labels is not None:
+            arrays["labels"] = labels.numpy()
+        if drawn is not None:
+            arrays["seeds"] = np.asarray(drawn.seeds, dtype=np.int64)
+            arrays["latents"] = drawn.latents.numpy()
+        atomic_write(output, lambda f: np.savez_compressed(f, **arrays))
+    elif suffix == ".pt":
+        atomic_torch_save(samples, output)
+    elif samples.dim() == 4:
+        from gansvc.images import save_grid
+
+        save_grid(samples, output, nrow or (drawn.nrow if drawn is not None else None))
+    else:
+        from gansvc.data.mixture import ring_centers
+        from gansvc.train.monitor import plot_points
+
+        plot_points(samples, output, ring_centers(), f"{len(samples)} samples")
+
+
+def _class_option(generator, value) -> int | None:
+    """Return the class index of --class K (an index or a name), None without it; UsageError when it is none."""
+    from gansvc.train.conditional import check_class
+
+    if value is None:
+        return None
     count = getattr(generator, "num_classes", 0)
-    if args.label is None:
-        return sample_labels(generator, args.num, args.seed)
     names = getattr(generator, "class_names", None) or []
-    text = str(args.label).strip()
+    text = str(value).strip()
     if text.lstrip("-").isdigit():
         label = int(text)
     elif text in names:
@@ -355,4 +464,16 @@ def _sample_labels(generator, args):
         check_class(label, count, "--class")
     except ValueError as error:
         raise UsageError(str(error)) from None
-    return torch.full((args.num,), label, dtype=torch.int64)
+    return label
+
+
+def _sample_labels(generator, num: int, seed: int, label: int | None):
+    """Return the labels of `gansvc sample -n`'s samples: all `label`, else drawn as in training (None when the
+    generator is unconditional)."""
+    import torch
+
+    from gansvc.train.conditional import sample_labels
+
+    if label is None:
+        return sample_labels(generator, num, seed)
+    return torch.full((num,), label, dtype=torch.int64)

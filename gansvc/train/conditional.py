@@ -73,6 +73,18 @@ def sample_labels(generator, n: int, seed: int, device="cpu") -> torch.Tensor | 
     return draw_labels(n, count, getattr(generator, "label_probs", None), rng, device)
 
 
+def seed_labels(generator, seeds) -> torch.Tensor | None:
+    """Return one label per seed [len(seeds)] drawn as in training, each from its own generator (None: not
+    conditional), so a seed's class does not depend on the other seeds drawn with it."""
+    count = getattr(generator, "num_classes", 0)
+    if not count:
+        return None
+    probs = getattr(generator, "label_probs", None)
+    drawn = [draw_labels(1, count, probs, torch.Generator().manual_seed(int(seed) + _LABEL_SEED_OFFSET), "cpu")
+             for seed in seeds]  # fmt: skip
+    return torch.cat(drawn) if drawn else torch.empty(0, dtype=torch.int64)
+
+
 def grid_inputs(fixed_noise: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (noise, labels) of a per-class grid: the same GRID_COLUMNS noise vectors in every row, row k class k."""
     columns = min(GRID_COLUMNS, fixed_noise.shape[0])

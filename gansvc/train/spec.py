@@ -21,6 +21,9 @@ LOSSES = registry.loss_names()
 PRECISIONS = registry.precision_names()
 DCGAN_SIZES = registry.model_info("dcgan").image_sizes
 LABEL_SAMPLING = ("uniform", "data")
+# init_parts (issue 21): what init_from loads, and the word that allows a partial load
+INIT_PARTS = ("g", "d", "ema", "optim")
+PARTIAL = "partial"
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 # Bounds that keep a run inside what can run at all; the proto's int32 fields hold every value allowed.
 _MAX_INT32 = 2**31 - 1
@@ -153,6 +156,15 @@ class TrainSpec:
                               "each micro-batch)", min=1, max=65536)  # fmt: skip
     r1_every: int = setting(1, "lazy R1 (StyleGAN2): R1 on every r1_every-th D step only, with r1_gamma times "
                             "r1_every", min=1, max=1000)  # fmt: skip
+    # --- start from weights (issue 21): fine-tuning another run's checkpoint (docs/fine-tuning.md)
+    init_from: str = setting("", "start from a checkpoint's weights, at step 0 with this spec: a run directory (its "
+                             "latest checkpoint) or checkpoint file; a server also takes job:ID, job:ID:best, "
+                             "job:ID:step:N and upload:SHA256 ('' = a fresh initialisation)")  # fmt: skip
+    init_parts: str = setting("g,d", "what init_from loads: some of " + ",".join(INIT_PARTS) + "; with "
+                              f"'{PARTIAL}', the layers whose names and shapes do not fit stay fresh (each named in "
+                              "a log line) instead of refusing the checkpoint")  # fmt: skip
+    freeze_d_layers: int = setting(0, "FreezeD: D's first K blocks keep init_from's weights (0 = none; a block is a "
+                                   "down-sampling stage, see docs/fine-tuning.md)", min=0, max=64)  # fmt: skip
 
     # ------------------------------------------------------------------ construction
     def __post_init__(self) -> None:
@@ -298,6 +310,7 @@ class TrainSpec:
         self._validate_selection()
         self._validate_issue12(info)
         self._validate_longer_runs()
+        self._validate_init()
         return self
 
     def _validate_selection(self) -> None:
@@ -360,6 +373,26 @@ class TrainSpec:
                 "steps at the full learning rate; use fewer",
             )  # fmt: skip
 
+    def _validate_init(self) -> None:
+        """Check the start-from-weights settings (issue 21); init_parts is written in its canonical order."""
+        parts = init_parts(self.init_parts)
+        self.init_parts = ",".join(p for p in (*INIT_PARTS, PARTIAL) if p in parts)
+        if self.init_from:
+            try:
+                parse_init_from(self.init_from)
+            except ValueError as error:
+                raise SpecError("init_from", str(error)) from None
+        elif parts != init_parts(TrainSpec.init_parts):
+            raise SpecError("init_parts", "applies with init_from only (set init_from)")
+        if "optim" in parts and not parts & {"g", "d"}:
+            raise SpecError("init_parts", "optim loads the optimiser state of G or D: add g or d")
+        if "ema" in parts and self.ema_decay == 0:
+            raise SpecError("init_parts", "ema: this run keeps no EMA (ema_decay 0); leave ema out")
+        if self.freeze_d_layers:
+            if not self.init_from or "d" not in parts:
+                raise SpecError("freeze_d_layers", "freezes D's layers at loaded weights: set init_from with d in "
+                                "init_parts")  # fmt: skip
+
     def check_dataset_size(self, samples: int) -> None:
         """Raise SpecError('batch_size') when the global batch does not fit a data set of `samples` samples."""
         if samples < self.batch_size:
@@ -388,6 +421,57 @@ def check_precision_device(precision: str, device_type: str, allowed: tuple[str,
             "precision", f"fp16 trains on a CUDA device only (with a gradient scaler), not on {device_type!r}; "
             "on a CPU use bf16",
         )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class InitReference:
+    """A parsed init_from: kind 'path' (a run directory or checkpoint file), 'job' (job_id, which: latest | best |
+    step) or 'upload' (sha256)."""
+
+    kind: str
+    text: str
+    job_id: str = ""
+    which: str = "latest"
+    step: int = 0
+    sha256: str = ""
+
+
+_JOB_REFERENCE = re.compile(r"^job:(?P<id>[^:\s]+)(?::(?P<which>best|step:(?P<step>\d{1,18})))?$")
+_UPLOAD_REFERENCE = re.compile(r"^upload:(?P<sha>[0-9a-f]{64})$")
+
+
+def parse_init_from(text: str) -> InitReference:
+    """Return the InitReference of an init_from value; ValueError says what is wrong with it."""
+    if text.startswith("job:"):
+        match = _JOB_REFERENCE.match(text)
+        if not match:
+            raise ValueError(f"got {text!r}, expected job:ID, job:ID:best or job:ID:step:N")
+        which = "step" if match["step"] else (match["which"] or "latest")
+        step = int(match["step"] or 0)
+        if which == "step" and step < 1:
+            raise ValueError(f"got {text!r}: checkpoint steps start at 1")
+        return InitReference("job", text, job_id=match["id"], which=which, step=step)
+    if text.startswith("upload:"):
+        match = _UPLOAD_REFERENCE.match(text)
+        if not match:
+            raise ValueError(f"got {text!r}, expected upload:SHA256 (64 lower-case hex digits, as `gansvc upload` "
+                             "prints)")  # fmt: skip
+        return InitReference("upload", text, sha256=match["sha"])
+    if not text.strip() or "\x00" in text:
+        raise ValueError(f"got {text!r}, expected a run directory or checkpoint file")
+    return InitReference("path", text)
+
+
+def init_parts(text: str) -> frozenset[str]:
+    """Return the parts an init_parts value names; SpecError('init_parts') for an unknown or missing one."""
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    for part in parts:
+        if part not in (*INIT_PARTS, PARTIAL):
+            raise SpecError("init_parts", f"unknown part {part!r}, expected some of {', '.join(INIT_PARTS)} (and "
+                            f"{PARTIAL})")  # fmt: skip
+    if not set(parts) & {"g", "d", "ema"}:
+        raise SpecError("init_parts", f"got {text!r}: name the weights to load (g, d or ema)")
+    return frozenset(parts)
 
 
 def _is_dataset_plugin(name: str) -> bool:

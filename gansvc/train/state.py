@@ -25,6 +25,8 @@ RESUMABLE_CHANGES = {
     "nproc",  # a checkpoint holds no per-rank state: N ranks' checkpoint resumes on M
     # which checkpoint is kept as the best and when to stop: training itself is the same
     "eval_extractor", "keep_best", "keep_best_mode", "early_stop_patience", "early_stop_min_delta",
+    # where a run started from (issue 21) is read once, at step 0: a resume continues from its own checkpoint
+    "init_from", "init_parts",
 }  # fmt: skip
 
 
@@ -50,7 +52,7 @@ class TrainerState:
         """Return everything a resume needs to continue bit for bit (an error if the run has diverged)."""
         self._check_finite()
         return {
-            "format": "gansvc-checkpoint",
+            "format": checkpoints.CHECKPOINT_FORMAT,
             "version": 1,
             "step": self.step,
             "spec": self.spec.to_dict(),

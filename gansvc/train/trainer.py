@@ -27,6 +27,7 @@ from gansvc.train.build import TrainerSetup
 from gansvc.train.devices import cpu_threads, resolve_device
 from gansvc.train.errors import TrainingDiverged
 from gansvc.train.evaluation import COLLAPSE_CHECKS_FROM, FIXED_NOISE, POINT_SAMPLES, TrainerEvaluation
+from gansvc.train.init_from import TrainerInit
 from gansvc.train.monitor import plot_loss_curve
 from gansvc.train.reporting import TrainerReporting
 from gansvc.train.rollback import TrainerRollback
@@ -42,7 +43,8 @@ __all__ = [
 
 
 class Trainer(
-    TrainerSetup, TrainerStep, TrainerReporting, TrainerEvaluation, TrainerState, TrainerSelection, TrainerRollback
+    TrainerSetup, TrainerStep, TrainerReporting, TrainerEvaluation, TrainerState, TrainerSelection, TrainerRollback,
+    TrainerInit,
 ):
     """Trains the GAN `spec` describes into `run_dir`, resuming from run_dir/checkpoints/latest.pt if present."""
 

@@ -1,7 +1,7 @@
-"""The client commands: `gansvc submit | watch | jobs | samples | cancel | download | health`.
+"""The client commands: `gansvc submit | watch | jobs | samples | cancel | download | upload | health`.
 
 Each takes a connected GanClient and the parsed arguments and returns the exit code; what they print
-is composed in gansvc.service.render.
+is composed in gansvc.clients.render.
 """
 
 from __future__ import annotations
@@ -11,15 +11,15 @@ from pathlib import Path
 
 from gansvc.runtime import registry
 from gansvc.runtime.console import UsageError
-from gansvc.service import render
-from gansvc.service.convert import pb, state_name
+from gansvc.clients import render
+from gansvc.api.convert import pb, state_name
 
 STATES = registry.JOB_STATES
 
 
 # ---------------------------------------------------------------------- submit
 def _spec_settings(args) -> dict:
-    from gansvc.service.convert import training_spec_fields
+    from gansvc.api.convert import training_spec_fields
 
     settings: dict = {}
     if args.spec:
@@ -68,7 +68,11 @@ def submit(client, args) -> int:
     """Submit a training (or evaluation) job; print its id on stdout; return 0 (or watch's code)."""
     if args.evaluate and args.evaluate_images:
         raise UsageError("--evaluate and --evaluate-images exclude each other")
-    if args.evaluate or args.evaluate_images:
+    evaluating = bool(args.evaluate or args.evaluate_images)
+    for flag, given in (("--precision-recall", args.precision_recall), ("--bootstrap", args.bootstrap)):
+        if given and not evaluating:
+            raise UsageError(f"{flag} scores an evaluation: give --evaluate JOB or --evaluate-images PATH")
+    if evaluating:
         job = client.submit_evaluation(
             job_id=args.evaluate, step=args.step,
             samples=_load_images(args.evaluate_images) if args.evaluate_images else None,
@@ -76,6 +80,7 @@ def submit(client, args) -> int:
             seed=args.spec_seed, data_root=args.spec_data_root or "", inception_weights=args.inception_weights,
             device=args.spec_device or "", request_id=args.request_id, best=args.best, class_labels=args.classes,
             sample_labels=_load_labels(args.sample_labels) if args.sample_labels else (),
+            precision_recall=args.precision_recall, bootstrap=args.bootstrap,
         )  # fmt: skip
         what = "evaluation"
     else:
@@ -165,18 +170,38 @@ def samples(client, args) -> int:
     """Write a job's sample grid PNG (and optionally the raw images); return 0."""
     from gansvc.atomic import atomic_write, atomic_write_bytes
 
+    interpolate, animation = _interpolation(args)
     grid = client.samples(
         args.job, step=args.step, seed=args.seed, count=args.count, include_tensor=args.tensor is not None,
-        nrow=args.nrow, best=args.best, class_label=args.class_label,
+        nrow=args.nrow, best=args.best, class_label=args.class_label, seeds=args.seeds, truncation=args.truncation,
+        interpolate=interpolate, frames=args.frames, per_class=args.per_class,
+        animation_format=animation.suffix.lstrip(".").lower() if animation else "",
     )  # fmt: skip
     atomic_write_bytes(args.output, grid.png)
     print(f"wrote {args.output} (step {grid.step}, from {grid.source})", file=sys.stderr)
+    if grid.animation and animation is not None:
+        atomic_write_bytes(animation, grid.animation)
+        print(f"wrote {animation}", file=sys.stderr)
     if args.tensor is not None:
         import numpy as np
 
         atomic_write(args.tensor, lambda f: np.save(f, grid.images, allow_pickle=False))
         print(f"wrote {args.tensor} {list(grid.images.shape)} float32", file=sys.stderr)
     return 0
+
+
+def _interpolation(args) -> tuple[tuple[int, int] | None, Path | None]:
+    """Return (seeds A, B) of --interpolate A,B and the animation's path, or (None, None) without it."""
+    if not args.interpolate:
+        return None, None
+    try:
+        a, b = (int(part) for part in args.interpolate.split(","))
+    except ValueError:
+        raise UsageError(f"--interpolate: got {args.interpolate!r}, expected two seeds A,B (e.g. 3,17)") from None
+    animation = args.animation or args.output.with_suffix(".gif")
+    if animation.suffix.lower() not in (".gif", ".webp"):
+        raise UsageError(f"--animation: {str(animation)!r} must end in .gif or .webp")
+    return (a, b), animation
 
 
 def download(client, args) -> int:
@@ -191,9 +216,36 @@ def download(client, args) -> int:
     return 0
 
 
+def upload(client, args) -> int:
+    """Upload a checkpoint for init_from (resuming an interrupted upload); print its upload:SHA256; return 0."""
+    if not args.file.is_file():
+        raise UsageError(f"{args.file}: no such file")
+    if not 0 < args.chunk_mb <= 32:
+        raise UsageError(f"--chunk-mb: got {args.chunk_mb:g}, expected 0 < MiB <= 32")
+    bar = None
+    if not args.quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=args.file.stat().st_size, unit="B", unit_scale=True, desc=args.file.name, file=sys.stderr)
+
+    def progress(sent: int, total: int) -> None:
+        if bar is not None:
+            bar.n = sent
+            bar.refresh()
+
+    try:
+        reference = client.upload_checkpoint(args.file, chunk_bytes=int(args.chunk_mb * 2**20), progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    print(reference, flush=True)
+    print(f"gansvc upload: stored; start a run from it with --init-from {reference}", file=sys.stderr)
+    return 0
+
+
 def cancel(client, args) -> int:
     """Cancel a job and (unless --no-wait) wait until it has stopped; return 0 if it ended CANCELLED."""
-    from gansvc.client import TERMINAL
+    from gansvc.clients.python import TERMINAL
 
     job = client.cancel(args.job)
     if not args.no_wait and job.state not in TERMINAL:
@@ -218,5 +270,5 @@ def health(client, args) -> int:
 
 COMMANDS = {
     "submit": submit, "watch": watch, "jobs": jobs, "samples": samples, "cancel": cancel, "download": download,
-    "health": health,
+    "upload": upload, "health": health,
 }  # fmt: skip

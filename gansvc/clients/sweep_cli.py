@@ -17,7 +17,7 @@ from gansvc.runtime.console import UsageError
 
 def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
     """Declare the options of `gansvc sweep` (the client options plus the sweep's)."""
-    from gansvc.service.cli_args import add_arguments as client_arguments
+    from gansvc.clients.cli_args import add_arguments as client_arguments
 
     client_arguments(name, parser)  # a name it does not know gets the connection options only
     parser.add_argument("--spec", required=True, type=Path, metavar="FILE.toml",
@@ -47,7 +47,7 @@ def trial_table(job) -> list[str]:
     """Return a finished sweep's trials as table lines (best marked), from its summary."""
     from google.protobuf.json_format import MessageToDict
 
-    from gansvc.service import render
+    from gansvc.clients import render
 
     summary = MessageToDict(job.summary) if job.HasField("summary") else {}
     best = (summary.get("best") or {}).get("trial")
@@ -66,9 +66,9 @@ def run(name: str, args) -> int:
     """Submit the sweep (and follow it with --watch); return 0, or watch's code (0 when it succeeded)."""
     import grpc
 
-    from gansvc.service.cli import _connect
-    from gansvc.service.commands import follow
-    from gansvc.service.convert import state_name
+    from gansvc.clients.cli import _connect
+    from gansvc.clients.commands import follow
+    from gansvc.api.convert import state_name
 
     request = build_request(args.spec, args.request_id)
     try:

@@ -1,4 +1,5 @@
-"""The command-line options of `gansvc serve | submit | watch | jobs | samples | cancel | download | health`."""
+"""The command-line options of the client commands `gansvc submit | watch | jobs | samples | cancel | download |
+upload | health` (and the connection options of `info` and `sweep`); `serve`'s are in gansvc.service.cli."""
 
 from __future__ import annotations
 
@@ -7,19 +8,13 @@ import os
 from pathlib import Path
 
 from gansvc.runtime import registry
-from gansvc.runtime.console import size_argument
 
 DEFAULT_SERVER = registry.DEFAULT_ADDRESS
-DEFAULT_STATE_DIR = "runs/service"
-CLIENT_COMMANDS = ("submit", "watch", "jobs", "samples", "cancel", "download", "health")
-LOG_LEVELS = ("debug", "info", "warning", "error")
+CLIENT_COMMANDS = ("submit", "watch", "jobs", "samples", "cancel", "download", "upload", "health")
 
 
 def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
-    """Add the options of command `name` to its parser."""
-    if name == "serve":
-        _serve_arguments(parser)
-        return
+    """Add the options of client command `name` to its parser (a name it does not know gets the connection options)."""
     _client_arguments(parser)
     if name == "submit":
         _submit_arguments(parser)
@@ -51,6 +46,14 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             "--tensor", type=Path, metavar="FILE.npy", help="also save the raw images (float32, [-1, 1])"
         )
+        # by seed (issue 21): the same images as `gansvc sample --seeds / --truncation / --interpolate` locally
+        parser.add_argument("--seeds", default="", metavar="LIST", help="one image per seed, e.g. 0-63 or 1,5,9")
+        parser.add_argument("--truncation", type=float, metavar="PSI", help="truncation psi in (0, 1] (1 = none)")
+        parser.add_argument("--interpolate", metavar="A,B", help="slerp between seeds A and B: a grid and an animation")
+        parser.add_argument("--frames", type=int, default=0, help="frames of --interpolate (default 16)")
+        parser.add_argument("--animation", type=Path, metavar="FILE", help="--interpolate's .gif / .webp (default: "
+                            "-o with .gif)")  # fmt: skip
+        parser.add_argument("--per-class", action="store_true", help="every seed in every class, a row per class")
     elif name == "cancel":
         parser.add_argument("job", help="job id")
         parser.add_argument(
@@ -61,102 +64,12 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("name", nargs="?", help="artifact, e.g. generator.pt or checkpoints/latest.pt")
         parser.add_argument("-o", "--output", type=Path, help="file to write (default: the artifact's file name)")
         parser.add_argument("--list", action="store_true", help="list the job's artifacts instead")
+    elif name == "upload":
+        parser.add_argument("file", type=Path, help="a gansvc checkpoint (a run's checkpoints/*.pt)")
+        parser.add_argument("--chunk-mb", type=float, default=1.0, help="MiB per chunk (default 1)")
+        parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     elif name == "health":
         parser.add_argument("--service", default="", help="service name to ask about (default: the server)")
-
-
-def _serve_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--listen",
-        default=registry.DEFAULT_ADDRESS,
-        metavar="HOST:PORT",
-        help=f"address to listen on (default {registry.DEFAULT_ADDRESS}; port 0 picks a free one)",
-    )
-    parser.add_argument(
-        "--state-dir",
-        type=Path,
-        default=Path(os.environ.get("GANSVC_STATE_DIR", DEFAULT_STATE_DIR)),
-        help=f"jobs database and run directories (default $GANSVC_STATE_DIR or {DEFAULT_STATE_DIR})",
-    )
-    parser.add_argument(
-        "--devices",
-        default="cpu",
-        help="GPUs jobs may use: cpu (none), all, or a list like cuda:0,cuda:1 (default cpu)",
-    )
-    parser.add_argument("--cpu-jobs", type=int, default=1, help="CPU jobs run at the same time (default 1)")
-    parser.add_argument(
-        "--data-root",
-        action="append",
-        type=Path,
-        default=[],
-        metavar="DIR",
-        help="a folder clients may name data paths in (repeatable); paths elsewhere are refused",
-    )
-    parser.add_argument(
-        "--auth-token-file",
-        type=Path,
-        default=os.environ.get("GANSVC_AUTH_TOKEN_FILE") or None,
-        help="accepted bearer tokens, one per line (default $GANSVC_AUTH_TOKEN_FILE; none = no auth)",
-    )
-    parser.add_argument(
-        "--inception-weights",
-        type=Path,
-        default=os.environ.get("GANSVC_INCEPTION_WEIGHTS") or None,
-        metavar="FILE",
-        help="FID Inception-v3 weights (pytorch-fid's pt_inception-2015-12-05 file) that score training runs on "
-        "data sets other than 28x28 grey ones, and evaluations naming no weights (default $GANSVC_INCEPTION_WEIGHTS)",
-    )
-    parser.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve TLS")
-    parser.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
-    parser.add_argument("--max-message-mb", type=int, default=64, help="largest message in or out (default 64 MiB)")
-    parser.add_argument("--max-watchers", type=int, default=64, help="concurrent WatchJob streams (default 64)")
-    parser.add_argument(
-        "--shutdown-timeout",
-        type=float,
-        default=60.0,
-        help="seconds running jobs get to checkpoint on SIGTERM before they are killed (default 60)",
-    )
-    parser.add_argument(
-        "--cancel-timeout",
-        type=float,
-        default=120.0,
-        help="seconds a cancelled job gets to checkpoint before it is killed (default 120)",
-    )
-    parser.add_argument(
-        "--max-dataset-memory",
-        type=size_argument,
-        default=None,
-        metavar="SIZE",
-        help="training data sets larger than this (decoded) stream from disk through a DataLoader instead of "
-        "being held in memory; e.g. 4G, 512M (default a quarter of RAM)",
-    )
-    parser.add_argument(
-        "--max-attempts",
-        type=int,
-        default=3,
-        help="times a job is started when its worker process dies without a word (OOM killer, a signal); "
-        "each retry resumes from the last checkpoint (default 3)",
-    )
-    parser.add_argument(
-        "--allow-unauthenticated", action="store_true", help="listen beyond loopback without --auth-token-file"
-    )
-    parser.add_argument(
-        "--log-level",
-        choices=LOG_LEVELS,
-        default="info",
-        help="the server's log messages (and grpc's) at this level and above, on stderr (default info)",
-    )
-    parser.add_argument(
-        "--ready-file",
-        type=Path,
-        help="write {address, port, pid} as JSON here once serving (for scripts using port 0)",
-    )
-    parser.add_argument(
-        "--health-listen",
-        metavar="HOST:PORT",
-        help="also serve grpc.health.v1 alone, in plaintext and without tokens, on this loopback address "
-        "(container health checks that hold no TLS CA or token; the image uses 127.0.0.1:50052)",
-    )
 
 
 def _client_arguments(parser: argparse.ArgumentParser) -> None:
@@ -212,10 +125,21 @@ def _int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated class numbers, got {text!r}") from None
 
 
+def _resamples(text: str) -> int:
+    """argparse type of --bootstrap: a count >= 0 (the server holds the upper bound)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of resamples >= 0 (0 = none), got {text!r}")
+    return value
+
+
 def _submit_arguments(parser: argparse.ArgumentParser) -> None:
     from google.protobuf.descriptor import FieldDescriptor
 
-    from gansvc.service.convert import training_spec_fields
+    from gansvc.api.convert import training_spec_fields
 
     parser.add_argument("--spec", type=Path, help="training spec file (.json or .toml); flags override its values")
     parser.add_argument("--request-id", help="makes a retried submit return the same job")
@@ -235,7 +159,8 @@ def _submit_arguments(parser: argparse.ArgumentParser) -> None:
                 metavar=name.upper(),
             )
     evaluation = parser.add_argument_group("evaluation instead of training (uses --data-root, --seed, --device too)")
-    evaluation.add_argument("--evaluate", metavar="JOB", help="score this training job's checkpoint (FID, IS, KID)")
+    evaluation.add_argument("--evaluate", metavar="JOB",
+                            help="score this training job's checkpoint (FID, IS, KID; more below)")  # fmt: skip
     evaluation.add_argument(
         "--evaluate-images",
         type=Path,
@@ -250,7 +175,13 @@ def _submit_arguments(parser: argparse.ArgumentParser) -> None:
     evaluation.add_argument("--sample-labels", type=Path, metavar="FILE.npy",
                             help="the class of each --evaluate-images image (an int .npy [N]; per-class scores)")
     evaluation.add_argument("--real", default="", help="reference data set and split (default fashion-mnist:test)")
-    evaluation.add_argument("--extractor", default="", help="fmnist-cnn (default) or inception-v3")
+    extractors = " | ".join(registry.extractor_names())
+    evaluation.add_argument("--extractor", default="",
+                            help=f"{extractors}, or a plugin's (default {registry.DEFAULT_EXTRACTOR})")  # fmt: skip
     evaluation.add_argument("--inception-weights", default="", help="Inception weights file under a data root")
     evaluation.add_argument("--num-samples", type=int, help="images generated from the checkpoint (default 5000)")
     evaluation.add_argument("--num-real", type=int, help="reference images used (default: the whole split)")
+    evaluation.add_argument("--precision-recall", action="store_true",
+                            help="also precision, recall, density and coverage (k = 3) on the extractor's features")
+    evaluation.add_argument("--bootstrap", type=_resamples, default=0, metavar="N",
+                            help="a 95%% confidence interval of the FID from N bootstrap resamples (default 0: none)")

@@ -10,7 +10,7 @@ import sys
 # ---------------------------------------------------------------------- gansvc info
 def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
     """Add `gansvc info`'s options (the connection options of every client command, and its own)."""
-    from gansvc.service.cli_args import _client_arguments
+    from gansvc.clients.cli_args import _client_arguments
 
     _client_arguments(parser)
     parser.add_argument("--probe-datasets", action="store_true",
@@ -24,7 +24,7 @@ def run(name: str, args) -> int:
     import grpc
     from google.protobuf import json_format
 
-    from gansvc.service.cli import _connect
+    from gansvc.clients.cli import _connect
 
     try:
         with _connect(args) as client:

@@ -98,6 +98,7 @@ def training_spec_from_dict(settings: dict, request_id: str = "") -> pb.Training
             if fields[name].message_type is not None:  # a Struct: model_args, dataset_args
                 if not isinstance(value, dict):
                     raise TypeError(f"expected a JSON object, got {type(value).__name__}")
+                getattr(message, name).SetInParent()  # given, even when empty (a resolved spec sets every field)
                 getattr(message, name).update(value)
             else:
                 setattr(message, name, value)

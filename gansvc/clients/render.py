@@ -11,7 +11,7 @@ import math
 import time
 
 from gansvc.runtime.console import format_duration
-from gansvc.service.convert import pb, state_name
+from gansvc.api.convert import pb, state_name
 
 # The metrics a finished job's summary shows, in this order, with their labels.
 SUMMARY_METRICS = (("fid", "FID"), ("is_mean", "IS"), ("kid_mean", "KID"), ("d_loss", "D loss"), ("g_loss", "G loss"),
