@@ -13,7 +13,8 @@ one process's gradients moves its statistics by 1e-3 within 5 steps; 2 ranks aga
 arithmetic: the global batch's gradient as the sum of two half-batch gradients (accumulate = 2, the penalty's
 mixing weights drawn for the whole batch and sliced, as the ranks slice them). Spectral norm is off there, since
 under accumulation its power iteration runs once per micro-batch forward (a different sigma, by design), and the
-two runs agree within 4.5e-8 over 8 steps (ranks reading each other's mixing weights: 4e-2) (test_gradient_penalty_recipe_matches_its_two_half_batches).
+two runs agree within 4.5e-8 over 8 steps, where ranks reading the same rows of the mixing weights differ by 4e-2
+(test_gradient_penalty_recipe_matches_its_two_half_batches).
 """
 
 from __future__ import annotations
