@@ -103,6 +103,14 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
         "each retry resumes from the last checkpoint (default 3)",
     )
     parser.add_argument(
+        "--mlflow-uri",
+        default=os.environ.get("GANSVC_MLFLOW_URI", ""),
+        metavar="URI",
+        help="MLflow tracking server (http[s]://HOST[:PORT]) that jobs whose spec sets no `track` log to: params, "
+        "metrics, samples, best checkpoint, exported generator, final state; best-effort, never failing a job "
+        "(default $GANSVC_MLFLOW_URI; none = not tracked; docs/tracking.md)",
+    )
+    parser.add_argument(
         "--allow-unauthenticated", action="store_true", help="listen beyond loopback without --auth-token-file"
     )
     parser.add_argument(

@@ -32,6 +32,7 @@ from gansvc.service.servicer import GanServicer
 from gansvc.service.sweeps import SweepManager
 from gansvc.service.init_sources import InitSources
 from gansvc.service.store import JobStore
+from gansvc.service.tracking import Tracker
 from gansvc.service.uploads import CheckpointUploads
 from gansvc.service.validation import DataRoots
 
@@ -62,6 +63,8 @@ class ServerConfig:
     # A loopback address serving grpc.health.v1 alone, plaintext, no tokens: a health check that works whatever
     # TLS and auth the main port uses (the Docker image's HEALTHCHECK), exposing nothing else.
     health_listen: str | None = None
+    # The MLflow tracking server of jobs whose spec sets no `track` ("" = none; service/tracking.py, issue 21)
+    mlflow_uri: str = ""
 
 
 def is_loopback(listen: str) -> bool:
@@ -125,6 +128,12 @@ class GanServer:
                 raise ValueError(f"--inception-weights {str(weights)!r} is not a file")
             # the workers inherit this process's environment: training runs score with these weights
             os.environ[INCEPTION_WEIGHTS_ENV] = str(weights.resolve())
+        from gansvc.train.spec import SpecError, check_track_uri
+
+        try:
+            self.mlflow_uri = check_track_uri(config.mlflow_uri or "", "--mlflow-uri")
+        except SpecError as error:
+            raise ValueError(str(error)) from None
         self.pool = DevicePool.from_flag(config.devices, config.cpu_jobs)
         self.state_dir = Path(config.state_dir).resolve()
         self.max_message_bytes = config.max_message_mb * 1024 * 1024
@@ -157,7 +166,14 @@ class GanServer:
 
     def _start(self) -> int:
         self.bus = EventBus()
-        self.store = JobStore(self.state_dir / "gansvc.db", on_append=self.bus.publish)
+        # MLflow (issue 21): told of each commit like the watchers; it logs from a thread of its own
+        self.tracker = Tracker(self.state_dir / "jobs")
+
+        def appended(job_id: str, sequence: int) -> None:
+            self.bus.publish(job_id, sequence)
+            self.tracker.notify(job_id, sequence)
+
+        self.store = JobStore(self.state_dir / "gansvc.db", on_append=appended)
         # checkpoints runs start from (issue 21): uploads, and jobs' checkpoints snapshotted at submit
         uploads = CheckpointUploads(self.state_dir / "uploads" / "checkpoints", self.config.max_upload_mb * 2**20)
         self.init_sources = InitSources(self.store, self.state_dir / "jobs", uploads)
@@ -166,10 +182,11 @@ class GanServer:
             uploads=uploads,
         )
         self.sweeps = SweepManager(self.store, self.scheduler, self.roots, self.pool, self.state_dir,
-                                   init_sources=self.init_sources)  # fmt: skip
+                                   init_sources=self.init_sources, default_track=self.mlflow_uri)  # fmt: skip
         self.servicer = GanServicer(
             self.store, self.bus, self.scheduler, self.pool, self.roots, self.state_dir,
             self.max_message_bytes, self.config.max_watchers, sweeps=self.sweeps, init_sources=self.init_sources,
+            default_track=self.mlflow_uri,
         )  # fmt: skip
         options = [
             ("grpc.max_send_message_length", self.max_message_bytes),
@@ -211,6 +228,7 @@ class GanServer:
             self.store.close()
             raise RuntimeError(f"cannot listen on {self.config.listen} ({reason})")
         self.health_server, self.health_port = self._health_only_server()
+        self.tracker.start(self.store)  # picks up the tracked jobs whose runs a predecessor left incomplete
         self.scheduler.start()  # requeues what a crashed predecessor left RUNNING, then starts jobs
         self.sweeps.start()  # resumes the queued sweeps (their trials are ordinary jobs)
         self.grpc_server.start()
@@ -261,6 +279,7 @@ class GanServer:
         self.sweeps.stop()  # first: no sweep starts a trial while the scheduler drains
         self.scheduler.drain(self.config.shutdown_timeout if timeout is None else timeout)
         self.bus.close()  # watchers deliver what is stored, then end with UNAVAILABLE
+        self.tracker.stop()  # what it has not logged yet waits in the store for the next start
         self.grpc_server.stop(grace=5.0).wait()
         if self.health_server is not None:
             self.health_server.stop(grace=None)

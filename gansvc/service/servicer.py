@@ -81,6 +81,7 @@ class GanServicer(pb_grpc.GanServiceServicer):
         max_watchers: int,
         sweeps=None,
         init_sources=None,
+        default_track: str = "",
     ):
         self.store = store
         self.bus = bus
@@ -95,6 +96,7 @@ class GanServicer(pb_grpc.GanServiceServicer):
         self.max_watchers = max_watchers
         self.sweeps = sweeps  # gansvc.service.sweeps.SweepManager
         self.init_sources = init_sources  # gansvc.service.init_sources.InitSources: init_from, uploads (issue 21)
+        self.default_track = default_track  # gansvc serve --mlflow-uri: `track` of jobs that set none (issue 21)
 
     # ------------------------------------------------------------------ helpers
     def _accepting(self) -> None:
@@ -121,7 +123,7 @@ class GanServicer(pb_grpc.GanServiceServicer):
         with status_errors(context):
             self._accepting()
             request_id = validation.check_request_id("request_id", request.request_id)
-            spec = validation.training_spec(request, self.roots, self.pool, self.init_sources)
+            spec = validation.training_spec(request, self.roots, self.pool, self.init_sources, self.default_track)
             # a retry names init_from as the first request did, whatever it resolved to (a job's snapshot)
             asked = {**spec, "init_from": request.init_from} if request.HasField("init_from") else spec
             job, created = self.store.create_job(

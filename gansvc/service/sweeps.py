@@ -53,12 +53,13 @@ POLL_SECONDS = 0.5  # how often a driver looks at its trials' jobs
 MAX_TRIALS_LISTED = 5000
 
 
-def checked_sweep(message: pb.SweepSpec, roots: validation.DataRoots, pool, init_sources=None) -> dict:
+def checked_sweep(message: pb.SweepSpec, roots: validation.DataRoots, pool, init_sources=None,
+                  default_track: str = "") -> dict:  # fmt: skip
     """Return the checked sweep spec of a SweepSpec message; InvalidField names a bad field."""
     try:
         base_message, raw = sweep_spec_to_raw(message)
         try:
-            base = validation.training_spec(base_message, roots, pool, init_sources)
+            base = validation.training_spec(base_message, roots, pool, init_sources, default_track)
         except InvalidField as error:
             raise InvalidField(f"base.{error.field}", error.message) from None
         return check_sweep(raw, base)
@@ -235,8 +236,10 @@ class SweepDriver(threading.Thread):
 
         try:
             message = training_spec_from_dict(trial_settings(spec, trial.params))
+            # the sweep's own resolved track (its run is the trials' parent), whatever the server's default is now
             settings = validation.training_spec(message, self.manager.roots, self.manager.pool,
-                                                getattr(self.manager, "init_sources", None))  # fmt: skip
+                                                getattr(self.manager, "init_sources", None),
+                                                spec["base"].get("track", ""))  # fmt: skip
         except (InvalidField, ValueError) as error:
             reason = f"invalid settings {trial.params}: {error}"
             trial.set_user_attr("reason", reason)
@@ -371,9 +374,11 @@ def sweep_summary(study, spec: dict, store) -> dict:
 class SweepManager:
     """The server's sweeps: submits them, runs a driver thread for each, cancels them with their trials."""
 
-    def __init__(self, store, scheduler, roots: validation.DataRoots, pool, state_dir: Path, init_sources=None):
+    def __init__(self, store, scheduler, roots: validation.DataRoots, pool, state_dir: Path, init_sources=None,
+                 default_track: str = ""):  # fmt: skip
         self.store, self.scheduler, self.roots, self.pool = store, scheduler, roots, pool
         self.init_sources = init_sources  # resolves a base's init_from (issue 21)
+        self.default_track = default_track  # gansvc serve --mlflow-uri: the base's track when it sets none
         self.state_dir = Path(state_dir)
         self.sweeps_dir = self.state_dir / "sweeps"
         self._drivers: dict[str, SweepDriver] = {}
@@ -389,7 +394,7 @@ class SweepManager:
     def submit(self, message: pb.SweepSpec) -> JobRecord:
         """Check and queue a sweep, and start its driver; return the sweep job (or a retried request's)."""
         request_id = validation.check_request_id("request_id", message.request_id)
-        spec = checked_sweep(message, self.roots, self.pool, self.init_sources)
+        spec = checked_sweep(message, self.roots, self.pool, self.init_sources, self.default_track)
         job, created = self.store.create_job("sweep", spec, request_id, validation.request_hash({"sweep": spec}))
         if created:
             self._drive(job.id)

@@ -107,14 +107,18 @@ def _device(pool: DevicePool, device: str, nproc: int = 1) -> None:
         raise InvalidField("nproc" if problem.startswith("nproc") else "device", problem)
 
 
-def training_spec(message: pb.TrainingSpec, roots: DataRoots, pool: DevicePool, init_sources=None) -> dict:
+def training_spec(message: pb.TrainingSpec, roots: DataRoots, pool: DevicePool, init_sources=None,
+                  default_track: str = "") -> dict:  # fmt: skip
     """Return the validated, complete TrainSpec dict for a TrainingSpec message, or raise InvalidField.
 
     init_sources (gansvc.service.init_sources.InitSources) resolves init_from; without it init_from is refused.
+    default_track: the `track` of a spec that sets none or "" (gansvc serve --mlflow-uri); "off" stays off.
     """
     from gansvc.train.spec import SpecError, TrainSpec, check_precision_device
 
     settings = training_spec_to_dict(message)
+    if not str(settings.get("track", "")).strip():  # resolved now: a later --mlflow-uri does not change the job
+        settings["track"] = default_track
     if settings.get("data_root"):
         settings["data_root"] = roots.confine("data_root", settings["data_root"], "dir")
     folder = registry.folder_path(settings.get("dataset", ""))

@@ -98,6 +98,9 @@ def _run_train(args) -> int:
     from gansvc.train.spec import SpecError
 
     spec = spec_from_args(args)
+    if spec.track and not launched_by_torchrun():  # the server's tracker logs jobs to MLflow (docs/tracking.md)
+        print(f"gansvc train: warning: track {spec.track} applies to jobs on a server (gansvc submit); this run is "
+              "not logged to MLflow", file=sys.stderr)  # fmt: skip
     _use_inception_weights(args.inception_weights)
     if getattr(args, "max_dataset_memory", None):  # for the Trainer here and every rank a launcher starts
         os.environ[DATASET_MEMORY_ENV] = args.max_dataset_memory

@@ -165,6 +165,10 @@ class TrainSpec:
                               "a log line) instead of refusing the checkpoint")  # fmt: skip
     freeze_d_layers: int = setting(0, "FreezeD: D's first K blocks keep init_from's weights (0 = none; a block is a "
                                    "down-sampling stage, see docs/fine-tuning.md)", min=0, max=64)  # fmt: skip
+    # --- experiment tracking (issue 21): a server's jobs log to MLflow (docs/tracking.md)
+    track: str = setting("", "MLflow tracking server (http[s]://HOST[:PORT]) a server's job logs its params, metrics, "
+                         "samples, best checkpoint, exported generator and final state to ('' = the server's "
+                         "--mlflow-uri; off = not tracked)")  # fmt: skip
 
     # ------------------------------------------------------------------ construction
     def __post_init__(self) -> None:
@@ -311,6 +315,7 @@ class TrainSpec:
         self._validate_issue12(info)
         self._validate_longer_runs()
         self._validate_init()
+        self.track = check_track_uri(self.track)
         return self
 
     def _validate_selection(self) -> None:
@@ -421,6 +426,44 @@ def check_precision_device(precision: str, device_type: str, allowed: tuple[str,
             "precision", f"fp16 trains on a CUDA device only (with a gradient scaler), not on {device_type!r}; "
             "on a CPU use bf16",
         )  # fmt: skip
+
+
+TRACK_SCHEMES = ("http", "https")  # MLflow's REST API; a database or file store is reached through `mlflow server`
+TRACK_OFF = "off"
+
+
+def check_track_uri(text: str, field: str = "track") -> str:
+    """Return a `track` value in its canonical form ("" for off) or raise SpecError naming `field`.
+
+    Only MLflow's REST API is accepted: a client must not make the server write files or databases where it
+    names, and credentials belong in the server's environment (MLFLOW_TRACKING_TOKEN, ...), not in a URI that
+    GetJob shows and the run's params record.
+    """
+    from urllib.parse import urlsplit
+
+    value = text.strip()
+    if value in ("", TRACK_OFF):
+        return ""
+    if len(value) > 2048 or any(c.isspace() or not c.isprintable() for c in value):
+        raise SpecError(field, f"got {value[:80]!r}: expected a URI of up to 2048 printable characters, no spaces")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port that is no number or out of range
+    except ValueError as error:
+        raise SpecError(field, f"got {value!r}: not a URI ({error})") from None
+    if parts.scheme.lower() not in TRACK_SCHEMES:
+        raise SpecError(field, f"got {value!r}: the scheme {parts.scheme + ':' if parts.scheme else '(none)'} is not "
+                        f"one of {', '.join(s + '://' for s in TRACK_SCHEMES)} (an MLflow tracking server; "
+                        f"'{TRACK_OFF}' = not tracked)")  # fmt: skip
+    if not parts.hostname:
+        raise SpecError(field, f"got {value!r}: expected http[s]://HOST[:PORT]")
+    if parts.username is not None or parts.password is not None:
+        raise SpecError(field, f"{parts.scheme}://...@{parts.hostname}: no credentials in the URI (GetJob shows it); "
+                        "give them to the server as MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD or "
+                        "MLFLOW_TRACKING_TOKEN")  # fmt: skip
+    if parts.query or parts.fragment:
+        raise SpecError(field, f"got {value!r}: expected http[s]://HOST[:PORT][/PATH] without ?query or #fragment")
+    return value.rstrip("/")
 
 
 @dataclass(frozen=True)
