@@ -32,7 +32,8 @@ from gansvc.service.servicer import GanServicer
 from gansvc.service.sweeps import SweepManager
 from gansvc.service.init_sources import InitSources
 from gansvc.service.store import JobStore
-from gansvc.service.tracking import Tracker
+from gansvc.service.errors import InvalidField
+from gansvc.service.tracking import Tracker, check_mlflow_installed
 from gansvc.service.uploads import CheckpointUploads
 from gansvc.service.validation import DataRoots
 
@@ -132,7 +133,9 @@ class GanServer:
 
         try:
             self.mlflow_uri = check_track_uri(config.mlflow_uri or "", "--mlflow-uri")
-        except SpecError as error:
+            if self.mlflow_uri:
+                check_mlflow_installed("--mlflow-uri")
+        except (SpecError, InvalidField) as error:
             raise ValueError(str(error)) from None
         self.pool = DevicePool.from_flag(config.devices, config.cpu_jobs)
         self.state_dir = Path(config.state_dir).resolve()

@@ -39,6 +39,7 @@ from pathlib import Path
 from gansvc.atomic import atomic_write_text
 from gansvc.runtime import events as ev
 from gansvc.runtime.rundir import best_checkpoint_path, latest_checkpoint
+from gansvc.service.errors import InvalidField
 from gansvc.service.store import JobRecord, JobStore
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,14 @@ _CLIENT_ENVIRONMENT = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQU
                        "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
                        "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}  # the server's stdout is its own  # fmt: skip
 _STATUS = {"SUCCEEDED": "FINISHED", "FAILED": "FAILED", "CANCELLED": "KILLED"}
+
+
+def check_mlflow_installed(field: str) -> None:
+    """Raise InvalidField naming `field` when mlflow cannot be imported here (without importing it)."""
+    import importlib.util
+
+    if importlib.util.find_spec("mlflow") is None:
+        raise InvalidField(field, "this server has no MLflow installed (pip install 'gansvc[mlflow]')")
 
 
 def tracking_uri(job: JobRecord) -> str:

@@ -138,12 +138,17 @@ def training_spec(message: pb.TrainingSpec, roots: DataRoots, pool: DevicePool, 
         _plugin_arguments(spec)
     except SpecError as error:
         message = error.message
-        if error.field in settings:  # every refusal names the value, also for a bad combination
+        if error.field in settings and error.field != "track":  # every refusal names the value, also for a bad
+            # combination (track's own message does, without the credentials a URI may hold)
             value = settings[error.field]
             if str(value) not in message and repr(value) not in message:
                 message += f" (got {error.field}={value!r})"
         raise InvalidField(error.field, message) from None
     _device(pool, spec.device, spec.nproc)
+    if spec.track:
+        from gansvc.service.tracking import check_mlflow_installed
+
+        check_mlflow_installed("track")
     try:  # device "auto" runs on the CPU of a server without GPUs: refuse fp16 now, not when the job starts
         check_precision_device(spec.precision, pool.kind(spec.device))
     except SpecError as error:
