@@ -241,6 +241,12 @@ def test_a_job_logs_its_spec_metrics_samples_checkpoint_export_and_end(service, 
     generator = torch.jit.load(str(out / "exports" / "generator_best.torchscript.pt"))
     images = generator(torch.randn(5, 16))
     assert list(images.shape) == [5, 1, 28, 28] and images.abs().max() <= 1.0
+    # a tracker that lost mlflow.json (a server that died before writing it) finds the same run by its tag
+    again = tracking.Tracker(service.state_dir / "jobs")
+    again.store = service.store
+    found = tracking.RunState()
+    again._open_run(service.store.require_job(job.id), found, service.mlflow_uri)
+    assert found.run_id == run.info.run_id
     # the job itself says where it is tracked
     events = list(GanClient(service.address).watch(job.id, history_only=True))
     logs = [e.log.message for e in events if e.WhichOneof("payload") == "log"]

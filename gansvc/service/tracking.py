@@ -195,7 +195,8 @@ class Tracker:
                 elif job_id is not None:
                     self._sync(job_id)
             except Exception:  # the tracker must outlive any one job's or server's trouble
-                log.exception("tracking job %s failed", job_id)
+                if not self._stopped:  # at shutdown the store closes under it: nothing is lost, the next start goes on
+                    log.exception("tracking job %s failed", job_id)
             finally:
                 with self._lock:
                     self._busy = False
