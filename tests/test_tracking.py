@@ -372,3 +372,38 @@ def test_an_unreachable_server_warns_once_and_the_metrics_catch_up(service, mlfl
              if e.WhichOneof("payload") == "warning" and e.warning.code == "tracking_unavailable"]  # fmt: skip
     assert len(again) == 1
     assert math.isfinite(run.data.metrics["fid"])
+
+
+@pytest.mark.slow
+def test_a_restarted_server_keeps_logging_to_the_same_run(tmp_path, fashion_mnist_root, cache_dir, mlflow_server,
+                                                          mlflow_client):  # fmt: skip
+    """The job is interrupted by a shutdown after its run has metrics, resumes on the next server from its
+    checkpoint and finishes: one run, whose histories are metrics.jsonl's (the redone steps not logged twice)."""
+    config = ServerConfig(state_dir=tmp_path / "state", listen="127.0.0.1:0", data_roots=[fashion_mnist_root],
+                          mlflow_uri=mlflow_server)  # fmt: skip
+    first = GanServer(config)
+    first.start()
+    try:
+        with GanClient(first.address, timeout=30) as client:
+            job = client.submit_training(dict(TINY, steps=400, checkpoint_every=100, eval_every=200, sample_every=200))
+            path = first.state_dir / "jobs" / job.id / tracking.STATE_FILE
+            wait_for(lambda: client.get_job(job.id).progress.step >= 150 and tracking.RunState.read(path).steps,
+                     timeout=600, what="a checkpoint and logged metrics")  # fmt: skip
+    finally:
+        first.shutdown(timeout=60)
+    before = tracking.RunState.read(path)
+    assert before.run_id and not before.done
+    second = GanServer(config)
+    second.start()
+    try:
+        with GanClient(second.address, timeout=30) as client:
+            ended = client.wait(job.id, timeout=900)
+            assert state_name(ended.state) == "SUCCEEDED" and ended.attempts == 2, ended.message
+        logged(second, job.id)
+    finally:
+        second.shutdown(timeout=30)
+    run = run_of(mlflow_client, job.id)
+    assert run.info.run_id == before.run_id and run.info.status == "FINISHED"
+    for key, points in metrics_jsonl(second.state_dir / "jobs" / job.id).items():
+        history = sorted((m.step, m.value) for m in mlflow_client.get_metric_history(run.info.run_id, key))
+        assert history == sorted(points), key
