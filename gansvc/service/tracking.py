@@ -268,8 +268,7 @@ class Tracker:
         log.warning("MLflow tracking of job %s at %s failed (retrying in %.0f s): %s", job.id, uri, pause, error)
         if not state.warned:
             state.warned = True
-            if state.run_id:
-                state.write(path)
+            state.write(path)  # also where no run exists yet: a restarted server's scan finds the job by this file
             self._event(job, ev.Warning(step=int((job.progress or {}).get("step", 0) or 0), code="tracking_unavailable",
                                         message=f"MLflow tracking at {uri} failed: {error}; the job goes on, and its "
                                         "metrics are logged when the tracking server answers again"))  # fmt: skip
