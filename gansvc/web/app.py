@@ -35,7 +35,7 @@ from starlette.staticfiles import StaticFiles
 from gansvc.runtime import registry
 from gansvc.web import shapes
 from gansvc.web.relay import Relay
-from gansvc.web.series import downsample
+from gansvc.web.series import SeriesCache, downsample
 
 STATIC = Path(__file__).resolve().parent / "static"
 JOBS_POLL_SECONDS = 1.0  # the jobs page's push interval: a new job shows within this (plus one ListJobs)
@@ -129,6 +129,7 @@ class Dashboard:
         self._scan_locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._metrics_registry = None
+        self._series = SeriesCache(client)
 
     # ------------------------------------------------------------------ helpers
     async def call(self, function, *args, **kwargs):
@@ -175,9 +176,16 @@ class Dashboard:
         return best
 
     def best_event(self, job_id: str) -> dict | None:
-        """Return the job's latest `best` event's fields (step, metric, value, artifact, generator), or None.
+        """Return the job's best checkpoint (step, metric, value, artifact, generator), or None.
 
-        The history is scanned once; later calls read only the events after the last one scanned."""
+        A finished job's summary names it; a running job's comes from its latest `best` event: the history is
+        scanned once, later calls read only the events after the last one scanned."""
+        job = self.client.get_job(job_id)
+        summary = shapes.message(job)["summary"] or {}
+        best = summary.get("best")
+        if isinstance(best, dict):
+            return {"step": int(best.get("step", 0)), "metric": best.get("metric", ""), "value": best.get("value"),
+                    "artifact": best.get("checkpoint", ""), "generator": best.get("generator", "")}  # fmt: skip
         with self._locks_guard:
             lock = self._scan_locks.setdefault(job_id, threading.Lock())
         with lock:
@@ -191,16 +199,13 @@ class Dashboard:
 
     def series(self, job_id: str, names: list[str], points: int) -> dict:
         """Return the job's metric series, each downsampled to at most `points` points (blocking)."""
-        raw: dict[str, tuple[list[int], list[float]]] = {}
-        for step, values in self.client.metrics(job_id, names):
-            for name, value in values.items():
-                steps_values = raw.get(name)
-                if steps_values is None:
-                    steps_values = raw[name] = ([], [])
-                steps_values[0].append(step)
-                steps_values[1].append(value)
+        job = self.client.get_job(job_id)
+        held = self._series.get(job)
         series, total = {}, {}
-        for name, (steps, values) in sorted(raw.items()):
+        for name in sorted(held):
+            if names and name not in names:
+                continue
+            steps, values = held[name]
             total[name] = len(steps)
             kept_steps, kept_values = downsample(steps, values, points)
             series[name] = {
@@ -304,7 +309,6 @@ class Dashboard:
 
     async def api_best(self, request: Request) -> Response:
         job_id = request.path_params["job_id"]
-        await self.call(self.client.get_job, job_id)
         return JSONResponse(shapes.finite({"best": await self.call(self.best_event, job_id)}))
 
     async def api_artifacts(self, request: Request) -> Response:

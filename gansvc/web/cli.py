@@ -44,6 +44,7 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 def run(name: str, args) -> int:
     """Run the dashboard until SIGINT / SIGTERM; return its exit code."""
+    host, port = parse_listen(args.listen)  # before the imports: a typo is answered at once
     import socket
 
     import uvicorn
@@ -56,7 +57,6 @@ def run(name: str, args) -> int:
         from gansvc.runtime.process import die_with_parent
 
         die_with_parent(args.parent_pid)
-    host, port = parse_listen(args.listen)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

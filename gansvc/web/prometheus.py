@@ -52,7 +52,7 @@ class ServiceCollector(Collector):
                 rates.add_metric([job.id, kind], job.progress.images_per_sec)
             if kind == "evaluation" and job.state == pb.JOB_STATE_SUCCEEDED and job.started_at.seconds:
                 eval_count += 1
-                eval_sum += max(_seconds(job.finished_at) - _seconds(job.started_at), 0.0)
+                eval_sum += max(_between(job.started_at, job.finished_at), 0.0)
         for (state, kind), count in sorted(counts.items()):
             by_state.add_metric([state, kind], count)
         queue = GaugeMetricFamily("gansvc_queue_length", "jobs waiting to start (QUEUED)")
@@ -62,8 +62,9 @@ class ServiceCollector(Collector):
         yield from (by_state, queue, rates, deaths, evaluation)
 
 
-def _seconds(stamp) -> float:
-    return stamp.seconds + stamp.nanos / 1e9
+def _between(start, end) -> float:
+    """Return end - start in seconds (whole seconds first: epoch seconds as floats keep only ~0.2 us)."""
+    return (end.seconds - start.seconds) + (end.nanos - start.nanos) / 1e9
 
 
 def make_registry(client) -> CollectorRegistry:

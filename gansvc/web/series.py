@@ -1,7 +1,12 @@
-"""Downsampling of metric series for the page: at most `points` points per series, keeping every bucket's
-minimum and maximum (a spike or a dip never disappears from the curve), and the first and last point."""
+"""Metric series for the page: downsampling to at most `points` points per series, keeping every bucket's
+minimum and maximum (a spike or a dip never disappears from the curve) and the first and last point; and a
+cache of the series of recently viewed jobs, brought up to date from the events after the last one it holds."""
 
 from __future__ import annotations
+
+import bisect
+import collections
+import threading
 
 import numpy as np
 
@@ -45,3 +50,79 @@ def _first_per_bucket(index: np.ndarray, bucket_of: np.ndarray, mask: np.ndarray
     # reversed assignment: the earliest hit of each bucket is written last and wins
     found[bucket_of[hits][::-1]] = index[hits][::-1]
     return found
+
+
+class SeriesCache:
+    """Every metric series of recently viewed jobs, kept in this process and brought up to date incrementally.
+
+    The first view of a job reads GetMetrics once (for a long run that is the server's time); later views read
+    only the events after the last one folded in (WatchJob history from that sequence), so a page of a job with
+    100 000 points loads from memory. A StateChange with resume_step drops the points after it, as GetMetrics
+    does for a resumed run. Thread-safe; at most `max_jobs` jobs are kept (least recently used dropped).
+    """
+
+    def __init__(self, client, max_jobs: int = 32):
+        self.client = client
+        self.max_jobs = max_jobs
+        self._jobs: collections.OrderedDict[str, _JobSeries] = collections.OrderedDict()
+        self._guard = threading.Lock()
+
+    def get(self, job) -> dict[str, tuple[list[int], list[float]]]:
+        """Return {metric: (steps, values)} of `job` (a pb.Job, read just before) up to at least its last_sequence."""
+        with self._guard:
+            entry = self._jobs.get(job.id)
+            if entry is None:
+                entry = self._jobs[job.id] = _JobSeries(threading.Lock())
+            self._jobs.move_to_end(job.id)
+            while len(self._jobs) > self.max_jobs:
+                self._jobs.popitem(last=False)
+        with entry.lock:
+            if entry.sequence is None:
+                entry.load(self.client, job)
+            elif entry.sequence < job.last_sequence:
+                entry.follow(self.client, job.id)
+            return {name: (list(s), list(v)) for name, (s, v) in entry.series.items()}
+
+
+class _JobSeries:
+    """One job's series and the last event sequence they include."""
+
+    def __init__(self, lock):
+        self.lock = lock
+        self.sequence: int | None = None
+        self.series: dict[str, tuple[list[int], list[float]]] = {}
+
+    def load(self, client, job) -> None:
+        # job.last_sequence was read before GetMetrics: the points may include later events, which follow()
+        # then meets again and merges by step (the same step's value replaces, older steps are skipped)
+        for step, values in client.metrics(job.id):
+            for name, value in values.items():
+                steps, kept = self.series.setdefault(name, ([], []))
+                steps.append(step)
+                kept.append(value)
+        self.sequence = job.last_sequence
+
+    def follow(self, client, job_id: str) -> None:
+        for event in client.watch_call(job_id, after_sequence=self.sequence, history_only=True):
+            self.sequence = event.sequence
+            kind = event.WhichOneof("payload")
+            if kind == "metrics":
+                self._add(event.metrics.step, event.metrics.values)
+            elif kind == "state" and event.state.resume_step:
+                self._truncate(event.state.resume_step)
+
+    def _add(self, step: int, values) -> None:
+        for name, value in values.items():
+            steps, kept = self.series.setdefault(name, ([], []))
+            if steps and step < steps[-1]:
+                continue  # already held (GetMetrics read past the sequence it was asked at)
+            if steps and step == steps[-1]:
+                kept[-1] = value
+            else:
+                steps.append(step)
+                kept.append(value)
+
+    def _truncate(self, resume_step: int) -> None:
+        for name, (steps, kept) in list(self.series.items()):
+            cut = bisect.bisect_right(steps, resume_step)
+            del steps[cut:], kept[cut:]

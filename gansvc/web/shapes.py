@@ -1,5 +1,6 @@
 """gRPC messages as the JSON the page reads: field names as in the proto, enums by name (states without their
-JOB_STATE_ prefix), timestamps as UNIX seconds, int64 as numbers, and NaN / Inf as null (JSON has neither)."""
+JOB_STATE_ prefix), timestamps as UNIX seconds, int64 as numbers, bytes as their length, and NaN / Inf as null
+(JSON has neither)."""
 
 from __future__ import annotations
 
@@ -61,6 +62,8 @@ def _scalar(field, value):
         if field.enum_type.name == "JobKind":
             return PROTO_TO_KIND.get(value, "")
         return field.enum_type.values_by_number[value].name if value in field.enum_type.values_by_number else value
+    if field.type == FieldDescriptor.TYPE_BYTES:  # tensors, PNGs: the page fetches files, not bytes in JSON
+        return len(value)
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
