@@ -46,7 +46,7 @@ function renderProgress(p) {
     p.step.toLocaleString("en") + " / " + p.total_steps.toLocaleString("en") + " steps (" +
     (100 * p.step / p.total_steps).toFixed(1) + " %)" : "–";
   document.getElementById("job-rate").textContent = p.images_per_sec ? fmtNumber(p.images_per_sec, 0) : "–";
-  document.getElementById("job-eta").textContent = running ? fmtDuration(p.eta_seconds) : "–";
+  document.getElementById("job-eta").textContent = running && p.total_steps ? fmtDuration(p.eta_seconds) : "–";
 }
 
 function renderBest(best) {
@@ -140,7 +140,7 @@ function redraw() {
       const width = Math.max(300, Math.min(560, node.clientWidth - 20 || 420));
       const options = {
         title, width, height: 220, scales: {x: {time: false}},
-        axes: [{label: "step"}, {}],
+        axes: [{label: "step"}, {size: 64}],  // room for 5-digit values (images/s)
         series: [{label: "step"}, ...names.map((n, i) => ({label: n, stroke: COLORS[i % COLORS.length], width: 1.5,
                                                               spanGaps: true}))],
       };
@@ -160,7 +160,8 @@ function scheduleRedraw() {
 function describe(event) {
   const d = event.data;
   switch (event.type) {
-    case "state": return d.state + (d.reason ? ": " + d.reason : "") + (d.device ? " on " + d.device : "");
+    case "state": return d.state + (d.reason ? ": " + d.reason : "") +
+      (d.device && !(d.reason || "").includes(d.device) ? " on " + d.device : "");
     case "progress": return "step " + d.step + "/" + d.total_steps + ", " + fmtNumber(d.images_per_sec, 0) + " img/s";
     case "metrics": return "step " + d.step + ": " + Object.entries(d.values).map(([k, v]) => k + " " +
       fmtNumber(v, 4)).join(", ");

@@ -35,7 +35,7 @@ function row(job, now) {
     el("td", {}, job.kind + (job.sweep_id ? " #" + job.trial_number : "")),
     el("td", {}, stateBadge(job.state)),
     progressCell(job),
-    el("td", {class: "num"}, running ? fmtDuration(p.eta_seconds) : ""),
+    el("td", {class: "num"}, running && p.total_steps ? fmtDuration(p.eta_seconds) : ""),
     el("td", {class: "num"}, running && p.images_per_sec ? fmtNumber(p.images_per_sec, 0) : ""),
     el("td", {class: "num"}, fid === undefined ? "" : fmtNumber(fid)),
     el("td", {class: "num"}, job.best_fid === null || job.best_fid === undefined ? "" : fmtNumber(job.best_fid)),
