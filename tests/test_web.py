@@ -41,7 +41,8 @@ import devtools  # tests/devtools.py: pytest puts this folder on sys.path
 ROOT = Path(__file__).resolve().parents[1]
 LONG_POINTS = 100_000
 TINY = {"dataset": "fashion-mnist", "model": "mlp", "mlp_hidden": 64, "z_dim": 16, "batch_size": 32, "steps": 30,
-        "log_every": 5, "sample_every": 15, "checkpoint_every": 15, "eval_samples": 0, "tensorboard": False}  # fmt: skip
+        "log_every": 5, "sample_every": 15, "checkpoint_every": 15, "eval_samples": 0,
+        "tensorboard": False}  # fmt: skip
 
 
 def wait_for(predicate, timeout=60.0, interval=0.05, what="condition"):
@@ -540,6 +541,14 @@ def test_listen_refuses_a_bad_address(tmp_path):
     result = subprocess.run([sys.executable, "-m", "gansvc.web", "--listen", "nowhere"], capture_output=True,
                             text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=60)  # fmt: skip
     assert result.returncode == 2 and "--listen" in result.stderr and "Traceback" not in result.stderr
+    with socket.socket() as busy:  # a port another program holds
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        taken = f"127.0.0.1:{busy.getsockname()[1]}"
+        result = subprocess.run([sys.executable, "-m", "gansvc.web", "--listen", taken], capture_output=True,
+                                text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=60)  # fmt: skip
+    assert result.returncode == 2 and f"--listen {taken}: cannot listen there" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 # ---------------------------------------------------------------------- slow: real training, serve --web, a browser

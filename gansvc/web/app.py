@@ -7,7 +7,8 @@ GanClient (the gRPC API, nothing else).
     /metrics                Prometheus           /api/jobs/{id}/events   WatchJob as SSE (resumes at Last-Event-ID)
     /static/...             assets               /api/jobs/{id}/series   GetMetrics, downsampled keeping min/max
                                                  /api/jobs/{id}/best     the job's latest `best` event
-                                                 /api/jobs/{id}/artifacts, /files/{name}   ListArtifacts, DownloadArtifact
+                                                 /api/jobs/{id}/artifacts       ListArtifacts
+                                                 /api/jobs/{id}/files/{name}    DownloadArtifact, streamed
                                                  POST /api/jobs/{id}/cancel               CancelJob (same origin only)
                                                  /api/server             GetServerInfo
 A gRPC error becomes its HTTP status (NOT_FOUND 404, INVALID_ARGUMENT 400, FAILED_PRECONDITION 409,

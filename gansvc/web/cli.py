@@ -57,6 +57,7 @@ def run(name: str, args) -> int:
         from gansvc.runtime.process import die_with_parent
 
         die_with_parent(args.parent_pid)
+    client = _connect(args)  # a bad --token-file / --tls-ca is answered before anything listens
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -64,11 +65,11 @@ def run(name: str, args) -> int:
         sock.bind((host, port))
     except OSError as error:
         sock.close()
+        client.close()
         raise UsageError(f"--listen {args.listen}: cannot listen there ({error.strerror or error})") from None
     sock.listen(128)
     port = sock.getsockname()[1]
     url = f"http://{'[' + host + ']' if family == socket.AF_INET6 else host}:{port}/"
-    client = _connect(args)
     app = create_app(client)
     config = uvicorn.Config(app, log_level=args.log_level, access_log=args.log_level == "debug",
                             timeout_graceful_shutdown=2)  # fmt: skip

@@ -82,7 +82,10 @@ document.addEventListener("DOMContentLoaded", () => {
     input.addEventListener("change", () => { pageTokens.length = 1; pageIndex = 0; connect(); });
   }
   document.getElementById("next").addEventListener("click", () => { pageIndex += 1; connect(); });
-  document.getElementById("prev").addEventListener("click", () => { pageIndex = Math.max(0, pageIndex - 1); connect(); });
+  document.getElementById("prev").addEventListener("click", () => {
+    pageIndex = Math.max(0, pageIndex - 1);
+    connect();
+  });
   setInterval(() => {  // ages tick without a push
     const now = Date.now() / 1000;
     for (const cell of document.querySelectorAll("td.age")) cell.textContent = fmtDuration(now - cell.dataset.created);
