@@ -642,8 +642,8 @@ def test_the_pages_in_a_browser(served, tmp_path):
                       " s.dispatchEvent(new Event('input')); })()")  # fmt: skip
         later = page.evaluate(src)
         assert later > "samples/step_0000150.png" and later.startswith("samples/step_")
-        assert page.evaluate("document.getElementById('grid-image').complete && "
-                             "document.getElementById('grid-image').naturalWidth > 0")  # fmt: skip
+        page.wait("document.getElementById('grid-image').complete && "
+                  "document.getElementById('grid-image').naturalWidth > 0", 30, "the later grid's image")  # fmt: skip
         assert page.evaluate("document.querySelectorAll('#log [data-type=\"metrics\"]').length") > 0
         page.screenshot(ARTIFACTS / "job.png")
         # cancel from the page
@@ -652,3 +652,12 @@ def test_the_pages_in_a_browser(served, tmp_path):
         assert state_name(job.state) == "CANCELLED"
         page.wait("document.querySelector('#job-state [data-state=\"CANCELLED\"]') !== null", 30,
                   "the CANCELLED state")  # fmt: skip
+        # the server page: GetServerInfo's devices and models
+        page.goto(f"{base}/server")
+        info = client.server_info()
+        page.wait("document.querySelectorAll('#models tbody tr').length > 0", 120, "the models table")
+        shown = page.evaluate("[...document.querySelectorAll('#models tbody tr td:first-child')]"
+                              ".map(c => c.textContent)")  # fmt: skip
+        assert shown == [m.name for m in info.models]
+        assert page.evaluate("document.querySelector('#devices tbody td').textContent") == info.devices[0].name
+        page.screenshot(ARTIFACTS / "server.png")
