@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plugins": ("gansvc.plugin_check", "check an installed plugin: `gansvc plugins check NAME`"),
     "doctor": ("gansvc.doctor", "self-test gansvc's kernels on every device and print a table"),
     "sweep": ("gansvc.clients.sweep_cli", "run a hyperparameter sweep (Optuna) on a running service"),
+    "web": ("gansvc.web.cli", "serve the web dashboard: live jobs, curves, sample grids (a client of a service)"),
 }
 
 

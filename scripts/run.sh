@@ -3,9 +3,12 @@
 # short GAN on Fashion-MNIST through it (examples/demo_fashion_mnist.toml: at most 2 minutes) with a live
 # progress bar, print the final metrics (FID included), write the sample grid PNG, then stop the service.
 #
+# The web dashboard runs beside it (gansvc serve --web); its URL is printed once the service is up.
+#
 # Environment: GANSVC_DEMO_DIR (default runs/demo) holds the state, the server log and samples.png;
 # GANSVC_DEMO_SPEC (default examples/demo_fashion_mnist.toml) is the job; GANSVC_DEMO_STEPS and
-# GANSVC_DEMO_MINUTES (a wall-clock cap) override its steps and max_minutes.
+# GANSVC_DEMO_MINUTES (a wall-clock cap) override its steps and max_minutes; GANSVC_WEB (HOST:PORT, default
+# 127.0.0.1:0, a free port) is where the dashboard listens.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN_START=$SECONDS
@@ -29,7 +32,9 @@ DATA_ROOTS=()
 [ -d /usr/share/datasets ] && DATA_ROOTS+=(--data-root /usr/share/datasets)
 echo "run.sh: starting gansvc serve (log in $LOG)" >&2
 SERVE_START=$SECONDS
-"$GANSVC" serve --listen 127.0.0.1:0 --state-dir "$STATE" --ready-file "$READY" "${DATA_ROOTS[@]}" >"$LOG" 2>&1 &
+# --web: the dashboard (gansvc web) beside the server, on GANSVC_WEB (default a free loopback port)
+"$GANSVC" serve --listen 127.0.0.1:0 --state-dir "$STATE" --ready-file "$READY" "${DATA_ROOTS[@]}" \
+    --web "${GANSVC_WEB:-127.0.0.1:0}" >"$LOG" 2>&1 &
 SERVER=$!
 stop_server() {
     if kill -0 "$SERVER" 2>/dev/null; then
@@ -58,6 +63,8 @@ until .venv/bin/python -m gansvc.clients.cli health >/dev/null 2>&1; do
     sleep 0.2
 done
 echo "run.sh: service SERVING on $GANSVC_SERVER after $((SECONDS - SERVE_START)) s (state in $STATE)" >&2
+WEB_URL=$(.venv/bin/python -c 'import json, sys; print(json.load(open(sys.argv[1])).get("web_url", ""))' "$READY")
+echo "run.sh: web dashboard on $WEB_URL (open it to watch the job; it stops with the service)" >&2
 
 # The seeds' MLP GAN with gansvc's default optimiser and EMA: 12 000 steps in about 2 minutes on one CPU
 # thread, and FID / IS / KID of 5 000 samples at the end. The spec file says what it sets and why.

@@ -149,6 +149,18 @@ def test_the_clients_reach_no_server_module():
     assert reachable(graph(), "gansvc.client") == {"gansvc", "gansvc.client"} | reached["gansvc.clients.python"]
 
 
+def test_the_web_dashboard_is_a_client():
+    """gansvc web reads and acts only through the gRPC API: no server module, no torch-side package."""
+    reached = reached_from_package(graph(), "gansvc.web")
+    assert {"gansvc.web.app", "gansvc.web.cli"} <= set(reached)
+    assert "gansvc.clients.python" in reached["gansvc.web.app"] | reached["gansvc.web.cli"]
+    for name, found in reached.items():
+        assert not {m for m in found if inside(m, SERVER)}, name
+    torch_side = {m for m in reached["gansvc.web.app"] if m.split(".")[1:2] and m.split(".")[1] in ("train", "ops")}
+    assert not torch_side, "the running dashboard needs no trainer or kernels"
+    assert not {m for m in reachable(graph(), SERVER + ".serve") if inside(m, "gansvc.web")}  # serve --web: a process
+
+
 def test_the_server_reaches_no_client_module():
     reached = reached_from_package(graph(), SERVER)
     assert {"gansvc.service.scheduler", "gansvc.service.server", "gansvc.service.cli"} <= set(reached)

@@ -216,18 +216,24 @@ class GanClient:
 
     def list_jobs(self, states: Iterable[str] = (), kind: str | None = None, page_size: int = 50) -> Iterator[pb.Job]:
         """Yield jobs newest first, every page; states by name ('RUNNING', ...), kind 'training'/'evaluation'."""
+        token = ""
+        while True:
+            page = self.list_jobs_page(states, kind, page_size, token)
+            yield from page.jobs
+            if not page.next_page_token:
+                return
+            token = page.next_page_token
+
+    def list_jobs_page(self, states: Iterable[str] = (), kind: str | None = None, page_size: int = 50,
+                       page_token: str = "") -> pb.ListJobsResponse:  # fmt: skip
+        """Return one ListJobs page (jobs newest first, and the token of the next page, "" on the last)."""
         request = pb.ListJobsRequest(
             states=[state_to_proto(s.upper()) for s in states],
             kind={None: pb.JOB_KIND_UNSPECIFIED, "training": pb.JOB_KIND_TRAINING,
                   "evaluation": pb.JOB_KIND_EVALUATION, "sweep": pb.JOB_KIND_SWEEP}[kind],
-            page_size=page_size,
+            page_size=page_size, page_token=page_token,
         )  # fmt: skip
-        while True:
-            page = self.stub.ListJobs(request, metadata=self._metadata, timeout=self.timeout)
-            yield from page.jobs
-            if not page.next_page_token:
-                return
-            request.page_token = page.next_page_token
+        return self.stub.ListJobs(request, metadata=self._metadata, timeout=self.timeout)
 
     def cancel(self, job_id: str) -> pb.Job:
         """Ask the job to stop (a running one checkpoints first); return it."""
@@ -269,6 +275,12 @@ class GanClient:
                     raise
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    def watch_call(self, job_id: str, after_sequence: int = 0, history_only: bool = False):
+        """Return one WatchJob call: an iterator of the job's events after `after_sequence` with a thread-safe
+        cancel(); no reconnection (a relay that reconnects on its own, like the web page's, resumes it)."""
+        request = pb.WatchJobRequest(job_id=job_id, after_sequence=after_sequence, history_only=history_only)
+        return self.stub.WatchJob(request, metadata=self._metadata)
 
     def wait(self, job_id: str, timeout: float | None = None) -> pb.Job:
         """Block until the job ends; return it (TimeoutError after `timeout` seconds)."""
@@ -357,6 +369,11 @@ class GanClient:
             pb.ListArtifactsRequest(job_id=job_id), metadata=self._metadata, timeout=self.timeout
         )
         return list(reply.artifacts)
+
+    def download_call(self, job_id: str, name: str, offset: int = 0):
+        """Return one DownloadArtifact call: an iterator of ArtifactChunk from `offset` (cancel() ends it)."""
+        request = pb.DownloadArtifactRequest(job_id=job_id, name=name, offset=offset)
+        return self.stub.DownloadArtifact(request, metadata=self._metadata)
 
     def download(self, job_id: str, name: str, path: str | os.PathLike, retries: int = 5) -> Path:
         """Download the job's file `name` to `path` (atomically, resuming after a dropped connection); return it.

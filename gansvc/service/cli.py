@@ -125,6 +125,12 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
         help="write {address, port, pid} as JSON here once serving (for scripts using port 0)",
     )
     parser.add_argument(
+        "--web",
+        metavar="HOST:PORT",
+        help="also start the web dashboard (`gansvc web`, a client of this server with its token) on this address, "
+        "e.g. 127.0.0.1:8080 (port 0 picks a free one); its URL is printed and written to --ready-file as web_url",
+    )
+    parser.add_argument(
         "--health-listen",
         metavar="HOST:PORT",
         help="also serve grpc.health.v1 alone, in plaintext and without tokens, on this loopback address "

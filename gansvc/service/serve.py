@@ -82,11 +82,24 @@ def serve(args) -> int:
     # The command's own output (scripts read the address here), not a log record.
     print(f"{_PREFIX}listening on {server.address} ({security}); state {server.state_dir}; "
           f"{server.pool.describe()}", flush=True)  # fmt: skip
+    web = None
+    ready = {"address": server.address, "port": server.port, "pid": os.getpid()}
+    if getattr(args, "web", None):
+        try:
+            web, ready["web_url"] = _start_web(args, server)
+        except RuntimeError as error:
+            log.error("%s", error)
+            server.shutdown()
+            return 1
+        print(f"{_PREFIX}web dashboard on {ready['web_url']}", flush=True)
     if args.ready_file:
-        ready = {"address": server.address, "port": server.port, "pid": os.getpid()}
         atomic_write_text(args.ready_file, json.dumps(ready) + "\n")
     while not stop.wait(1.0):
-        pass
+        if web is not None and web.poll() is not None:
+            log.warning("the web dashboard exited with status %s; the server goes on without it", web.returncode)
+            web = None
+    if web is not None:
+        _stop_web(web)
     running = server.running_jobs()
     log.info("shutting down: %d running job(s) checkpoint and resume on the next start", len(running))
     server.shutdown()
@@ -94,3 +107,50 @@ def serve(args) -> int:
         args.ready_file.unlink(missing_ok=True)
     log.info("stopped")
     return 0
+
+
+def _start_web(args, server, timeout: float = 60.0):
+    """Start `gansvc web` beside the server (its own process, a client like any other); return (process, URL).
+
+    It connects with the server's first accepted token and, with TLS, trusts the server's certificate as its CA
+    (a certificate that names the listen host; otherwise run `gansvc web --tls-server-name` separately). It dies
+    with this process (PR_SET_PDEATHSIG) and is stopped with it."""
+    import subprocess
+    import time
+
+    host, _, port = server.address.rpartition(":")
+    if host.strip("[]") in ("0.0.0.0", "::", ""):  # listening everywhere: the dashboard connects over loopback
+        host = "127.0.0.1"
+    ready_file = server.state_dir / "web.json"
+    ready_file.unlink(missing_ok=True)
+    command = [sys.executable, "-m", "gansvc.web", "--server", f"{host}:{port}", "--listen", args.web,
+               "--ready-file", str(ready_file), "--parent-pid", str(os.getpid())]  # fmt: skip
+    if args.auth_token_file:
+        command += ["--token-file", str(args.auth_token_file)]
+    if args.tls_cert:
+        command += ["--tls-ca", str(args.tls_cert)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ready_file.is_file():
+            try:
+                return process, json.loads(ready_file.read_text(encoding="utf-8"))["url"]
+            except (ValueError, KeyError, OSError):
+                pass  # written atomically, so this is a file of another run: wait for ours
+        if process.poll() is not None:
+            raise RuntimeError(f"--web {args.web}: the web dashboard did not start (exit status {process.returncode})")
+        time.sleep(0.1)
+    _stop_web(process)
+    raise RuntimeError(f"--web {args.web}: the web dashboard did not start within {timeout:.0f} s")
+
+
+def _stop_web(process, timeout: float = 10.0) -> None:
+    """Stop the dashboard process (SIGTERM, then SIGKILL after `timeout` seconds)."""
+    import subprocess
+
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

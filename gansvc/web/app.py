@@ -1,0 +1,448 @@
+"""The dashboard's routes: HTML pages and their JSON / server-sent-event endpoints, all answered through one
+GanClient (the gRPC API, nothing else).
+
+    /                       jobs page            /api/jobs               one ListJobs page as JSON
+    /jobs/{id}              job page             /api/jobs/stream        that page pushed (SSE) when it changes
+    /server                 server page          /api/jobs/{id}          GetJob
+    /metrics                Prometheus           /api/jobs/{id}/events   WatchJob as SSE (resumes at Last-Event-ID)
+    /static/...             assets               /api/jobs/{id}/series   GetMetrics, downsampled keeping min/max
+                                                 /api/jobs/{id}/best     the job's latest `best` event
+                                                 /api/jobs/{id}/artifacts       ListArtifacts
+                                                 /api/jobs/{id}/files/{name}    DownloadArtifact, streamed
+                                                 POST /api/jobs/{id}/cancel               CancelJob (same origin only)
+                                                 /api/server             GetServerInfo
+A gRPC error becomes its HTTP status (NOT_FOUND 404, INVALID_ARGUMENT 400, FAILED_PRECONDITION 409,
+UNAVAILABLE 503, ...) with the server's message: JSON {"error", "code"} under /api, an HTML page elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+import math
+import mimetypes
+import threading
+from pathlib import Path, PurePosixPath
+
+import grpc
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from gansvc.runtime import registry
+from gansvc.web import shapes
+from gansvc.web.relay import Relay
+from gansvc.web.series import SeriesCache, downsample
+
+STATIC = Path(__file__).resolve().parent / "static"
+JOBS_POLL_SECONDS = 1.0  # the jobs page's push interval: a new job shows within this (plus one ListJobs)
+KEEPALIVE_SECONDS = 15.0  # an SSE comment this often: proxies keep the stream, and a gone page is noticed
+SERIES_POINTS = 2000  # default points per metric series sent to a page
+MAX_SERIES_POINTS = 100_000
+KINDS = ("training", "evaluation", "sweep")
+_HTTP_STATUS = {
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 409,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    # the dashboard's own token was refused: the server is fine, this gateway is misconfigured
+    grpc.StatusCode.UNAUTHENTICATED: 502,
+}
+
+
+class BadRequest(Exception):
+    """A query parameter of the request is wrong: 400 naming it."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def _error_response(request: Request, status: int, message: str, code: str) -> Response:
+    """Return the error as JSON under /api (and /metrics), as a small HTML page elsewhere."""
+    if request.url.path.startswith("/api/"):
+        return JSONResponse({"error": message, "code": code}, status_code=status)
+    title = {404: "Not found", 503: "gansvc server unavailable", 502: "Bad gateway"}.get(status, "Error")
+    body = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title} - gansvc</title>
+<link rel="stylesheet" href="/static/app.css"></head><body><header><a href="/">gansvc</a></header>
+<main><h1>{status} {html.escape(title)}</h1><p class="error" id="error">{html.escape(message)}</p>
+<p><a href="/">jobs</a> · <a href="/server">server</a></p></main></body></html>"""
+    return HTMLResponse(body, status_code=status)
+
+
+def _grpc_error(request: Request, error: grpc.RpcError, address: str) -> Response:
+    code = error.code() if hasattr(error, "code") else None
+    status = _HTTP_STATUS.get(code, 502)
+    details = error.details() if hasattr(error, "details") else str(error)
+    if code == grpc.StatusCode.UNAVAILABLE:
+        message = f"the gansvc server at {address} is unavailable: {details}"
+    elif code == grpc.StatusCode.UNAUTHENTICATED:
+        message = f"the gansvc server at {address} refused the dashboard's token: {details}"
+    else:
+        message = details or (code.name if code else "error")
+    return _error_response(request, status, message, code.name if code else "UNKNOWN")
+
+
+def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    text = request.query_params.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise BadRequest(name, f"got {text!r}, expected a whole number") from None
+    if not low <= value <= high:
+        raise BadRequest(name, f"got {value}, expected {low} to {high}")
+    return value
+
+
+def _sse(data, event: str | None = None, event_id: int | None = None) -> str:
+    """Return one server-sent event (data as JSON on one line)."""
+    lines = []
+    if event_id is not None:
+        lines.append(f"id: {event_id}")
+    if event:
+        lines.append(f"event: {event}")
+    lines.append("data: " + json.dumps(shapes.finite(data), separators=(",", ":")))
+    return "\n".join(lines) + "\n\n"
+
+
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class Dashboard:
+    """The app's state: the client, caches of what never changes for a job's past, and the routes."""
+
+    def __init__(self, client):
+        self.client = client
+        self.address = client.address
+        self._best_fid: dict[str, tuple[float | None, float | None]] = {}  # job -> (latest fid seen, best)
+        self._best_events: dict[str, tuple[int, dict | None]] = {}  # job -> (events scanned, last best event)
+        self._scan_locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self._metrics_registry = None
+        self._series = SeriesCache(client)
+
+    # ------------------------------------------------------------------ helpers
+    async def call(self, function, *args, **kwargs):
+        """Run one blocking client call on the thread pool."""
+        return await run_in_threadpool(function, *args, **kwargs)
+
+    def _jobs_query(self, request: Request) -> dict:
+        states = []
+        for value in request.query_params.getlist("state"):
+            for part in value.split(","):
+                if part.strip():
+                    state = part.strip().upper()
+                    if state not in registry.JOB_STATES:
+                        raise BadRequest("state", f"got {part!r}, expected one of {', '.join(registry.JOB_STATES)}")
+                    states.append(state)
+        kind = request.query_params.get("kind") or None
+        if kind is not None and kind not in KINDS:
+            raise BadRequest("kind", f"got {kind!r}, expected one of {', '.join(KINDS)}")
+        return {"states": states, "kind": kind, "page_size": _int_param(request, "page_size", 50, 1, 500),
+                "page_token": request.query_params.get("page_token", "")}  # fmt: skip
+
+    def jobs_page(self, states, kind, page_size, page_token) -> dict:
+        """Return one ListJobs page as JSON, each job with its best FID (blocking)."""
+        page = self.client.list_jobs_page(states, kind, page_size, page_token)
+        jobs = []
+        for message in page.jobs:
+            job = shapes.job(message)
+            job["best_fid"] = self._best_fid_of(message)
+            jobs.append(job)
+        return {"jobs": jobs, "next_page_token": page.next_page_token}
+
+    def _best_fid_of(self, job) -> float | None:
+        """Return the lowest FID in the job's history; GetMetrics is asked again only when the latest FID changed."""
+        latest = job.latest_metrics.get("fid")
+        if latest is None:
+            return None
+        cached = self._best_fid.get(job.id)
+        if cached is not None and (cached[0] == latest or (math.isnan(latest) and cached[0] is None)):
+            return cached[1]
+        history = self.client.metrics(job.id, names=["fid"])
+        values = [v["fid"] for _, v in history if "fid" in v and math.isfinite(v["fid"])]
+        best = min(values) if values else None
+        self._best_fid[job.id] = (None if math.isnan(latest) else latest, best)
+        return best
+
+    def best_event(self, job_id: str) -> dict | None:
+        """Return the job's best checkpoint (step, metric, value, artifact, generator), or None.
+
+        A finished job's summary names it; a running job's comes from its latest `best` event: the history is
+        scanned once, later calls read only the events after the last one scanned."""
+        job = self.client.get_job(job_id)
+        summary = shapes.message(job)["summary"] or {}
+        best = summary.get("best")
+        if isinstance(best, dict):
+            return {"step": int(best.get("step", 0)), "metric": best.get("metric", ""), "value": best.get("value"),
+                    "artifact": best.get("checkpoint", ""), "generator": best.get("generator", "")}  # fmt: skip
+        with self._locks_guard:
+            lock = self._scan_locks.setdefault(job_id, threading.Lock())
+        with lock:
+            scanned, best = self._best_events.get(job_id, (0, None))
+            for event in self.client.watch_call(job_id, after_sequence=scanned, history_only=True):
+                scanned = event.sequence
+                if event.WhichOneof("payload") == "best":
+                    best = shapes.message(event.best)
+            self._best_events[job_id] = (scanned, best)
+            return best
+
+    def series(self, job_id: str, names: list[str], points: int) -> dict:
+        """Return the job's metric series, each downsampled to at most `points` points (blocking)."""
+        job = self.client.get_job(job_id)
+        held = self._series.get(job)
+        series, total = {}, {}
+        for name in sorted(held):
+            if names and name not in names:
+                continue
+            steps, values = held[name]
+            total[name] = len(steps)
+            kept_steps, kept_values = downsample(steps, values, points)
+            series[name] = {
+                "step": kept_steps.tolist(),
+                "value": [v if math.isfinite(v) else None for v in kept_values.tolist()],
+            }
+        return {"job_id": job_id, "points": points, "total": total, "series": series}
+
+    # ------------------------------------------------------------------ pages
+    async def page_jobs(self, request: Request) -> Response:
+        await self.call(self.client.list_jobs_page, (), None, 1, "")  # a clear 503 page when the server is down
+        return FileResponse(STATIC / "jobs.html")
+
+    async def page_job(self, request: Request) -> Response:
+        await self.call(self.client.get_job, request.path_params["job_id"])  # 404 for an unknown job
+        return FileResponse(STATIC / "job.html")
+
+    async def page_server(self, request: Request) -> Response:
+        return FileResponse(STATIC / "server.html")
+
+    # ------------------------------------------------------------------ JSON
+    async def api_jobs(self, request: Request) -> Response:
+        query = self._jobs_query(request)
+        return JSONResponse(shapes.finite(await self.call(self.jobs_page, **query)))
+
+    async def api_jobs_stream(self, request: Request) -> Response:
+        query = self._jobs_query(request)
+        first = await self.call(self.jobs_page, **query)  # errors before the stream starts get their status
+
+        async def stream():
+            yield "retry: 2000\n\n"
+            last, page, quiet = None, first, 0.0
+            while True:
+                if page is not None:
+                    text = json.dumps(shapes.finite(page), separators=(",", ":"))
+                    if text != last:
+                        yield f"data: {text}\n\n"
+                        last, quiet = text, 0.0
+                await asyncio.sleep(JOBS_POLL_SECONDS)
+                quiet += JOBS_POLL_SECONDS
+                if quiet >= KEEPALIVE_SECONDS:
+                    yield ": keep-alive\n\n"
+                    quiet = 0.0
+                try:
+                    page = await self.call(self.jobs_page, **query)
+                except grpc.RpcError as error:
+                    page = None
+                    yield _sse({"error": _describe(error, self.address)}, event="upstream")
+
+        return StreamingResponse(stream(), media_type="text/event-stream", headers=_SSE_HEADERS)
+
+    async def api_job(self, request: Request) -> Response:
+        job = await self.call(self.client.get_job, request.path_params["job_id"])
+        return JSONResponse(shapes.finite(shapes.job(job)))
+
+    async def api_events(self, request: Request) -> Response:
+        job_id = request.path_params["job_id"]
+        # EventSource sends the id of the last event it saw when it reconnects; that wins over ?after=
+        header = request.headers.get("last-event-id")
+        if header:
+            try:
+                after = int(header)
+            except ValueError:
+                raise BadRequest("Last-Event-ID", f"got {header!r}, expected an event sequence number") from None
+            if after < 0:
+                raise BadRequest("Last-Event-ID", f"got {after}, expected >= 0")
+        else:
+            after = _int_param(request, "after", 0, 0, 2**62)
+        job = await self.call(self.client.get_job, job_id)  # 404 before the stream starts
+        if after > job.last_sequence:
+            field = "Last-Event-ID" if header else "after"
+            raise BadRequest(field, f"got {after}, but the job's last event is {job.last_sequence}")
+        relay = Relay(self.client.watch_call(job_id, after_sequence=after))
+
+        async def stream():
+            try:
+                yield "retry: 1000\n\n"
+                while True:
+                    try:
+                        event = await relay.next(timeout=KEEPALIVE_SECONDS)
+                    except TimeoutError:
+                        yield ": keep-alive\n\n"
+                        continue
+                    except StopAsyncIteration:  # the job ended: the page closes its EventSource
+                        yield _sse({"reason": "the job ended"}, event="end")
+                        return
+                    except grpc.RpcError as error:  # the page reconnects with Last-Event-ID: nothing is lost
+                        yield _sse({"error": _describe(error, self.address)}, event="upstream")
+                        return
+                    yield _sse(shapes.event(event), event_id=event.sequence)
+            finally:
+                relay.cancel()
+
+        return StreamingResponse(stream(), media_type="text/event-stream", headers=_SSE_HEADERS)
+
+    async def api_series(self, request: Request) -> Response:
+        job_id = request.path_params["job_id"]
+        points = _int_param(request, "points", SERIES_POINTS, 4, MAX_SERIES_POINTS)
+        names = [n for part in request.query_params.getlist("names") for n in part.split(",") if n.strip()]
+        return JSONResponse(await self.call(self.series, job_id, names, points))
+
+    async def api_best(self, request: Request) -> Response:
+        job_id = request.path_params["job_id"]
+        return JSONResponse(shapes.finite({"best": await self.call(self.best_event, job_id)}))
+
+    async def api_artifacts(self, request: Request) -> Response:
+        artifacts = await self.call(self.client.list_artifacts, request.path_params["job_id"])
+        return JSONResponse({"artifacts": [shapes.message(a) for a in artifacts]})
+
+    async def api_file(self, request: Request) -> Response:
+        job_id, name = request.path_params["job_id"], request.path_params["name"]
+        relay = Relay(self.client.download_call(job_id, name))
+        try:
+            first = await relay.next()
+        except StopAsyncIteration:
+            first = None
+        except BaseException:
+            relay.cancel()
+            raise
+        filename = PurePosixPath(name).name
+        media = mimetypes.guess_type(filename)[0] or ""
+        if not media.startswith(("image/", "text/", "application/json")):  # .pt is no "page table"
+            media = "application/octet-stream"
+        inline = media.startswith("image/") and request.query_params.get("download") is None
+        disposition = "inline" if inline else "attachment"
+        headers = {"Content-Disposition": f'{disposition}; filename="{filename}"'}
+        if first is not None:
+            headers["Content-Length"] = str(first.total_size)
+            headers["X-Checksum-SHA256"] = first.sha256
+            if inline:  # grids never change once written
+                headers["Cache-Control"] = "max-age=3600"
+        client = self.client
+
+        async def body():
+            nonlocal relay
+            if first is None:
+                return
+            sent, total, expected = 0, first.total_size, first.sha256
+            chunk, retries = first, 0
+            try:
+                while True:
+                    sent += len(chunk.data)
+                    yield chunk.data
+                    try:
+                        chunk = await relay.next()
+                    except StopAsyncIteration:
+                        return
+                    except grpc.RpcError as error:
+                        # a dropped connection: continue at the byte reached, as `gansvc download` does
+                        if error.code() != grpc.StatusCode.UNAVAILABLE or retries >= 5 or sent >= total:
+                            raise
+                        retries += 1
+                        await asyncio.sleep(min(0.2 * 2**retries, 5.0))
+                        relay = Relay(client.download_call(job_id, name, offset=sent))
+                        chunk = await relay.next()
+                        if chunk.sha256 and chunk.sha256 != expected:
+                            raise OSError(f"{name} changed during the download") from None
+            finally:
+                relay.cancel()
+
+        return StreamingResponse(body(), media_type=media, headers=headers)
+
+    async def api_cancel(self, request: Request) -> Response:
+        refusal = _cross_site(request)
+        if refusal:
+            return JSONResponse({"error": refusal, "code": "CROSS_SITE"}, status_code=403)
+        job = await self.call(self.client.cancel, request.path_params["job_id"])
+        return JSONResponse(shapes.finite(shapes.job(job)))
+
+    async def api_server(self, request: Request) -> Response:
+        info = await self.call(self.client.server_info)
+        return JSONResponse(shapes.finite(shapes.message(info)))
+
+    async def metrics(self, request: Request) -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        from gansvc.web.prometheus import make_registry
+
+        if self._metrics_registry is None:
+            self._metrics_registry = make_registry(self.client)
+        body = await self.call(generate_latest, self._metrics_registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+def _describe(error: grpc.RpcError, address: str) -> str:
+    code = error.code() if hasattr(error, "code") else None
+    name = code.name if code else "error"
+    return f"{name} from the gansvc server at {address}: {error.details() if hasattr(error, 'details') else error}"
+
+
+def _cross_site(request: Request) -> str:
+    """Return why a state-changing request is refused as cross-site ("" when it is same-origin or not a browser's).
+
+    Browsers send Origin on every POST (and Sec-Fetch-Site); a page elsewhere cannot make them lie. A client
+    without either (curl, a script) is no cross-site request."""
+    origin = request.headers.get("origin")
+    own = f"{request.url.scheme}://{request.headers.get('host', '')}"
+    if origin is not None and origin != own:
+        return f"cross-site request refused: Origin {origin} is not {own}"
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):
+        return f"cross-site request refused: Sec-Fetch-Site {site}"
+    return ""
+
+
+def create_app(client) -> Starlette:
+    """Return the dashboard's ASGI app, answering through `client` (a GanClient)."""
+    board = Dashboard(client)
+    routes = [
+        Route("/", board.page_jobs),
+        Route("/jobs/{job_id}", board.page_job),
+        Route("/server", board.page_server),
+        Route("/metrics", board.metrics),
+        Route("/api/jobs", board.api_jobs),
+        Route("/api/jobs/stream", board.api_jobs_stream),
+        Route("/api/jobs/{job_id}", board.api_job),
+        Route("/api/jobs/{job_id}/events", board.api_events),
+        Route("/api/jobs/{job_id}/series", board.api_series),
+        Route("/api/jobs/{job_id}/best", board.api_best),
+        Route("/api/jobs/{job_id}/artifacts", board.api_artifacts),
+        Route("/api/jobs/{job_id}/files/{name:path}", board.api_file),
+        Route("/api/jobs/{job_id}/cancel", board.api_cancel, methods=["POST"]),
+        Route("/api/server", board.api_server),
+        Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
+    ]
+
+    async def on_grpc_error(request: Request, error: Exception) -> Response:
+        return _grpc_error(request, error, board.address)
+
+    async def on_bad_request(request: Request, error: Exception) -> Response:
+        return _error_response(request, 400, str(error), "INVALID_ARGUMENT")
+
+    async def on_not_found(request: Request, error: Exception) -> Response:
+        return _error_response(request, 404, f"no page {request.url.path}", "NOT_FOUND")
+
+    handlers = {grpc.RpcError: on_grpc_error, BadRequest: on_bad_request, 404: on_not_found}
+    app = Starlette(routes=routes, exception_handlers=handlers)
+    app.state.dashboard = board
+    return app
