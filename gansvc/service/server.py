@@ -62,6 +62,8 @@ class ServerConfig:
     # A loopback address serving grpc.health.v1 alone, plaintext, no tokens: a health check that works whatever
     # TLS and auth the main port uses (the Docker image's HEALTHCHECK), exposing nothing else.
     health_listen: str | None = None
+    backend: str = "local"  # local: worker processes of this server; ray: workers on the nodes of a Ray cluster
+    ray_address: str = ""  # the Ray cluster's HOST:PORT (backend ray; "" = RAY_ADDRESS)
 
 
 def is_loopback(listen: str) -> bool:
@@ -125,7 +127,18 @@ class GanServer:
                 raise ValueError(f"--inception-weights {str(weights)!r} is not a file")
             # the workers inherit this process's environment: training runs score with these weights
             os.environ[INCEPTION_WEIGHTS_ENV] = str(weights.resolve())
-        self.pool = DevicePool.from_flag(config.devices, config.cpu_jobs)
+        self.executor = None  # the scheduler's default: LocalExecutor
+        if config.backend == "ray":
+            # imported only here: the local backend runs without Ray installed or running
+            from gansvc.service import ray_executor
+
+            ray_executor.connect(config.ray_address or os.environ.get("RAY_ADDRESS", "") or "auto")
+            self.pool = ray_executor.RayPool()
+            self.executor = ray_executor.RayExecutor()
+        elif config.backend == "local":
+            self.pool = DevicePool.from_flag(config.devices, config.cpu_jobs)
+        else:
+            raise ValueError(f"--backend: got {config.backend!r}, expected local or ray")
         self.state_dir = Path(config.state_dir).resolve()
         self.max_message_bytes = config.max_message_mb * 1024 * 1024
         self.port = 0
@@ -163,7 +176,7 @@ class GanServer:
         self.init_sources = InitSources(self.store, self.state_dir / "jobs", uploads)
         self.scheduler = Scheduler(
             self.store, self.pool, self.state_dir / "jobs", self.config.cancel_timeout, self.config.max_attempts,
-            uploads=uploads,
+            executor=self.executor, uploads=uploads,
         )
         self.sweeps = SweepManager(self.store, self.scheduler, self.roots, self.pool, self.state_dir,
                                    init_sources=self.init_sources)  # fmt: skip
