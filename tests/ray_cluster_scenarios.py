@@ -27,6 +27,7 @@ RUN = {
     "dataset": "fashion-mnist", "model": "mlp", "mlp_hidden": 64, "z_dim": 16, "batch_size": 32, "log_every": 50,
     "sample_every": 0, "eval_samples": 0, "tensorboard": False, "device": "cpu",
 }  # fmt: skip
+LONG = 1500  # steps of the jobs that lose a node or their server mid-run (tens of seconds on a busy 2-core machine)
 NODE = re.compile(r"\(([0-9a-f]{8})\)")
 
 
@@ -128,14 +129,14 @@ def main(out: Path, data_root: Path) -> None:
                                      "seconds": time.monotonic() - t}  # fmt: skip
 
         # 2. six jobs on three one-slot nodes: one per node at a time, all succeed; the queued ones say why
-        jobs = [client.submit_training(dict(RUN, steps=2500, seed=i)).id for i in range(6)]
+        jobs = [client.submit_training(dict(RUN, steps=200, seed=i)).id for i in range(6)]
         waiting = wait_for(lambda: next((j.message for j in map(client.get_job, jobs)
                                          if j.message.startswith("waiting for")), None), 60, "a waiting message")
         results["waiting_message"] = waiting
         results["six"] = {job: {"state": finished(client, job), "events": history(client, job)} for job in jobs}
 
         # 3. a node removed mid-job: the job finishes on another node from its checkpoint
-        job = client.submit_training(dict(RUN, steps=40000, checkpoint_every=2000, log_every=500)).id
+        job = client.submit_training(dict(RUN, steps=LONG, checkpoint_every=100, log_every=50)).id
         wait_for(lambda: any(e["type"] == "checkpoint" for e in history(client, job)), 120, "a checkpoint")
         running = [e for e in history(client, job) if e["type"] == "state" and e["state"] == "RUNNING"][-1]
         lost = NODE.search(running["device"]).group(1)
@@ -157,7 +158,7 @@ def main(out: Path, data_root: Path) -> None:
         results["cancel"] = {"state": state, "pids_before": before, "pids_after": worker_pids(job)}
 
         # 5. the server killed with -9 mid-job and restarted: the job's worker keeps running and is re-attached
-        job = client.submit_training(dict(RUN, steps=40000, checkpoint_every=2000, log_every=500)).id
+        job = client.submit_training(dict(RUN, steps=LONG, checkpoint_every=100, log_every=50)).id
         wait_for(lambda: any(e["type"] == "checkpoint" for e in history(client, job)), 120, "a checkpoint")
         pids = worker_pids(job)
         port = server.address.rsplit(":", 1)[1]

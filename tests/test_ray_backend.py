@@ -25,6 +25,7 @@ from gansvc.service.placement import NodeResources, job_request, never_fits, wai
 from gansvc.service.validation import _device
 
 ROOT = Path(__file__).resolve().parent.parent
+LONG = 1500  # tests/ray_cluster_scenarios.py's long jobs
 NODE = re.compile(r"\(([0-9a-f]{8})\)")
 
 
@@ -161,7 +162,7 @@ def test_a_node_lost_mid_job_is_a_worker_death_retried_elsewhere_from_the_checkp
     resumed = [e for e in loss["events"] if e["type"] == "state" and e["state"] == "RUNNING"][-1]
     assert "resuming from the checkpoint at step" in resumed["reason"]
     steps = loss["steps"]  # metrics continue: increasing, to the last step
-    assert steps == sorted(steps) and len(set(steps)) == len(steps) and steps[-1] == 40000
+    assert steps == sorted(steps) and len(set(steps)) == len(steps) and steps[-1] == LONG
 
 
 @pytest.mark.slow
@@ -180,4 +181,4 @@ def test_a_server_killed_with_9_reattaches_to_the_running_worker(cluster_results
     assert any(e["type"] == "log" and "re-attached" in e.get("message", "") for e in restart["events"])
     assert len(_runs(restart["events"])) == 1  # one attempt: the worker ran on, nothing restarted
     steps = restart["steps"]
-    assert steps[-1] == 40000 and steps == sorted(steps)
+    assert steps[-1] == LONG and steps == sorted(steps)

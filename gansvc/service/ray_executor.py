@@ -147,8 +147,11 @@ class RayPool:
         return job_request(self.kind(device), nproc, threads, nnodes)
 
     def check(self, device: str, nproc: int = 1, nnodes: int = 1, threads: int = 0) -> str | None:
-        """Return None when the cluster can ever hold the job; raise Unplaceable naming what it asks and what
-        the largest node offers when it cannot (ValueError for a device the backend does not take)."""
+        """Return None when the cluster can ever hold the job, or why a spec value is refused (nnodes > 1: not yet);
+        raise Unplaceable naming what it asks and what the largest node offers when no node can hold it
+        (ValueError for a device the backend does not take)."""
+        if nnodes > 1:  # placement would work (STRICT_SPREAD), but starting ranks on the other nodes does not yet
+            return f"nnodes {nnodes}: jobs across nodes are not supported by the Ray backend yet (docs/cluster.md)"
         problem = never_fits(self.request(device, nproc, nnodes, threads), cluster_nodes())
         if problem:
             raise Unplaceable(problem)
