@@ -172,6 +172,30 @@ def main(out: Path, data_root: Path) -> None:
         results["restart"] = {"pids_before": pids, "pids_while_down": alive_meanwhile,
                               "state": finished(client, job, 300), "events": history(client, job),
                               "steps": [step for step, _ in client.metrics(job)]}  # fmt: skip
+        server.stop()
+        server = None
+
+        # 6. the shared-storage probe: a node whose mount namespace hides the jobs directory (a tmpfs over it)
+        # is named, and the server refuses to start
+        jobs = out / "state" / "jobs"
+        ray_bin = Path(sys.executable).with_name("ray")
+        blind = subprocess.Popen(["unshare", "-m", "bash", "-c", f"mount -t tmpfs tmpfs {jobs} && exec {ray_bin} "
+                                  f"start --address {cluster.address} --num-cpus 0 --block"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        try:
+            import ray
+
+            ray.init(address=cluster.address, logging_level="WARNING")
+            wait_for(lambda: sum(n["Alive"] for n in ray.nodes()) == 5, 120, "the fifth node")
+            ray.shutdown()
+            try:
+                Server(out, data_root, cluster.address)
+                results["probe"] = {"started": True}
+            except RuntimeError as error:
+                results["probe"] = {"started": False, "output": str(error)[-2000:]}
+        finally:
+            blind.send_signal(signal.SIGTERM)
+            blind.wait(60)
     finally:
         if server is not None:
             server.stop()

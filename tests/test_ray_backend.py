@@ -182,3 +182,12 @@ def test_a_server_killed_with_9_reattaches_to_the_running_worker(cluster_results
     assert len(_runs(restart["events"])) == 1  # one attempt: the worker ran on, nothing restarted
     steps = restart["steps"]
     assert steps[-1] == LONG and steps == sorted(steps)
+
+
+@pytest.mark.slow
+def test_the_server_refuses_to_start_when_a_node_does_not_see_the_jobs_directory(cluster_results):
+    probe = cluster_results["probe"]
+    assert probe["started"] is False
+    assert "must be on storage every Ray node sees" in probe["output"] and "not seen by: 127.0.0.1 (" in probe["output"]
+    assert "cannot read" in probe["output"]
+    assert probe["output"].count("127.0.0.1 (") == 1  # only the blind node: the other four see it

@@ -390,8 +390,8 @@ class RayAttempt(Attempt):
                     continue
                 returncode = self._lost()
                 break
-            except ray.exceptions.RayError:
-                returncode = self._lost()
+            except ray.exceptions.RayError as error:
+                returncode = self._lost(str(error))
                 break
             except Exception:  # a store failure must not leave the job RUNNING forever
                 log.exception("relaying the events of %s failed", self.job_id)
@@ -409,11 +409,17 @@ class RayAttempt(Attempt):
     def _node_alive(self) -> bool:
         return any(n.id == self.node_id and n.alive for n in cluster_nodes())
 
-    def _lost(self) -> int:
+    def _lost(self, error: str = "") -> int:
         """The actor is gone (its node died, or it was killed): say so as the worker's last word; return -9."""
         if self.final is None and not self.killed:
+            # The actor's death can reach us before the GCS has marked its node dead (its health checks take
+            # seconds): Ray's own words on the death, or a short wait for the node's state, tell the two apart.
+            node_died = "node" in error.lower() and ("died" in error.lower() or "dead" in error.lower())
+            deadline = time.monotonic() + 30.0
+            while not node_died and self._node_alive() and time.monotonic() < deadline:
+                time.sleep(0.5)
             where = node_names([self.node_id])[0]
-            state = "was lost" if not self._node_alive() else "lost its gansvc actor"
+            state = "was lost" if node_died or not self._node_alive() else "lost its gansvc actor"
             self.final = events.Failed(reason=f"the node {where} running the worker {state}", died=True)
         return -9
 
@@ -429,11 +435,64 @@ class RayAttempt(Attempt):
             self.listener.worker_events(self, batch)
 
 
+@ray.remote(num_cpus=0, max_retries=0)
+def _probe_on_node(path: str, token: str) -> str:
+    """Read the server's probe file on this node and answer with a file of its own; return '' or the problem."""
+    probe = Path(path)
+    try:
+        seen = probe.read_text(encoding="utf-8")
+    except OSError as error:
+        return f"cannot read {probe} ({error.strerror or error})"
+    if seen != token:
+        return f"{probe} holds something else there: not the same file system"
+    try:
+        (probe.parent / f"{probe.name}.{ray.get_runtime_context().get_node_id()}").write_text(token, encoding="utf-8")
+    except OSError as error:
+        return f"cannot write in {probe.parent} ({error.strerror or error})"
+    return ""
+
+
+def probe_storage(jobs_dir: Path, timeout: float = 120.0) -> list[str]:
+    """Prove that every live node sees `jobs_dir`: a file written here is read there, and each node's answer file
+    is read back here. Return the problems, one per node that does not ('ADDRESS (ID8): what went wrong')."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    token = os.urandom(16).hex()
+    probe = jobs_dir / f".gansvc-probe-{token[:8]}"
+    probe.write_text(token, encoding="utf-8")
+    nodes = [n for n in cluster_nodes() if n.alive]
+    problems = []
+    try:
+        answers = [_probe_on_node.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n.id, soft=False))
+                   .remote(str(probe), token) for n in nodes]  # fmt: skip
+        for node, answer in zip(nodes, answers):
+            try:
+                problem = ray.get(answer, timeout=timeout)
+            except ray.exceptions.RayError as error:
+                problem = f"the probe did not run there ({type(error).__name__})"
+            back = probe.parent / f"{probe.name}.{node.id}"
+            if not problem and not (back.is_file() and back.read_text(encoding="utf-8") == token):
+                problem = f"its file in {jobs_dir} is not seen here"
+            if problem:
+                problems.append(f"{node.name}: {problem}")
+    finally:
+        for path in jobs_dir.glob(f"{probe.name}*"):
+            path.unlink(missing_ok=True)
+    return problems
+
+
 class RayExecutor(Executor):
     """Starts each attempt in a detached actor placed in the job's placement group."""
 
     def __init__(self, orphan_seconds: float = ORPHAN_SECONDS):
         self.orphan_seconds = orphan_seconds
+
+    def check_storage(self, jobs_dir: Path) -> None:
+        """Raise RuntimeError naming each live node that does not see the run directories (shared storage)."""
+        problems = probe_storage(jobs_dir)
+        if problems:
+            raise RuntimeError(f"the jobs directory {jobs_dir} must be on storage every Ray node sees "
+                               f"(docs/cluster.md); not seen by: {'; '.join(problems)}")  # fmt: skip
 
     def start(self, job: JobRecord, job_dir: Path, allocation: Allocation, attempt: int,
               listener: AttemptListener) -> RayAttempt:  # fmt: skip

@@ -224,6 +224,13 @@ class GanServer:
             self.store.close()
             raise RuntimeError(f"cannot listen on {self.config.listen} ({reason})")
         self.health_server, self.health_port = self._health_only_server()
+        if hasattr(self.executor, "check_storage"):  # a cluster: every node must see the run directories
+            try:
+                self.executor.check_storage(self.state_dir / "jobs")
+            except RuntimeError:
+                self._executor.shutdown(wait=False)
+                self.store.close()
+                raise
         self.scheduler.start()  # requeues what a crashed predecessor left RUNNING, then starts jobs
         self.sweeps.start()  # resumes the queued sweeps (their trials are ordinary jobs)
         self.grpc_server.start()
