@@ -66,9 +66,11 @@ def test_a_job_that_fits_but_not_now_says_what_it_waits_for():
     message = waiting_for(job_request("cuda", nproc=2), nodes)
     assert message == "waiting for 2 GPUs on one node; free: at most 1 GPU on a node"
     busy = [node("a", 1, free_cpus=0), node("b", 1, free_cpus=0)]
-    assert waiting_for(job_request("cpu"), busy) == "waiting for 1 CPU slot on one node; free: at most 0 CPU slots on a node"
+    assert waiting_for(job_request("cpu"), busy) == \
+        "waiting for 1 CPU slot on one node; free: at most 0 CPU slots on a node"
     two = [node("a", 1, free_cpus=1), node("b", 1, free_cpus=0)]
-    assert waiting_for(job_request("cpu", nnodes=2), two).startswith("waiting for 1 CPU slot on each of 2 nodes; 1 node")
+    waiting = waiting_for(job_request("cpu", nnodes=2), two)
+    assert waiting == "waiting for 1 CPU slot on each of 2 nodes; 1 node has that free now"
 
 
 def test_the_local_backend_refuses_jobs_across_nodes_naming_nnodes():
