@@ -34,14 +34,16 @@ NODE = re.compile(r"\(([0-9a-f]{8})\)")
 class Server:
     """`python -m gansvc serve --backend ray` in a child process, ready once it has written its ready file."""
 
-    def __init__(self, out: Path, data_root: Path, ray_address: str, listen: str = "127.0.0.1:0"):
+    def __init__(self, out: Path, data_root: Path, ray_address: str, listen: str = "127.0.0.1:0",
+                 env: dict | None = None):  # fmt: skip
         self.ready = out / f"ready-{time.monotonic_ns()}.json"
         self.log_path = out / f"server-{time.monotonic_ns()}.log"
         self.log = open(self.log_path, "wb")  # noqa: SIM115
         command = [sys.executable, "-m", "gansvc", "serve", "--backend", "ray", "--ray-address", ray_address,
                    "--listen", listen, "--state-dir", str(out / "state"), "--data-root", str(data_root),
                    "--ready-file", str(self.ready)]  # fmt: skip
-        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT,
+                                        env=dict(os.environ, **(env or {})))  # fmt: skip
         deadline = time.monotonic() + 120
         while not self.ready.exists():
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -173,6 +175,19 @@ def main(out: Path, data_root: Path) -> None:
                               "state": finished(client, job, 300), "events": history(client, job),
                               "steps": [step for step, _ in client.metrics(job)]}  # fmt: skip
         server.stop()
+
+        # 5b. a worker no server watches ends itself (its actor's watchdog: GANSVC_RAY_ORPHAN_SECONDS, here 15 s)
+        server = Server(out, data_root, cluster.address, env={"GANSVC_RAY_ORPHAN_SECONDS": "15"})
+        client = GanClient(server.address)
+        job = client.submit_training(dict(RUN, steps=10**6, checkpoint_every=0)).id
+        wait_for(lambda: any(e["type"] == "progress" for e in history(client, job)), 120, "progress")
+        pids = worker_pids(job)
+        server.process.kill()
+        server.process.wait()
+        server.log.close()
+        killed = time.monotonic()
+        gone = wait_for(lambda: not worker_pids(job) and time.monotonic(), 180, "the orphaned worker to end")
+        results["orphan"] = {"pids_before": pids, "seconds": gone - killed}
         server = None
 
         # 6. the shared-storage probe: a node whose mount namespace hides the jobs directory (a tmpfs over it)

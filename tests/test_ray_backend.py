@@ -193,3 +193,12 @@ def test_the_server_refuses_to_start_when_a_node_does_not_see_the_jobs_directory
     assert "must be on storage every Ray node sees" in probe["output"] and "not seen by: 127.0.0.1 (" in probe["output"]
     assert "cannot read" in probe["output"]
     assert probe["output"].count("127.0.0.1 (") == 1  # only the blind node: the other four see it
+
+
+@pytest.mark.slow
+def test_a_worker_no_server_watches_ends_itself(cluster_results):
+    orphan = cluster_results["orphan"]
+    assert orphan["pids_before"]
+    # the server ran with GANSVC_RAY_ORPHAN_SECONDS=15; the watchdog looks every 3.75 s; its last poll came up to
+    # a second before the kill
+    assert 13 <= orphan["seconds"] <= 15 + 3.75 + 10, orphan

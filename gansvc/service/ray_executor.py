@@ -42,6 +42,7 @@ from gansvc.service.store import JobRecord
 log = logging.getLogger(__name__)
 NAMESPACE = "gansvc"
 ORPHAN_SECONDS = 60.0  # a worker nobody has polled this long is ended by its actor
+ORPHAN_ENV = "GANSVC_RAY_ORPHAN_SECONDS"  # the server's environment may change it (tests; longer restarts)
 POLL_SECONDS = 1.0  # the longest one poll of an actor waits for new events
 PLACEMENT_WAIT_SECONDS = 5.0  # how long a placement group that looked free may take to be placed
 
@@ -484,7 +485,15 @@ def probe_storage(jobs_dir: Path, timeout: float = 120.0) -> list[str]:
 class RayExecutor(Executor):
     """Starts each attempt in a detached actor placed in the job's placement group."""
 
-    def __init__(self, orphan_seconds: float = ORPHAN_SECONDS):
+    def __init__(self, orphan_seconds: float | None = None):
+        if orphan_seconds is None:
+            text = os.environ.get(ORPHAN_ENV, "")
+            try:
+                orphan_seconds = float(text) if text else ORPHAN_SECONDS
+            except ValueError:
+                raise ValueError(f"${ORPHAN_ENV}: got {text!r}, expected seconds") from None
+        if not orphan_seconds > 0:
+            raise ValueError(f"${ORPHAN_ENV}: got {orphan_seconds}, expected seconds > 0")
         self.orphan_seconds = orphan_seconds
 
     def check_storage(self, jobs_dir: Path) -> None:
