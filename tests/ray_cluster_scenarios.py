@@ -135,6 +135,8 @@ def main(out: Path, data_root: Path) -> None:
         waiting = wait_for(lambda: next((j.message for j in map(client.get_job, jobs)
                                          if j.message.startswith("waiting for")), None), 60, "a waiting message")
         results["waiting_message"] = waiting
+        results["info_devices"] = [{"name": d.name, "jobs": list(d.jobs), "slots": d.slots, "free": d.free_slots}
+                                   for d in client.server_info().devices]  # fmt: skip
         results["six"] = {job: {"state": finished(client, job), "events": history(client, job)} for job in jobs}
 
         # 3. a node removed mid-job: the job finishes on another node from its checkpoint

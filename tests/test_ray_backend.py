@@ -202,3 +202,17 @@ def test_a_worker_no_server_watches_ends_itself(cluster_results):
     # the server ran with GANSVC_RAY_ORPHAN_SECONDS=15; the watchdog looks every 3.75 s; its last poll came up to
     # a second before the kill
     assert 13 <= orphan["seconds"] <= 15 + 3.75 + 10, orphan
+
+
+@pytest.mark.slow
+def test_server_info_lists_each_node_with_the_jobs_placed_there(cluster_results):
+    devices = cluster_results["info_devices"]
+    named = r"node 127\.0\.0\.1 \([0-9a-f]{8}\) cpu"
+    assert len(devices) == 3 and all(re.fullmatch(named, d["name"]) for d in devices)
+    assert all(d["slots"] == 1 for d in devices)
+    # taken while the first jobs ran: the running jobs, each on exactly one node, the one its events name
+    placed = {job: d["name"] for d in devices for job in d["jobs"]}
+    assert placed and sum(len(d["jobs"]) for d in devices) == len(placed)
+    for job, name in placed.items():
+        nodes = {node for node, _, _ in _runs(cluster_results["six"][job]["events"])}
+        assert nodes == {NODE.search(name).group(1)}

@@ -134,6 +134,19 @@ class RayPool:
         gpus, cpus = sum(n.gpus for n in alive), sum(n.cpus for n in alive)
         return f"Ray cluster of {len(alive)} nodes with {gpus:g} GPUs and {cpus:g} CPU slots"
 
+    def add_devices(self, info, running_jobs) -> None:
+        """Add each live node's CPU slots and GPUs to a ServerInfo as devices named 'node ADDRESS (ID8) cpu|gpu',
+        with the running jobs placed there (their device label names the node)."""
+        for node in cluster_nodes():
+            if not node.alive or not (node.cpus or node.gpus):
+                continue
+            here = {job.id: job.device for job in running_jobs if f"({node.id[:8]})" in (job.device or "")}
+            for kind, total, free in (("cpu", node.cpus, node.free_cpus), ("gpu", node.gpus, node.free_gpus)):
+                if total:
+                    held = [job for job, device in here.items() if device.startswith("cpu") == (kind == "cpu")]
+                    info.devices.add(name=f"node {node.name} {kind}", description=f"{total:g} {kind.upper()} slots",
+                                     busy=free < 1, jobs=held, slots=int(total), free_slots=int(free))  # fmt: skip
+
     def kind(self, device: str) -> str:
         """Return 'cpu' or 'cuda': what a job asking for `device` runs on in this cluster."""
         device = (device or "auto").strip().lower()
