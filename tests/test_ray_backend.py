@@ -81,6 +81,22 @@ def test_the_local_backend_refuses_jobs_across_nodes_naming_nnodes():
     _device(pool, "cpu", 1, nnodes=1)  # one node: as before
 
 
+def test_serve_refuses_a_ray_address_nobody_answers_at_once(tmp_path):
+    pytest.importorskip("ray")
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on: bound, then closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    run = subprocess.run([sys.executable, "-m", "gansvc", "serve", "--backend", "ray", "--ray-address",
+                          f"127.0.0.1:{port}", "--state-dir", str(tmp_path / "state"), "--listen", "127.0.0.1:0"],
+                         capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
+    assert run.returncode == 2
+    assert f"--ray-address 127.0.0.1:{port}: no Ray head answers there" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
 def _unshare_works() -> str | None:
     """Return why a private network namespace cannot be made here (None when it can)."""
     if not shutil.which("unshare") or not shutil.which("ip"):

@@ -60,6 +60,14 @@ def connect(address: str) -> None:
     """Connect this process to the Ray cluster at `address` (ValueError naming it when that fails)."""
     if ray.is_initialized():
         return
+    host, _, port = address.rpartition(":")
+    if host and port.isdigit():  # ray.init retries an unreachable address for minutes: fail at once instead
+        import socket
+
+        try:
+            socket.create_connection((host, int(port)), timeout=10).close()
+        except OSError as error:
+            raise ValueError(f"--ray-address {address}: no Ray head answers there ({error.strerror or error})") from None
     try:
         ray.init(address=address, namespace=NAMESPACE, logging_level=logging.WARNING, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as error:
