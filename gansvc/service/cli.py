@@ -46,6 +46,13 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
         help="GPUs jobs may use: cpu (none), all, or a list like cuda:0,cuda:1 (default cpu)",
     )
     parser.add_argument("--cpu-jobs", type=int, default=1, help="CPU jobs run at the same time (default 1)")
+    parser.add_argument("--backend", choices=("local", "ray"), default="local",
+                        help="where jobs run: local (worker processes on this machine, --devices / --cpu-jobs) "
+                        "or ray (placed by Ray on the nodes of --ray-address; docs/cluster.md) (default local)",
+                        )  # fmt: skip
+    parser.add_argument("--ray-address", default=None, metavar="HOST:PORT",
+                        help="the Ray cluster's head (GCS) address for --backend ray (default $RAY_ADDRESS)",
+                        )  # fmt: skip
     parser.add_argument(
         "--data-root",
         action="append",

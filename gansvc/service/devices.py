@@ -85,8 +85,11 @@ class DevicePool:
         slots = f"{self.cpu_slots} CPU job slot{'s' if self.cpu_slots != 1 else ''}"
         return f"{'GPUs ' if self.gpus else ''}{gpus} and {slots}"
 
-    def check(self, device: str, nproc: int = 1) -> str | None:
-        """Return why a job asking for `device` x `nproc` can never run here, or None when it can."""
+    def check(self, device: str, nproc: int = 1, nnodes: int = 1, threads: int = 0) -> str | None:
+        """Return why a job asking for `device` x `nproc` (on `nnodes` nodes) can never run here, or None when it
+        can. (`threads` counts on a cluster's nodes only: here a CPU job's slot shares the cores.)"""
+        if nnodes > 1:
+            return f"nnodes {nnodes}: jobs across nodes need the Ray backend (gansvc serve --backend ray)"
         kind, wanted = self._request(device)
         if kind == "cpu":
             # several CPU processes (torch.distributed over gloo) in one job slot: at least a core each
@@ -105,8 +108,10 @@ class DevicePool:
         """Return the kind of device ('cpu' or 'cuda') a job asking for `device` runs on here."""
         return self._request(device)[0]
 
-    def allocate(self, device: str, nproc: int = 1) -> Allocation | None:
-        """Take devices for a job now; return them, or None when they are busy (the job waits)."""
+    def allocate(self, device: str, nproc: int = 1, nnodes: int = 1, threads: int = 0,
+                 name: str = "") -> Allocation | None:  # fmt: skip
+        """Take devices for a job now; return them, or None when they are busy (the job waits). (`nnodes`,
+        `threads` and the placement's `name` matter on a cluster only.)"""
         kind, wanted = self._request(device)
         with self._lock:
             if kind == "cpu":

@@ -31,6 +31,11 @@ from gansvc.service.store import JobRecord
 ATTEMPT_BANNER = "===== attempt "
 
 
+def group_name(job_id: str, attempt: int) -> str:
+    """Return the name of one attempt's placement (the Ray backend's placement group; a restarted server finds it)."""
+    return f"gansvc-pg:{job_id}:{attempt}"
+
+
 class Attempt(ABC):
     """One started attempt of a job: what the scheduler knows of it and asks of it."""
 
@@ -82,6 +87,11 @@ class Executor(ABC):
     def start(self, job: JobRecord, job_dir: Path, allocation: Allocation, attempt: int,
               listener: AttemptListener) -> Attempt:  # fmt: skip
         """Start attempt number `attempt` of `job` on `allocation`; return it (OSError when it cannot start)."""
+
+    def reattach(self, job: JobRecord, job_dir: Path, pool, listener: AttemptListener) -> Attempt | None:
+        """Return the still-running attempt of a job a dead server left RUNNING, ready to watch (None: none runs
+        or this executor cannot re-attach, and the job is requeued)."""
+        return None
 
     @abstractmethod
     def kill_stale(self, job: JobRecord, job_dir: Path) -> bool:

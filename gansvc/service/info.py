@@ -73,6 +73,9 @@ def _size(value) -> int:
 
 def _devices(info, pool, running_jobs) -> None:
     """Add the pool's devices, each with the running jobs that hold it."""
+    if hasattr(pool, "add_devices"):  # a cluster (service/ray_executor.py): its nodes' devices
+        pool.add_devices(info, running_jobs)
+        return
     holders: dict[str, list[str]] = {}
     for job in running_jobs:
         for label in (job.device or "").split(","):

@@ -25,7 +25,7 @@ from gansvc.runtime import events
 from gansvc.service.artifacts import latest_checkpoint_step
 from gansvc.service.devices import Allocation, DevicePool
 from gansvc.service.errors import WrongState
-from gansvc.service.executor import ATTEMPT_BANNER, Attempt, Executor
+from gansvc.service.executor import ATTEMPT_BANNER, Attempt, Executor, group_name
 from gansvc.service.local_executor import LocalExecutor
 from gansvc.runtime.rundir import clean_leftovers
 from gansvc.service.store import InvalidTransition, JobRecord, JobStore
@@ -96,8 +96,10 @@ class Scheduler:
     def start(self) -> None:
         """Recover jobs a crashed server left RUNNING, sweep crash leftovers, then start the scheduling thread."""
         self.recover()
-        # No worker runs now (recover killed any a dead server left): every temp file is a leftover.
+        # No other worker runs now (recover killed any a dead server left): every temp file is a leftover.
         for job_dir in sorted(p for p in self.jobs_dir.iterdir() if p.is_dir()) if self.jobs_dir.is_dir() else ():
+            if job_dir.name in self._workers:  # re-attached: its worker is writing there
+                continue
             for path in clean_leftovers(job_dir):
                 log.info("removed the crash leftover %s", path)
         self._thread = threading.Thread(target=self._loop, name="gansvc-scheduler", daemon=True)
@@ -197,17 +199,22 @@ class Scheduler:
             if job.id in self._workers or job.kind == "sweep":  # a sweep runs as a thread (service/sweeps.py)
                 continue
             device = job.spec.get("device", "auto") or "auto"
-            nproc = int(job.spec.get("nproc", 1) or 1)
+            asks = {"nproc": int(job.spec.get("nproc", 1) or 1), "nnodes": int(job.spec.get("nnodes", 1) or 1),
+                    "threads": int(job.spec.get("threads", 0) or 0)}  # fmt: skip
             try:
-                problem = self.pool.check(device, nproc)
-            except ValueError as error:
+                problem = self.pool.check(device, **asks)
+            except (ValueError, WrongState) as error:  # WrongState: a cluster that can no longer hold it
                 problem = str(error)
             if problem:  # e.g. restarted with fewer GPUs than the job was accepted for
                 self.store.set_state(job.id, "FAILED", f"cannot run here: {problem}")
                 continue
-            allocation = self.pool.allocate(device, nproc)
+            allocation = self.pool.allocate(device, **asks, name=group_name(job.id, job.attempts + 1))
             if allocation is not None:
                 self._launch(job, allocation)
+            elif hasattr(self.pool, "waiting_for"):  # a cluster: say what the job waits for, once per change
+                waiting = self.pool.waiting_for(device, **asks)
+                if waiting and waiting != job.message:
+                    self.store.note_queued(job.id, waiting)
 
     def _launch(self, job: JobRecord, allocation: Allocation) -> None:
         job_dir = self.jobs_dir / job.id
@@ -324,9 +331,18 @@ class Scheduler:
 
     # ------------------------------------------------------------------ crash recovery
     def recover(self) -> None:
-        """Requeue the jobs a crashed server left RUNNING (killing any worker of theirs still alive)."""
+        """Re-attach to the workers a crashed server left running where the executor can (a Ray actor still runs
+        the attempt), else requeue their jobs (killing any worker of theirs still alive)."""
         for job in self.store.jobs_in_state("RUNNING"):
             job_dir = self.jobs_dir / job.id
+            attempt = None if job.cancel_requested else self.executor.reattach(job, job_dir, self.pool, self)
+            if attempt is not None:
+                log.info("job %s: re-attached to its running attempt %d", job.id, job.attempts)
+                self.store.append_events(job.id, [events.Log(message="the server restarted and re-attached to "
+                                                                     f"attempt {job.attempts}")])  # fmt: skip
+                self._workers[job.id] = attempt
+                attempt.watch()
+                continue
             self.executor.kill_stale(job, job_dir)
             if job.cancel_requested:
                 self.store.set_state(job.id, "CANCELLED", _cancel_reason(job_dir, "(the server stopped meanwhile)"))

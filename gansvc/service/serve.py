@@ -56,6 +56,8 @@ def serve(args) -> int:
         shutdown_timeout=args.shutdown_timeout, cancel_timeout=args.cancel_timeout, max_attempts=args.max_attempts,
         allow_unauthenticated=args.allow_unauthenticated, inception_weights=args.inception_weights,
         health_listen=getattr(args, "health_listen", None), mlflow_uri=getattr(args, "mlflow_uri", "") or "",
+        backend=getattr(args, "backend", "local"),
+        ray_address=getattr(args, "ray_address", None) or "",
     )  # fmt: skip
     try:
         server = GanServer(config)

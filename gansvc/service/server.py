@@ -66,6 +66,8 @@ class ServerConfig:
     health_listen: str | None = None
     # The MLflow tracking server of jobs whose spec sets no `track` ("" = none; service/tracking.py, issue 21)
     mlflow_uri: str = ""
+    backend: str = "local"  # local: worker processes of this server; ray: workers on the nodes of a Ray cluster
+    ray_address: str = ""  # the Ray cluster's HOST:PORT (backend ray; "" = RAY_ADDRESS)
 
 
 def is_loopback(listen: str) -> bool:
@@ -137,7 +139,18 @@ class GanServer:
                 check_mlflow_installed("--mlflow-uri")
         except (SpecError, InvalidField) as error:
             raise ValueError(str(error)) from None
-        self.pool = DevicePool.from_flag(config.devices, config.cpu_jobs)
+        self.executor = None  # the scheduler's default: LocalExecutor
+        if config.backend == "ray":
+            # imported only here: the local backend runs without Ray installed or running
+            from gansvc.service import ray_executor
+
+            ray_executor.connect(config.ray_address or os.environ.get("RAY_ADDRESS", "") or "auto")
+            self.pool = ray_executor.RayPool()
+            self.executor = ray_executor.RayExecutor()
+        elif config.backend == "local":
+            self.pool = DevicePool.from_flag(config.devices, config.cpu_jobs)
+        else:
+            raise ValueError(f"--backend: got {config.backend!r}, expected local or ray")
         self.state_dir = Path(config.state_dir).resolve()
         self.max_message_bytes = config.max_message_mb * 1024 * 1024
         self.port = 0
@@ -182,7 +195,7 @@ class GanServer:
         self.init_sources = InitSources(self.store, self.state_dir / "jobs", uploads)
         self.scheduler = Scheduler(
             self.store, self.pool, self.state_dir / "jobs", self.config.cancel_timeout, self.config.max_attempts,
-            uploads=uploads,
+            executor=self.executor, uploads=uploads,
         )
         self.sweeps = SweepManager(self.store, self.scheduler, self.roots, self.pool, self.state_dir,
                                    init_sources=self.init_sources, default_track=self.mlflow_uri)  # fmt: skip
@@ -231,6 +244,13 @@ class GanServer:
             self.store.close()
             raise RuntimeError(f"cannot listen on {self.config.listen} ({reason})")
         self.health_server, self.health_port = self._health_only_server()
+        if hasattr(self.executor, "check_storage"):  # a cluster: every node must see the run directories
+            try:
+                self.executor.check_storage(self.state_dir / "jobs")
+            except RuntimeError:
+                self._executor.shutdown(wait=False)
+                self.store.close()
+                raise
         self.tracker.start(self.store)  # picks up the tracked jobs whose runs a predecessor left incomplete
         self.scheduler.start()  # requeues what a crashed predecessor left RUNNING, then starts jobs
         self.sweeps.start()  # resumes the queued sweeps (their trials are ordinary jobs)

@@ -446,6 +446,22 @@ class JobStore:
             self._notify(job_id, stored.sequence)
             return stored
 
+    def note_queued(self, job_id: str, message: str) -> None:
+        """Set a QUEUED job's message (what it waits for) with a log event saying it; nothing for a job that left
+        QUEUED meanwhile."""
+        with self._write_lock:
+            job = self.require_job_locked(job_id)
+            if job.state != "QUEUED":
+                return
+            now = time.time()
+            with self._transaction():
+                (stored,) = self._insert_events(job_id, job.last_sequence, [ev.Log(message=message)], now)
+                self._writer.execute(
+                    "UPDATE jobs SET message = ?, last_sequence = ?, updated_at = ? WHERE id = ?",
+                    (message, stored.sequence, now, job_id),
+                )
+            self._notify(job_id, stored.sequence)
+
     def set_cancel_requested(self, job_id: str, message: str = "cancel requested") -> JobRecord:
         """Mark a job as asked to cancel (the scheduler stops its worker) with a log event saying so; return the job.
 

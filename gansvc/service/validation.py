@@ -98,13 +98,16 @@ def request_hash(payload: dict, extra: bytes = b"") -> str:
     return digest.hexdigest()
 
 
-def _device(pool: DevicePool, device: str, nproc: int = 1) -> None:
+def _device(pool: DevicePool, device: str, nproc: int = 1, nnodes: int = 1, threads: int = 0) -> None:
+    """Refuse a device request the pool can never hold: INVALID_ARGUMENT naming the field (a Ray pool raises
+    WrongState itself for a job no node of its cluster can hold: FAILED_PRECONDITION)."""
     try:
-        problem = pool.check(device, nproc)
+        problem = pool.check(device, nproc, nnodes=nnodes, threads=threads)
     except ValueError as error:
         raise InvalidField("device", str(error)) from None
     if problem:
-        raise InvalidField("nproc" if problem.startswith("nproc") else "device", problem)
+        field = next((name for name in ("nproc", "nnodes") if problem.startswith(name)), "device")
+        raise InvalidField(field, problem)
 
 
 def training_spec(message: pb.TrainingSpec, roots: DataRoots, pool: DevicePool, init_sources=None,
@@ -144,7 +147,7 @@ def training_spec(message: pb.TrainingSpec, roots: DataRoots, pool: DevicePool, 
             if str(value) not in message and repr(value) not in message:
                 message += f" (got {error.field}={value!r})"
         raise InvalidField(error.field, message) from None
-    _device(pool, spec.device, spec.nproc)
+    _device(pool, spec.device, spec.nproc, spec.nnodes, spec.threads)
     if spec.track:
         from gansvc.service.tracking import check_mlflow_installed
 

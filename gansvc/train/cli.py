@@ -59,7 +59,7 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     launch.add_argument("--local-addr", default=None, metavar="ADDR",
                         help="this node's address as the other nodes reach it (default: torchrun's guess)")  # fmt: skip
     defaults = TrainSpec()
-    for field in dataclasses.fields(TrainSpec):
+    for field in _flag_fields():
         flag = "--" + field.name.replace("_", "-")
         default = getattr(defaults, field.name)
         help_text = f"{field_help(field.name)} (default {default})"
@@ -72,11 +72,19 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
                                 help=help_text)  # fmt: skip
 
 
+def _flag_fields():
+    """Return the spec's fields that are `gansvc train` options: all but nnodes, whose --nnodes is the launcher's
+    (the nodes taking part, N or MIN:MAX); the spec's nnodes is for the server's Ray backend."""
+    from gansvc.train.spec import TrainSpec
+
+    return [f for f in dataclasses.fields(TrainSpec) if f.name != "nnodes"]
+
+
 def spec_from_args(args):
     """Return the TrainSpec of a `gansvc train` command line (spec file, then the options given)."""
     from gansvc.train.spec import SpecError, TrainSpec
 
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainSpec) if getattr(args, f.name) is not None}
+    overrides = {f.name: getattr(args, f.name) for f in _flag_fields() if getattr(args, f.name) is not None}
     # a length given on the command line replaces the file's, whichever of the two the file used
     if "epochs" in overrides and "steps" not in overrides:
         overrides["steps"] = 0

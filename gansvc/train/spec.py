@@ -115,6 +115,8 @@ class TrainSpec:
                                  max=1e8)  # fmt: skip
     nproc: int = setting(1, "processes (devices) per node under torch.distributed; batch-size stays the global "
                          "batch (same as --nproc-per-node)", min=1, max=1024)  # fmt: skip
+    nnodes: int = setting(1, "nodes the job runs on, nproc processes each (> 1: the server's Ray backend, one node "
+                          "per placement-group bundle, torch.distributed across them)", min=1, max=1024)  # fmt: skip
     # --- model selection: FID for every data set, the best checkpoint, early stopping, rollback (issue 13)
     eval_extractor: str = setting("", "network that scores FID during training: '' = fmnist-cnn for 28x28 grey "
                                   "images, inception-v3 (the operator's GANSVC_INCEPTION_WEIGHTS) otherwise; or "

@@ -1,0 +1,591 @@
+"""The Ray backend: each attempt of a job runs as gansvc's worker on a node of a Ray cluster.
+
+`gansvc serve --backend ray --ray-address ADDRESS` (only this module imports ray). Ray places, counts resources
+and notices dead nodes; gansvc keeps its job model, store, events and retries (the scheduler, unchanged).
+
+- RayPool answers the scheduler's device questions from the cluster's per-node resources (service/placement.py):
+  a job no node can ever hold is refused at submit (FAILED_PRECONDITION; Ray itself would wait silently), one
+  that fits but not now stays QUEUED with what it waits for. Its allocation is a detached placement group
+  (one bundle per node), taken only once Ray has placed it.
+- Each attempt is a detached, named actor (AttemptActor, `gansvc:JOB:ATTEMPT` in the `gansvc` namespace) in the
+  placement group. It starts `python -m gansvc.service.worker` in the run directory (storage every node sees)
+  in its own process group, exactly as the local executor does, keeps the worker's event lines until the server
+  has them, relays "stop", and ends the process group on kill (Ray's kill would not reach the worker's children).
+  A worker that no server polls for ORPHAN_SECONDS is ended by its actor, which then exits.
+- A dead node ends its actors: the attempt is reported as a worker death naming the node, which the scheduler
+  retries from the last checkpoint like any other. A restarted server re-attaches to the actors still running.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+from ray.util.placement_group import get_placement_group, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+import gansvc
+from gansvc.runtime import events
+from gansvc.service.devices import Allocation
+from gansvc.service.errors import WrongState
+from gansvc.service.executor import ATTEMPT_BANNER, Attempt, AttemptListener, Executor, group_name
+from gansvc.service.placement import NodeResources, Request, job_request, never_fits, waiting_for
+from gansvc.service.store import JobRecord
+
+log = logging.getLogger(__name__)
+NAMESPACE = "gansvc"
+ORPHAN_SECONDS = 60.0  # a worker nobody has polled this long is ended by its actor
+ORPHAN_ENV = "GANSVC_RAY_ORPHAN_SECONDS"  # the server's environment may change it (tests; longer restarts)
+POLL_SECONDS = 1.0  # the longest one poll of an actor waits for new events
+PLACEMENT_WAIT_SECONDS = 5.0  # how long a placement group that looked free may take to be placed
+
+
+class Unplaceable(WrongState):
+    """A job no node of the cluster can ever hold (FAILED_PRECONDITION at submit)."""
+
+
+def actor_name(job_id: str, attempt: int) -> str:
+    """Return the name of the actor of one attempt (a restarted server finds it by this)."""
+    return f"gansvc:{job_id}:{attempt}"
+
+
+def connect(address: str) -> None:
+    """Connect this process to the Ray cluster at `address` (ValueError naming it when that fails)."""
+    if ray.is_initialized():
+        return
+    host, _, port = address.rpartition(":")
+    if host and port.isdigit():  # ray.init retries an unreachable address for minutes: fail at once instead
+        import socket
+
+        try:
+            socket.create_connection((host, int(port)), timeout=10).close()
+        except OSError as error:
+            raise ValueError(f"--ray-address {address}: no Ray head answers there ({error.strerror or error})") from None
+    try:
+        ray.init(address=address, namespace=NAMESPACE, logging_level=logging.WARNING, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        raise ValueError(f"--ray-address {address}: cannot connect to a Ray cluster there ({error})") from None
+
+
+def cluster_nodes() -> list[NodeResources]:
+    """Return the cluster's nodes with their CPU slots and GPUs, in all and free now."""
+    from ray._private.state import available_resources_per_node
+
+    free = available_resources_per_node()
+    nodes = []
+    for node in ray.nodes():
+        total = node.get("Resources", {})
+        available = free.get(node["NodeID"], {})
+        nodes.append(NodeResources(
+            id=node["NodeID"], address=node.get("NodeManagerAddress", "?"), alive=bool(node.get("Alive")),
+            cpus=total.get("CPU", 0.0), gpus=total.get("GPU", 0.0),
+            free_cpus=available.get("CPU", 0.0), free_gpus=available.get("GPU", 0.0),
+        ))  # fmt: skip
+    return nodes
+
+
+def node_names(node_ids: list[str]) -> tuple[str, ...]:
+    """Return 'ADDRESS (ID8)' for each node id (the id alone for a node Ray no longer lists)."""
+    by_id = {n.id: n for n in cluster_nodes()}
+    return tuple(by_id[i].name if i in by_id else f"? ({i[:8]})" for i in node_ids)
+
+
+@dataclass(frozen=True)
+class RayAllocation(Allocation):
+    """A job's placement: its detached placement group (by name) and the nodes of its bundles."""
+
+    request: Request | None = None
+    group: str = ""
+    node_ids: tuple[str, ...] = ()
+    nodes: tuple[str, ...] = ()  # 'ADDRESS (ID8)' per bundle
+
+    @property
+    def label(self) -> str:
+        """Return the allocation as users see it, with its nodes: 'cpu on node 127.0.0.1 (1a2b3c4d)'."""
+        what = self.kind if self.kind == "cpu" else f"{self.request.gpus if self.request else '?'} GPU(s)"
+        return f"{what} on node{'s' if len(self.nodes) > 1 else ''} {', '.join(self.nodes)}"
+
+    def worker_env(self) -> dict[str, str]:
+        """Return the worker's device environment (a CUDA job's GPUs are the ones Ray gave its actor)."""
+        return super().worker_env() if self.kind == "cpu" else {}
+
+
+class RayPool:
+    """The scheduler's device pool over a Ray cluster: admission from per-node totals, placement by Ray."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    # what validation, GetServerInfo and the serve banner read
+    @property
+    def gpus(self) -> list[int]:
+        """Return one index per GPU of the cluster (GetServerInfo counts them)."""
+        return list(range(int(sum(n.gpus for n in cluster_nodes() if n.alive))))
+
+    @property
+    def cpu_slots(self) -> int:
+        """Return the cluster's CPU slots."""
+        return int(sum(n.cpus for n in cluster_nodes() if n.alive))
+
+    cpu_count = cpu_slots
+
+    def describe(self) -> str:
+        """Return the cluster in words: its live nodes, GPUs and CPU slots."""
+        alive = [n for n in cluster_nodes() if n.alive]
+        gpus, cpus = sum(n.gpus for n in alive), sum(n.cpus for n in alive)
+        return f"Ray cluster of {len(alive)} nodes with {gpus:g} GPUs and {cpus:g} CPU slots"
+
+    def add_devices(self, info, running_jobs) -> None:
+        """Add each live node's CPU slots and GPUs to a ServerInfo as devices named 'node ADDRESS (ID8) cpu|gpu',
+        with the running jobs placed there (their device label names the node)."""
+        for node in cluster_nodes():
+            if not node.alive or not (node.cpus or node.gpus):
+                continue
+            here = {job.id: job.device for job in running_jobs if f"({node.id[:8]})" in (job.device or "")}
+            for kind, total, free in (("cpu", node.cpus, node.free_cpus), ("gpu", node.gpus, node.free_gpus)):
+                if total:
+                    held = [job for job, device in here.items() if device.startswith("cpu") == (kind == "cpu")]
+                    info.devices.add(name=f"node {node.name} {kind}", description=f"{total:g} {kind.upper()} slots",
+                                     busy=free < 1, jobs=held, slots=int(total), free_slots=int(free))  # fmt: skip
+
+    def kind(self, device: str) -> str:
+        """Return 'cpu' or 'cuda': what a job asking for `device` runs on in this cluster."""
+        device = (device or "auto").strip().lower()
+        if device == "auto":
+            return "cuda" if any(n.gpus for n in cluster_nodes() if n.alive) else "cpu"
+        if device in ("cpu", "cuda"):
+            return device
+        raise ValueError(f"device {device!r}: the Ray backend places jobs on nodes; expected auto, cpu or cuda")
+
+    def request(self, device: str, nproc: int = 1, nnodes: int = 1, threads: int = 0) -> Request:
+        """Return what a job asks of each of its nodes."""
+        return job_request(self.kind(device), nproc, threads, nnodes)
+
+    def check(self, device: str, nproc: int = 1, nnodes: int = 1, threads: int = 0) -> str | None:
+        """Return None when the cluster can ever hold the job, or why a spec value is refused (nnodes > 1: not yet);
+        raise Unplaceable naming what it asks and what the largest node offers when no node can hold it
+        (ValueError for a device the backend does not take)."""
+        if nnodes > 1:  # placement would work (STRICT_SPREAD), but starting ranks on the other nodes does not yet
+            return f"nnodes {nnodes}: jobs across nodes are not supported by the Ray backend yet (docs/cluster.md)"
+        problem = never_fits(self.request(device, nproc, nnodes, threads), cluster_nodes())
+        if problem:
+            raise Unplaceable(problem)
+        return None
+
+    def waiting_for(self, device: str, nproc: int = 1, nnodes: int = 1, threads: int = 0) -> str | None:
+        """Return what a queued job waits for now ('waiting for 1 CPU slot on one node; ...'), or None."""
+        return waiting_for(self.request(device, nproc, nnodes, threads), cluster_nodes())
+
+    def allocate(self, device: str, nproc: int = 1, nnodes: int = 1, threads: int = 0,
+                 name: str = "") -> RayAllocation | None:  # fmt: skip
+        """Place the job's bundles now (a detached placement group called `name`); return them, or None when the
+        cluster has no room now (the job waits)."""
+        request = self.request(device, nproc, nnodes, threads)
+        if waiting_for(request, cluster_nodes()):
+            return None
+        strategy = "STRICT_SPREAD" if request.nnodes > 1 else "PACK"
+        with self._lock:
+            group = placement_group([request.bundle()] * request.nnodes, strategy=strategy, name=name,
+                                    lifetime="detached")  # fmt: skip
+            ready, _ = ray.wait([group.ready()], timeout=PLACEMENT_WAIT_SECONDS)
+            if not ready:  # taken meanwhile: free the reservation and wait like any queued job
+                remove_placement_group(group)
+                return None
+        return allocation_of(request, name)
+
+    def release(self, allocation: Allocation) -> None:
+        """Give the job's bundles back (remove its placement group)."""
+        if isinstance(allocation, RayAllocation) and allocation.group:
+            remove_group(allocation.group)
+
+
+def allocation_of(request: Request, name: str) -> RayAllocation | None:
+    """Return the allocation of the placed placement group `name` (None when there is no such group)."""
+    from ray.util import placement_group_table
+
+    try:
+        group = get_placement_group(name)
+    except ValueError:
+        return None
+    table = placement_group_table(group)
+    node_ids = tuple(table.get("bundles_to_node_id", {}).get(i, "") for i in range(request.nnodes))
+    return RayAllocation(kind=request.kind, cpu_threads=max(1, request.cpus), request=request, group=name,
+                         node_ids=node_ids, nodes=node_names(list(node_ids)))  # fmt: skip
+
+
+def remove_group(name: str) -> None:
+    """Remove the placement group `name` if it exists."""
+    try:
+        remove_placement_group(get_placement_group(name))
+    except ValueError:  # already gone
+        pass
+
+
+# --------------------------------------------------------------------------- on the node
+@ray.remote(max_restarts=0, max_concurrency=4)
+class AttemptActor:
+    """Runs one attempt's worker process on its node and holds its event lines until the server takes them."""
+
+    def __init__(self, job_dir: str, env: dict, banner: str, orphan_seconds: float = ORPHAN_SECONDS):
+        self.job_dir = Path(job_dir)
+        self.env = env
+        self.banner = banner
+        self.orphan_seconds = orphan_seconds
+        self.lines: list[bytes] = []
+        self.first = 0  # the index of self.lines[0] among all the worker's lines
+        self.returncode: int | None = None
+        self.process: subprocess.Popen | None = None
+        self.control_fd = -1
+        self.last_poll = time.monotonic()
+        self.changed = threading.Condition()
+        self._started = threading.Event()
+        self._error = ""
+
+    def start(self) -> dict:
+        """Start the worker (from a thread that lives as long as it: PR_SET_PDEATHSIG is the forking thread's);
+        return its pid and this node."""
+        threading.Thread(target=self._supervise, name="gansvc-worker", daemon=True).start()
+        threading.Thread(target=self._watchdog, name="gansvc-orphan-watchdog", daemon=True).start()
+        self._started.wait()
+        if self._error:
+            raise OSError(self._error)
+        return {"pid": self.process.pid, "node_id": ray.get_runtime_context().get_node_id()}
+
+    def _supervise(self) -> None:
+        event_read, event_write = os.pipe()
+        control_read, control_write = os.pipe()
+        env = dict(os.environ)
+        env.update(self.env)
+        if ray.get_gpu_ids():  # the GPUs Ray gave this actor (set before a CUDA job's worker imports torch)
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(int(i)) for i in ray.get_gpu_ids())
+        package_parent = str(Path(gansvc.__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH", "")) if p)
+        env["PYTHONUNBUFFERED"] = "1"
+        command = [
+            sys.executable, "-m", "gansvc.service.worker", "--job-dir", str(self.job_dir),
+            "--event-fd", str(event_write), "--control-fd", str(control_read), "--parent-pid", str(os.getpid()),
+        ]  # fmt: skip
+        try:
+            with open(self.job_dir / "worker.log", "ab") as output:
+                output.write(self.banner.encode())
+                output.flush()
+                self.process = subprocess.Popen(
+                    command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+                    pass_fds=(event_write, control_read), start_new_session=True, env=env, cwd=self.job_dir,
+                )  # fmt: skip
+        except OSError as error:
+            self._error = f"could not start the worker on this node: {error}"
+            self._started.set()
+            return
+        finally:
+            os.close(event_write)
+            os.close(control_read)
+        self.control_fd = control_write
+        self._started.set()
+        buffer = b""
+        with os.fdopen(event_read, "rb", buffering=0) as pipe:
+            while True:
+                chunk = pipe.read(1 << 16)
+                if not chunk:
+                    break
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                self._add([line for line in lines if line.strip()])
+        if buffer.strip():
+            self._add([buffer])
+        code = self.process.wait()
+        with self.changed:
+            self.returncode = code
+            self.changed.notify_all()
+
+    def _add(self, lines: list[bytes]) -> None:
+        if lines:
+            with self.changed:
+                self.lines.extend(lines)
+                self.changed.notify_all()
+
+    def _watchdog(self) -> None:
+        while True:
+            time.sleep(min(5.0, self.orphan_seconds / 4))
+            if time.monotonic() - self.last_poll > self.orphan_seconds:
+                # No server watches this attempt any more: what it does would be recorded by nobody.
+                self.kill()
+                if self.process is not None:
+                    self.process.wait()
+                os._exit(0)
+
+    def poll(self, acked: int, wait: float = POLL_SECONDS) -> tuple[int, list[bytes], int | None]:
+        """Forget the lines before index `acked` (the server stored them; -1: keep all); return (index of the first
+        line returned, the lines kept, the worker's exit status once it has exited and every line is out)."""
+        self.last_poll = time.monotonic()
+        with self.changed:
+            if acked > self.first:
+                del self.lines[: acked - self.first]
+                self.first = acked
+            start = max(acked, self.first)
+            if start - self.first >= len(self.lines) and self.returncode is None:
+                self.changed.wait(timeout=wait)
+            out = self.lines[start - self.first :]
+            done = self.returncode if self.returncode is not None and not out else None
+            return start, list(out), done
+
+    def stop(self) -> None:
+        """Ask the worker to checkpoint and stop."""
+        if self.control_fd >= 0 and self.returncode is None:
+            try:
+                os.write(self.control_fd, b"stop\n")
+            except OSError:  # exiting: its exit ends the attempt
+                pass
+
+    def kill(self) -> None:
+        """SIGKILL the worker's process group (the worker and every process it started)."""
+        from gansvc.runtime.process import signal_group
+
+        process = self.process
+        if process is not None and process.poll() is None:
+            import signal
+
+            if not signal_group(process.pid, signal.SIGKILL):
+                process.kill()
+
+
+# --------------------------------------------------------------------------- in the server
+class RayAttempt(Attempt):
+    """One attempt's actor, seen from the server: a relay thread polls it and reports to the scheduler."""
+
+    def __init__(self, job: JobRecord, job_dir: Path, allocation: RayAllocation, listener: AttemptListener,
+                 actor, node_id: str, pid: int, acked: int = 0):  # fmt: skip
+        super().__init__(job, job_dir, allocation)
+        self.listener = listener
+        self.actor = actor
+        self.node_id = node_id
+        self._pid = pid
+        self._acked = acked
+
+    @property
+    def pid(self) -> int:
+        """Return 0: the worker is a process of another machine (the store keeps it for local workers only)."""
+        return 0
+
+    def watch(self) -> None:
+        """Start the thread that relays the actor's events and reports the worker's exit."""
+        threading.Thread(target=self._relay, name=f"gansvc-ray-{self.job_id}", daemon=True).start()
+
+    def request_stop(self) -> None:
+        """Ask the worker to checkpoint and stop (training); evaluations are killed."""
+        if self.stop_requested_at is None:
+            self.stop_requested_at = time.monotonic()
+        if self.kind != "training":
+            self.kill()
+            return
+        self.actor.stop.remote()
+
+    def kill(self) -> None:
+        """End the worker's process group on its node (through the actor)."""
+        self.killed = True
+        self.actor.kill.remote()
+
+    def close(self) -> None:
+        """End the actor; its placement group is released by the scheduler (pool.release)."""
+        try:
+            ray.kill(self.actor, no_restart=True)
+        except Exception:  # noqa: BLE001 - already gone with its node
+            pass
+
+    def _relay(self) -> None:
+        returncode = None
+        failures = 0
+        while returncode is None:
+            try:
+                start, lines, done = ray.get(self.actor.poll.remote(self._acked), timeout=POLL_SECONDS + 30)
+                failures = 0
+            except ray.exceptions.GetTimeoutError:
+                failures += 1
+                if failures < 3 and self._node_alive():
+                    continue
+                returncode = self._lost()
+                break
+            except ray.exceptions.RayError as error:
+                returncode = self._lost(str(error))
+                break
+            except Exception:  # a store failure must not leave the job RUNNING forever
+                log.exception("relaying the events of %s failed", self.job_id)
+                self.kill()
+                continue
+            try:
+                self._record(lines)
+            except Exception:
+                log.exception("storing the events of %s failed", self.job_id)
+                self.kill()
+            self._acked = start + len(lines)
+            returncode = done
+        self.listener.worker_exited(self, returncode)
+
+    def _node_alive(self) -> bool:
+        return any(n.id == self.node_id and n.alive for n in cluster_nodes())
+
+    def _lost(self, error: str = "") -> int:
+        """The actor is gone (its node died, or it was killed): say so as the worker's last word; return -9."""
+        if self.final is None and not self.killed:
+            # The actor's death can reach us before the GCS has marked its node dead (its health checks take
+            # seconds): Ray's own words on the death, or a short wait for the node's state, tell the two apart.
+            node_died = "node" in error.lower() and ("died" in error.lower() or "dead" in error.lower())
+            deadline = time.monotonic() + 30.0
+            while not node_died and self._node_alive() and time.monotonic() < deadline:
+                time.sleep(0.5)
+            where = node_names([self.node_id])[0]
+            state = "was lost" if node_died or not self._node_alive() else "lost its gansvc actor"
+            self.final = events.Failed(reason=f"the node {where} running the worker {state}", died=True)
+        return -9
+
+    def _record(self, lines: list[bytes]) -> None:
+        batch = []
+        for line in lines:
+            event = events.decode(line)
+            if isinstance(event, (events.Finished, events.Failed)):
+                self.final = event
+            elif event.stored:
+                batch.append(event)
+        if batch:
+            self.listener.worker_events(self, batch)
+
+
+@ray.remote(num_cpus=0, max_retries=0)
+def _probe_on_node(path: str, token: str) -> str:
+    """Read the server's probe file on this node and answer with a file of its own; return '' or the problem."""
+    probe = Path(path)
+    try:
+        seen = probe.read_text(encoding="utf-8")
+    except OSError as error:
+        return f"cannot read {probe} ({error.strerror or error})"
+    if seen != token:
+        return f"{probe} holds something else there: not the same file system"
+    try:
+        (probe.parent / f"{probe.name}.{ray.get_runtime_context().get_node_id()}").write_text(token, encoding="utf-8")
+    except OSError as error:
+        return f"cannot write in {probe.parent} ({error.strerror or error})"
+    return ""
+
+
+def probe_storage(jobs_dir: Path, timeout: float = 120.0) -> list[str]:
+    """Prove that every live node sees `jobs_dir`: a file written here is read there, and each node's answer file
+    is read back here. Return the problems, one per node that does not ('ADDRESS (ID8): what went wrong')."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    token = os.urandom(16).hex()
+    probe = jobs_dir / f".gansvc-probe-{token[:8]}"
+    probe.write_text(token, encoding="utf-8")
+    nodes = [n for n in cluster_nodes() if n.alive]
+    problems = []
+    try:
+        answers = [_probe_on_node.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n.id, soft=False))
+                   .remote(str(probe), token) for n in nodes]  # fmt: skip
+        for node, answer in zip(nodes, answers):
+            try:
+                problem = ray.get(answer, timeout=timeout)
+            except ray.exceptions.RayError as error:
+                problem = f"the probe did not run there ({type(error).__name__})"
+            back = probe.parent / f"{probe.name}.{node.id}"
+            if not problem and not (back.is_file() and back.read_text(encoding="utf-8") == token):
+                problem = f"its file in {jobs_dir} is not seen here"
+            if problem:
+                problems.append(f"{node.name}: {problem}")
+    finally:
+        for path in jobs_dir.glob(f"{probe.name}*"):
+            path.unlink(missing_ok=True)
+    return problems
+
+
+class RayExecutor(Executor):
+    """Starts each attempt in a detached actor placed in the job's placement group."""
+
+    def __init__(self, orphan_seconds: float | None = None):
+        if orphan_seconds is None:
+            text = os.environ.get(ORPHAN_ENV, "")
+            try:
+                orphan_seconds = float(text) if text else ORPHAN_SECONDS
+            except ValueError:
+                raise ValueError(f"${ORPHAN_ENV}: got {text!r}, expected seconds") from None
+        if not orphan_seconds > 0:
+            raise ValueError(f"${ORPHAN_ENV}: got {orphan_seconds}, expected seconds > 0")
+        self.orphan_seconds = orphan_seconds
+
+    def check_storage(self, jobs_dir: Path) -> None:
+        """Raise RuntimeError naming each live node that does not see the run directories (shared storage)."""
+        problems = probe_storage(jobs_dir)
+        if problems:
+            raise RuntimeError(f"the jobs directory {jobs_dir} must be on storage every Ray node sees "
+                               f"(docs/cluster.md); not seen by: {'; '.join(problems)}")  # fmt: skip
+
+    def start(self, job: JobRecord, job_dir: Path, allocation: Allocation, attempt: int,
+              listener: AttemptListener) -> RayAttempt:  # fmt: skip
+        """Start the attempt's actor on the first bundle's node and its worker; return it (OSError when not)."""
+        assert isinstance(allocation, RayAllocation), "the Ray executor runs jobs the Ray pool placed"
+        request = allocation.request
+        group = get_placement_group(allocation.group)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        banner = f"\n{ATTEMPT_BANNER}{attempt} on {allocation.label}, {stamp} =====\n"
+        actor = AttemptActor.options(
+            name=actor_name(job.id, attempt), namespace=NAMESPACE, lifetime="detached",
+            num_cpus=request.cpus, num_gpus=request.gpus,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=0),
+        ).remote(str(job_dir), allocation.worker_env(), banner, self.orphan_seconds)  # fmt: skip
+        try:
+            started = ray.get(actor.start.remote(), timeout=120)
+        except (ray.exceptions.RayError, OSError) as error:
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception:  # noqa: BLE001
+                pass
+            raise OSError(f"the attempt's actor did not start its worker: {error}") from None
+        return RayAttempt(job, job_dir, allocation, listener, actor, started["node_id"], started["pid"])
+
+    def reattach(self, job: JobRecord, job_dir: Path, pool, listener: AttemptListener) -> RayAttempt | None:
+        """Return the running attempt of a job a dead server left RUNNING, bound to its actor (None: none runs)."""
+        try:
+            actor = ray.get_actor(actor_name(job.id, job.attempts), namespace=NAMESPACE)
+        except ValueError:
+            return None
+        nproc, nnodes = int(job.spec.get("nproc", 1) or 1), int(job.spec.get("nnodes", 1) or 1)
+        threads = int(job.spec.get("threads", 0) or 0)
+        request = pool.request(job.spec.get("device", "auto"), nproc, nnodes, threads)
+        allocation = allocation_of(request, group_name(job.id, job.attempts))
+        try:
+            state = ray.get(actor.poll.remote(-1, 0.0), timeout=30)
+        except ray.exceptions.RayError:
+            state = None
+        if allocation is None or state is None:
+            self._end(actor, group_name(job.id, job.attempts))
+            return None
+        node_id = allocation.node_ids[0] if allocation.node_ids else ""
+        # acked=-1: the lines the actor still holds are relayed again (at most one poll's worth may be twice)
+        return RayAttempt(job, job_dir, allocation, listener, actor, node_id, 0, acked=state[0])
+
+    def kill_stale(self, job: JobRecord, job_dir: Path) -> bool:
+        """End the actor (and worker) a dead server left for the job's last attempt, if any; return whether one was."""
+        try:
+            actor = ray.get_actor(actor_name(job.id, job.attempts), namespace=NAMESPACE)
+        except ValueError:
+            remove_group(group_name(job.id, job.attempts))
+            return False
+        self._end(actor, group_name(job.id, job.attempts))
+        return True
+
+    @staticmethod
+    def _end(actor, group: str) -> None:
+        try:
+            ray.get(actor.kill.remote(), timeout=30)
+        except Exception:  # noqa: BLE001 - gone already
+            pass
+        try:
+            ray.kill(actor, no_restart=True)
+        except Exception:  # noqa: BLE001
+            pass
+        remove_group(group)
