@@ -304,6 +304,13 @@ class GanClient:
         )
         return [(point.step, dict(point.values)) for point in history.points]
 
+    def metric_points(self, job_id: str, names: Iterable[str] = ()) -> list[tuple[int, float, dict[str, float]]]:
+        """Return the job's metric history as [(step, UNIX time, {name: value})], in step order."""
+        history = self.stub.GetMetrics(
+            pb.GetMetricsRequest(job_id=job_id, names=list(names)), metadata=self._metadata, timeout=self.timeout
+        )
+        return [(p.step, p.time.seconds + p.time.nanos / 1e9, dict(p.values)) for p in history.points]
+
     def samples(
         self,
         job_id: str,

@@ -48,7 +48,29 @@ def server_info(pool, roots, max_attempts: int, running_jobs, probe_datasets: bo
     status = selftest_status()
     if status is not None:
         info.kernel_selftest.CopyFrom(struct(status))
+    training_fields(info.training_fields)
     return info
+
+
+def training_fields(out) -> None:
+    """Add every TrainSpec field, with what its `setting` declares, to `out` (ServerInfo.training_fields)."""
+    import dataclasses
+
+    from gansvc.api.convert import struct
+    from gansvc.train.spec import TrainSpec
+
+    defaults = TrainSpec()
+    for spec_field in dataclasses.fields(TrainSpec):
+        meta = spec_field.metadata
+        kind = spec_field.type if isinstance(spec_field.type, str) else spec_field.type.__name__
+        entry = out.add(name=spec_field.name, type=kind, help=meta.get("help", ""),
+                        choices=list(meta["choices"]() if meta.get("choices") else ()))  # fmt: skip
+        # a Value holds one plain value: wrap it in a Struct and take it back out
+        entry.default.CopyFrom(struct({"v": getattr(defaults, spec_field.name)}).fields["v"])
+        if meta.get("min") is not None:
+            entry.min = meta["min"]
+        if meta.get("max") is not None:
+            entry.max = meta["max"]
 
 
 def _dataset_offer(pb, name: str, probe: bool):

@@ -11,6 +11,11 @@ GanClient (the gRPC API, nothing else).
                                                  /api/jobs/{id}/files/{name}    DownloadArtifact, streamed
                                                  POST /api/jobs/{id}/cancel               CancelJob (same origin only)
                                                  /api/server             GetServerInfo
+    /compare?jobs=A,B       compare page         /api/compare?jobs=A,B   GetMetrics of each (with times), spec diff
+    /sweeps/{id}            sweep page           /api/sweeps             ListJobs of kind sweep
+    /submit                 submit page          /api/sweeps/{id}        the sweep's trials (its events + GetJob)
+                                                 /api/spec/fields        GetServerInfo.training_fields
+                                                 POST /api/submit        SubmitTraining (same origin only)
 A gRPC error becomes its HTTP status (NOT_FOUND 404, INVALID_ARGUMENT 400, FAILED_PRECONDITION 409,
 UNAVAILABLE 503, ...) with the server's message: JSON {"error", "code"} under /api, an HTML page elsewhere.
 """
@@ -33,8 +38,9 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Respon
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from gansvc.api.convert import KIND_TO_PROTO
 from gansvc.runtime import registry
-from gansvc.web import shapes
+from gansvc.web import shapes, views
 from gansvc.web.relay import Relay
 from gansvc.web.series import SeriesCache, downsample
 
@@ -44,6 +50,7 @@ KEEPALIVE_SECONDS = 15.0  # an SSE comment this often: proxies keep the stream, 
 SERIES_POINTS = 2000  # default points per metric series sent to a page
 MAX_SERIES_POINTS = 100_000
 KINDS = ("training", "evaluation", "sweep")
+MAX_COMPARE = 12  # jobs on one compare page
 _HTTP_STATUS = {
     grpc.StatusCode.NOT_FOUND: 404,
     grpc.StatusCode.INVALID_ARGUMENT: 400,
@@ -131,6 +138,7 @@ class Dashboard:
         self._locks_guard = threading.Lock()
         self._metrics_registry = None
         self._series = SeriesCache(client)
+        self._fields: list[dict] | None = None
 
     # ------------------------------------------------------------------ helpers
     async def call(self, function, *args, **kwargs):
@@ -150,17 +158,92 @@ class Dashboard:
         if kind is not None and kind not in KINDS:
             raise BadRequest("kind", f"got {kind!r}, expected one of {', '.join(KINDS)}")
         return {"states": states, "kind": kind, "page_size": _int_param(request, "page_size", 50, 1, 500),
-                "page_token": request.query_params.get("page_token", "")}  # fmt: skip
+                "page_token": request.query_params.get("page_token", ""),
+                "sweep": request.query_params.get("sweep") or None}  # fmt: skip
 
-    def jobs_page(self, states, kind, page_size, page_token) -> dict:
-        """Return one ListJobs page as JSON, each job with its best FID (blocking)."""
-        page = self.client.list_jobs_page(states, kind, page_size, page_token)
+    def jobs_page(self, states, kind, page_size, page_token, sweep=None) -> dict:
+        """Return one ListJobs page as JSON, each job with its best FID (blocking); with `sweep`, that sweep's
+        trials (newest first; the page token is an offset)."""
+        if sweep:
+            messages, next_token = self._trial_page(sweep, states, kind, page_size, page_token)
+        else:
+            page = self.client.list_jobs_page(states, kind, page_size, page_token)
+            messages, next_token = page.jobs, page.next_page_token
         jobs = []
-        for message in page.jobs:
+        for message in messages:
             job = shapes.job(message)
             job["best_fid"] = self._best_fid_of(message)
             jobs.append(job)
-        return {"jobs": jobs, "next_page_token": page.next_page_token}
+        return {"jobs": jobs, "next_page_token": next_token}
+
+    def _trial_page(self, sweep_id, states, kind, page_size, page_token):
+        """Return (trial jobs, next token) of one page of a sweep's trials, newest (highest trial number) first.
+
+        ListJobs has no sweep filter: the trials are the ones the sweep's TrialStarted events name."""
+        try:
+            offset = int(page_token or 0)
+        except ValueError:
+            raise BadRequest("page_token", f"got {page_token!r}, expected one from the previous page") from None
+        sweep = self.client.get_job(sweep_id)
+        if sweep.kind != KIND_TO_PROTO["sweep"]:
+            raise BadRequest("sweep", f"job {sweep_id} is a {shapes.job(sweep)['kind']} job, not a sweep")
+        started = {}
+        for event in self.client.watch_call(sweep_id, history_only=True):
+            if event.WhichOneof("payload") == "trial_started":
+                started[event.trial_started.trial] = event.trial_started.trial_job_id
+        ids = [started[n] for n in sorted(started, reverse=True)]
+        if kind not in (None, "training"):  # trials are training jobs
+            return [], ""
+        if states:  # the state filter needs every trial's job before paging
+            jobs = [j for j in map(self.client.get_job, ids) if shapes.job(j)["state"] in states]
+            end = offset + page_size
+            return jobs[offset:end], str(end) if end < len(jobs) else ""
+        end = offset + page_size
+        return [self.client.get_job(i) for i in ids[offset:end]], str(end) if end < len(ids) else ""
+
+    def compare(self, job_ids: list[str], names: list[str], points: int) -> dict:
+        """Return the jobs' metric series (each downsampled to at most `points`, with each point's wall time) and
+        the spec fields that differ between them (blocking)."""
+        jobs, series, specs = [], {}, {}
+        for job_id in job_ids:
+            job = shapes.job(self.client.get_job(job_id))
+            jobs.append({k: job[k] for k in ("id", "kind", "state", "created_at", "started_at", "sweep_id",
+                                             "trial_number")})  # fmt: skip
+            specs[job_id] = job["spec"]
+            history = self.client.metric_points(job_id, names=names)
+            by_name: dict[str, tuple[list, list, dict]] = {}
+            for step, time, values in history:
+                for name, value in values.items():
+                    steps, kept, times = by_name.setdefault(name, ([], [], {}))
+                    steps.append(step)
+                    kept.append(value)
+                    times[step] = time
+            series[job_id] = {}
+            for name in sorted(by_name):
+                steps, values, times = by_name[name]
+                kept_steps, kept_values = downsample(steps, values, points)
+                series[job_id][name] = {
+                    "step": kept_steps.tolist(),
+                    "time": [times[s] for s in kept_steps.tolist()],
+                    "value": [v if math.isfinite(v) else None for v in kept_values.tolist()],
+                }
+        metrics = sorted({name for job in series.values() for name in job})
+        return {"jobs": jobs, "metrics": metrics, "series": series, "diff": views.spec_diff(specs)}
+
+    def sweep(self, sweep_id: str) -> dict:
+        """Return the sweep's trials (views.sweep_trials) from its events and its trials' jobs (blocking)."""
+        job = self.client.get_job(sweep_id)
+        if job.kind != KIND_TO_PROTO["sweep"]:
+            raise BadRequest("sweep", f"job {sweep_id} is a {shapes.job(job)['kind']} job, not a sweep")
+        events = list(self.client.watch_call(sweep_id, history_only=True))
+        ids = {e.trial_started.trial_job_id for e in events if e.WhichOneof("payload") == "trial_started"}
+        return views.sweep_trials(job, events, {i: self.client.get_job(i) for i in sorted(ids)})
+
+    def training_fields(self) -> list[dict]:
+        """Return the server's training settings (GetServerInfo.training_fields), asked once."""
+        if self._fields is None:
+            self._fields = views.field_list(self.client.server_info())
+        return self._fields
 
     def _best_fid_of(self, job) -> float | None:
         """Return the lowest FID in the job's history; GetMetrics is asked again only when the latest FID changed."""
@@ -226,6 +309,16 @@ class Dashboard:
 
     async def page_server(self, request: Request) -> Response:
         return FileResponse(STATIC / "server.html")
+
+    async def page_compare(self, request: Request) -> Response:
+        return FileResponse(STATIC / "compare.html")
+
+    async def page_sweep(self, request: Request) -> Response:
+        await self.call(self.sweep, request.path_params["sweep_id"])  # 404 / 400 before the page
+        return FileResponse(STATIC / "sweep.html")
+
+    async def page_submit(self, request: Request) -> Response:
+        return FileResponse(STATIC / "submit.html")
 
     # ------------------------------------------------------------------ JSON
     async def api_jobs(self, request: Request) -> Response:
@@ -376,6 +469,62 @@ class Dashboard:
         job = await self.call(self.client.cancel, request.path_params["job_id"])
         return JSONResponse(shapes.finite(shapes.job(job)))
 
+    async def api_compare(self, request: Request) -> Response:
+        ids = [i.strip() for part in request.query_params.getlist("jobs") for i in part.split(",") if i.strip()]
+        ids = list(dict.fromkeys(ids))
+        if not ids:
+            raise BadRequest("jobs", "give one or more job ids, e.g. ?jobs=A,B")
+        if len(ids) > MAX_COMPARE:
+            raise BadRequest("jobs", f"got {len(ids)} jobs, at most {MAX_COMPARE} compare at once")
+        names = [n for part in request.query_params.getlist("names") for n in part.split(",") if n.strip()]
+        points = _int_param(request, "points", SERIES_POINTS, 4, MAX_SERIES_POINTS)
+        return JSONResponse(shapes.finite(await self.call(self.compare, ids, names, points)))
+
+    async def api_sweeps(self, request: Request) -> Response:
+        query = self._jobs_query(request)
+        query["kind"] = "sweep"
+        return JSONResponse(shapes.finite(await self.call(self.jobs_page, **query)))
+
+    async def api_sweep(self, request: Request) -> Response:
+        return JSONResponse(shapes.finite(await self.call(self.sweep, request.path_params["sweep_id"])))
+
+    async def api_fields(self, request: Request) -> Response:
+        return JSONResponse(shapes.finite({"fields": await self.call(self.training_fields)}))
+
+    async def api_submit(self, request: Request) -> Response:
+        """SubmitTraining from JSON {"settings": {name: value}} (a form's text values are typed by the field
+        list) or {"toml": TEXT}, with an optional request_id. A bad value is 400 with the field it names."""
+        refusal = _cross_site(request)
+        if refusal:
+            return JSONResponse({"error": refusal, "code": "CROSS_SITE"}, status_code=403)
+        fields = await self.call(self.training_fields)
+        known = {f["name"] for f in fields}
+        try:
+            body = await request.json()
+        except ValueError:
+            return _field_error("body", "expected a JSON object {settings} or {toml}")
+        if not isinstance(body, dict):
+            return _field_error("body", "expected a JSON object {settings} or {toml}")
+        request_id = body.get("request_id") or None
+        try:
+            if body.get("toml"):
+                settings = views.form_settings(fields, views.toml_settings(str(body["toml"])))
+            else:
+                form = body.get("settings") or {}
+                if not isinstance(form, dict):
+                    raise views.FormError("settings", "expected a JSON object of settings")
+                settings = views.form_settings(fields, form)
+            job = await self.call(self.client.submit_training, settings, request_id=request_id)
+        except views.FormError as error:
+            return _field_error(error.field, str(error))
+        except ValueError as error:  # the client's own check of a value's type (names the field)
+            return _field_error(views.error_field(str(error), known), str(error))
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.INVALID_ARGUMENT:
+                raise
+            return _field_error(views.error_field(error.details() or "", known), error.details() or "")
+        return JSONResponse(shapes.finite(shapes.job(job)))
+
     async def api_server(self, request: Request) -> Response:
         info = await self.call(self.client.server_info)
         return JSONResponse(shapes.finite(shapes.message(info)))
@@ -395,6 +544,11 @@ def _describe(error: grpc.RpcError, address: str) -> str:
     code = error.code() if hasattr(error, "code") else None
     name = code.name if code else "error"
     return f"{name} from the gansvc server at {address}: {error.details() if hasattr(error, 'details') else error}"
+
+
+def _field_error(field: str, message: str) -> Response:
+    """Return a 400 naming the field a submitted value is wrong in ("" when the message names no known field)."""
+    return JSONResponse({"error": message, "code": "INVALID_ARGUMENT", "field": field}, status_code=400)
 
 
 def _cross_site(request: Request) -> str:
@@ -419,6 +573,9 @@ def create_app(client) -> Starlette:
         Route("/", board.page_jobs),
         Route("/jobs/{job_id}", board.page_job),
         Route("/server", board.page_server),
+        Route("/compare", board.page_compare),
+        Route("/sweeps/{sweep_id}", board.page_sweep),
+        Route("/submit", board.page_submit),
         Route("/metrics", board.metrics),
         Route("/api/jobs", board.api_jobs),
         Route("/api/jobs/stream", board.api_jobs_stream),
@@ -430,6 +587,11 @@ def create_app(client) -> Starlette:
         Route("/api/jobs/{job_id}/files/{name:path}", board.api_file),
         Route("/api/jobs/{job_id}/cancel", board.api_cancel, methods=["POST"]),
         Route("/api/server", board.api_server),
+        Route("/api/compare", board.api_compare),
+        Route("/api/sweeps", board.api_sweeps),
+        Route("/api/sweeps/{sweep_id}", board.api_sweep),
+        Route("/api/spec/fields", board.api_fields),
+        Route("/api/submit", board.api_submit, methods=["POST"]),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
     ]
 
