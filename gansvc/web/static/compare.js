@@ -60,7 +60,10 @@ function renderDiff() {
 
 async function load() {
   const ids = selectedIds();
-  if (!ids.length) { showBanner("banner", "pick jobs: their ids, comma-separated (or tick them on the jobs page)"); return; }
+  if (!ids.length) {
+    showBanner("banner", "pick jobs: their ids, comma-separated (or tick them on the jobs page)");
+    return;
+  }
   history.replaceState(null, "", "/compare?jobs=" + ids.map(encodeURIComponent).join(","));
   try {
     answer = await getJSON("/api/compare?jobs=" + ids.map(encodeURIComponent).join(","));

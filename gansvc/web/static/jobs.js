@@ -5,12 +5,22 @@ const pageTokens = [""];  // tokens of the pages seen so far: [0] is the newest 
 let pageIndex = 0;
 let source = null;
 let latest = null;
+const picked = new Set();  // jobs ticked for the compare page (kept across pages)
+
+function pick(id, on) {
+  if (on) picked.add(id); else picked.delete(id);
+  const button = document.getElementById("compare");
+  button.disabled = picked.size < 1;
+  button.textContent = picked.size ? "Compare " + picked.size : "Compare";
+}
 
 function query() {
   const params = new URLSearchParams();
   for (const box of document.querySelectorAll("input[name=state]:checked")) params.append("state", box.value);
   const kind = document.getElementById("kind").value;
   if (kind) params.set("kind", kind);
+  const sweep = document.getElementById("sweep").value.trim();
+  if (sweep) params.set("sweep", sweep);
   params.set("page_size", document.getElementById("page-size").value);
   if (pageTokens[pageIndex]) params.set("page_token", pageTokens[pageIndex]);
   return params.toString();
@@ -30,9 +40,13 @@ function row(job, now) {
   const p = job.progress || {};
   const running = job.state === "RUNNING";
   const fid = (job.latest_metrics || {}).fid;
+  const page = job.kind === "sweep" ? "/sweeps/" : "/jobs/";
   return el("tr", {"data-job": job.id},
-    el("td", {}, el("a", {href: "/jobs/" + encodeURIComponent(job.id)}, job.id)),
-    el("td", {}, job.kind + (job.sweep_id ? " #" + job.trial_number : "")),
+    el("td", {}, el("input", {type: "checkbox", class: "pick", value: job.id, checked: picked.has(job.id),
+                              onchange: (event) => pick(job.id, event.target.checked)})),
+    el("td", {}, el("a", {href: page + encodeURIComponent(job.id)}, job.id)),
+    el("td", {}, job.kind, job.sweep_id ? el("a", {href: "/sweeps/" + encodeURIComponent(job.sweep_id),
+                                                   title: "its sweep"}, " #" + job.trial_number) : null),
     el("td", {}, stateBadge(job.state)),
     progressCell(job),
     el("td", {class: "num"}, running && p.total_steps ? fmtDuration(p.eta_seconds) : ""),
@@ -50,7 +64,7 @@ function render(page) {
   const now = Date.now() / 1000;
   const body = document.getElementById("job-rows");
   body.replaceChildren(...page.jobs.map((job) => row(job, now)));
-  if (!page.jobs.length) body.append(el("tr", {}, el("td", {colspan: 12, class: "muted"}, "no jobs")));
+  if (!page.jobs.length) body.append(el("tr", {}, el("td", {colspan: 13, class: "muted"}, "no jobs")));
   pageTokens.length = pageIndex + 1;
   if (page.next_page_token) pageTokens.push(page.next_page_token);
   document.getElementById("prev").disabled = pageIndex === 0;
@@ -78,6 +92,10 @@ function connect() {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
+  document.getElementById("sweep").value = new URLSearchParams(location.search).get("sweep") || "";
+  document.getElementById("compare").addEventListener("click", () => {
+    location.href = "/compare?jobs=" + Array.from(picked).map(encodeURIComponent).join(",");
+  });
   for (const input of document.querySelectorAll("#filters input, #filters select")) {
     input.addEventListener("change", () => { pageTokens.length = 1; pageIndex = 0; connect(); });
   }
