@@ -29,7 +29,8 @@ from gansvc.service.store import JobStore
 from gansvc.sweep_spec import check_sweep, trial_settings
 from gansvc.train.spec import TrainSpec
 
-from test_web import TINY, get, get_json, start_web, stop  # tests/test_web.py: the same server and web process
+import devtools  # tests/devtools.py
+from test_web import ARTIFACTS, TINY, get, get_json, start_web, stop  # tests/test_web.py's helpers
 
 SWEEP_PARAMS = [{"lr_g": 1e-3, "z_dim": 16}, {"lr_g": 3e-4, "z_dim": 32}, {"lr_g": 2e-3, "z_dim": 16}]
 
@@ -89,6 +90,10 @@ def seeded(tmp_path_factory, fashion_mnist_root):
                                     data_roots=[fashion_mnist_root]))  # fmt: skip
     server.start()
     server.scheduler._start_queued = lambda: None  # no workers: submitted jobs stay QUEUED
+    # the server's first GetServerInfo loads the kernels extension (10-16 s on a loaded 2-core machine): paid here
+    # once, so the tests time the dashboard's own work
+    with GanClient(server.address, timeout=60) as client:
+        client.server_info()
     yield server, facts
     server.shutdown(timeout=10)
 
@@ -289,3 +294,47 @@ def test_a_submitted_form_creates_the_job_and_a_bad_value_names_its_field(web, c
     assert status == 403 and answer["code"] == "CROSS_SITE"
     status, answer = post_json(f"{web}/api/submit", b"not json")
     assert status == 400 and answer["field"] == "body"
+
+
+# ---------------------------------------------------------------------- in a browser
+@pytest.mark.slow
+def test_the_pages_in_a_browser(web, client, seeded, tmp_path):
+    """Headless Chromium: the compare chart and diff, the sweep's table, chart and best link, a form submitted from
+    the page and a refused value shown next to its field; screenshots go to the test artefacts."""
+    if not devtools.available():
+        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+    check_pages_in_a_browser(web, client, seeded[1], tmp_path)
+
+
+def check_pages_in_a_browser(web: str, client, facts: dict, tmp_path) -> None:
+    with devtools.Browser(f"{web}/compare?jobs={facts['a']},{facts['b']}", tmp_path / "profile") as page:
+        page.wait("document.querySelectorAll('#diff tr[data-field]').length > 0", 60, "the spec diff")
+        shown = page.evaluate("[...document.querySelectorAll('#diff tr[data-field]')].map(r => r.dataset.field)")
+        assert sorted(shown) == ["loss", "lr_g", "z_dim"]
+        page.wait("document.querySelector('#chart .u-over') !== null", 30, "the compare chart")
+        metric = page.evaluate("document.getElementById('chart').dataset.metric")
+        assert metric == "fid"  # both report it, and the page shows it first
+        page.screenshot(ARTIFACTS / "compare.png")
+
+        page.goto(f"{web}/sweeps/{facts['sweep']}")
+        page.wait("document.querySelectorAll('#trials tr[data-trial]').length === 3", 60, "the trials table")
+        assert page.evaluate("document.querySelector('#best a').getAttribute('href')") == f"/jobs/{facts['trials'][0]}"
+        assert page.evaluate("document.querySelectorAll('#parallel polyline').length") == 3
+        assert page.evaluate("document.querySelector('#objective-chart .u-over') !== null")
+        page.screenshot(ARTIFACTS / "sweep.png")
+
+        page.goto(f"{web}/submit")
+        page.wait("document.querySelectorAll('#fields tr[data-row]').length > 0", 60, "the form")
+        assert page.evaluate("document.querySelectorAll('#fields tr[data-row]').length") == len(
+            dataclasses.fields(TrainSpec))
+        page.evaluate("document.getElementById('f-model').value = 'mlp'; document.getElementById('f-z_dim').value = "
+                      "'0'; document.getElementById('submit').click()")  # fmt: skip
+        page.wait("document.querySelector('[data-error-for=\"z_dim\"]').textContent.includes('z_dim')", 30,
+                  "the refused z_dim next to its field")  # fmt: skip
+        page.screenshot(ARTIFACTS / "submit-error.png")
+        page.evaluate("document.getElementById('f-z_dim').value = '12'; document.getElementById('f-steps').value = "
+                      "'20'; document.getElementById('submit').click()")  # fmt: skip
+        page.wait("location.pathname.startsWith('/jobs/')", 30, "the new job's page")
+        job_id = page.evaluate("decodeURIComponent(location.pathname.split('/').pop())")
+        job = client.get_job(job_id)
+        assert (job.training.model, job.training.z_dim, job.training.steps) == ("mlp", 12, 20)

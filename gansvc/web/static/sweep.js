@@ -32,7 +32,8 @@ function renderObjective(sweep) {
   const data = [trials.map((t) => t.trial), trials.map((t) => t.value)];
   if (objectivePlot) { objectivePlot.setData(data); return; }
   objectivePlot = new uPlot({
-    width: 500, height: 240, scales: {x: {time: false}}, axes: [{label: "trial"}, {size: 64}],
+    width: Math.max(280, Math.min(560, (node.clientWidth || 440) - 10)), height: 240, scales: {x: {time: false}},
+    axes: [{label: "trial"}, {size: 64}],
     series: [{label: "trial"}, {label: sweep.metric, stroke: "#2f6fdf", width: 0, points: {show: true, size: 8}}],
   }, data, node);
 }
