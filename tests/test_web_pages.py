@@ -26,6 +26,7 @@ from gansvc.client import GanClient, state_name
 from gansvc.runtime import events as ev
 from gansvc.service.server import GanServer, ServerConfig
 from gansvc.service.store import JobStore
+from gansvc.service.sweeps import SweepManager
 from gansvc.sweep_spec import check_sweep, trial_settings
 from gansvc.train.spec import TrainSpec
 
@@ -86,16 +87,19 @@ def seed(state) -> dict:
 def seeded(tmp_path_factory, fashion_mnist_root):
     state = tmp_path_factory.mktemp("state")
     facts = seed(state)
-    server = GanServer(ServerConfig(state_dir=state, listen="127.0.0.1:0", cpu_jobs=1,
-                                    data_roots=[fashion_mnist_root]))  # fmt: skip
-    server.start()
-    server.scheduler._start_queued = lambda: None  # no workers: submitted jobs stay QUEUED
-    # the server's first GetServerInfo loads the kernels extension (10-16 s on a loaded 2-core machine): paid here
-    # once, so the tests time the dashboard's own work
-    with GanClient(server.address, timeout=60) as client:
-        client.server_info()
-    yield server, facts
-    server.shutdown(timeout=10)
+    with pytest.MonkeyPatch.context() as patch:
+        # no sweep driver: the seeded sweep (requeued by the start, as after a crash) must not create more trials
+        patch.setattr(SweepManager, "_drive", lambda self, job_id: None)
+        server = GanServer(ServerConfig(state_dir=state, listen="127.0.0.1:0", cpu_jobs=1,
+                                        data_roots=[fashion_mnist_root]))  # fmt: skip
+        server.start()
+        server.scheduler._start_queued = lambda: None  # no workers: submitted jobs stay QUEUED
+        # the server's first GetServerInfo loads the kernels extension (10-16 s on a loaded 2-core machine): paid
+        # here once, so the tests time the dashboard's own work
+        with GanClient(server.address, timeout=60) as client:
+            client.server_info()
+        yield server, facts
+        server.shutdown(timeout=10)
 
 
 @pytest.fixture(scope="module")
