@@ -53,9 +53,9 @@ def seed(state) -> dict:
             store.set_state(job.id, "SUCCEEDED", "done")
             facts[key] = job.id
 
-        raw = {"base": dict(TINY, eval_samples=64, eval_every=15), "search": {"method": "random", "trials": 3, "space": {
-            "lr_g": {"low": 1e-4, "high": 1e-2, "log": True}, "z_dim": [16, 32]}},
-            "objective": {"metric": "fid"}, "pruner": {"method": "median"}}  # fmt: skip
+        space = {"lr_g": {"low": 1e-4, "high": 1e-2, "log": True}, "z_dim": [16, 32]}
+        raw = {"base": dict(TINY, eval_samples=64, eval_every=15), "search": {"method": "random", "trials": 3,
+               "space": space}, "objective": {"metric": "fid"}, "pruner": {"method": "median"}}  # fmt: skip
         spec = check_sweep(raw, TrainSpec(**raw["base"]).to_dict())
         sweep, _ = store.create_job("sweep", spec)
         store.set_state(sweep.id, "RUNNING", "3 trials")
@@ -247,16 +247,16 @@ def test_the_form_fields_are_the_specs_own(web):
     assert status == 200
     declared = dataclasses.fields(TrainSpec)
     assert [f["name"] for f in body["fields"]] == [f.name for f in declared]
-    defaults = TrainSpec()
     for got, field in zip(body["fields"], declared):
         meta = field.metadata
         assert got["type"] == field.type and got["help"] == meta["help"], field.name
-        default = getattr(defaults, field.name)
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
         assert got["default"] == pytest.approx(default) if isinstance(default, float) else got["default"] == default
         assert got["min"] == meta["min"] and got["max"] == (None if meta["max"] is None else float(meta["max"]))
         assert got["choices"] == list(meta["choices"]() if meta["choices"] else ()), field.name
     by_name = {f["name"]: f for f in body["fields"]}
     assert "mlp" in by_name["model"]["choices"] and by_name["z_dim"]["min"] == 1  # the registry's, not hand-copied
+    assert by_name["loss"]["default"] == "" and by_name["loss"]["choices"][0] == ""  # the declared default: the model's
     status, _, html = get(f"{web}/submit")
     assert status == 200 and b"submit.js" in html
 

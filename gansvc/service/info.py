@@ -59,14 +59,15 @@ def training_fields(out) -> None:
     from gansvc.api.convert import struct
     from gansvc.train.spec import TrainSpec
 
-    defaults = TrainSpec()
     for spec_field in dataclasses.fields(TrainSpec):
         meta = spec_field.metadata
         kind = spec_field.type if isinstance(spec_field.type, str) else spec_field.type.__name__
         entry = out.add(name=spec_field.name, type=kind, help=meta.get("help", ""),
                         choices=list(meta["choices"]() if meta.get("choices") else ()))  # fmt: skip
+        # the declared default ("" for loss: the model's own), not a resolved TrainSpec()'s ("bce" for dcgan);
         # a Value holds one plain value: wrap it in a Struct and take it back out
-        entry.default.CopyFrom(struct({"v": getattr(defaults, spec_field.name)}).fields["v"])
+        default = spec_field.default if spec_field.default is not dataclasses.MISSING else spec_field.default_factory()
+        entry.default.CopyFrom(struct({"v": default}).fields["v"])
         if meta.get("min") is not None:
             entry.min = meta["min"]
         if meta.get("max") is not None:
