@@ -22,6 +22,7 @@ import grpc
 from ray.cluster_utils import Cluster
 
 from gansvc.client import GanClient, state_name
+from waiting import wait_for
 
 RUN = {
     "dataset": "fashion-mnist", "model": "mlp", "mlp_hidden": 64, "z_dim": 16, "batch_size": 32, "log_every": 50,
@@ -62,17 +63,6 @@ class Server:
                 self.process.kill()
                 self.process.wait()
         self.log.close()
-
-
-def wait_for(predicate, timeout=180.0, what="condition"):
-    """Poll predicate() until truthy; return its value (TimeoutError after timeout)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 def history(client: GanClient, job_id: str) -> list[dict]:

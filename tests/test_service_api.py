@@ -24,23 +24,13 @@ from PIL import Image
 
 from gansvc.client import GanClient, pb, state_name
 from gansvc.service.server import GanServer, ServerConfig
+from waiting import wait_for
 
 TINY = {
     "dataset": "fashion-mnist", "model": "mlp", "mlp_hidden": 64, "z_dim": 16, "batch_size": 32, "steps": 30,
     "log_every": 5, "sample_every": 15, "checkpoint_every": 15, "eval_samples": 0, "tensorboard": False,
 }  # fmt: skip
 LONG = {**TINY, "steps": 1_000_000, "sample_every": 0, "checkpoint_every": 0}  # runs until stopped
-
-
-def wait_for(predicate, timeout=120.0, interval=0.1, what="condition"):
-    """Poll predicate() until it returns a truthy value; return it (TimeoutError after timeout)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 def code_of(call) -> tuple[grpc.StatusCode, str]:

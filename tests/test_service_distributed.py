@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ import pytest
 from gansvc.client import GanClient, state_name
 from gansvc.runtime.rundir import latest_checkpoint_step
 from gansvc.service.server import GanServer, ServerConfig
+from waiting import wait_for
 
 TINY = {
     "dataset": "fashion-mnist", "model": "mlp", "mlp_hidden": 64, "z_dim": 16, "batch_size": 32, "steps": 20,
@@ -25,17 +25,6 @@ TINY = {
 LONG = {**TINY, "steps": 1_000_000, "sample_every": 0, "checkpoint_every": 0}
 # ~20 ms a step on 2 gloo ranks here: the kill after the first checkpoint comes well before the end
 RESUMABLE = {**TINY, "steps": 200, "sample_every": 0, "checkpoint_every": 50, "log_every": 10}
-
-
-def wait_for(predicate, timeout=180.0, interval=0.2, what="condition"):
-    """Poll predicate() until it returns a truthy value; return it (TimeoutError after timeout)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 def ended(client, job_id):
@@ -112,7 +101,7 @@ def kill_rank(job_dir: Path, rank: str) -> int:
 def test_a_killed_rank_is_retried_from_the_last_checkpoint_and_the_job_succeeds(service, client):
     job = client.submit_training(RESUMABLE)
     job_dir = service.state_dir / "jobs" / job.id
-    wait_for(lambda: (latest_checkpoint_step(job_dir) or 0) >= 50, what="the first checkpoint")
+    wait_for(lambda: (latest_checkpoint_step(job_dir) or 0) >= 50, timeout=180, what="the first checkpoint")
     kill_rank(job_dir, "1")
     job = wait_for(lambda: ended(client, job.id), 300, what="the job to end")
     assert state_name(job.state) == "SUCCEEDED", job.message
@@ -142,9 +131,9 @@ def test_a_rank_killed_in_its_last_attempt_fails_the_job_naming_it_and_takes_the
     monkeypatch.setattr(service.scheduler, "max_attempts", 1)  # `gansvc serve --max-attempts 1`: no retry
     job = client.submit_training(LONG)
     job_dir = service.state_dir / "jobs" / job.id
-    wait_for(lambda: client.get_job(job.id).progress.step >= 3, what="the job to train")
+    wait_for(lambda: client.get_job(job.id).progress.step >= 3, timeout=180, what="the job to train")
     kill_rank(job_dir, "1")
-    job = wait_for(lambda: ended(client, job.id), what="the job to end")
+    job = wait_for(lambda: ended(client, job.id), timeout=180, what="the job to end")
     assert state_name(job.state) == "FAILED" and job.attempts == 1
     assert "the worker died 1 times (attempt 1: rank 1 was killed by SIGKILL" in job.message, job.message
     assert wait_for(lambda: not job_processes(job_dir), 60, what="every process of the job to exit")

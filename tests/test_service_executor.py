@@ -17,16 +17,7 @@ from gansvc.service.executor import Attempt, Executor
 from gansvc.service.local_executor import LocalExecutor
 from gansvc.service.scheduler import Scheduler
 from gansvc.service.store import JobStore
-
-
-def wait_for(predicate, timeout, what):
-    """Poll predicate() until it is true; TimeoutError after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise TimeoutError(f"timed out waiting for {what}")
+from waiting import wait_for
 
 
 class ThreadAttempt(Attempt):

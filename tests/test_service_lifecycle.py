@@ -10,7 +10,6 @@ import os
 import re
 import sqlite3
 import threading
-import time
 from pathlib import Path
 
 import grpc
@@ -22,6 +21,7 @@ from gansvc.runtime.rundir import clean_leftovers
 from gansvc.service.scheduler import Scheduler
 from gansvc.service.server import GanServer, ServerConfig
 from gansvc.service.store import _IDLE_READERS, JobStore
+from waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,16 +35,6 @@ def open_fds() -> list[str]:
         except OSError:  # the fd listdir itself used, closed by now
             pass
     return targets
-
-
-def wait_for(predicate, timeout, what):
-    """Poll predicate() until it is true; TimeoutError after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 # ---------------------------------------------------------------------- crash leftovers (item 2)

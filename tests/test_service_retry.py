@@ -13,7 +13,8 @@ import torch
 from gansvc.client import GanClient, state_name
 from gansvc.service.scheduler import describe_exit, last_log_lines
 from gansvc.service.server import GanServer, ServerConfig
-from tests.test_service_restart import RUN, alive, states, wait_for
+from tests.test_service_restart import RUN, alive, states
+from waiting import wait_for
 
 LONG = {**RUN, "steps": 100_000, "checkpoint_every": 20}
 RESUMABLE = {**RUN, "steps": 400, "checkpoint_every": 20, "log_every": 20}

@@ -25,6 +25,7 @@ from gansvc.service import sweeps
 from gansvc.service.devices import DevicePool
 from gansvc.service.server import GanServer, ServerConfig
 from gansvc.service.store import JobStore
+from waiting import wait_for
 from gansvc.service.sweeps import SweepDriver, TrialRun, checked_sweep
 from gansvc.service.validation import DataRoots
 from gansvc.sweep_spec import (SweepSpecError, check_sweep, load_sweep_file, sweep_spec_to_proto, sweep_spec_to_raw,
@@ -245,18 +246,6 @@ def test_cancelling_a_sweep_cancels_its_running_trial(server, tmp_path):
         assert state_name(client.wait(trial.id, timeout=120).state) == "CANCELLED"
         assert [j.id for j in client.list_jobs() if j.sweep_id == sweep.id] == [trial.id]  # no second trial
         assert [f.state for f in events_of(client, sweep.id, "trial_finished")] == ["CANCELLED"]
-
-
-def wait_for(predicate, timeout=120.0):
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise TimeoutError("condition not met")
 
 
 @pytest.mark.slow

@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import grpc
@@ -30,23 +29,13 @@ from gansvc.service.devices import DevicePool
 from gansvc.service.errors import InvalidField
 from gansvc.service.server import GanServer, ServerConfig
 from gansvc.train.spec import TrainSpec
+from waiting import wait_for
 
 TINY = {
     "dataset": "fashion-mnist", "model": "mlp", "mlp_hidden": 64, "z_dim": 16, "batch_size": 32, "steps": 30,
     "log_every": 5, "sample_every": 15, "checkpoint_every": 15, "eval_every": 15, "eval_samples": 200,
     "tensorboard": False, "threads": 1,
 }  # fmt: skip
-
-
-def wait_for(predicate, timeout=120.0, interval=0.2, what="condition"):
-    """Poll predicate() until it returns a truthy value; return it (TimeoutError after timeout)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 def free_port() -> int:

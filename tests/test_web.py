@@ -37,23 +37,13 @@ from gansvc.train.spec import TrainSpec
 from gansvc.web.series import downsample
 
 import devtools  # tests/devtools.py: pytest puts this folder on sys.path
+from waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 LONG_POINTS = 100_000
 TINY = {"dataset": "fashion-mnist", "model": "mlp", "mlp_hidden": 64, "z_dim": 16, "batch_size": 32, "steps": 30,
         "log_every": 5, "sample_every": 15, "checkpoint_every": 15, "eval_samples": 0,
         "tensorboard": False}  # fmt: skip
-
-
-def wait_for(predicate, timeout=60.0, interval=0.05, what="condition"):
-    """Poll predicate() until it returns a truthy value; return it (TimeoutError after timeout)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 # ---------------------------------------------------------------------- seeding the server's state
