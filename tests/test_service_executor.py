@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 import pytest
 
@@ -39,9 +38,8 @@ class ThreadAttempt(Attempt):
         self.calls.append("watch")
         threading.Thread(target=self._play, daemon=True).start()
 
-    def request_stop(self) -> None:
+    def _send_stop(self) -> None:  # Attempt.request_stop's part for training jobs
         self.calls.append("request_stop")
-        self.stop_requested_at = time.monotonic()
         self.stop.set()
 
     def kill(self) -> None:

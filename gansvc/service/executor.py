@@ -19,6 +19,7 @@ The contract, for every executor:
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Protocol
@@ -57,9 +58,18 @@ class Attempt(ABC):
     def watch(self) -> None:
         """Start relaying the worker's events and, once it has ended, its exit to the listener."""
 
-    @abstractmethod
     def request_stop(self) -> None:
         """Ask the attempt to checkpoint and stop (training); an evaluation has nothing to save and is killed."""
+        if self.stop_requested_at is None:
+            self.stop_requested_at = time.monotonic()
+        if self.kind != "training":
+            self.kill()
+            return
+        self._send_stop()
+
+    @abstractmethod
+    def _send_stop(self) -> None:
+        """Tell a training worker to checkpoint and stop (it may already be gone: its exit then ends the job)."""
 
     @abstractmethod
     def kill(self) -> None:

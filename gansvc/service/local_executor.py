@@ -105,13 +105,8 @@ class WorkerProcess(Attempt):
         """Start the thread that relays the worker's events and reports its exit."""
         threading.Thread(target=self._read_events, name=f"gansvc-events-{self.job_id}", daemon=True).start()
 
-    def request_stop(self) -> None:
-        """Ask the worker to checkpoint and stop (training); evaluations are killed (nothing to save)."""
-        if self.stop_requested_at is None:
-            self.stop_requested_at = time.monotonic()
-        if self.kind != "training":
-            self.kill()
-            return
+    def _send_stop(self) -> None:
+        """Write "stop" down the worker's control pipe."""
         with self._control_lock:
             if self._control_fd < 0:  # already gone: its exit finishes the job
                 return

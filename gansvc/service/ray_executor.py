@@ -378,13 +378,8 @@ class RayAttempt(Attempt):
         """Start the thread that relays the actor's events and reports the worker's exit."""
         threading.Thread(target=self._relay, name=f"gansvc-ray-{self.job_id}", daemon=True).start()
 
-    def request_stop(self) -> None:
-        """Ask the worker to checkpoint and stop (training); evaluations are killed."""
-        if self.stop_requested_at is None:
-            self.stop_requested_at = time.monotonic()
-        if self.kind != "training":
-            self.kill()
-            return
+    def _send_stop(self) -> None:
+        """Ask the actor to tell its worker to stop."""
         self.actor.stop.remote()
 
     def kill(self) -> None:
