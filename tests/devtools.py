@@ -33,6 +33,7 @@ class Browser:
             ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-port=0",
              "--remote-allow-origins=*", f"--user-data-dir={profile}", f"--window-size={width},{height}", url],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env={**os.environ, "TMPDIR": str(profile)},  # its org.chromium.* scratch dirs go with the profile
         )  # fmt: skip
         port_file = profile / "DevToolsActivePort"
         deadline = time.monotonic() + 60

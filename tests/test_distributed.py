@@ -26,6 +26,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -303,11 +304,15 @@ def test_cli_refuses_bad_launches_before_starting_anything(tmp_path, capsys, arg
 
 
 # ---------------------------------------------------------------------- several processes (torchrun, gloo)
-def test_collectives_against_one_process_references(tmp_path):
+def test_collectives_against_one_process_references(tmp_path, monkeypatch):
     out = tmp_path / "checks.json"
+    scratch = tmp_path / "tmp"  # the temp directory of this process, torchrun and the ranks
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     result = launch(LaunchConfig(2), ["collectives", str(out)], module="distributed_programs",
-                    env=rank_env(GANSVC_CACHE_DIR=str(tmp_path / "cache")))  # fmt: skip
+                    env=rank_env(GANSVC_CACHE_DIR=str(tmp_path / "cache"), TMPDIR=str(scratch)))  # fmt: skip
     assert result.exit_code == 0, result
+    assert list(scratch.iterdir()) == []  # the launch's control folder and torchrun's log folders are gone
     checks = json.loads(out.read_text())
     assert checks["backend"] == "gloo"
     for case in ("uneven", "empty_rank", "large_mean"):  # vs NumPy float64 over all rows

@@ -105,7 +105,8 @@ def mlflow_server(tmp_path_factory):
                "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination",
                str(root / "artifacts"), "--workers", "1"]  # fmt: skip
     log = open(root / "server.log", "wb")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True)
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True,
+                               env={**os.environ, "TMPDIR": str(root)})  # its db_init_lock file stays in tmp  # fmt: skip
     uri = f"http://127.0.0.1:{port}"
 
     def healthy():

@@ -153,7 +153,9 @@ def launch(
         child_env[ENV_EVENT_SOCKET] = events.address
     command = [
         sys.executable, "-m", "gansvc.train.launch", "--parent-pid", str(os.getpid()), "--",
-        *config.torchrun_args(), "-m", module, *module_args,
+        # torchrun's per-run folders go under the control folder, which is removed at the end (without
+        # --log-dir every run leaves a torchelastic_* folder in the system's temp directory)
+        *config.torchrun_args(), "--log-dir", str(control / "torchrun"), "-m", module, *module_args,
     ]  # fmt: skip
     stop_file = control / "stop"
     state = {"interrupts": 0, "terminate": None}
