@@ -24,6 +24,14 @@ docs/quality_grid_NAME.png, the numbers to RUN_DIR/quality.json, and a markdown 
 
     .venv/bin/python bench/quality.py --minutes 12 --recipes plain,gansvc,conditional,resnet,augmented
     .venv/bin/python bench/quality.py --minutes 1 --samples 5000 --early-epochs 0.25 --no-docs
+
+Candidates at a fixed step (issue 22): `--at-step N --seeds 0,1 --recipes a,b` trains each recipe (RECIPES and
+CANDIDATES) for exactly N steps per seed, one after the other, and scores each the same way; the figures
+count steps, not seconds, so they do not depend on the machine's load. It prints each figure per seed and
+their mean and spread (half the range), and writes RUN_DIR/candidates.json.
+
+    .venv/bin/python bench/quality.py --at-step 2813 --seeds 0,1 --threads 1 \
+        --recipes conditional,conditional-ac,conditional-ac-balanced
 """
 
 from __future__ import annotations
@@ -50,6 +58,12 @@ RECIPES = {
     "resnet": {"model": "resnet", "width": 16},
     "augmented": {"augment": "translation,cutout,color", "ada_target": 0.6},
 }
+# Candidates for the recipes' defaults (issue 22), each a spec option on top of the present recipe.
+CANDIDATES = {
+    "conditional-no-ac": {"conditional": True, "ac_weight": 0.0, "balanced_classes": False},
+    "conditional-ac": {"conditional": True, "ac_weight": 1.0, "balanced_classes": False},
+    "conditional-ac-balanced": {"conditional": True, "ac_weight": 1.0, "balanced_classes": True},
+}
 DEFAULT_RECIPES = "plain,gansvc,conditional,resnet,augmented"
 TRAIN_IMAGES = 60000  # Fashion-MNIST's training split
 BATCH = 64  # every recipe's batch size (TrainSpec's default)
@@ -64,6 +78,60 @@ def recipe_spec(overrides: dict, minutes: float, threads: int, seed: int, checkp
         "seed": seed, "log_every": 200, "sample_every": 2000, "eval_samples": 0, "checkpoint_every": checkpoint_every,
         "tensorboard": False, **overrides,
     })  # fmt: skip
+
+
+def step_spec(overrides: dict, steps: int, threads: int, seed: int):
+    """Return the TrainSpec of a recipe trained for exactly `steps` steps (no evaluation, one checkpoint at the end)."""
+    from gansvc.train import TrainSpec
+
+    return TrainSpec.from_dict({
+        "dataset": "fashion-mnist", "model": "dcgan", "steps": steps, "threads": threads, "seed": seed,
+        "log_every": 200, "sample_every": 0, "eval_samples": 0, "checkpoint_every": 0, "tensorboard": False,
+        **overrides,
+    })  # fmt: skip
+
+
+def spread(values: list[float]) -> tuple[float, float]:
+    """Return (mean, half the range) of a figure over seeds."""
+    return sum(values) / len(values), (max(values) - min(values)) / 2
+
+
+def run_candidates(recipes: dict, steps: int, seeds: list[int], samples: int, threads: int, out: Path) -> dict:
+    """Train every recipe for `steps` steps with each seed and score it; return {name: {seed: scores, ...}}."""
+    import os
+
+    from gansvc.train import Trainer
+
+    results: dict = {}
+    for name, overrides in recipes.items():
+        for seed in seeds:
+            run_dir = out / f"{name}_s{seed}"
+            if run_dir.exists():
+                shutil.rmtree(run_dir)
+            load = os.getloadavg()[0]
+            summary = Trainer(step_spec(overrides, steps, threads, seed), run_dir).run()
+            record = {"steps": summary["step"], "images_per_sec": summary["images_per_sec"], "load_at_start": load,
+                      **scored(score(run_dir, samples, threads))}  # fmt: skip
+            results.setdefault(name, {"overrides": overrides, "seeds": {}})["seeds"][seed] = record
+            agree = record.get("class_agreement")
+            print(f"  [{name} seed {seed}] step {record['steps']}: FID {record['fid']:.2f}"
+                  + (f", agreement {agree:.1%}" if agree is not None else "") + f" (load {load:.1f})", flush=True)
+    return results
+
+
+def candidates_table(results: dict, steps: int) -> str:
+    """Return a markdown table of the candidates: FID and agreement per seed, mean +- half the range."""
+    lines = [f"| recipe | FID @ step {steps} (per seed) | FID mean ± spread | agree (per seed) | agree mean |",
+             "|---|---|---:|---|---:|"]  # fmt: skip
+    for name, r in results.items():
+        runs = list(r["seeds"].values())
+        fids = [x["fid"] for x in runs]
+        mean, half = spread(fids)
+        agrees = [x["class_agreement"] for x in runs if "class_agreement" in x]
+        agree_cells = (" / ".join(f"{a:.1%}" for a in agrees), f"{spread(agrees)[0]:.1%}") if agrees else ("–", "–")
+        lines.append(f"| {name} | {' / '.join(f'{f:.1f}' for f in fids)} | {mean:.1f} ± {half:.1f} | "
+                     f"{agree_cells[0]} | {agree_cells[1]} |")  # fmt: skip
+    return "\n".join(lines)
 
 
 def train_interleaved(recipes: dict, minutes: float, slice_minutes: float, threads: int, out: Path, seed: int,
@@ -158,8 +226,12 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(ROOT / "runs" / "quality"), help="folder for the run directories")
     parser.add_argument("--recipes", default=DEFAULT_RECIPES,
-                        help=f"comma-separated recipes of {', '.join(RECIPES)} (default: %(default)s)")
+                        help=f"comma-separated recipes of {', '.join({**RECIPES, **CANDIDATES})} (default: "
+                        "%(default)s)")
     parser.add_argument("--no-docs", action="store_true", help="do not write docs/quality_grid_*.png")
+    parser.add_argument("--at-step", type=int, default=0,
+                        help="train each recipe for exactly this many steps per seed and score it (no time budget)")
+    parser.add_argument("--seeds", default="0", help="with --at-step: comma-separated seeds (default 0)")
     args = parser.parse_args()
     from gansvc.atomic import atomic_write_text
     from gansvc.metrics import evaluate
@@ -168,10 +240,19 @@ def main() -> int:
     threads = args.threads or cpu_threads()
     out = Path(args.out)
     chosen = [name.strip() for name in args.recipes.split(",") if name.strip()]
-    unknown = [name for name in chosen if name not in RECIPES]
+    known = {**RECIPES, **CANDIDATES}
+    unknown = [name for name in chosen if name not in known]
     if unknown or not chosen:
-        parser.error(f"--recipes: unknown recipe {unknown[0] if unknown else '(none)'!r}; known: {', '.join(RECIPES)}")
-    recipes = {name: RECIPES[name] for name in chosen}
+        parser.error(f"--recipes: unknown recipe {unknown[0] if unknown else '(none)'!r}; known: {', '.join(known)}")
+    recipes = {name: known[name] for name in chosen}
+    if args.at_step:
+        seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()]
+        found = run_candidates(recipes, args.at_step, seeds, args.samples, threads, out)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "candidates.json", json.dumps({"steps": args.at_step, "samples": args.samples,
+                                                               "threads": threads, "recipes": found}, indent=2) + "\n")
+        print(candidates_table(found, args.at_step))
+        return 0
     early = early_step(args.early_epochs) if args.early_epochs > 0 else 0
     results: dict = {"minutes": args.minutes, "early_epochs": args.early_epochs, "early_step": early,
                      "samples": args.samples, "threads": threads, "recipes": {}}  # fmt: skip

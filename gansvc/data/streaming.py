@@ -332,16 +332,23 @@ def read_into_memory(data: StreamedData, workers: int | None = None) -> ImageDat
     return ImageData(data.name, images, labels, len(class_names), class_names)
 
 
-def make_batches(data, batch_size: int, seed: int, device: torch.device, rank: int = 0, world_size: int = 1):
-    """Return the training batches of `data`: DeviceBatches for data in memory, StreamedBatches when streamed."""
+def make_batches(data, batch_size: int, seed: int, device: torch.device, rank: int = 0, world_size: int = 1,
+                 balance_labels: torch.Tensor | None = None):
+    """Return the training batches of `data`: DeviceBatches for data in memory, StreamedBatches when streamed.
+
+    `balance_labels` (the data's labels, [N]) makes every batch class-balanced (see gansvc.train.batches.BatchOrder).
+    """
     from gansvc.train.batches import DeviceBatches, StreamedBatches
 
     if isinstance(data, StreamedData):
         return StreamedBatches(data.dataset, batch_size, seed, device, rank, world_size, workers=data_workers(),
-                               labelled=data.labelled, describe_error=data.describe_error)  # fmt: skip
+                               labelled=data.labelled, describe_error=data.describe_error,
+                               balance_labels=balance_labels)  # fmt: skip
     if hasattr(data, "points"):  # 2-D points: their labels are the mode each came from
-        return DeviceBatches(data.points, batch_size, seed, device, rank, world_size, labels=data.labels)
-    return DeviceBatches(data.images, batch_size, seed, device, rank, world_size, labels=data.labels)
+        return DeviceBatches(data.points, batch_size, seed, device, rank, world_size, labels=data.labels,
+                             balance_labels=balance_labels)  # fmt: skip
+    return DeviceBatches(data.images, batch_size, seed, device, rank, world_size, labels=data.labels,
+                         balance_labels=balance_labels)  # fmt: skip
 
 
 def sample_shape(data) -> tuple[int, ...]:

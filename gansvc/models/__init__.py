@@ -51,6 +51,11 @@ def build_generator(spec, data_shape: tuple[int, ...], num_classes: int = 0) -> 
     raise ValueError(f"model: unknown model {spec.model!r}, expected mlp, dcgan or resnet")
 
 
+def has_aux_classifier(spec, num_classes: int) -> bool:
+    """Return whether D gets the auxiliary classifier (AC-GAN): a conditional run with a non-zero ac_weight."""
+    return bool(num_classes) and getattr(spec, "ac_weight", 0.0) > 0
+
+
 def discriminator_norm(spec) -> str:
     """Return D's normalisation: BatchNorm for a plain DCGAN; none with spectral norm or a gradient penalty.
 
@@ -69,14 +74,17 @@ def build_discriminator(spec, data_shape: tuple[int, ...], num_classes: int = 0)
     """
     if _is_plugin(spec.model):
         return build_models(spec, data_shape, num_classes)[1]
+    aux = has_aux_classifier(spec, num_classes)
     if spec.model == "mlp":
-        model = MLPDiscriminator(data_shape, spec.mlp_hidden, num_classes=num_classes)
+        model = MLPDiscriminator(data_shape, spec.mlp_hidden, num_classes=num_classes, aux_classifier=aux)
     elif spec.model == "dcgan":
         channels, height, width = _image_shape(data_shape)
-        model = DCGANDiscriminator(channels, height, spec.width, discriminator_norm(spec), num_classes=num_classes)
+        model = DCGANDiscriminator(channels, height, spec.width, discriminator_norm(spec), num_classes=num_classes,
+                                   aux_classifier=aux)  # fmt: skip
     elif spec.model == "resnet":  # spectrally normalised by construction, whatever spec.spectral_norm says
         channels, height, width = _image_shape(data_shape)
-        return ResNetDiscriminator(channels, height, spec.width, num_classes, getattr(spec, "attention", 0))
+        return ResNetDiscriminator(channels, height, spec.width, num_classes, getattr(spec, "attention", 0),
+                                   aux_classifier=aux)  # fmt: skip
     else:
         raise ValueError(f"model: unknown model {spec.model!r}, expected mlp, dcgan or resnet")
     if spec.spectral_norm:
@@ -139,5 +147,6 @@ __all__ = [
     "discriminator_blocks",
     "discriminator_norm",
     "freeze_blocks",
+    "has_aux_classifier",
     "has_batchnorm",
 ]

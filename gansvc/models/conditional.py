@@ -3,6 +3,8 @@
 - ConditionalBatchNorm (de Vries et al. 2017): BatchNorm without its own affine, then a per-class scale
   (initialised to 1) and shift (0), so at start every class is the unconditional network.
 - Projection (Miyato & Koyama 2018): D's logit gets <embed(y), phi(x)> added, phi(x) its last features.
+- Auxiliary classifier (AC-GAN, Odena et al. 2017), beside the projection: a linear head on the same phi(x) gives
+  class logits, which D(x, labels, classes=True) returns with the logit (the trainer's `ac_weight` term).
 """
 
 from __future__ import annotations
@@ -51,3 +53,24 @@ def check_labels(labels: torch.Tensor | None, num_classes: int, n: int) -> None:
     if labels is None or labels.shape != (n,):
         got = None if labels is None else list(labels.shape)
         raise ValueError(f"labels: a conditional model needs one label per sample ([{n}]), got {got}")
+
+
+def class_head(features: int, num_classes: int, aux_classifier: bool) -> nn.Linear | None:
+    """Return D's auxiliary classifier (features -> one logit per class) when asked, else None."""
+    if not aux_classifier:
+        return None
+    if num_classes < 1:
+        raise ValueError("aux_classifier: an auxiliary classifier needs classes (a conditional model)")
+    head = nn.Linear(features, num_classes)
+    nn.init.normal_(head.weight, 0.0, 0.02)  # as small as D's other weights at start
+    nn.init.zeros_(head.bias)
+    return head
+
+
+def with_classes(logits: torch.Tensor, head: nn.Module | None, features: torch.Tensor, classes: bool):
+    """Return D's output: the logits, or (logits, class logits [N, classes]) when `classes` is asked."""
+    if not classes:
+        return logits
+    if head is None:
+        raise ValueError("classes: this discriminator has no auxiliary classifier (built without aux_classifier)")
+    return logits, head(features)

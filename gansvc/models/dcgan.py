@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gansvc.models.conditional import batch_norm, check_labels, run_sequence
+from gansvc.models.conditional import batch_norm, check_labels, class_head, run_sequence, with_classes
 
 
 def layout(image_size: int) -> tuple[int, int]:
@@ -60,7 +60,7 @@ class DCGANDiscriminator(nn.Module):
     """Images [N, C, S, S] -> one logit each [N]. norm: 'batch' (classic DCGAN) or 'none' (with SN / penalties)."""
 
     def __init__(self, channels: int = 1, image_size: int = 28, width: int = 64, norm: str = "batch",
-                 num_classes: int = 0):  # fmt: skip
+                 num_classes: int = 0, aux_classifier: bool = False):  # fmt: skip
         super().__init__()
         self.num_classes = num_classes
         if norm not in ("batch", "none"):
@@ -77,6 +77,7 @@ class DCGANDiscriminator(nn.Module):
         layers.append(nn.Conv2d(ch, 1, base, 1, 0))
         self.main = nn.Sequential(*layers)
         self.embed = nn.Embedding(num_classes, ch) if num_classes else None
+        self.classifier = class_head(ch, num_classes, aux_classifier)
         init_weights(self)
         if self.embed is not None:
             nn.init.normal_(self.embed.weight, 0.0, 0.02)  # the projection starts as small as the other weights
@@ -91,12 +92,15 @@ class DCGANDiscriminator(nn.Module):
             blocks[-1].append(layer)
         return [nn.Sequential(*block) for block in blocks]
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, classes: bool = False):
+        """Return D's logits [N]; with `classes`, (logits, the auxiliary classifier's class logits [N, classes])."""
         if self.embed is None:
             return self.main(x).view(-1)
         check_labels(labels, self.num_classes, x.shape[0])
         h = self.main[:-1](x)
-        return self.main[-1](h).view(-1) + (self.embed(labels) * h.sum(dim=(2, 3))).sum(1)
+        features = h.sum(dim=(2, 3))
+        logits = self.main[-1](h).view(-1) + (self.embed(labels) * features).sum(1)
+        return with_classes(logits, self.classifier, features, classes)
 
 
 def init_weights(module: nn.Module) -> None:

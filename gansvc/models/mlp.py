@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from gansvc.models.conditional import check_labels
+from gansvc.models.conditional import check_labels, class_head, with_classes
 
 
 class MLPGenerator(nn.Module):
@@ -46,7 +46,7 @@ class MLPGenerator(nn.Module):
 class MLPDiscriminator(nn.Module):
     """Samples of `in_shape` -> one logit each [N] (no Sigmoid: the losses take logits)."""
 
-    def __init__(self, in_shape=(1, 28, 28), hidden: int = 256, num_classes: int = 0):
+    def __init__(self, in_shape=(1, 28, 28), hidden: int = 256, num_classes: int = 0, aux_classifier: bool = False):
         super().__init__()
         self.in_shape = tuple(in_shape)
         self.num_classes = num_classes
@@ -58,15 +58,17 @@ class MLPDiscriminator(nn.Module):
             nn.ReLU(True),
             nn.Linear(hidden, 1),
         )
+        self.classifier = class_head(hidden, num_classes, aux_classifier)
 
     def feature_blocks(self) -> list[nn.Module]:
         """Return D's blocks from the input on (FreezeD): each hidden Linear layer with its ReLU; the last Linear
         to the logit and the class projection are the head, no block."""
         return [self.main[0:2], self.main[2:4]]
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, classes: bool = False):
+        """Return D's logits [N]; with `classes`, (logits, the auxiliary classifier's class logits [N, classes])."""
         if self.embed is None:
             return self.main(x.flatten(1)).view(-1)
         check_labels(labels, self.num_classes, x.shape[0])
         h = self.main[:-1](x.flatten(1))
-        return self.main[-1](h).view(-1) + (self.embed(labels) * h).sum(1)
+        return with_classes(self.main[-1](h).view(-1) + (self.embed(labels) * h).sum(1), self.classifier, h, classes)

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
-from gansvc.models.conditional import batch_norm, check_labels
+from gansvc.models.conditional import batch_norm, check_labels, class_head, with_classes
 from gansvc.models.dcgan import layout
 
 
@@ -118,7 +118,7 @@ class ResNetDiscriminator(nn.Module):
     """Images [N, C, S, S] (and labels [N] with classes) -> one logit each [N]; every layer spectrally normalised."""
 
     def __init__(self, channels: int = 3, image_size: int = 32, width: int = 128, num_classes: int = 0,
-                 attention: int = 0):  # fmt: skip
+                 attention: int = 0, aux_classifier: bool = False):  # fmt: skip
         super().__init__()
         self.num_classes = num_classes
         base, levels = layout(image_size)
@@ -138,6 +138,8 @@ class ResNetDiscriminator(nn.Module):
                                     spectral_norm(nn.Conv2d(width, width, 3, 1, 1))])  # fmt: skip
         self.linear = spectral_norm(nn.Linear(width, 1))
         self.embed = spectral_norm(nn.Embedding(num_classes, width)) if num_classes else None
+        head = class_head(width, num_classes, aux_classifier)
+        self.classifier = spectral_norm(head) if head is not None else None  # every layer of this D is normalised
 
     def feature_blocks(self) -> list[nn.Module]:
         """Return D's blocks from the input on (FreezeD): the down-sampling residual blocks, self-attention with the
@@ -148,7 +150,8 @@ class ResNetDiscriminator(nn.Module):
             blocks[self.attention_after].append(self.attention)
         return list(blocks)
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, classes: bool = False):
+        """Return D's logits [N]; with `classes`, (logits, the auxiliary classifier's class logits [N, classes])."""
         check_labels(labels, self.num_classes, x.shape[0])
         h = x
         for i, block in enumerate(self.blocks):
@@ -160,4 +163,4 @@ class ResNetDiscriminator(nn.Module):
         logits = self.linear(h).view(-1)
         if self.embed is not None:
             logits = logits + (self.embed(labels) * h).sum(1)  # projection (Miyato & Koyama 2018)
-        return logits
+        return with_classes(logits, self.classifier, h, classes)

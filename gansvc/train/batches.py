@@ -21,10 +21,18 @@ class BatchOrder:
     takes rows [rank * b, (rank + 1) * b) of each global batch (b = batch_size / world_size), so the
     ranks read disjoint shards of every epoch, together exactly the batches one process would read,
     and the state (permutation, position) is the same on every rank and for any number of ranks.
+
+    With `balance_labels` (one class label per sample, [num_samples]) the batches are class-balanced: each
+    global batch of B samples over C classes holds floor(B / C) of every class, and the B mod C left over go
+    to classes in turn (a fresh class order each epoch), so over C batches every class gets the same count.
+    Each class is read in a fresh permutation of its samples, taken up again from a new one when used up: an
+    epoch of equal classes visits every sample once (the dropped remainder aside); a small class repeats within
+    an epoch, a large one is sub-sampled. Samples are shuffled within each batch, so every rank's rows mix the
+    classes. The epoch's order is held as `perm` like the plain permutation: the state is the same.
     """
 
     def __init__(self, num_samples: int, batch_size: int, seed: int, device: torch.device, rank: int = 0,
-                 world_size: int = 1):  # fmt: skip
+                 world_size: int = 1, balance_labels: torch.Tensor | None = None):  # fmt: skip
         if num_samples < batch_size:
             raise SpecError("batch_size", f"{batch_size} is larger than the data set ({num_samples} samples)")
         self.num_samples = num_samples
@@ -37,11 +45,43 @@ class BatchOrder:
         self.perm: torch.Tensor | None = None
         self.position = 0
         self.batches_served = 0
+        self.classes: list[torch.Tensor] | None = None  # balanced batches: each class's sample indices
+        if balance_labels is not None:
+            labels = balance_labels.long().cpu()
+            if labels.shape != (num_samples,):
+                raise ValueError(f"balance_labels must be [{num_samples}], one per sample; got {list(labels.shape)}")
+            present = torch.unique(labels)
+            self.classes = [torch.nonzero(labels == k).view(-1) for k in present.tolist()]
+
+    def _epoch_order(self) -> torch.Tensor:
+        """Return the next epoch's sample order: a permutation, or with classes the balanced batches (see above)."""
+        if self.classes is None:
+            return torch.randperm(self.num_samples, generator=self.generator)
+        count, batches, size = len(self.classes), self.batches_per_epoch, self.batch_size
+        per_class, extra = divmod(size, count)
+        # extra slot e of batch j goes to class rotation[(j * extra + e) % count]: each class in turn
+        rotation = torch.randperm(count, generator=self.generator)
+        slots = torch.arange(batches * extra).remainder(count)
+        takes = torch.full((batches, count), per_class, dtype=torch.int64)
+        takes.view(-1).index_add_(0, (torch.arange(batches).repeat_interleave(extra) * count
+                                      + rotation[slots]), torch.ones(batches * extra, dtype=torch.int64))
+        streams = []  # each class's samples for the epoch, in fresh permutations of the class
+        for k, members in enumerate(self.classes):
+            needed = int(takes[:, k].sum())
+            rounds = -(-needed // members.numel())
+            order = torch.cat([members[torch.randperm(members.numel(), generator=self.generator)]
+                               for _ in range(rounds)])  # fmt: skip
+            streams.append(order[:needed].split(takes[:, k].tolist()))
+        rows = []
+        for j in range(batches):
+            batch = torch.cat([streams[k][j] for k in range(count)])
+            rows.append(batch[torch.randperm(size, generator=self.generator)])
+        return torch.cat(rows)
 
     def next_index(self) -> torch.Tensor:
         """Return the sample indices of this rank's rows of the next global batch (on `device`)."""
         if self.perm is None or self.position + self.batch_size > self.perm.shape[0]:
-            self.perm = torch.randperm(self.num_samples, generator=self.generator).to(self.device)
+            self.perm = self._epoch_order().to(self.device)
             self.position = 0
         start = self.position + self.offset
         index = self.perm[start : start + self.local_batch_size]
@@ -133,8 +173,9 @@ class DeviceBatches(_OrderDelegate):
     """
 
     def __init__(self, data: torch.Tensor, batch_size: int, seed: int, device: torch.device, rank: int = 0,
-                 world_size: int = 1, labels: torch.Tensor | None = None):  # fmt: skip
-        self.order = BatchOrder(data.shape[0], batch_size, seed, device, rank, world_size)
+                 world_size: int = 1, labels: torch.Tensor | None = None,
+                 balance_labels: torch.Tensor | None = None):  # fmt: skip
+        self.order = BatchOrder(data.shape[0], batch_size, seed, device, rank, world_size, balance_labels)
         if labels is not None and labels.shape != (data.shape[0],):
             raise ValueError(f"labels must be [{data.shape[0]}], one per sample; got {list(labels.shape)}")
         self.data = data.to(device)
@@ -190,8 +231,9 @@ class StreamedBatches(_OrderDelegate):
     """
 
     def __init__(self, dataset, batch_size: int, seed: int, device: torch.device, rank: int = 0, world_size: int = 1,
-                 workers: int = 2, labelled: bool = True, describe_error=None, prefetch: int = 4):  # fmt: skip
-        self.order = BatchOrder(len(dataset), batch_size, seed, torch.device("cpu"), rank, world_size)
+                 workers: int = 2, labelled: bool = True, describe_error=None, prefetch: int = 4,
+                 balance_labels: torch.Tensor | None = None):  # fmt: skip
+        self.order = BatchOrder(len(dataset), batch_size, seed, torch.device("cpu"), rank, world_size, balance_labels)
         self.dataset = dataset
         self.device = device
         self.workers = workers

@@ -36,7 +36,7 @@ class TrainerSetup:
 
     def _setup(self) -> None:
         from gansvc.data.streaming import make_batches, sample_shape
-        from gansvc.models import build_models, has_batchnorm
+        from gansvc.models import build_models, has_aux_classifier, has_batchnorm
 
         self.dist = self._join_ranks()
         self._startup_logs: list[Log] = []  # said once the loop starts, before its first progress event
@@ -76,7 +76,7 @@ class TrainerSetup:
             os.environ.get(registry.INCEPTION_WEIGHTS_ENV) or None,
         )  # fmt: skip
         self._scoring_checked = False
-        self._setup_classes(data)
+        class_labels = self._setup_classes(data)
 
         torch.manual_seed(spec.seed)  # model initialisation and spectral-norm vectors (the same on every rank)
         if spec.model == "resnet" and spec.attention:
@@ -91,6 +91,7 @@ class TrainerSetup:
         self._freeze_d()  # FreezeD (issue 21): before DDP and the optimiser see D's parameters
         # Without BatchNorm in D, real and fake go through D as one batch (one forward instead of two).
         self.joint_d = not has_batchnorm(self.D)
+        self.ac_term = has_aux_classifier(spec, self.num_classes)  # AC-GAN's classifier term in both losses
         # self.G / self.D are the plain modules (state, EMA, samples); the steps run G_train / D_train,
         # their DistributedDataParallel wrappers when several ranks take part.
         self.G_train = wrap_for_ranks(self.G, self.device, world.distributed)
@@ -103,7 +104,8 @@ class TrainerSetup:
         self.scaler_g = grad_scaler(spec.precision, self.device)  # fp16 only: one per optimiser
         self.scaler_d = grad_scaler(spec.precision, self.device)
         self.ema = EMA(self.G, spec.ema_decay) if spec.ema_decay > 0 else None
-        self.batches = make_batches(data, spec.batch_size, spec.seed, self.device, world.rank, world.world_size)
+        self.batches = make_batches(data, spec.batch_size, spec.seed, self.device, world.rank, world.world_size,
+                                    balance_labels=class_labels if spec.balanced_classes else None)  # fmt: skip
         self.augmenter = None
         if spec.augment:
             from gansvc.train.augment import Augmenter

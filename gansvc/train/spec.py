@@ -141,6 +141,13 @@ class TrainSpec:
     conditional: bool = setting(False, "class-conditional G and D (the classes are the data set's labels)")
     label_sampling: str = setting("uniform", "labels of generated samples: uniform | data (the data's class "
                                   "frequencies)", choices=lambda: LABEL_SAMPLING)  # fmt: skip
+    # AC-GAN's auxiliary classifier beside the projection, and class-balanced real batches (issue 22)
+    ac_weight: float = setting(0.0, "conditional runs: weight of an auxiliary classifier on D (AC-GAN, beside the "
+                               "projection): its cross-entropy on the real images' labels joins D's loss, on the "
+                               "labels G was asked for G's loss (0 = off)", min=0.0, max=1000.0)  # fmt: skip
+    balanced_classes: bool = setting(False, "conditional runs: class-balanced batches of real images (every class "
+                                     "equally often in each batch, each class's images in a fresh order per "
+                                     "epoch)")  # fmt: skip
     augment: str = setting("", "DiffAugment of everything D sees: some of translation,cutout,color ('' = off)")
     augment_p: float = setting(1.0, "fixed probability of each augmentation per image (without ada_target)",
                                min=0.0, max=1.0)  # fmt: skip
@@ -340,6 +347,12 @@ class TrainSpec:
             raise SpecError("conditional", f"{self.dataset} has no class labels to condition on")
         if self.label_sampling != "uniform" and not self.conditional:
             raise SpecError("label_sampling", "applies to conditional runs only (set conditional)")
+        for name in ("ac_weight", "balanced_classes"):
+            if getattr(self, name) != getattr(TrainSpec, name) and not self.conditional:
+                raise SpecError(name, "applies to conditional runs only (set conditional)")
+        if self.conditional and self.ac_weight > 0 and registry.is_plugin("models", self.model):
+            raise SpecError("ac_weight", f"the auxiliary classifier is built into gansvc's models, not the plugin "
+                            f"model {self.model!r}: set ac_weight 0")  # fmt: skip
         if self.augment:
             try:
                 from gansvc.train.augment import parse_policy

@@ -23,6 +23,11 @@ runs once per micro-batch forward. A step is never split by a checkpoint, so no 
 needs saving. Lazy R1 adds R1, weighted r1_gamma * r1_every, to every r1_every-th D step's loss (the
 others take the fused path). fp16 scales each loss by its optimiser's GradScaler
 (gansvc.train.precision) and takes the autograd path.
+
+The auxiliary classifier (AC-GAN; conditional runs with `ac_weight` > 0) adds ac_weight times the cross-entropy
+of D's class logits to two losses: D's, on the real images' labels (D learns to classify real data), and G's, on
+its sampled labels (G is pushed towards images D classifies as the class asked for). D is not trained to classify
+fakes: an early G's images would teach it wrong classes. Both losses then take the autograd path.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import contextlib
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from gansvc import ops
 from gansvc.losses import discriminator_loss, generator_kind, generator_loss
@@ -51,7 +57,7 @@ class TrainerStep:
         `r1`) and nothing scales its gradient (accumulation's 1 / accumulate, fp16's loss scale)."""
         spec = self.spec
         return (self._fused_loss_steps and spec.gradient_penalty == 0 and not r1 and spec.accumulate == 1
-                and self.scaler_d is None)  # fmt: skip
+                and self.scaler_d is None and not self.ac_term)  # fmt: skip
 
     def _autocast(self):
         """Return a fresh autocast context for the spec's precision (a no-op for fp32)."""
@@ -85,7 +91,7 @@ class TrainerStep:
             g_loss = self._g_step(fake, fake_labels, self._fused_losses(r1=spec.r1_gamma > 0))
         else:
             g_loss = self._g_step_accumulated(z, fake_labels)
-        # order: d_loss, g_loss, d_real, d_fake, d_accuracy, [gp], [r1], [augment_p]
+        # order: d_loss, g_loss, d_real, d_fake, d_accuracy, [gp], [r1], [ac_loss], [augment_p]
         return torch.cat((d_stats[:1], g_loss, d_stats[1:]))
 
     def _generate(self, z: torch.Tensor, labels: torch.Tensor | None, keep_graph: bool) -> torch.Tensor:
@@ -122,7 +128,7 @@ class TrainerStep:
     def _d_step(self, real: torch.Tensor, fake: torch.Tensor, real_labels=None, fake_labels=None,
                 r1: bool = False) -> torch.Tensor:  # fmt: skip
         """Run one D step (R1 in its loss when `r1`) over `accumulate` micro-batches; return float64
-        [d_loss, d_real, d_fake, d_accuracy, [gp], [r1], [augment_p]] of the whole batch."""
+        [d_loss, d_real, d_fake, d_accuracy, [gp], [r1], [ac_loss], [augment_p]] of the whole batch."""
         spec = self.spec
         k = spec.accumulate
         self.opt_d.zero_grad(set_to_none=True)
@@ -148,17 +154,26 @@ class TrainerStep:
     def _d_micro_step(self, real: torch.Tensor, fake: torch.Tensor, real_labels, fake_labels, r1: bool,
                       alpha: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         """Add one micro-batch's share of D's gradients (the whole batch's without accumulation); return (float64
-        [d_loss, d_real, d_fake, d_accuracy, [gp], [r1]] of the micro-batch, D's logits of its real samples)."""
+        [d_loss, d_real, d_fake, d_accuracy, [gp], [r1], [ac_loss]] of the micro-batch, D's logits of its real
+        samples)."""
         spec = self.spec
         if r1:  # before the augmentation: R1 is the gradient at the data, through it
             real = real.detach().requires_grad_(True)
         seen_real, seen_fake = self._augment(real), self._augment(fake)
+        classes = {"classes": True} if self.ac_term else {}  # D also returns its class logits
+        class_logits = None
         with self._autocast():
             if self.joint_d:
                 labels = () if real_labels is None else (torch.cat([real_labels, fake_labels]),)
-                real_logits, fake_logits = self.D_train(torch.cat([seen_real, seen_fake]), *labels).split(real.shape[0])
+                out = self.D_train(torch.cat([seen_real, seen_fake]), *labels, **classes)
+                if self.ac_term:
+                    out, class_logits = out
+                    class_logits = class_logits[: real.shape[0]]
+                real_logits, fake_logits = out.split(real.shape[0])
             else:
-                real_logits = self.D_train(seen_real, *_given(real_labels))
+                real_logits = self.D_train(seen_real, *_given(real_labels), **classes)
+                if self.ac_term:
+                    real_logits, class_logits = real_logits
                 fake_logits = self.D_train(seen_fake, *_given(fake_labels))
         # lazy R1's steps without it report a zero penalty: the column's mean over steps is the penalty per step
         no_r1 = [torch.zeros(1, dtype=torch.float64, device=real_logits.device)] if spec.r1_gamma > 0 else []
@@ -186,6 +201,10 @@ class TrainerStep:
             extras.append(penalty.detach().reshape(1))
         else:
             extras += no_r1
+        if self.ac_term:
+            ac_loss = F.cross_entropy(class_logits.float(), real_labels)
+            loss = loss + spec.ac_weight * ac_loss
+            extras.append(ac_loss.detach().reshape(1))
         backward(loss if spec.accumulate == 1 else loss / spec.accumulate, self.scaler_d)
         parts = [out.loss.detach(), out.mean_real, out.mean_fake, out.accuracy]
         return torch.cat([p.double().reshape(1) for p in parts + extras]), real_logits
@@ -196,11 +215,11 @@ class TrainerStep:
         self.opt_g.zero_grad(set_to_none=True)
         with self._d_frozen():
             with self._autocast():
-                logits = self.D(self._augment(fake), *_given(fake_labels))
+                logits = self.D(self._augment(fake), *_given(fake_labels), **self._classes())
             if fused:
                 g_loss = ops.g_loss_step(logits.float(), generator_kind(spec.loss, spec.g_saturating))[:1]
             else:
-                g_loss = generator_loss(logits.float(), spec.loss, spec.g_saturating).loss
+                g_loss = self._g_loss(logits, fake_labels)
                 backward(g_loss, self.scaler_g)
         optimiser_step(self.opt_g, self.scaler_g)
         if self.ema is not None:
@@ -220,14 +239,28 @@ class TrainerStep:
                 with sync_gradients(self.G_train, j == k - 1):
                     with self._autocast():
                         fake = self.G_train(z_j, *_given(labels_j))
-                        logits = self.D(self._augment(fake), *_given(labels_j))
-                    g_loss = generator_loss(logits.float(), spec.loss, spec.g_saturating).loss
+                        logits = self.D(self._augment(fake), *_given(labels_j), **self._classes())
+                    g_loss = self._g_loss(logits, labels_j)
                     backward(g_loss / k, self.scaler_g)
                 losses.append(g_loss.detach())
         optimiser_step(self.opt_g, self.scaler_g)
         if self.ema is not None:
             self.ema.update(self.G)
         return torch.stack(losses).double().mean().reshape(1)
+
+    def _classes(self) -> dict:
+        """Return the keyword that makes D return its class logits too (the auxiliary classifier's term), or none."""
+        return {"classes": True} if self.ac_term else {}
+
+    def _g_loss(self, out, fake_labels: torch.Tensor | None) -> torch.Tensor:
+        """Return G's loss from D's output on its fakes: the adversarial loss, plus with the auxiliary classifier
+        ac_weight times the cross-entropy of D's class logits against the labels G was asked for."""
+        spec = self.spec
+        logits, class_logits = out if self.ac_term else (out, None)
+        loss = generator_loss(logits.float(), spec.loss, spec.g_saturating).loss
+        if self.ac_term:
+            loss = loss + spec.ac_weight * F.cross_entropy(class_logits.float(), fake_labels)
+        return loss
 
     @contextlib.contextmanager
     def _d_frozen(self):
