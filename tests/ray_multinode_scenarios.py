@@ -33,7 +33,8 @@ RECIPE = {
     "tensorboard": False, "threads": 1, "device": "cpu", "nnodes": 2,
 }  # fmt: skip
 DDP_STEPS = 12
-LONG = 1200  # steps of the jobs whose server or worker is killed mid-run
+LONG = 1200  # steps of the job whose server is killed mid-run
+DEATH_STEPS = 300  # steps of the job whose rank is killed (each attempt's start takes minutes on a busy machine)
 
 
 def events_of(client: GanClient, job_id: str) -> list[dict]:
@@ -125,16 +126,16 @@ def main(out: Path, data_root: Path, only: set[str]) -> None:
             server = Server(out, data_root, cluster.address, listen=f"127.0.0.1:{port}")
             client = GanClient(server.address)
             results["restart"] = {"ranks_before": ranks, "ranks_while_down": ranks_while_down,
-                                  "state": finished(client, job, 400), "events": events_of(client, job),
+                                  "state": finished(client, job, 900), "events": events_of(client, job),
                                   "train_steps": train_steps(jobs_dir / job)}  # fmt: skip
 
         if "death" in (only or {"death"}):  # node 1's rank killed: a worker death, retried from the checkpoint
-            job = client.submit_training(dict(RECIPE, steps=LONG // 2, log_every=10, checkpoint_every=100)).id
+            job = client.submit_training(dict(RECIPE, steps=DEATH_STEPS, log_every=10, checkpoint_every=100)).id
             wait_for(lambda: any(e["type"] == "checkpoint" for e in events_of(client, job)), 300, "a checkpoint")
             victim = next(pid for pid in worker_pids(job)
                           if b"RANK=1\0" in proc(pid, "environ") and b"gansvc.train.launch" not in proc(pid, "cmdline"))
             os.kill(victim, signal.SIGKILL)
-            results["death"] = {"state": finished(client, job, 400), "events": events_of(client, job),
+            results["death"] = {"state": finished(client, job, 900), "events": events_of(client, job),
                                 "steps": [step for step, _ in client.metrics(job)]}  # fmt: skip
 
         if "cancel" in (only or {"cancel"}):  # cancel ends every process of the job on both nodes
