@@ -15,7 +15,8 @@ and notices dead nodes; gansvc keeps its job model, store, events and retries (t
   and ends the process group on kill (Ray's kill would not reach the worker's children).
   A worker that no server polls for ORPHAN_SECONDS is ended by its actor, which then exits.
 - A dead node ends its actors: the attempt is reported as a worker death naming the node, which the scheduler
-  retries from the last checkpoint like any other. A restarted server re-attaches to the actors still running.
+  retries from the last checkpoint like any other. A restarted server re-attaches to the actors still running and
+  resumes each relay after the last line whose events the store holds (stored with them: exactly once).
 """
 
 from __future__ import annotations
