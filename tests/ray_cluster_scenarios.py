@@ -66,15 +66,18 @@ class Server:
 
 
 def history(client: GanClient, job_id: str) -> list[dict]:
-    """Return the job's stored events as (type, time, and the state change's fields)."""
+    """Return the job's stored events as (sequence, type, time, and the state change's fields or the step)."""
     out = []
     for event in client.watch(job_id, history_only=True):
         kind = event.WhichOneof("payload")
-        item = {"type": kind, "time": event.time.ToSeconds() if hasattr(event.time, "ToSeconds") else 0.0}
+        item = {"sequence": event.sequence, "type": kind,
+                "time": event.time.ToSeconds() if hasattr(event.time, "ToSeconds") else 0.0}  # fmt: skip
         if kind == "state":
             item.update(state=state_name(event.state.state), reason=event.state.reason, device=event.state.device)
         elif kind == "log":
             item.update(message=event.log.message)
+        elif kind in ("progress", "metrics", "checkpoint"):
+            item.update(step=getattr(event, kind).step)
         out.append(item)
     return out
 
@@ -151,8 +154,9 @@ def main(out: Path, data_root: Path) -> None:
         time.sleep(2)
         results["cancel"] = {"state": state, "pids_before": before, "pids_after": worker_pids(job)}
 
-        # 5. the server killed with -9 mid-job and restarted: the job's worker keeps running and is re-attached
-        job = client.submit_training(dict(RUN, steps=LONG, checkpoint_every=100, log_every=50)).id
+        # 5. the server killed with -9 mid-job and restarted: the job's worker keeps running and is re-attached, and
+        # each of its events is stored once (log_every 10: a poll's worth of events is in flight at the kill)
+        job = client.submit_training(dict(RUN, steps=LONG, checkpoint_every=100, log_every=10)).id
         wait_for(lambda: any(e["type"] == "checkpoint" for e in history(client, job)), 120, "a checkpoint")
         pids = worker_pids(job)
         port = server.address.rsplit(":", 1)[1]
@@ -165,7 +169,9 @@ def main(out: Path, data_root: Path) -> None:
         client = GanClient(server.address)
         results["restart"] = {"pids_before": pids, "pids_while_down": alive_meanwhile,
                               "state": finished(client, job, 300), "events": history(client, job),
-                              "steps": [step for step, _ in client.metrics(job)]}  # fmt: skip
+                              "steps": [step for step, _ in client.metrics(job)],
+                              "train_steps": [r["step"] for r in map(json.loads, (out / "state" / "jobs" / job /
+                                              "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"]}
         server.stop()
 
         # 5b. a worker no server watches ends itself (its actor's watchdog: GANSVC_RAY_ORPHAN_SECONDS, here 15 s)

@@ -244,7 +244,13 @@ def test_launch_config_checks_and_torchrun_options():
     assert "--standalone" in LaunchConfig(2).torchrun_args()
     multi = LaunchConfig(1, nnodes="2", rdzv_endpoint="10.0.0.1:29400", rdzv_id="run7").validate().torchrun_args()
     assert {"--nnodes=2", "--rdzv-backend=c10d", "--rdzv-endpoint=10.0.0.1:29400", "--rdzv-id=run7"} <= set(multi)
+    # a static rendezvous (the Ray backend): node 1 of 2, node 0 hosts the store and global rank 0
+    static = LaunchConfig(1, nnodes="2", rdzv_endpoint="10.0.0.1:29400", node_rank=1).validate().torchrun_args()
+    assert {"--nnodes=2", "--rdzv-backend=static", "--node-rank=1", "--master-addr=10.0.0.1",
+            "--master-port=29400"} <= set(static)  # fmt: skip
     for config, named in [
+        (LaunchConfig(1, nnodes="2", rdzv_endpoint="h:1", node_rank=2), "--node-rank"),
+        (LaunchConfig(1, nnodes="1:2", rdzv_endpoint="h:1", node_rank=0), "--node-rank"),
         (LaunchConfig(0), "--nproc-per-node"),
         (LaunchConfig(2, nnodes="3:2", rdzv_endpoint="h:1"), "--nnodes"),
         (LaunchConfig(2, nnodes="2"), "--rdzv-endpoint"),

@@ -200,6 +200,14 @@ def test_a_server_killed_with_9_reattaches_to_the_running_worker(cluster_results
     assert len(_runs(restart["events"])) == 1  # one attempt: the worker ran on, nothing restarted
     steps = restart["steps"]
     assert steps[-1] == LONG and steps == sorted(steps)
+    # exactly once: the events the old server stored but had not acknowledged to the actor are not stored again
+    # (the relay resumes at the position stored with them): one metrics event per record of metrics.jsonl
+    events = restart["events"]
+    assert [e["sequence"] for e in events] == list(range(1, len(events) + 1))
+    metrics = [e["step"] for e in events if e["type"] == "metrics"]
+    assert metrics == restart["train_steps"] == list(range(10, LONG + 1, 10))
+    progress = [e["step"] for e in events if e["type"] == "progress"]
+    assert len(progress) == len(set(progress))
 
 
 @pytest.mark.slow

@@ -76,6 +76,40 @@ def test_store_survives_reopening_and_uses_wal(tmp_path):
     assert mode == "wal"
 
 
+def test_the_relay_position_is_stored_with_its_events_and_starts_again_with_each_attempt(tmp_path):
+    """Issue 19: a remote worker's relay position (JobRecord.relayed) is written in the transaction of its events,
+    survives a reopening (a server killed with -9), starts at 0 with each RUNNING, and a version-2 database gains
+    it."""
+    store = JobStore(tmp_path / "jobs.db")
+    job, _ = store.create_job("training", {"steps": 1})
+    store.set_state(job.id, "RUNNING", "x")
+    store.append_events(job.id, [ev.Progress(step=1)], relayed=3)
+    store.append_events(job.id, [ev.Log(message="not relayed")])  # the scheduler's own events keep the position
+    store.close()
+    store = JobStore(tmp_path / "jobs.db")
+    assert store.require_job(job.id).relayed == 3
+    store.set_state(job.id, "QUEUED", "retry")
+    store.set_state(job.id, "RUNNING", "attempt 2")
+    assert store.require_job(job.id).relayed == 0
+    store.close()
+    db = sqlite3.connect(tmp_path / "old.db")  # a version-2 database: no relayed column
+    db.executescript("CREATE TABLE jobs (id TEXT PRIMARY KEY, kind TEXT NOT NULL, state TEXT NOT NULL, spec TEXT "
+                     "NOT NULL, request_id TEXT UNIQUE, request_hash TEXT NOT NULL DEFAULT '', created_at REAL NOT "
+                     "NULL, started_at REAL, finished_at REAL, updated_at REAL NOT NULL, message TEXT NOT NULL "
+                     "DEFAULT '', device TEXT NOT NULL DEFAULT '', attempts INTEGER NOT NULL DEFAULT 0, "
+                     "cancel_requested INTEGER NOT NULL DEFAULT 0, last_sequence INTEGER NOT NULL DEFAULT 0, "
+                     "worker_pid INTEGER NOT NULL DEFAULT 0, progress TEXT, latest_metrics TEXT NOT NULL DEFAULT "
+                     "'{}', summary TEXT, last_checkpoint_step INTEGER NOT NULL DEFAULT 0, sweep_id TEXT NOT NULL "
+                     "DEFAULT '', trial_number INTEGER NOT NULL DEFAULT 0); PRAGMA user_version=2;")  # fmt: skip
+    db.execute("INSERT INTO jobs (id, kind, state, spec, created_at, updated_at) VALUES "
+               "('train-1', 'training', 'RUNNING', '{}', 0, 0)")  # fmt: skip
+    db.commit()
+    db.close()
+    old = JobStore(tmp_path / "old.db")
+    assert old.require_job("train-1").relayed == 0
+    old.close()
+
+
 def test_state_machine_refuses_leaving_a_terminal_state(store):
     job, _ = store.create_job("training", {})
     store.set_state(job.id, "RUNNING", "")

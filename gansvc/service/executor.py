@@ -11,7 +11,7 @@ The contract, for every executor:
 - `start` returns once the attempt runs; its run directory (job_dir, on storage the worker sees) holds
   worker_input.json, written by the scheduler. Nothing is reported before `attempt.watch()`, which the
   scheduler calls once it has recorded the attempt as RUNNING.
-- Then the stored events go to `listener.worker_events(attempt, batch)` in their order; the worker's last
+- Then the stored events go to `listener.worker_events(attempt, batch[, relayed])` in their order; the worker's last
   word (Finished / Failed) is kept in `attempt.final`, not relayed.
 - `listener.worker_exited(attempt, returncode)` is called exactly once, after the last events, when the
   worker has ended (returncode < 0: killed by that signal); the scheduler then calls `attempt.close()`.
@@ -83,8 +83,9 @@ class Attempt(ABC):
 class AttemptListener(Protocol):
     """What an executor reports to (the scheduler)."""
 
-    def worker_events(self, attempt: Attempt, batch: list[events.Event]) -> None:
-        """Store events an attempt's worker sent."""
+    def worker_events(self, attempt: Attempt, batch: list[events.Event], relayed: int | None = None) -> None:
+        """Store events an attempt's worker sent (`relayed`: the position in the worker's lines after them, stored
+        with them so that a restarted server resumes a remote worker's relay there: JobRecord.relayed)."""
 
     def worker_exited(self, attempt: Attempt, returncode: int) -> None:
         """Record how an attempt ended (attempt.final and the exit status)."""

@@ -8,12 +8,15 @@ and notices dead nodes; gansvc keeps its job model, store, events and retries (t
   that fits but not now stays QUEUED with what it waits for. Its allocation is a detached placement group
   (one bundle per node), taken only once Ray has placed it.
 - Each attempt is a detached, named actor (AttemptActor, `gansvc:JOB:ATTEMPT` in the `gansvc` namespace) in the
-  placement group. It starts `python -m gansvc.service.worker` in the run directory (storage every node sees)
-  in its own process group, exactly as the local executor does, keeps the worker's event lines until the server
-  has them, relays "stop", and ends the process group on kill (Ray's kill would not reach the worker's children).
+  placement group; a job across nodes (nnodes > 1) has one per bundle (`gansvc:JOB:ATTEMPT:K` for bundle K > 0),
+  each starting the worker as node K of a static torch.distributed rendezvous on bundle 0's node. An actor starts
+  `python -m gansvc.service.worker` in the run directory (storage every node sees) in its own process group,
+  exactly as the local executor does, keeps the worker's event lines until the server has them, relays "stop",
+  and ends the process group on kill (Ray's kill would not reach the worker's children).
   A worker that no server polls for ORPHAN_SECONDS is ended by its actor, which then exits.
 - A dead node ends its actors: the attempt is reported as a worker death naming the node, which the scheduler
-  retries from the last checkpoint like any other. A restarted server re-attaches to the actors still running.
+  retries from the last checkpoint like any other. A restarted server re-attaches to the actors still running and
+  resumes each relay after the last line whose events the store holds (stored with them: exactly once).
 """
 
 from __future__ import annotations
@@ -51,9 +54,15 @@ class Unplaceable(WrongState):
     """A job no node of the cluster can ever hold (FAILED_PRECONDITION at submit)."""
 
 
-def actor_name(job_id: str, attempt: int) -> str:
-    """Return the name of the actor of one attempt (a restarted server finds it by this)."""
-    return f"gansvc:{job_id}:{attempt}"
+def actor_name(job_id: str, attempt: int, bundle: int = 0) -> str:
+    """Return the name of the actor of one attempt's bundle (a restarted server finds it by this)."""
+    return f"gansvc:{job_id}:{attempt}" + (f":{bundle}" if bundle else "")
+
+
+def log_name(bundle: int) -> str:
+    """Return the run directory's log file of the worker on bundle `bundle` (worker.log: bundle 0's, the one the
+    scheduler quotes; every other node's its own file, since two nodes must not append to one shared file)."""
+    return "worker.log" if bundle == 0 else f"worker.node{bundle}.log"
 
 
 def connect(address: str) -> None:
@@ -169,11 +178,8 @@ class RayPool:
         return job_request(self.kind(device), nproc, threads, nnodes)
 
     def check(self, device: str, nproc: int = 1, nnodes: int = 1, threads: int = 0) -> str | None:
-        """Return None when the cluster can ever hold the job, or why a spec value is refused (nnodes > 1: not yet);
-        raise Unplaceable naming what it asks and what the largest node offers when no node can hold it
-        (ValueError for a device the backend does not take)."""
-        if nnodes > 1:  # placement would work (STRICT_SPREAD), but starting ranks on the other nodes does not yet
-            return f"nnodes {nnodes}: jobs across nodes are not supported by the Ray backend yet (docs/cluster.md)"
+        """Return None when the cluster can ever hold the job; raise Unplaceable naming what it asks and what the
+        largest node offers when no set of nodes can hold it (ValueError for a device the backend does not take)."""
         problem = never_fits(self.request(device, nproc, nnodes, threads), cluster_nodes())
         if problem:
             raise Unplaceable(problem)
@@ -233,11 +239,14 @@ def remove_group(name: str) -> None:
 class AttemptActor:
     """Runs one attempt's worker process on its node and holds its event lines until the server takes them."""
 
-    def __init__(self, job_dir: str, env: dict, banner: str, orphan_seconds: float = ORPHAN_SECONDS):
+    def __init__(self, job_dir: str, env: dict, banner: str, orphan_seconds: float = ORPHAN_SECONDS,
+                 log: str = "worker.log"):  # fmt: skip
         self.job_dir = Path(job_dir)
         self.env = env
         self.banner = banner
         self.orphan_seconds = orphan_seconds
+        self.log = log
+        self.worker_args: list[str] = []
         self.lines: list[bytes] = []
         self.first = 0  # the index of self.lines[0] among all the worker's lines
         self.returncode: int | None = None
@@ -248,9 +257,20 @@ class AttemptActor:
         self._started = threading.Event()
         self._error = ""
 
-    def start(self) -> dict:
-        """Start the worker (from a thread that lives as long as it: PR_SET_PDEATHSIG is the forking thread's);
-        return its pid and this node."""
+    def rendezvous_endpoint(self) -> str:
+        """Return 'ADDRESS:PORT': this node's address and a port free on it now, for a job's static rendezvous (the
+        torchrun agent of node 0, started here next, listens on it)."""
+        import socket
+
+        address = ray.util.get_node_ip_address()
+        with socket.socket() as probe:
+            probe.bind((address, 0))
+            return f"{address}:{probe.getsockname()[1]}"
+
+    def start(self, worker_args: list[str] | tuple = ()) -> dict:
+        """Start the worker (from a thread that lives as long as it: PR_SET_PDEATHSIG is the forking thread's), with
+        `worker_args` (a job across nodes: its node rank and rendezvous); return its pid and this node."""
+        self.worker_args = list(worker_args)
         threading.Thread(target=self._supervise, name="gansvc-worker", daemon=True).start()
         threading.Thread(target=self._watchdog, name="gansvc-orphan-watchdog", daemon=True).start()
         self._started.wait()
@@ -271,9 +291,10 @@ class AttemptActor:
         command = [
             sys.executable, "-m", "gansvc.service.worker", "--job-dir", str(self.job_dir),
             "--event-fd", str(event_write), "--control-fd", str(control_read), "--parent-pid", str(os.getpid()),
+            *self.worker_args,
         ]  # fmt: skip
         try:
-            with open(self.job_dir / "worker.log", "ab") as output:
+            with open(self.job_dir / self.log, "ab") as output:
                 output.write(self.banner.encode())
                 output.flush()
                 self.process = subprocess.Popen(
@@ -358,16 +379,34 @@ class AttemptActor:
 
 # --------------------------------------------------------------------------- in the server
 class RayAttempt(Attempt):
-    """One attempt's actor, seen from the server: a relay thread polls it and reports to the scheduler."""
+    """One attempt's actors, seen from the server: a relay thread polls them and reports to the scheduler.
+
+    Bundle 0's actor relays the worker's events (its rank 0 writes the run directory). A job across nodes also has
+    an actor on each other bundle (`others`): the relay polls them too, once a second (which keeps their orphan
+    watchdogs quiet), and the first of them that ends badly, or is lost with its node, ends the attempt: every
+    bundle's process group is ended, and a death there (a signal, a lost node) is a worker death of the attempt.
+    """
 
     def __init__(self, job: JobRecord, job_dir: Path, allocation: RayAllocation, listener: AttemptListener,
-                 actor, node_id: str, pid: int, acked: int = 0):  # fmt: skip
+                 actor, node_id: str, pid: int, acked: int = 0, others: list | tuple = (),
+                 other_nodes: list | tuple = ()):  # fmt: skip
         super().__init__(job, job_dir, allocation)
         self.listener = listener
         self.actor = actor
         self.node_id = node_id
         self._pid = pid
         self._acked = acked
+        self.others = list(others)  # the actors of bundles 1, 2, ...
+        self.other_nodes = list(other_nodes)
+        self._other_acked = [0] * len(self.others)
+        self._other_final: dict[int, events.Event] = {}
+        self._other_done: set[int] = set()
+        self._cause: events.Failed | None = None  # why another bundle ended the attempt, when one did
+
+    @property
+    def actors(self) -> list:
+        """Return every bundle's actor, bundle 0's first."""
+        return [self.actor, *self.others]
 
     @property
     def pid(self) -> int:
@@ -379,25 +418,32 @@ class RayAttempt(Attempt):
         threading.Thread(target=self._relay, name=f"gansvc-ray-{self.job_id}", daemon=True).start()
 
     def _send_stop(self) -> None:
-        """Ask the actor to tell its worker to stop."""
-        self.actor.stop.remote()
+        """Ask every bundle's actor to tell its worker to stop (the ranks agree on the step to stop at)."""
+        for actor in self.actors:
+            actor.stop.remote()
 
     def kill(self) -> None:
-        """End the worker's process group on its node (through the actor)."""
+        """End every bundle's worker process group on its node (through its actor)."""
         self.killed = True
-        self.actor.kill.remote()
+        for actor in self.actors:
+            actor.kill.remote()
 
     def close(self) -> None:
-        """End the actor; its placement group is released by the scheduler (pool.release)."""
-        try:
-            ray.kill(self.actor, no_restart=True)
-        except Exception:  # noqa: BLE001 - already gone with its node
-            pass
+        """End the actors; the placement group is released by the scheduler (pool.release)."""
+        for actor in self.actors:
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception:  # noqa: BLE001 - already gone with its node
+                pass
 
     def _relay(self) -> None:
         returncode = None
         failures = 0
+        checked = 0.0
         while returncode is None:
+            if self.others and time.monotonic() - checked >= POLL_SECONDS:
+                checked = time.monotonic()
+                self._check_others()
             try:
                 start, lines, done = ray.get(self.actor.poll.remote(self._acked), timeout=POLL_SECONDS + 30)
                 failures = 0
@@ -415,13 +461,81 @@ class RayAttempt(Attempt):
                 self.kill()
                 continue
             try:
-                self._record(lines)
+                self._record(lines, start + len(lines))
             except Exception:
                 log.exception("storing the events of %s failed", self.job_id)
                 self.kill()
             self._acked = start + len(lines)
             returncode = done
+        if self.others:
+            self._settle_others()
         self.listener.worker_exited(self, returncode)
+
+    def _check_others(self, wait: float = 0.0) -> None:
+        """Poll the other bundles' actors once; note each one's last word and end, and end the attempt when one
+        of them ended badly or was lost."""
+        pending = [k for k in range(len(self.others)) if k not in self._other_done]
+        replies = [self.others[k].poll.remote(self._other_acked[k], wait) for k in pending]
+        for k, reply in zip(pending, replies):
+            try:
+                start, lines, done = ray.get(reply, timeout=POLL_SECONDS + 30)
+            except ray.exceptions.GetTimeoutError:
+                continue  # a busy node: asked again next time (its death shows as an actor error)
+            except ray.exceptions.RayError as error:
+                self._other_done.add(k)
+                self._bundle_ended(k, error=str(error))
+                continue
+            self._other_acked[k] = start + len(lines)
+            for line in lines:
+                event = events.decode(line)
+                if isinstance(event, (events.Finished, events.Failed)):
+                    self._other_final[k] = event
+            if done is not None:
+                self._other_done.add(k)
+                if done != 0:
+                    self._bundle_ended(k, returncode=done)
+
+    def _bundle_ended(self, k: int, returncode: int | None = None, error: str = "") -> None:
+        """Bundle k+1's worker ended badly (returncode) or its actor is gone (error): the first such end is the
+        attempt's cause, and every bundle's processes are ended."""
+        if self._cause is not None or isinstance(self.final, events.Finished):
+            return
+        bundle, nnodes = k + 1, len(self.others) + 1
+        where = node_names([self.other_nodes[k]])[0] if k < len(self.other_nodes) else "?"
+        said = self._other_final.get(k)
+        if error:
+            node_died = "node" in error.lower() and ("died" in error.lower() or "dead" in error.lower())
+            alive = any(n.id == self.other_nodes[k] and n.alive for n in cluster_nodes()) if not node_died else False
+            state = "lost its gansvc actor" if alive else "was lost"
+            self._cause = events.Failed(reason=f"the node {where} running node {bundle} of {nnodes} of the job {state}",
+                                        died=True)  # fmt: skip
+        elif isinstance(said, events.Failed):
+            self._cause = events.Failed(reason=f"node {bundle} of {nnodes} ({where}): {said.reason}", error=said.error,
+                                        died=said.died)  # fmt: skip
+        else:
+            from gansvc.service.scheduler import describe_exit
+
+            self._cause = events.Failed(reason=f"node {bundle} of {nnodes} ({where}): {describe_exit(returncode)}",
+                                        died=True)  # fmt: skip
+        log.warning("job %s: %s; ending every node's processes", self.job_id, self._cause.reason)
+        self.kill()
+
+    def _settle_others(self, timeout: float = 30.0) -> None:
+        """Bundle 0's worker has ended: wait for the other bundles' workers to end (killing them after `timeout`),
+        and decide the attempt's last word."""
+        deadline = time.monotonic() + timeout
+        while len(self._other_done) < len(self.others) and time.monotonic() < deadline:
+            self._check_others(wait=POLL_SECONDS)
+        if len(self._other_done) < len(self.others):
+            for actor in self.others:
+                actor.kill.remote()
+        cause = self._cause
+        if cause is None or isinstance(self.final, events.Finished):
+            return
+        # A death anywhere (a signal, a lost node) is the attempt's, retried. Another bundle's error of its own wins
+        # over what bundle 0 said only when bundle 0 was ended because of it (its ranks then lost their peers).
+        if cause.died or self.final is None or (self.killed and not self.final.died):
+            self.final = cause
 
     def _node_alive(self) -> bool:
         return any(n.id == self.node_id and n.alive for n in cluster_nodes())
@@ -440,7 +554,7 @@ class RayAttempt(Attempt):
             self.final = events.Failed(reason=f"the node {where} running the worker {state}", died=True)
         return -9
 
-    def _record(self, lines: list[bytes]) -> None:
+    def _record(self, lines: list[bytes], relayed: int) -> None:
         batch = []
         for line in lines:
             event = events.decode(line)
@@ -448,8 +562,8 @@ class RayAttempt(Attempt):
                 self.final = event
             elif event.stored:
                 batch.append(event)
-        if batch:
-            self.listener.worker_events(self, batch)
+        if batch:  # stored with the position after them: a restarted server relays from there (exactly once)
+            self.listener.worker_events(self, batch, relayed)
 
 
 @ray.remote(num_cpus=0, max_retries=0)
@@ -521,57 +635,66 @@ class RayExecutor(Executor):
 
     def start(self, job: JobRecord, job_dir: Path, allocation: Allocation, attempt: int,
               listener: AttemptListener) -> RayAttempt:  # fmt: skip
-        """Start the attempt's actor on the first bundle's node and its worker; return it (OSError when not)."""
+        """Start the attempt's actor and worker on each bundle's node (a job across nodes: node K of a static
+        rendezvous at a free port of bundle 0's node); return the attempt (OSError when they did not start)."""
         assert isinstance(allocation, RayAllocation), "the Ray executor runs jobs the Ray pool placed"
         request = allocation.request
         group = get_placement_group(allocation.group)
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        banner = f"\n{ATTEMPT_BANNER}{attempt} on {allocation.label}, {stamp} =====\n"
-        actor = AttemptActor.options(
-            name=actor_name(job.id, attempt), namespace=NAMESPACE, lifetime="detached",
-            num_cpus=request.cpus, num_gpus=request.gpus,
-            scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=0),
-        ).remote(str(job_dir), allocation.worker_env(), banner, self.orphan_seconds)  # fmt: skip
+        actors = []
+        for bundle in range(request.nnodes):
+            which = f", node {bundle} of {request.nnodes}" if request.nnodes > 1 else ""
+            banner = f"\n{ATTEMPT_BANNER}{attempt} on {allocation.label}{which}, {stamp} =====\n"
+            actors.append(AttemptActor.options(
+                name=actor_name(job.id, attempt, bundle), namespace=NAMESPACE, lifetime="detached",
+                num_cpus=request.cpus, num_gpus=request.gpus,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=bundle),
+            ).remote(str(job_dir), allocation.worker_env(), banner, self.orphan_seconds, log_name(bundle)))  # fmt: skip
         try:
-            started = ray.get(actor.start.remote(), timeout=120)
+            worker_args = [[] for _ in actors]
+            if len(actors) > 1:
+                endpoint = ray.get(actors[0].rendezvous_endpoint.remote(), timeout=120)
+                worker_args = [["--node-rank", str(k), "--rdzv-endpoint", endpoint] for k in range(len(actors))]
+            started = ray.get([actor.start.remote(args) for actor, args in zip(actors, worker_args)], timeout=120)
         except (ray.exceptions.RayError, OSError) as error:
-            try:
-                ray.kill(actor, no_restart=True)
-            except Exception:  # noqa: BLE001
-                pass
-            raise OSError(f"the attempt's actor did not start its worker: {error}") from None
-        return RayAttempt(job, job_dir, allocation, listener, actor, started["node_id"], started["pid"])
+            for actor in actors:
+                self._end(actor, "")
+            raise OSError(f"the attempt's actors did not start its workers: {error}") from None
+        return RayAttempt(job, job_dir, allocation, listener, actors[0], started[0]["node_id"], started[0]["pid"],
+                          others=actors[1:], other_nodes=[s["node_id"] for s in started[1:]])  # fmt: skip
 
     def reattach(self, job: JobRecord, job_dir: Path, pool, listener: AttemptListener) -> RayAttempt | None:
-        """Return the running attempt of a job a dead server left RUNNING, bound to its actor (None: none runs)."""
-        try:
-            actor = ray.get_actor(actor_name(job.id, job.attempts), namespace=NAMESPACE)
-        except ValueError:
-            return None
+        """Return the running attempt of a job a dead server left RUNNING, bound to its actors (None: one of its
+        bundles' actors is gone, and the others are ended)."""
         nproc, nnodes = int(job.spec.get("nproc", 1) or 1), int(job.spec.get("nnodes", 1) or 1)
+        actors = _attempt_actors(job.id, job.attempts, nnodes)
         threads = int(job.spec.get("threads", 0) or 0)
         request = pool.request(job.spec.get("device", "auto"), nproc, nnodes, threads)
         allocation = allocation_of(request, group_name(job.id, job.attempts))
+        alive = None not in actors and allocation is not None
         try:
-            state = ray.get(actor.poll.remote(-1, 0.0), timeout=30)
+            alive = alive and all(ray.get([a.poll.remote(-1, 0.0) for a in actors], timeout=30))
         except ray.exceptions.RayError:
-            state = None
-        if allocation is None or state is None:
-            self._end(actor, group_name(job.id, job.attempts))
+            alive = False
+        if not alive:
+            for actor in actors:
+                if actor is not None:
+                    self._end(actor, "")
+            remove_group(group_name(job.id, job.attempts))
             return None
-        node_id = allocation.node_ids[0] if allocation.node_ids else ""
-        # acked=-1: the lines the actor still holds are relayed again (at most one poll's worth may be twice)
-        return RayAttempt(job, job_dir, allocation, listener, actor, node_id, 0, acked=state[0])
+        # The relay resumes after the lines whose events the store holds (stored with them, in one transaction):
+        # the lines the old server stored but had not yet acknowledged are not stored twice.
+        return RayAttempt(job, job_dir, allocation, listener, actors[0], allocation.node_ids[0], 0,
+                          acked=job.relayed, others=actors[1:], other_nodes=allocation.node_ids[1:])  # fmt: skip
 
     def kill_stale(self, job: JobRecord, job_dir: Path) -> bool:
-        """End the actor (and worker) a dead server left for the job's last attempt, if any; return whether one was."""
-        try:
-            actor = ray.get_actor(actor_name(job.id, job.attempts), namespace=NAMESPACE)
-        except ValueError:
-            remove_group(group_name(job.id, job.attempts))
-            return False
-        self._end(actor, group_name(job.id, job.attempts))
-        return True
+        """End the actors (and workers) a dead server left for the job's last attempt, if any; return whether one
+        was."""
+        actors = [a for a in _attempt_actors(job.id, job.attempts, int(job.spec.get("nnodes", 1) or 1)) if a]
+        for actor in actors:
+            self._end(actor, "")
+        remove_group(group_name(job.id, job.attempts))
+        return bool(actors)
 
     @staticmethod
     def _end(actor, group: str) -> None:
@@ -583,4 +706,16 @@ class RayExecutor(Executor):
             ray.kill(actor, no_restart=True)
         except Exception:  # noqa: BLE001
             pass
-        remove_group(group)
+        if group:
+            remove_group(group)
+
+
+def _attempt_actors(job_id: str, attempt: int, nnodes: int) -> list:
+    """Return the actor of each bundle of one attempt (None for one that is gone)."""
+    actors = []
+    for bundle in range(max(1, nnodes)):
+        try:
+            actors.append(ray.get_actor(actor_name(job_id, attempt, bundle), namespace=NAMESPACE))
+        except ValueError:
+            actors.append(None)
+    return actors

@@ -264,9 +264,9 @@ class Scheduler:
                 worker.kill()
 
     # ------------------------------------------------------------------ what the executor reports
-    def worker_events(self, worker: Attempt, batch: list[events.Event]) -> None:
-        """Store events a worker sent (called by the executor as they come)."""
-        self.store.append_events(worker.job_id, batch)
+    def worker_events(self, worker: Attempt, batch: list[events.Event], relayed: int | None = None) -> None:
+        """Store events a worker sent (called by the executor as they come), with the relay's position."""
+        self.store.append_events(worker.job_id, batch, relayed=relayed)
 
     def worker_exited(self, worker: Attempt, returncode: int) -> None:
         """Record how a worker ended (called by the executor once), free its devices, and wake the loop."""

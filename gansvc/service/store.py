@@ -33,7 +33,7 @@ _TRANSITIONS = {
     "QUEUED": {"RUNNING", "CANCELLED", "FAILED"},
     "RUNNING": {"QUEUED", "SUCCEEDED", "FAILED", "CANCELLED"},
 }
-_SCHEMA_VERSION = 2  # 2: jobs.sweep_id and trial_number (a sweep's trials)
+_SCHEMA_VERSION = 3  # 2: jobs.sweep_id and trial_number (a sweep's trials); 3: jobs.relayed
 _IDLE_READERS = 4  # reader connections kept open between reads; more are opened while needed, then closed
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -58,7 +58,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     summary TEXT,
     last_checkpoint_step INTEGER NOT NULL DEFAULT 0,
     sweep_id TEXT NOT NULL DEFAULT '',
-    trial_number INTEGER NOT NULL DEFAULT 0
+    trial_number INTEGER NOT NULL DEFAULT 0,
+    relayed INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state);
 CREATE TABLE IF NOT EXISTS events (
@@ -142,6 +143,9 @@ class JobRecord:
     rowid: int = 0
     sweep_id: str = ""  # the sweep job this training job is a trial of ("" when none)
     trial_number: int = 0
+    # How many of the current attempt's worker lines are stored (written with their events, in one transaction):
+    # a restarted server resumes a remote worker's relay there, so no event is stored twice (the Ray backend).
+    relayed: int = 0
 
     @property
     def terminal(self) -> bool:
@@ -180,6 +184,7 @@ def _row_to_job(row: sqlite3.Row) -> JobRecord:
         rowid=row["rowid"],
         sweep_id=row["sweep_id"],
         trial_number=row["trial_number"],
+        relayed=row["relayed"],
     )
 
 
@@ -209,6 +214,8 @@ class JobStore:
             if 0 < version < 2:  # a version 1 database: its jobs are no sweep's trials
                 self._writer.execute("ALTER TABLE jobs ADD COLUMN sweep_id TEXT NOT NULL DEFAULT ''")
                 self._writer.execute("ALTER TABLE jobs ADD COLUMN trial_number INTEGER NOT NULL DEFAULT 0")
+            if 0 < version < 3:  # version 2: no remote worker's relay position yet
+                self._writer.execute("ALTER TABLE jobs ADD COLUMN relayed INTEGER NOT NULL DEFAULT 0")
             self._writer.executescript(_SCHEMA)
             self._writer.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
 
@@ -353,12 +360,14 @@ class JobStore:
             raise JobNotFound(job_id)
         return _row_to_job(row)
 
-    def append_events(self, job_id: str, events: Iterable[ev.Event | dict]) -> list[StoredEvent]:
+    def append_events(self, job_id: str, events: Iterable[ev.Event | dict], relayed: int | None = None
+                      ) -> list[StoredEvent]:  # fmt: skip
         """Append events (typed, or records with a "type") to a job that has not ended; return them as stored.
 
         Records are typed first (fields coerced). Progress, metric and checkpoint events also update the
         job row (latest progress, latest value of each metric, last checkpoint step) in the same
-        transaction. Events for an ended job are dropped.
+        transaction, and so does `relayed` (the position in the attempt's worker lines after these events:
+        JobRecord.relayed). Events for an ended job are dropped.
         """
         events = [e if isinstance(e, ev.Event) else ev.from_dict(e) for e in events]
         if not events:
@@ -385,12 +394,13 @@ class JobStore:
                 stored = self._insert_events(job_id, job.last_sequence, events, now)
                 self._writer.execute(
                     "UPDATE jobs SET last_sequence = ?, progress = ?, latest_metrics = ?, last_checkpoint_step = ?,"
-                    " updated_at = ? WHERE id = ?",
+                    " relayed = ?, updated_at = ? WHERE id = ?",
                     (
                         stored[-1].sequence,
                         _dumps(progress) if progress is not None else None,
                         _dumps(metrics),
                         checkpoint_step,
+                        job.relayed if relayed is None else relayed,
                         now,
                         job_id,
                     ),
@@ -429,7 +439,7 @@ class JobStore:
                 attempt = attempt if attempt is not None else job.attempts + 1
                 event = ev.State(state=state, reason=reason, attempt=attempt, device=device or "",
                                  resume_step=int(resume_step or 0))  # fmt: skip
-                columns.update(attempts=attempt, device=device or "", worker_pid=worker_pid or 0)
+                columns.update(attempts=attempt, device=device or "", worker_pid=worker_pid or 0, relayed=0)
                 if job.started_at is None:
                     columns["started_at"] = now
             else:

@@ -93,40 +93,57 @@ def lock_run_dir(job_dir: Path, timeout: float = LOCK_TIMEOUT_SECONDS) -> int:
             time.sleep(0.2)
 
 
-def run_training(job: dict, job_dir: Path, channel: EventChannel, stop: StopRequests) -> dict:
+def run_training(job: dict, job_dir: Path, channel: EventChannel, stop: StopRequests, node_rank: int = 0,
+                 rdzv_endpoint: str = "") -> dict:  # fmt: skip
     """Run the Trainer on the job's spec in the job directory; return its summary."""
     from gansvc.train import Trainer, TrainSpec
 
     spec = TrainSpec.from_dict(job["spec"])
-    if spec.nproc > 1:
-        return run_distributed_training(spec, job_dir, channel, stop)
+    if spec.nproc > 1 or spec.nnodes > 1:
+        return run_distributed_training(spec, job_dir, channel, stop, node_rank, rdzv_endpoint)
     # The trainer's events (a resume announces itself with a Log carrying resume_step) go out as they come.
     return Trainer(spec, job_dir, on_event=channel.send, should_stop=stop.is_set).run()
 
 
-def run_distributed_training(spec, job_dir: Path, channel: EventChannel, stop: StopRequests) -> dict:
+def run_distributed_training(spec, job_dir: Path, channel: EventChannel, stop: StopRequests, node_rank: int = 0,
+                             rdzv_endpoint: str = "") -> dict:  # fmt: skip
     """Run the job on spec.nproc processes with torchrun on this worker's devices; return rank 0's summary.
 
     The devices are the allocation's (CUDA_VISIBLE_DEVICES is already this process's): rank r takes
     the r-th visible GPU, or is a CPU process with gloo. Rank 0's events come back over a local socket;
     a stop request becomes a checkpoint-and-stop of every rank. A failing rank raises
     DistributedRunFailed naming it and its error, after torchrun has torn the other ranks down.
+
+    With spec.nnodes > 1 (the Ray backend: one worker per node) this worker is node `node_rank` of a static
+    rendezvous at `rdzv_endpoint` on node 0, which holds global rank 0: node 0's worker relays the events and
+    alone writes the run directory (through rank 0); another node's worker returns a summary of its own.
     """
     from gansvc.atomic import atomic_write_text
     from gansvc.train.errors import DistributedRunFailed
     from gansvc.train.launch import LaunchConfig, launch
 
+    config = LaunchConfig(nproc_per_node=spec.nproc)
     spec_file = job_dir / "rank_spec.json"
-    atomic_write_text(spec_file, json.dumps(spec.to_dict(), indent=2) + "\n")
     devices = os.environ.get("CUDA_VISIBLE_DEVICES", "")
     where = f"GPUs {devices}" if devices else "CPU processes (gloo)"
+    if spec.nnodes > 1:
+        if not rdzv_endpoint:
+            raise ValueError(f"nnodes {spec.nnodes}: this worker was given no rendezvous (the Ray backend's)")
+        config = LaunchConfig(nproc_per_node=spec.nproc, nnodes=str(spec.nnodes), rdzv_endpoint=rdzv_endpoint,
+                              rdzv_id=job_dir.name, node_rank=node_rank)  # fmt: skip
+        where += f", node {node_rank} of {spec.nnodes} (rendezvous at {rdzv_endpoint})"
+        if node_rank:  # the same spec; a file of its own, so that no two nodes write one file
+            spec_file = job_dir / f"rank_spec.node{node_rank}.json"
+    atomic_write_text(spec_file, json.dumps(spec.to_dict(), indent=2) + "\n")
     channel.send(_log(f"starting {spec.nproc} processes with torchrun on {where}"))
     result = launch(
-        LaunchConfig(nproc_per_node=spec.nproc), ["--spec", str(spec_file), "--out", str(job_dir), "--quiet"],
+        config, ["--spec", str(spec_file), "--out", str(job_dir), "--quiet"],
         on_event=channel.send, should_stop=stop.is_set, cwd=job_dir,
     )  # fmt: skip
     if result.exit_code != 0:
         raise DistributedRunFailed(result)
+    if node_rank:  # rank 0, on node 0, writes summary.json (maybe after this node's ranks have exited)
+        return {"status": "completed", "node_rank": node_rank, "stopped": stop.is_set()}
     return json.loads((job_dir / "summary.json").read_text(encoding="utf-8"))
 
 
@@ -270,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--event-fd", type=int, required=True)
     parser.add_argument("--control-fd", type=int, required=True)
     parser.add_argument("--parent-pid", type=int, required=True)
+    # a job across nodes (spec.nnodes > 1, the Ray backend): this worker's node and the rendezvous on node 0
+    parser.add_argument("--node-rank", type=int, default=0)
+    parser.add_argument("--rdzv-endpoint", default="")
     args = parser.parse_args(argv)
 
     die_with_parent(args.parent_pid)
@@ -280,11 +300,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     channel = EventChannel(args.event_fd)
     try:
-        lock_run_dir(args.job_dir)
+        if args.node_rank == 0:  # only node 0's worker (the one whose rank 0 writes the run directory) holds it
+            lock_run_dir(args.job_dir)
         job = json.loads((args.job_dir / "worker_input.json").read_text(encoding="utf-8"))
         channel.send(events.Hello(pid=os.getpid()))
         if job["kind"] == "training":
-            summary = run_training(job, args.job_dir, channel, stop)
+            summary = run_training(job, args.job_dir, channel, stop, args.node_rank, args.rdzv_endpoint)
         else:
             summary = run_evaluation(job, args.job_dir, channel, stop)
         channel.send(events.Finished(stopped=bool(summary.get("stopped")), summary=summary))

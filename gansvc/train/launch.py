@@ -63,6 +63,9 @@ class LaunchConfig:
     rdzv_id: str = "gansvc-train"  # the same on every node of one run
     local_addr: str = ""  # this node's address as the other nodes reach it ("" = torchrun's guess)
     shutdown_timeout: int = SHUTDOWN_TIMEOUT
+    # >= 0: a static rendezvous instead of c10d's: this node is node `node_rank` of exactly `nnodes`, node 0 hosts
+    # the store at rdzv_endpoint and holds global rank 0 (the Ray backend: rank 0 beside the actor that relays)
+    node_rank: int = -1
 
     def validate(self) -> LaunchConfig:
         """Return self, or raise ValueError naming the bad option and its value."""
@@ -80,6 +83,9 @@ class LaunchConfig:
             host, _, port = self.rdzv_endpoint.rpartition(":")
             if not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ValueError(f"--rdzv-endpoint: got {self.rdzv_endpoint!r}, expected HOST:PORT")
+        if self.node_rank >= 0 and not (self.nnodes.isdigit() and self.node_rank < int(self.nnodes)):
+            raise ValueError(f"--node-rank: got {self.node_rank}, expected 0 <= rank < a fixed number of nodes "
+                             f"(--nnodes {self.nnodes})")  # fmt: skip
         if not self.rdzv_id or any(c.isspace() for c in self.rdzv_id):
             raise ValueError(f"--rdzv-id: got {self.rdzv_id!r}, expected a non-empty name without spaces")
         return self
@@ -93,7 +99,11 @@ class LaunchConfig:
         """Return torchrun's options for this configuration."""
         args = [f"--nproc-per-node={self.nproc_per_node}", "--max-restarts=0",
                 f"--shutdown-timeout={self.shutdown_timeout}"]  # fmt: skip
-        if self.rdzv_endpoint:
+        if self.rdzv_endpoint and self.node_rank >= 0:
+            host, _, port = self.rdzv_endpoint.rpartition(":")
+            args += [f"--nnodes={self.nnodes}", "--rdzv-backend=static", f"--node-rank={self.node_rank}",
+                     f"--master-addr={host}", f"--master-port={port}", f"--rdzv-id={self.rdzv_id}"]  # fmt: skip
+        elif self.rdzv_endpoint:
             args += [f"--nnodes={self.nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={self.rdzv_endpoint}",
                      f"--rdzv-id={self.rdzv_id}"]  # fmt: skip
         else:

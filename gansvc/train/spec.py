@@ -318,6 +318,10 @@ class TrainSpec:
                 f"the global batch {self.batch_size} does not divide among nproc={self.nproc} processes; use a "
                 f"multiple of {self.nproc}",
             )
+        if self.batch_size % (self.nproc * self.nnodes):
+            world = self.nproc * self.nnodes
+            raise SpecError("batch_size", f"the global batch {self.batch_size} does not divide among nproc={self.nproc}"
+                            f" x nnodes={self.nnodes} processes; use a multiple of {world}")  # fmt: skip
         if info is not None and info.size("train") is not None:
             self.check_dataset_size(info.size("train"))
         self._validate_selection()
