@@ -34,7 +34,7 @@ from gansvc.runtime import events as ev
 from gansvc.service.server import GanServer, ServerConfig
 from gansvc.service.store import JobStore
 from gansvc.train.spec import TrainSpec
-from gansvc.web.series import downsample
+from gansvc.api.downsample import downsample
 
 import devtools  # tests/devtools.py: pytest puts this folder on sys.path
 from waiting import wait_for
