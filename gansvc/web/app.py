@@ -560,7 +560,7 @@ def _cross_site(request: Request) -> str:
 def create_app(client) -> Starlette:
     """Return the dashboard's ASGI app, answering through `client` (a GanClient)."""
     board = Dashboard(client)
-    gate = LoginGate(client, _cross_site)
+    gate = LoginGate(client, _cross_site, _error_response)
     routes = [
         Route("/login", gate.login_page),
         Route("/login", gate.login, methods=["POST"]),

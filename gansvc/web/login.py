@@ -65,9 +65,10 @@ class LoginGate:
     """The sessions, the login routes, and the guard (`Guarded`, an ASGI middleware) that lets a request through
     only with a session when the server needs a token (see the module's docstring)."""
 
-    def __init__(self, client, cross_site):
+    def __init__(self, client, cross_site, error_response):
         self.client = client  # the dashboard's own GanClient (its channel is shared by every session's client)
         self.cross_site = cross_site  # request -> why it is refused as cross-site ("" when not)
+        self.error_response = error_response  # (request, status, message, code) -> the dashboard's error answer
         self._sessions: dict[str, _Session] = {}
         self._bearers: dict[str, tuple[float, object]] = {}  # token hash -> (checked until, client)
         self._guard = threading.Lock()
@@ -158,10 +159,15 @@ class LoginGate:
             return
         try:
             required = await self.required()
-        except grpc.RpcError as error:  # cannot tell whether a login is needed: serve nothing
-            message = f"the gansvc server at {self.client.address} is unavailable: {error.details()}"
-            await _refusal(request, 503, message, "UNAVAILABLE")(scope, receive, send)
-            return
+        except grpc.RpcError as error:
+            if self._required is not None:  # the server is down now: what it said last still holds
+                required = self._required
+            elif path == "/metrics":  # it says only that the server is down (gansvc_up 0)
+                required = False
+            else:  # cannot tell whether a login is needed: serve nothing
+                message = f"the gansvc server at {self.client.address} is unavailable: {error.details()}"
+                await self.error_response(request, 503, message, "UNAVAILABLE")(scope, receive, send)
+                return
         if not required:
             await app(scope, receive, send)
             return
@@ -245,12 +251,13 @@ def _local(target: str | None) -> str:
 
 
 def _refusal(request: Request, status: int, message: str, code: str) -> Response:
+    """Return a 401: JSON under /api/, the login form for a page, plain text for /metrics and assets."""
     path = request.url.path
     if path.startswith("/api/"):
         return JSONResponse({"error": message, "code": code}, status_code=status)
-    if status == 401 and request.method == "GET" and not path.startswith("/static/") and path != "/metrics":
+    if request.method == "GET" and not path.startswith("/static/") and path != "/metrics":
         target = path + (f"?{request.url.query}" if request.url.query else "")
-        return login_form(target, status=401)
+        return login_form(target, status=status)
     return PlainTextResponse(message, status_code=status)
 
 
