@@ -165,3 +165,30 @@ def test_logout_and_a_revoked_token_end_the_session(secured):
         assert time.monotonic() < deadline, "the revoked token's session still served"
         time.sleep(0.3)
     assert get(base + "/api/jobs", headers=other)[0] == 401  # and the session is gone for good
+
+
+@pytest.mark.slow
+def test_the_login_page_in_a_browser(secured, tmp_path):
+    """Headless Chromium: the jobs page asks for the token, a wrong one is refused on the form, the right one opens
+    the jobs page live; the page's scripts cannot read the session cookie (HttpOnly)."""
+    import devtools  # tests/devtools.py
+
+    from test_web import ARTIFACTS
+
+    if not devtools.available():
+        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+    _, base, _ = secured
+    with devtools.Browser(base + "/", tmp_path / "profile") as page:
+        page.wait("document.getElementById('token') !== null", 60, "the login form")
+        page.screenshot(ARTIFACTS / "login.png")
+        fill = ("(t) => { document.getElementById('token').value = t;"
+                " document.getElementById('login').submit(); }")  # fmt: skip
+        page.evaluate(f"({fill})({json.dumps('wrong-token')})")
+        page.wait("document.getElementById('login-error') !== null", 60, "the refusal on the form")
+        assert "refused" in page.evaluate("document.getElementById('login-error').textContent")
+        page.evaluate(f"({fill})({json.dumps(TOKEN)})")
+        page.wait("document.getElementById('live') !== null && "
+                  "document.getElementById('live').textContent === 'live'", 60, "the jobs page's live stream")  # fmt: skip
+        assert page.evaluate("document.location.pathname") == "/"
+        assert page.evaluate("document.cookie") == ""  # HttpOnly: no script of any page reads the session
+        page.screenshot(ARTIFACTS / "jobs-after-login.png")
