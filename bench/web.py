@@ -153,8 +153,8 @@ def main() -> int:
         try:
             with GanClient(served.address) as client:
                 client.wait_until_serving()
-                print(f"server {served.address}, dashboard {served.web}; {os.cpu_count()} CPUs; "
-                      f"{args.model}, {args.steps} steps, log every 10; {args.streams} streams", flush=True)  # fmt: skip
+                print(f"server {served.address}, dashboard {served.web}; {os.cpu_count()} CPUs; {args.model}, "
+                      f"{args.steps} steps, log every 10; {args.streams} streams", flush=True)  # fmt: skip
                 for round_ in range(args.rounds):
                     rate, _, _ = run(client, served.web, spec, 0)
                     alone.append(rate)
