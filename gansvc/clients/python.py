@@ -16,6 +16,7 @@ needed here: this module imports only the stubs and gansvc.api.convert.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -107,6 +108,13 @@ class GanClient:
             self.channel = grpc.insecure_channel(address, options=options)
         self.stub = pb_grpc.GanServiceStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
+
+    def with_token(self, token: str | None) -> GanClient:
+        """Return a client on this one's channel that sends `token` (None: no token) instead of this one's; closing
+        it closes the shared channel, so close only the original."""
+        other = copy.copy(self)
+        other._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        return other
 
     def close(self) -> None:
         """Close the channel."""
@@ -297,19 +305,27 @@ class GanClient:
         return job
 
     # ------------------------------------------------------------------ results
-    def metrics(self, job_id: str, names: Iterable[str] = ()) -> list[tuple[int, dict[str, float]]]:
-        """Return the job's metric history as [(step, {name: value})], in step order."""
-        history = self.stub.GetMetrics(
-            pb.GetMetricsRequest(job_id=job_id, names=list(names)), metadata=self._metadata, timeout=self.timeout
-        )
-        return [(point.step, dict(point.values)) for point in history.points]
+    def metrics(
+        self, job_id: str, names: Iterable[str] = (), max_points: int = 0
+    ) -> list[tuple[int, dict[str, float]]]:
+        """Return the job's metric history as [(step, {name: value})], in step order; with max_points, each series
+        downsampled on the server to at most that many points (its minima and maxima kept)."""
+        return [(step, values) for step, _, values in self.metric_points(job_id, names, max_points)]
 
-    def metric_points(self, job_id: str, names: Iterable[str] = ()) -> list[tuple[int, float, dict[str, float]]]:
-        """Return the job's metric history as [(step, UNIX time, {name: value})], in step order."""
-        history = self.stub.GetMetrics(
-            pb.GetMetricsRequest(job_id=job_id, names=list(names)), metadata=self._metadata, timeout=self.timeout
-        )
-        return [(p.step, p.time.seconds + p.time.nanos / 1e9, dict(p.values)) for p in history.points]
+    def metric_points(
+        self, job_id: str, names: Iterable[str] = (), max_points: int = 0
+    ) -> list[tuple[int, float, dict[str, float]]]:
+        """Return the job's metric history as [(step, UNIX time, {name: value})], in step order (max_points as in
+        metrics)."""
+        return [(p.step, p.time.seconds + p.time.nanos / 1e9, dict(p.values))
+                for p in self.metric_history(job_id, names, max_points).points]  # fmt: skip
+
+    def metric_history(self, job_id: str, names: Iterable[str] = (), max_points: int = 0) -> pb.MetricsHistory:
+        """Return GetMetrics' reply itself (points, and each series' total_points before downsampling)."""
+        request = pb.GetMetricsRequest(job_id=job_id, names=list(names))
+        if max_points:
+            request.max_points = max_points
+        return self.stub.GetMetrics(request, metadata=self._metadata, timeout=self.timeout)
 
     def samples(
         self,

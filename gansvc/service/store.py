@@ -8,6 +8,9 @@ One connection writes (behind a lock); readers borrow a connection from a small 
 
 Events are the typed events of gansvc.runtime.events, stored as their records ({"type", fields});
 the job row changes with the progress, metrics, checkpoint and state events only.
+
+Metric events are also indexed, in the same transaction, as packed series (gansvc.service.metric_index): GetMetrics
+of a long run reads its series from there instead of decoding every event.
 """
 
 from __future__ import annotations
@@ -22,8 +25,11 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from gansvc.runtime import events as ev
 from gansvc.runtime import jsonable, registry
+from gansvc.service import metric_index
 
 STATES, TERMINAL_STATES = registry.JOB_STATES, registry.TERMINAL_STATES
 KINDS = ("training", "evaluation", "sweep")
@@ -33,7 +39,7 @@ _TRANSITIONS = {
     "QUEUED": {"RUNNING", "CANCELLED", "FAILED"},
     "RUNNING": {"QUEUED", "SUCCEEDED", "FAILED", "CANCELLED"},
 }
-_SCHEMA_VERSION = 3  # 2: jobs.sweep_id and trial_number (a sweep's trials); 3: jobs.relayed
+_SCHEMA_VERSION = 4  # 2: jobs.sweep_id and trial_number (a sweep's trials); 3: jobs.relayed; 4: the metric index
 _IDLE_READERS = 4  # reader connections kept open between reads; more are opened while needed, then closed
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -216,7 +222,11 @@ class JobStore:
                 self._writer.execute("ALTER TABLE jobs ADD COLUMN trial_number INTEGER NOT NULL DEFAULT 0")
             if 0 < version < 3:  # version 2: no remote worker's relay position yet
                 self._writer.execute("ALTER TABLE jobs ADD COLUMN relayed INTEGER NOT NULL DEFAULT 0")
-            self._writer.executescript(_SCHEMA)
+            self._writer.executescript(_SCHEMA + metric_index.SCHEMA)
+        # one transaction: a store opened again after a crash here builds the index again, from the start
+        with self._transaction():
+            if 0 < version < 4:  # written before the metric index: build it from the stored events, once
+                metric_index.backfill(self._writer)
             self._writer.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
 
     def _connect(self) -> sqlite3.Connection:
@@ -314,6 +324,12 @@ class JobStore:
             (job_id, *types),
         )
         return [_row_to_event(r) for r in rows]
+
+    def metric_series(self, job_id: str, names: Iterable[str] = ()) -> dict[str, tuple[np.ndarray, ...]]:
+        """Return {metric: (steps, values, times)} of the job as arrays in step order (every metric when `names` is
+        empty), read from the metric index (gansvc.service.metric_index)."""
+        with self._reading() as conn:
+            return metric_index.read(conn, job_id, names)
 
     # ------------------------------------------------------------------ writes
     def create_job(
@@ -504,6 +520,7 @@ class JobStore:
             "INSERT INTO events (job_id, sequence, time, type, payload) VALUES (?, ?, ?, ?, ?)",
             [(e.job_id, e.sequence, e.time, e.type, _dumps(e.payload)) for e in stored],
         )
+        metric_index.fold(self._writer, job_id, [(now, event) for event in events])
         return stored
 
     def _notify(self, job_id: str, sequence: int) -> None:

@@ -16,6 +16,8 @@ GanClient (the gRPC API, nothing else).
     /submit                 submit page          /api/sweeps/{id}        the sweep's trials (its events + GetJob)
                                                  /api/spec/fields        GetServerInfo.training_fields
                                                  POST /api/submit        SubmitTraining (same origin only)
+    /login                  login form (POST: a session cookie), only when the server needs a token; POST /logout
+When the server needs a token, every other route needs a session (gansvc.web.login): 401 without one.
 A gRPC error becomes its HTTP status (NOT_FOUND 404, INVALID_ARGUMENT 400, FAILED_PRECONDITION 409,
 UNAVAILABLE 503, ...) with the server's message: JSON {"error", "code"} under /api, an HTML page elsewhere.
 """
@@ -35,14 +37,15 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.middleware import Middleware
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from gansvc.api.convert import KIND_TO_PROTO
 from gansvc.runtime import registry
 from gansvc.web import shapes, views
+from gansvc.web.login import REQUEST_CLIENT, ClientOfRequest, Guarded, LoginGate
 from gansvc.web.relay import Relay
-from gansvc.web.series import SeriesCache, downsample
 
 STATIC = Path(__file__).resolve().parent / "static"
 JOBS_POLL_SECONDS = 1.0  # the jobs page's push interval: a new job shows within this (plus one ListJobs)
@@ -130,14 +133,14 @@ class Dashboard:
     """The app's state: the client, caches of what never changes for a job's past, and the routes."""
 
     def __init__(self, client):
-        self.client = client
+        # each request's calls carry its session's token when the server needs one (gansvc.web.login)
+        self.client = ClientOfRequest(client)
         self.address = client.address
         self._best_fid: dict[str, tuple[float | None, float | None]] = {}  # job -> (latest fid seen, best)
         self._best_events: dict[str, tuple[int, dict | None]] = {}  # job -> (events scanned, last best event)
         self._scan_locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._metrics_registry = None
-        self._series = SeriesCache(client)
         self._fields: list[dict] | None = None
 
     # ------------------------------------------------------------------ helpers
@@ -210,23 +213,15 @@ class Dashboard:
             jobs.append({k: job[k] for k in ("id", "kind", "state", "created_at", "started_at", "sweep_id",
                                              "trial_number")})  # fmt: skip
             specs[job_id] = job["spec"]
-            history = self.client.metric_points(job_id, names=names)
-            by_name: dict[str, tuple[list, list, dict]] = {}
-            for step, time, values in history:
+            by_name: dict[str, dict[str, list]] = {}
+            # downsampled by the server (GetMetrics max_points), each series on its own
+            for step, time, values in self.client.metric_points(job_id, names=names, max_points=points):
                 for name, value in values.items():
-                    steps, kept, times = by_name.setdefault(name, ([], [], {}))
-                    steps.append(step)
-                    kept.append(value)
-                    times[step] = time
-            series[job_id] = {}
-            for name in sorted(by_name):
-                steps, values, times = by_name[name]
-                kept_steps, kept_values = downsample(steps, values, points)
-                series[job_id][name] = {
-                    "step": kept_steps.tolist(),
-                    "time": [times[s] for s in kept_steps.tolist()],
-                    "value": [v if math.isfinite(v) else None for v in kept_values.tolist()],
-                }
+                    kept = by_name.setdefault(name, {"step": [], "time": [], "value": []})
+                    kept["step"].append(step)
+                    kept["time"].append(time)
+                    kept["value"].append(value if math.isfinite(value) else None)
+            series[job_id] = {name: by_name[name] for name in sorted(by_name)}
         metrics = sorted({name for job in series.values() for name in job})
         return {"jobs": jobs, "metrics": metrics, "series": series, "diff": views.spec_diff(specs)}
 
@@ -253,7 +248,8 @@ class Dashboard:
         cached = self._best_fid.get(job.id)
         if cached is not None and (cached[0] == latest or (math.isnan(latest) and cached[0] is None)):
             return cached[1]
-        history = self.client.metrics(job.id, names=["fid"])
+        # the lowest FID survives the server's downsampling (every bucket keeps its minimum)
+        history = self.client.metrics(job.id, names=["fid"], max_points=SERIES_POINTS)
         values = [v["fid"] for _, v in history if "fid" in v and math.isfinite(v["fid"])]
         best = min(values) if values else None
         self._best_fid[job.id] = (None if math.isnan(latest) else latest, best)
@@ -282,21 +278,16 @@ class Dashboard:
             return best
 
     def series(self, job_id: str, names: list[str], points: int) -> dict:
-        """Return the job's metric series, each downsampled to at most `points` points (blocking)."""
-        job = self.client.get_job(job_id)
-        held = self._series.get(job)
-        series, total = {}, {}
-        for name in sorted(held):
-            if names and name not in names:
-                continue
-            steps, values = held[name]
-            total[name] = len(steps)
-            kept_steps, kept_values = downsample(steps, values, points)
-            series[name] = {
-                "step": kept_steps.tolist(),
-                "value": [v if math.isfinite(v) else None for v in kept_values.tolist()],
-            }
-        return {"job_id": job_id, "points": points, "total": total, "series": series}
+        """Return the job's metric series, each downsampled by the server to at most `points` points (blocking)."""
+        history = self.client.metric_history(job_id, names=names, max_points=points)
+        by_name: dict[str, dict[str, list]] = {}
+        for point in history.points:
+            for name, value in point.values.items():
+                kept = by_name.setdefault(name, {"step": [], "value": []})
+                kept["step"].append(point.step)
+                kept["value"].append(value if math.isfinite(value) else None)
+        return {"job_id": job_id, "points": points, "total": dict(sorted(history.total_points.items())),
+                "series": {name: by_name[name] for name in sorted(by_name)}}
 
     # ------------------------------------------------------------------ pages
     async def page_jobs(self, request: Request) -> Response:
@@ -569,7 +560,11 @@ def _cross_site(request: Request) -> str:
 def create_app(client) -> Starlette:
     """Return the dashboard's ASGI app, answering through `client` (a GanClient)."""
     board = Dashboard(client)
+    gate = LoginGate(client, _cross_site, _error_response)
     routes = [
+        Route("/login", gate.login_page),
+        Route("/login", gate.login, methods=["POST"]),
+        Route("/logout", gate.logout, methods=["POST"]),
         Route("/", board.page_jobs),
         Route("/jobs/{job_id}", board.page_job),
         Route("/server", board.page_server),
@@ -596,6 +591,12 @@ def create_app(client) -> Starlette:
     ]
 
     async def on_grpc_error(request: Request, error: Exception) -> Response:
+        code = error.code() if hasattr(error, "code") else None
+        if code == grpc.StatusCode.UNAUTHENTICATED and REQUEST_CLIENT.get() is not None:
+            # the user's own token, refused now (the server's token file changed): log in again
+            gate.session_ended(request)
+            return _error_response(request, 401, "the gansvc server no longer accepts this token: log in again",
+                                   "UNAUTHENTICATED")  # fmt: skip
         return _grpc_error(request, error, board.address)
 
     async def on_bad_request(request: Request, error: Exception) -> Response:
@@ -605,6 +606,7 @@ def create_app(client) -> Starlette:
         return _error_response(request, 404, f"no page {request.url.path}", "NOT_FOUND")
 
     handlers = {grpc.RpcError: on_grpc_error, BadRequest: on_bad_request, 404: on_not_found}
-    app = Starlette(routes=routes, exception_handlers=handlers)
+    app = Starlette(routes=routes, exception_handlers=handlers, middleware=[Middleware(Guarded, gate=gate)])
     app.state.dashboard = board
+    app.state.login = gate
     return app

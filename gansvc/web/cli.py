@@ -24,8 +24,10 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
 
     client_arguments(name, parser)  # a command it does not know: the connection options only
     parser.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
-                        help=f"the dashboard's address (default {DEFAULT_LISTEN}; port 0 picks a free one); it "
-                        "has no login of its own, so keep it on loopback unless the network is trusted")  # fmt: skip
+                        help=f"the dashboard's address (default {DEFAULT_LISTEN}; port 0 picks a free one); when "
+                        "the server needs a token each browser logs in with one, else whoever reaches the "
+                        "dashboard acts with its connection: keep it on loopback unless the network is "
+                        "trusted")  # fmt: skip
     parser.add_argument("--ready-file", type=Path,
                         help="write {url, address, port, pid} as JSON here once listening")  # fmt: skip
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="warning",

@@ -17,6 +17,15 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
+// Where a job runs: its device, and the cluster nodes it spans when the server reports them (Job.nodes, a
+// repeated field a Ray-backed server fills; absent or empty elsewhere), e.g. "cuda:0 @ node-a, node-b".
+function fmtPlace(job) {
+  const nodes = (job.nodes || []).filter((n) => n);
+  const device = job.device || "";
+  if (!nodes.length) return device;
+  return (device ? device + " @ " : "") + nodes.join(", ");
+}
+
 function fmtNumber(value, digits) {
   if (value === null || value === undefined || Number.isNaN(value)) return "–";
   if (Math.abs(value) >= 1000) return Math.round(value).toLocaleString("en");

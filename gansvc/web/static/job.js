@@ -33,7 +33,7 @@ function renderJob() {
   document.getElementById("job-kind").textContent = job.kind + (job.sweep_id ? " (trial " + job.trial_number +
     " of " + job.sweep_id + ")" : "");
   renderProgress(job.progress || {});
-  document.getElementById("job-device").textContent = job.device || "–";
+  document.getElementById("job-device").textContent = fmtPlace(job) || "–";
   document.getElementById("job-attempts").textContent = job.attempts;
   document.getElementById("job-message").textContent = job.message || "";
   document.getElementById("cancel").disabled = TERMINAL.has(job.state) || job.cancel_requested;

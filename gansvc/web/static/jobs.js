@@ -53,7 +53,7 @@ function row(job, now) {
     el("td", {class: "num"}, running && p.images_per_sec ? fmtNumber(p.images_per_sec, 0) : ""),
     el("td", {class: "num"}, fid === undefined ? "" : fmtNumber(fid)),
     el("td", {class: "num"}, job.best_fid === null || job.best_fid === undefined ? "" : fmtNumber(job.best_fid)),
-    el("td", {}, job.device || ""),
+    el("td", {class: "place"}, fmtPlace(job)),
     el("td", {class: "num"}, job.attempts),
     el("td", {class: "num age", "data-created": job.created_at}, fmtDuration(now - job.created_at)),
     el("td", {class: "msg"}, job.message || ""));
