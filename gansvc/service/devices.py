@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import threading
 from dataclasses import dataclass
 
@@ -35,9 +36,19 @@ class Allocation:
         return {"CUDA_VISIBLE_DEVICES": ",".join(map(str, self.gpus))}
 
     @property
+    def addresses(self) -> tuple[str, ...]:
+        """Return the address of each node the job runs on (Job.nodes): this machine's, on the local backend."""
+        return (local_node_address(),)
+
+    @property
     def spec_device(self) -> str:
         """Return the spec's device inside the worker ('cpu' or 'cuda': the visible GPUs are the allocation)."""
         return self.kind
+
+
+def local_node_address() -> str:
+    """Return how the local backend names its one node (Job.nodes, ServerInfo.nodes): this machine's host name."""
+    return socket.gethostname() or "127.0.0.1"
 
 
 def detect_gpu_count() -> int:

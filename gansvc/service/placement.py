@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class NodeResources:
-    """One node of the cluster: its id, its address, and its CPU slots and GPUs in all and free now."""
+    """One node of the cluster: its id, its address, its CPU slots and GPUs in all and free now, and its liveness."""
 
     id: str
     address: str
@@ -22,6 +22,12 @@ class NodeResources:
     free_cpus: float = 0.0
     free_gpus: float = 0.0
     alive: bool = True
+    port: int = 0  # the node's raylet (node manager) port: with the address, unique even for nodes of one machine
+
+    @property
+    def endpoint(self) -> str:
+        """Return the node's address as Job.nodes and ServerInfo.nodes name it: 'ADDRESS:PORT' of its raylet."""
+        return f"{self.address}:{self.port}" if self.port else self.address
 
     @property
     def name(self) -> str:

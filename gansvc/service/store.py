@@ -33,7 +33,7 @@ _TRANSITIONS = {
     "QUEUED": {"RUNNING", "CANCELLED", "FAILED"},
     "RUNNING": {"QUEUED", "SUCCEEDED", "FAILED", "CANCELLED"},
 }
-_SCHEMA_VERSION = 2  # 2: jobs.sweep_id and trial_number (a sweep's trials)
+_SCHEMA_VERSION = 3  # 2: jobs.sweep_id and trial_number (a sweep's trials); 3: jobs.nodes (where it runs)
 _IDLE_READERS = 4  # reader connections kept open between reads; more are opened while needed, then closed
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -58,7 +58,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     summary TEXT,
     last_checkpoint_step INTEGER NOT NULL DEFAULT 0,
     sweep_id TEXT NOT NULL DEFAULT '',
-    trial_number INTEGER NOT NULL DEFAULT 0
+    trial_number INTEGER NOT NULL DEFAULT 0,
+    nodes TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state);
 CREATE TABLE IF NOT EXISTS events (
@@ -142,6 +143,7 @@ class JobRecord:
     rowid: int = 0
     sweep_id: str = ""  # the sweep job this training job is a trial of ("" when none)
     trial_number: int = 0
+    nodes: tuple[str, ...] = ()  # the address of each node the current or last attempt runs on
 
     @property
     def terminal(self) -> bool:
@@ -180,6 +182,7 @@ def _row_to_job(row: sqlite3.Row) -> JobRecord:
         rowid=row["rowid"],
         sweep_id=row["sweep_id"],
         trial_number=row["trial_number"],
+        nodes=tuple(json.loads(row["nodes"])),
     )
 
 
@@ -209,6 +212,8 @@ class JobStore:
             if 0 < version < 2:  # a version 1 database: its jobs are no sweep's trials
                 self._writer.execute("ALTER TABLE jobs ADD COLUMN sweep_id TEXT NOT NULL DEFAULT ''")
                 self._writer.execute("ALTER TABLE jobs ADD COLUMN trial_number INTEGER NOT NULL DEFAULT 0")
+            if 0 < version < 3:  # before version 3 no job recorded its nodes
+                self._writer.execute("ALTER TABLE jobs ADD COLUMN nodes TEXT NOT NULL DEFAULT '[]'")
             self._writer.executescript(_SCHEMA)
             self._writer.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
 
@@ -409,12 +414,13 @@ class JobStore:
         worker_pid: int | None = None,
         resume_step: int | None = None,
         summary: dict | None = None,
+        nodes: Iterable[str] = (),
     ) -> StoredEvent:
         """Move the job to `state` and append the state event; return the event.
 
-        RUNNING counts an attempt and records the device and worker pid; leaving RUNNING clears the pid;
-        a terminal state records the finish time. Raises InvalidTransition for a move the state machine
-        does not allow (e.g. out of SUCCEEDED).
+        RUNNING counts an attempt and records the device, the nodes (kept once it ends) and worker pid; leaving
+        RUNNING clears the pid; a terminal state records the finish time. Raises InvalidTransition for a move the
+        state machine does not allow (e.g. out of SUCCEEDED).
         """
         if state not in STATES:
             raise ValueError(f"state must be one of {', '.join(STATES)}, got {state!r}")
@@ -427,9 +433,10 @@ class JobStore:
             columns = {"state": state, "message": reason, "updated_at": now}
             if state == "RUNNING":
                 attempt = attempt if attempt is not None else job.attempts + 1
+                nodes = [str(n) for n in nodes]
                 event = ev.State(state=state, reason=reason, attempt=attempt, device=device or "",
-                                 resume_step=int(resume_step or 0))  # fmt: skip
-                columns.update(attempts=attempt, device=device or "", worker_pid=worker_pid or 0)
+                                 resume_step=int(resume_step or 0), node=",".join(nodes))  # fmt: skip
+                columns.update(attempts=attempt, device=device or "", worker_pid=worker_pid or 0, nodes=_dumps(nodes))
                 if job.started_at is None:
                     columns["started_at"] = now
             else:

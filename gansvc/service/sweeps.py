@@ -330,7 +330,7 @@ class SweepDriver(threading.Thread):
             message = (f"best: trial {best['trial']} ({best['job_id']}) with {spec['objective']['metric']} "
                        f"{best['value']:.4g}" if best else "no trial completed")  # fmt: skip
             message += f"; {count_line(summary['counts'])}"
-        job_dir = self.manager.state_dir / "jobs" / self.job_id
+        job_dir = self.manager.jobs_dir / self.job_id
         job_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(job_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
         self._set_state(state, message, summary=summary)
@@ -375,12 +375,13 @@ class SweepManager:
     """The server's sweeps: submits them, runs a driver thread for each, cancels them with their trials."""
 
     def __init__(self, store, scheduler, roots: validation.DataRoots, pool, state_dir: Path, init_sources=None,
-                 default_track: str = ""):  # fmt: skip
+                 default_track: str = "", jobs_dir: Path | None = None):  # fmt: skip
         self.store, self.scheduler, self.roots, self.pool = store, scheduler, roots, pool
         self.init_sources = init_sources  # resolves a base's init_from (issue 21)
         self.default_track = default_track  # gansvc serve --mlflow-uri: the base's track when it sets none
         self.state_dir = Path(state_dir)
         self.sweeps_dir = self.state_dir / "sweeps"
+        self.jobs_dir = Path(jobs_dir) if jobs_dir else self.state_dir / "jobs"  # gansvc serve --jobs-dir
         self._drivers: dict[str, SweepDriver] = {}
         self._lock = threading.Lock()
         self._stopped = False
