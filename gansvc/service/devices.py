@@ -115,6 +115,14 @@ class DevicePool:
             return f"nproc {nproc} needs {nproc} GPUs, but the pool has {len(self.gpus)}"
         return None
 
+    def capacity(self, device: str, nproc: int = 1, nnodes: int = 1, threads: int = 0) -> int:
+        """Return how many such jobs the pool runs at once (a sweep's default concurrency): its CPU job slots, or
+        its GPUs' room for `nproc` GPUs each."""
+        kind, wanted = self._request(device)
+        if kind == "cpu":
+            return self.cpu_slots
+        return 1 if wanted is not None else len(self.gpus) // max(1, nproc)
+
     def kind(self, device: str) -> str:
         """Return the kind of device ('cpu' or 'cuda') a job asking for `device` runs on here."""
         return self._request(device)[0]

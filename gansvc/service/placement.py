@@ -92,6 +92,25 @@ def never_fits(request: Request, nodes: list[NodeResources]) -> str | None:
     return f"the job asks for {request.describe()}, but the largest node offers {offers}"
 
 
+def capacity(request: Request, nodes: list[NodeResources]) -> int:
+    """Return how many jobs of this request the live nodes hold at once (all resources free; a sweep's default
+    number of trials at once)."""
+    per_node = []
+    for node in (n for n in nodes if n.alive):
+        room = [int(have // want) for have, want in ((node.cpus, request.cpus), (node.gpus, request.gpus)) if want]
+        per_node.append(min(room) if room else 0)
+    if request.nnodes == 1:
+        return sum(per_node)
+    # each job takes one share on each of nnodes different nodes: greedily from the nodes with the most room
+    count, room = 0, sorted(per_node, reverse=True)
+    while len([r for r in room if r > 0]) >= request.nnodes:
+        for index in range(request.nnodes):
+            room[index] -= 1
+        room.sort(reverse=True)
+        count += 1
+    return count
+
+
 def waiting_for(request: Request, nodes: list[NodeResources]) -> str | None:
     """Return what a job that fits the cluster waits for now (e.g. 'waiting for 2 GPUs on one node; free: 1'),
     or None when enough nodes have the resources free."""

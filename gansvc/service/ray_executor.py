@@ -37,7 +37,7 @@ from gansvc.runtime import events
 from gansvc.service.devices import Allocation
 from gansvc.service.errors import WrongState
 from gansvc.service.executor import ATTEMPT_BANNER, Attempt, AttemptListener, Executor, group_name
-from gansvc.service.placement import NodeResources, Request, job_request, never_fits, waiting_for
+from gansvc.service.placement import NodeResources, Request, capacity, job_request, never_fits, waiting_for
 from gansvc.service.store import JobRecord
 
 log = logging.getLogger(__name__)
@@ -212,6 +212,10 @@ class RayPool:
         if problem:
             raise Unplaceable(problem)
         return None
+
+    def capacity(self, device: str, nproc: int = 1, nnodes: int = 1, threads: int = 0) -> int:
+        """Return how many such jobs the nodes that may get work hold at once (a sweep's default concurrency)."""
+        return capacity(self.request(device, nproc, nnodes, threads), self._usable())
 
     def waiting_for(self, device: str, nproc: int = 1, nnodes: int = 1, threads: int = 0) -> str | None:
         """Return what a queued job waits for now ('waiting for 1 CPU slot on one node; ...'), or None."""
