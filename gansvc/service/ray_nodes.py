@@ -98,7 +98,7 @@ class NodeProbes:
         problems = self._probe(due)
         for node in due:
             before = verdicts.get(node.id, (None, 0.0))[0]
-            if node.id in problems and before != problems[node.id]:
+            if node.id in problems and not before:  # newly failing (a retry that fails again stays quiet)
                 log.warning("node %s gets no work: it does not see the jobs directory %s (%s); docs/cluster.md",
                             node.name, self.jobs_dir, problems[node.id])  # fmt: skip
             elif node.id not in problems and before != "":
