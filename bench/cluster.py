@@ -113,27 +113,53 @@ def local_backend(folder: Path, jobs: int, steps: int) -> dict:
         stop(process)
 
 
-def ray_backend(folder: Path, jobs: int, steps: int) -> dict:
-    """Return the figures of the Ray backend on a head without slots and SLOTS one-slot worker nodes."""
+def start_cluster(tries: int = 3):
+    """Return a started cluster: a head without slots and SLOTS one-slot worker nodes. Ray gives a node 30 s to
+    register, which a loaded machine can miss: the processes of a failed try (children of this one) are ended and
+    the start is tried again."""
     from ray.cluster_utils import Cluster
 
-    folder.mkdir()
-    started = time.monotonic()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    try:
-        for _ in range(SLOTS):
-            cluster.add_node(num_cpus=1)
-        cluster.wait_for_nodes()
-        cluster_start = time.monotonic() - started
-        process, address = serve(folder, "--backend", "ray", "--ray-address", cluster.address)
+    for attempt in range(1, tries + 1):
+        before = set(_children())
         try:
-            figures = run_jobs(address, jobs, steps)
-        finally:
-            stop(process)
-        figures["cluster_start"] = cluster_start
-        return figures
+            cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+            for _ in range(SLOTS):
+                cluster.add_node(num_cpus=1)
+            cluster.wait_for_nodes()
+            return cluster
+        except Exception as error:  # noqa: BLE001 - Ray's own "timed out during startup"
+            print(f"the cluster did not start (try {attempt} of {tries}): {error}", flush=True)
+            for pid in set(_children()) - before:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            if attempt == tries:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _children() -> list[int]:
+    """Return the pids of this process's children."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == os.getpid():
+                    found.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return found
+
+
+def ray_backend(cluster, folder: Path, jobs: int, steps: int) -> dict:
+    """Return the figures of the Ray backend on the cluster."""
+    folder.mkdir()
+    process, address = serve(folder, "--backend", "ray", "--ray-address", cluster.address)
+    try:
+        return run_jobs(address, jobs, steps)
     finally:
-        cluster.shutdown()
+        stop(process)
 
 
 def uptime() -> str:
@@ -157,9 +183,18 @@ def main() -> int:
         env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
         return subprocess.run(["unshare", "-n", "bash", "-c", inner], env=env, check=False).returncode
     print(f"load before: {uptime()}", flush=True)
-    with tempfile.TemporaryDirectory(prefix="gansvc-bench-cluster-") as tmp:
-        local = local_backend(Path(tmp) / "local", args.jobs, args.steps)
-        ray = ray_backend(Path(tmp) / "ray", args.jobs, args.steps)
+    # the cluster first (its idle raylets cost little), so that a cluster that cannot start costs no local run
+    started = time.monotonic()
+    cluster = start_cluster()
+    cluster_start = time.monotonic() - started
+    try:
+        with tempfile.TemporaryDirectory(prefix="gansvc-bench-cluster-") as tmp:
+            local = local_backend(Path(tmp) / "local", args.jobs, args.steps)
+            print(f"local: {local}", flush=True)
+            ray = ray_backend(cluster, Path(tmp) / "ray", args.jobs, args.steps)
+    finally:
+        cluster.shutdown()
+    ray["cluster_start"] = cluster_start
     print(f"load after:  {uptime()}")
     print(f"{args.jobs} jobs of {args.steps} steps, {SLOTS} slots (local --cpu-jobs {SLOTS}; Ray: {SLOTS} one-slot "
           f"nodes, cluster started in {ray['cluster_start']:.1f} s)")
