@@ -14,6 +14,24 @@
 # Jobs and their artefacts live in the /var/lib/gansvc volume; data sets are read from /data (for
 # example /data/fashion-mnist). `docker stop` sends SIGTERM: running jobs write a checkpoint and
 # resume when the container starts again, so give it time (--stop-timeout) to do so.
+#
+# The same image is every part of a Ray cluster (docs/cluster.md; examples/cluster-compose.yaml): Ray
+# 2.60 is in requirements.txt. A Ray head or worker overrides the entry point with `ray`; the gansvc
+# server with --backend ray first joins the cluster as a node without slots (a Ray driver needs a Ray
+# node on its own host), then serves:
+#   docker run -d --network host --gpus all --shm-size 8g -v /mnt/shared/gansvc-jobs:/var/lib/gansvc-jobs \
+#       -v /srv/datasets:/data:ro --entrypoint ray --health-cmd "ray health-check --address 10.0.0.1:26379" \
+#       gansvc start --head --port 26379 --node-ip-address 10.0.0.1 --block
+#   docker run -d --network host --gpus all --shm-size 8g -v /mnt/shared/gansvc-jobs:/var/lib/gansvc-jobs \
+#       -v /srv/datasets:/data:ro --entrypoint ray --health-cmd "ray health-check --address 10.0.0.1:26379" \
+#       gansvc start --address 10.0.0.1:26379 --node-ip-address 10.0.0.2 --block
+#   docker run -d --network host --shm-size 2g -v gansvc-state:/var/lib/gansvc \
+#       -v /mnt/shared/gansvc-jobs:/var/lib/gansvc-jobs -v /srv/datasets:/data:ro \
+#       -v /srv/gansvc/tokens:/run/secrets/gansvc-tokens:ro --stop-timeout 120 --entrypoint bash gansvc -c \
+#       "ray start --address 10.0.0.1:26379 --node-ip-address 10.0.0.3 --num-cpus 0 --num-gpus 0 && exec \
+#        gansvc serve --health-listen 127.0.0.1:50052 --backend ray --ray-address 10.0.0.1:26379 \
+#        --jobs-dir /var/lib/gansvc-jobs --listen 0.0.0.0:50051 --data-root /data \
+#        --auth-token-file /run/secrets/gansvc-tokens"
 ARG CUDA_VERSION=13.0.1
 ARG UBUNTU=ubuntu24.04
 
@@ -57,15 +75,19 @@ RUN pip install --no-cache-dir -r /tmp/requirements.txt && rm /tmp/requirements.
 COPY --from=build /wheels /tmp/wheels
 RUN pip install --no-cache-dir --no-deps /tmp/wheels/*.whl && rm -rf /tmp/wheels
 RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/gansvc gansvc \
-    && mkdir -p /var/lib/gansvc /data \
-    && chown gansvc:gansvc /var/lib/gansvc
+    && mkdir -p /var/lib/gansvc /var/lib/gansvc-jobs /data \
+    && chown gansvc:gansvc /var/lib/gansvc /var/lib/gansvc-jobs
 USER gansvc
 WORKDIR /home/gansvc
 # GANSVC_DATA_ROOT: where the trainer looks for a data set left at its default location.
+# RAY_USAGE_STATS_ENABLED=0: a Ray node of this image reports nothing beyond the cluster.
 ENV GANSVC_STATE_DIR=/var/lib/gansvc \
-    GANSVC_DATA_ROOT=/data
+    GANSVC_DATA_ROOT=/data \
+    RAY_USAGE_STATS_ENABLED=0
 VOLUME ["/var/lib/gansvc"]
-EXPOSE 50051
+# 50051: gansvc's gRPC port; 26379: the Ray head's GCS port in the documented commands (Ray's other ports:
+# docs/cluster.md)
+EXPOSE 50051 26379
 STOPSIGNAL SIGTERM
 # The standard grpc.health.v1 check on the health-only port that the entry point always opens on the
 # container's loopback (plaintext, no token, nothing but health), so it works in every mode: plaintext or

@@ -11,7 +11,8 @@
     [search]
     method = "tpe"               # grid | random | tpe
     trials = 8                   # grid: default (and at most) the number of grid points
-    parallel = 2                 # trials running at once
+    max_concurrent = 2           # trials running at once (default: as many as the devices or cluster hold;
+                                 # `parallel` is its older name)
     seed = 0                     # the sampler's seed
 
     [search.space]               # any TrainSpec field: a list of choices or a range
@@ -48,7 +49,7 @@ DEFAULT_TRIALS = 10  # random / tpe without `trials`
 MAX_TRIALS = 1000
 MAX_PARALLEL = 64
 _SECTIONS = {"base", "search", "objective", "pruner"}
-_SEARCH_KEYS = {"method", "trials", "parallel", "seed", "space"}
+_SEARCH_KEYS = {"method", "trials", "max_concurrent", "parallel", "seed", "space"}
 _RANGE_KEYS = {"low", "high", "log", "step"}
 _PRUNER_KEYS = {"method", "startup_trials", "warmup_steps", "min_resource", "reduction_factor"}
 _METRIC = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,63}$")
@@ -177,7 +178,8 @@ def _integer(table: dict, key: str, field: str, default: int, low: int, high: in
 def check_sweep(raw: dict, base: dict) -> dict:
     """Return the checked, complete sweep spec of a raw one; `base` is the trials' validated TrainSpec dict.
 
-    The result: {"base", "base_given", "method", "trials", "parallel", "seed", "space": {name: {...}},
+    The result: {"base", "base_given", "method", "trials", "max_concurrent" (0: as many as fit), "seed",
+    "space": {name: {...}},
     "objective": {"metric", "direction"}, "pruner": {"method", ...} or {}}; "base_given" names the settings
     raw's [base] gives (without a [base]: all of `base`), the others being defaults that a trial of another model
     takes from that model (trial_settings). Raises SweepSpecError naming the field.
@@ -196,7 +198,7 @@ def check_sweep(raw: dict, base: dict) -> dict:
         trials = _integer(search, "trials", "search.trials", points, 1, points)
     else:
         trials = _integer(search, "trials", "search.trials", DEFAULT_TRIALS, 1, MAX_TRIALS)
-    parallel = min(trials, _integer(search, "parallel", "search.parallel", 1, 1, MAX_PARALLEL))
+    max_concurrent = min(trials, _max_concurrent(search))
     seed = _integer(search, "seed", "search.seed", 0, 0, 2**63 - 1)
     objective = raw.get("objective", {})
     metric = objective.get("metric", "fid")
@@ -209,11 +211,29 @@ def check_sweep(raw: dict, base: dict) -> dict:
     if metric in ("fid", "is_mean", "kid_mean") and not evaluates:
         raise SweepSpecError("objective.metric", f"the trials report no {metric}: set base.eval_samples > 0")
     return {
-        "base": base, "base_given": given, "method": method, "trials": trials, "parallel": parallel, "seed": seed,
-        "space": space,
+        "base": base, "base_given": given, "method": method, "trials": trials, "max_concurrent": max_concurrent,
+        "seed": seed, "space": space,
         "objective": {"metric": metric, "direction": DIRECTIONS[direction]},
         "pruner": _check_pruner(raw.get("pruner", {}), base, space),
     }  # fmt: skip
+
+
+def _max_concurrent(search: dict) -> int:
+    """Return the [search] table's limit of trials at once (0 when it sets none: as many as fit). `parallel` is its
+    older name, still taken; both may be given only with the same value."""
+    given = {key: _integer(search, key, f"search.{key}", 1, 1, MAX_PARALLEL)
+             for key in ("max_concurrent", "parallel") if key in search}  # fmt: skip
+    if len(set(given.values())) > 1:
+        raise SweepSpecError("search.max_concurrent", f"got {given['max_concurrent']} and search.parallel (its older "
+                                                      f"name) {given['parallel']}: give one of them")  # fmt: skip
+    return next(iter(given.values()), 0)
+
+
+def concurrency(spec: dict, fits: int) -> int:
+    """Return how many trials of a checked sweep run at once: its max_concurrent, or `fits` (as many as the devices
+    or the cluster hold, at least 1) when it sets none. A sweep stored before max_concurrent kept `parallel`."""
+    limit = spec.get("max_concurrent", spec.get("parallel", 0))
+    return int(limit) if limit else max(1, int(fits))
 
 
 def _check_pruner(table: dict, base: dict, space: dict) -> dict:
@@ -286,8 +306,8 @@ def sweep_spec_to_proto(raw: dict, request_id: str = ""):
         base = {name: base[name] for name in raw["base_given"]}
     message = pb.SweepSpec(base=training_spec_from_dict(base), method=search.get("method", ""),
                            request_id=request_id or "")  # fmt: skip
-    for key in ("trials", "parallel", "seed"):
-        if key in search:
+    for key in ("trials", "max_concurrent", "parallel", "seed"):
+        if search.get(key) or (key in search and key not in ("max_concurrent", "parallel")):  # 0: as many as fit
             setattr(message, key, search[key])
     for name, parameter in search.get("space", {}).items():
         entry = message.space.add(name=name)
@@ -322,7 +342,7 @@ def sweep_spec_to_raw(message) -> tuple[object, dict]:
     from gansvc.api.convert import training_spec_to_dict
 
     search: dict = {"method": message.method or "tpe", "space": {}}
-    for key in ("trials", "parallel", "seed"):
+    for key in ("trials", "max_concurrent", "parallel", "seed"):
         if message.HasField(key):
             search[key] = getattr(message, key)
     for entry in message.space:

@@ -36,13 +36,13 @@ class Server:
     """`python -m gansvc serve --backend ray` in a child process, ready once it has written its ready file."""
 
     def __init__(self, out: Path, data_root: Path, ray_address: str, listen: str = "127.0.0.1:0",
-                 env: dict | None = None):  # fmt: skip
+                 env: dict | None = None, extra: tuple[str, ...] = ()):  # fmt: skip
         self.ready = out / f"ready-{time.monotonic_ns()}.json"
         self.log_path = out / f"server-{time.monotonic_ns()}.log"
         self.log = open(self.log_path, "wb")  # noqa: SIM115
         command = [sys.executable, "-m", "gansvc", "serve", "--backend", "ray", "--ray-address", ray_address,
                    "--listen", listen, "--state-dir", str(out / "state"), "--data-root", str(data_root),
-                   "--ready-file", str(self.ready)]  # fmt: skip
+                   "--ready-file", str(self.ready), *extra]  # fmt: skip
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT,
                                         env=dict(os.environ, **(env or {})))  # fmt: skip
         deadline = time.monotonic() + 120

@@ -64,6 +64,14 @@ def render(info) -> str:
         if not d.busy and d.jobs:
             state = f"{d.free_slots} of {d.slots} slots free ({', '.join(d.jobs)})"
         lines.append(f"  {d.name} ({d.description}): {state}")
+    lines.append("nodes:")
+    for node in info.nodes:
+        state = "alive" if node.alive else "dead"
+        if node.problem:
+            state += f", gets no work: {node.problem}"
+        devices = "; ".join(f"{d.name} {d.free_slots} of {d.slots} free" + (f" ({', '.join(d.jobs)})" if d.jobs else "")
+                            for d in node.devices)  # fmt: skip
+        lines.append(f"  {node.address} ({node.id[:8]}): {state}; {devices or 'no devices'}")
     archs = ", ".join(info.cuda_architectures) or "none"
     lines.append(f"kernels: CPU {info.cpu_capability}; CUDA architectures {archs}; CUDA "
                  f"{'available' if info.cuda_available else 'not available'} here")  # fmt: skip

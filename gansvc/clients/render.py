@@ -100,7 +100,7 @@ def summary_lines(job: pb.Job) -> list[str]:
     return lines
 
 
-JOB_TABLE_HEADER = ("ID", "KIND", "STATE", "PROGRESS", "DEVICE", "CREATED", "NOTE")
+JOB_TABLE_HEADER = ("ID", "KIND", "STATE", "PROGRESS", "DEVICE", "NODES", "CREATED", "NOTE")
 
 
 def job_row(job: pb.Job) -> tuple[str, ...]:
@@ -112,7 +112,7 @@ def job_row(job: pb.Job) -> tuple[str, ...]:
     kind = {pb.JOB_KIND_TRAINING: "train", pb.JOB_KIND_SWEEP: "sweep"}.get(job.kind, "eval")
     if job.sweep_id:  # a sweep's trial
         note = f"{job.sweep_id}#{job.trial_number} {note}"
-    return (job.id, kind, state_name(job.state), progress, job.device, created, note[:60])
+    return (job.id, kind, state_name(job.state), progress, job.device, ",".join(job.nodes), created, note[:60])
 
 
 def table(rows: list[tuple[str, ...]], header: tuple[str, ...] = JOB_TABLE_HEADER) -> list[str]:

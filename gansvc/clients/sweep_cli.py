@@ -75,8 +75,10 @@ def run(name: str, args) -> int:
         with _connect(args) as client:
             job = client.submit_sweep(request)
             print(job.id, flush=True)
+            limit = job.sweep.max_concurrent or job.sweep.parallel
+            at_once = f"{limit} at a time" if limit else "as many at a time as fit"
             print(f"gansvc sweep: {job.id} {state_name(job.state)} ({job.sweep.method} sweep of {job.sweep.trials} "
-                  f"trials, {job.sweep.parallel} at a time)", file=sys.stderr)  # fmt: skip
+                  f"trials, {at_once})", file=sys.stderr)  # fmt: skip
             if not args.watch:
                 return 0
             code = follow(client, job.id, 0)

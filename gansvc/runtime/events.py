@@ -124,6 +124,7 @@ class State(Event):
     attempt: int = 0
     device: str = ""
     resume_step: int = 0
+    node: str = ""  # RUNNING: the address of the node(s) the attempt runs on, comma-separated
 
 
 @dataclass(frozen=True)

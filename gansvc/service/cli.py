@@ -41,6 +41,13 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
         help=f"jobs database and run directories (default $GANSVC_STATE_DIR or {DEFAULT_STATE_DIR})",
     )
     parser.add_argument(
+        "--jobs-dir",
+        type=Path,
+        default=None,
+        help="run directories: checkpoints, samples, logs (default STATE_DIR/jobs). With --backend ray it must be on "
+        "storage every node sees; the jobs database stays in --state-dir (docs/cluster.md)",
+    )
+    parser.add_argument(
         "--devices",
         default="cpu",
         help="GPUs jobs may use: cpu (none), all, or a list like cuda:0,cuda:1 (default cpu)",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import threading
 from dataclasses import dataclass
 
@@ -35,9 +36,19 @@ class Allocation:
         return {"CUDA_VISIBLE_DEVICES": ",".join(map(str, self.gpus))}
 
     @property
+    def addresses(self) -> tuple[str, ...]:
+        """Return the address of each node the job runs on (Job.nodes): this machine's, on the local backend."""
+        return (local_node_address(),)
+
+    @property
     def spec_device(self) -> str:
         """Return the spec's device inside the worker ('cpu' or 'cuda': the visible GPUs are the allocation)."""
         return self.kind
+
+
+def local_node_address() -> str:
+    """Return how the local backend names its one node (Job.nodes, ServerInfo.nodes): this machine's host name."""
+    return socket.gethostname() or "127.0.0.1"
 
 
 def detect_gpu_count() -> int:
@@ -103,6 +114,14 @@ class DevicePool:
         if nproc > len(self.gpus):
             return f"nproc {nproc} needs {nproc} GPUs, but the pool has {len(self.gpus)}"
         return None
+
+    def capacity(self, device: str, nproc: int = 1, nnodes: int = 1, threads: int = 0) -> int:
+        """Return how many such jobs the pool runs at once (a sweep's default concurrency): its CPU job slots, or
+        its GPUs' room for `nproc` GPUs each."""
+        kind, wanted = self._request(device)
+        if kind == "cpu":
+            return self.cpu_slots
+        return 1 if wanted is not None else len(self.gpus) // max(1, nproc)
 
     def kind(self, device: str) -> str:
         """Return the kind of device ('cpu' or 'cuda') a job asking for `device` runs on here."""

@@ -12,6 +12,7 @@ import functools
 import re
 
 from gansvc.runtime import registry
+from gansvc.service.devices import local_node_address
 from gansvc.service.dataset_probe import probe_dataset, probe_problems
 
 
@@ -95,9 +96,10 @@ def _size(value) -> int:
 
 
 def _devices(info, pool, running_jobs) -> None:
-    """Add the pool's devices, each with the running jobs that hold it."""
-    if hasattr(pool, "add_devices"):  # a cluster (service/ray_executor.py): its nodes' devices
+    """Add the pool's devices, each with the running jobs that hold it, and its nodes (ServerInfo.nodes)."""
+    if hasattr(pool, "add_nodes"):  # a cluster (service/ray_executor.py): its nodes and their devices
         pool.add_devices(info, running_jobs)
+        pool.add_nodes(info, running_jobs)
         return
     holders: dict[str, list[str]] = {}
     for job in running_jobs:
@@ -113,6 +115,9 @@ def _devices(info, pool, running_jobs) -> None:
         jobs = holders.get(label, [])
         info.devices.add(name=label, description=_gpu_description(index), busy=bool(jobs), jobs=jobs, slots=1,
                          free_slots=0 if jobs else 1)  # fmt: skip
+    # the local backend is one node: this machine, with the devices above
+    address = local_node_address()
+    info.nodes.add(id=address, address=address, alive=True, devices=list(info.devices))
 
 
 def _gpu_description(index: int) -> str:

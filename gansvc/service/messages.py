@@ -46,6 +46,7 @@ def job_to_proto(job: JobRecord) -> pb.Job:
         cancel_requested=job.cancel_requested,
         last_sequence=job.last_sequence,
         worker_pid=job.worker_pid if job.state == "RUNNING" else 0,
+        nodes=list(job.nodes),
     )
     if job.kind == "training":
         message.training.CopyFrom(training_spec_from_dict(job.spec, job.request_id or ""))

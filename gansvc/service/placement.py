@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class NodeResources:
-    """One node of the cluster: its id, its address, and its CPU slots and GPUs in all and free now."""
+    """One node of the cluster: its id, its address, its CPU slots and GPUs in all and free now, and its liveness."""
 
     id: str
     address: str
@@ -22,6 +22,12 @@ class NodeResources:
     free_cpus: float = 0.0
     free_gpus: float = 0.0
     alive: bool = True
+    port: int = 0  # the node's raylet (node manager) port: with the address, unique even for nodes of one machine
+
+    @property
+    def endpoint(self) -> str:
+        """Return the node's address as Job.nodes and ServerInfo.nodes name it: 'ADDRESS:PORT' of its raylet."""
+        return f"{self.address}:{self.port}" if self.port else self.address
 
     @property
     def name(self) -> str:
@@ -84,6 +90,25 @@ def never_fits(request: Request, nodes: list[NodeResources]) -> str | None:
         return (f"the job asks for {request.describe()}, but only {_count(len(holding), 'node')} of the cluster's "
                 f"{len(alive)} can hold that share (the largest node offers {offers})")
     return f"the job asks for {request.describe()}, but the largest node offers {offers}"
+
+
+def capacity(request: Request, nodes: list[NodeResources]) -> int:
+    """Return how many jobs of this request the live nodes hold at once (all resources free; a sweep's default
+    number of trials at once)."""
+    per_node = []
+    for node in (n for n in nodes if n.alive):
+        room = [int(have // want) for have, want in ((node.cpus, request.cpus), (node.gpus, request.gpus)) if want]
+        per_node.append(min(room) if room else 0)
+    if request.nnodes == 1:
+        return sum(per_node)
+    # each job takes one share on each of nnodes different nodes: greedily from the nodes with the most room
+    count, room = 0, sorted(per_node, reverse=True)
+    while len([r for r in room if r > 0]) >= request.nnodes:
+        for index in range(request.nnodes):
+            room[index] -= 1
+        room.sort(reverse=True)
+        count += 1
+    return count
 
 
 def waiting_for(request: Request, nodes: list[NodeResources]) -> str | None:

@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ray
-from ray.util.placement_group import get_placement_group, placement_group, remove_placement_group
+from ray.util.placement_group import (NODE_ID_LABEL_KEY, get_placement_group, placement_group,
+                                      remove_placement_group)
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 import gansvc
@@ -39,7 +40,7 @@ from gansvc.runtime import events
 from gansvc.service.devices import Allocation
 from gansvc.service.errors import WrongState
 from gansvc.service.executor import ATTEMPT_BANNER, Attempt, AttemptListener, Executor, group_name
-from gansvc.service.placement import NodeResources, Request, job_request, never_fits, waiting_for
+from gansvc.service.placement import NodeResources, Request, capacity, job_request, never_fits, waiting_for
 from gansvc.service.store import JobRecord
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ def cluster_nodes() -> list[NodeResources]:
             id=node["NodeID"], address=node.get("NodeManagerAddress", "?"), alive=bool(node.get("Alive")),
             cpus=total.get("CPU", 0.0), gpus=total.get("GPU", 0.0),
             free_cpus=available.get("CPU", 0.0), free_gpus=available.get("GPU", 0.0),
+            port=int(node.get("NodeManagerPort") or 0),
         ))  # fmt: skip
     return nodes
 
@@ -114,6 +116,12 @@ class RayAllocation(Allocation):
     group: str = ""
     node_ids: tuple[str, ...] = ()
     nodes: tuple[str, ...] = ()  # 'ADDRESS (ID8)' per bundle
+    endpoints: tuple[str, ...] = ()  # 'ADDRESS:PORT' per bundle (Job.nodes)
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """Return the address of each bundle's node (Job.nodes: NodeState.address of ServerInfo.nodes)."""
+        return self.endpoints
 
     @property
     def label(self) -> str:
@@ -131,6 +139,19 @@ class RayPool:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        # which nodes see the jobs directory (service/ray_nodes.py; set by the server once the start's probe passed):
+        # only those get work
+        self.probes = None
+
+    def _admissible(self) -> list[NodeResources]:
+        """Return the nodes a job may ever be placed on: all but those that failed the shared-storage probe."""
+        nodes = cluster_nodes()
+        return self.probes.admissible(nodes) if self.probes is not None else nodes
+
+    def _usable(self) -> list[NodeResources]:
+        """Return the nodes that may get work now: those that passed the shared-storage probe."""
+        nodes = cluster_nodes()
+        return self.probes.usable(nodes) if self.probes is not None else nodes
 
     # what validation, GetServerInfo and the serve banner read
     @property
@@ -164,6 +185,19 @@ class RayPool:
                     info.devices.add(name=f"node {node.name} {kind}", description=f"{total:g} {kind.upper()} slots",
                                      busy=free < 1, jobs=held, slots=int(total), free_slots=int(free))  # fmt: skip
 
+    def add_nodes(self, info, running_jobs) -> None:
+        """Add every node Ray lists (dead ones too) to ServerInfo.nodes: its address, liveness, why it gets no work
+        (the shared-storage probe), and its CPU slots and GPUs with the running jobs placed there (Job.nodes)."""
+        for node in cluster_nodes():
+            problem = self.probes.problem(node.id) if self.probes is not None and node.alive else ""
+            state = info.nodes.add(id=node.id, address=node.endpoint, alive=node.alive, problem=problem)
+            here = [job for job in running_jobs if node.endpoint in job.nodes]
+            for kind, total, free in (("cpu", node.cpus, node.free_cpus), ("gpu", node.gpus, node.free_gpus)):
+                if total:
+                    held = [job.id for job in here if (job.device or "").startswith("cpu") == (kind == "cpu")]
+                    state.devices.add(name=kind, description=f"{total:g} {kind.upper()} slots", busy=free < 1,
+                                      jobs=held, slots=int(total), free_slots=int(free))  # fmt: skip
+
     def kind(self, device: str) -> str:
         """Return 'cpu' or 'cuda': what a job asking for `device` runs on in this cluster."""
         device = (device or "auto").strip().lower()
@@ -180,26 +214,34 @@ class RayPool:
     def check(self, device: str, nproc: int = 1, nnodes: int = 1, threads: int = 0) -> str | None:
         """Return None when the cluster can ever hold the job; raise Unplaceable naming what it asks and what the
         largest node offers when no set of nodes can hold it (ValueError for a device the backend does not take)."""
-        problem = never_fits(self.request(device, nproc, nnodes, threads), cluster_nodes())
+        problem = never_fits(self.request(device, nproc, nnodes, threads), self._admissible())
         if problem:
             raise Unplaceable(problem)
         return None
 
+    def capacity(self, device: str, nproc: int = 1, nnodes: int = 1, threads: int = 0) -> int:
+        """Return how many such jobs the nodes that may get work hold at once (a sweep's default concurrency)."""
+        return capacity(self.request(device, nproc, nnodes, threads), self._usable())
+
     def waiting_for(self, device: str, nproc: int = 1, nnodes: int = 1, threads: int = 0) -> str | None:
         """Return what a queued job waits for now ('waiting for 1 CPU slot on one node; ...'), or None."""
-        return waiting_for(self.request(device, nproc, nnodes, threads), cluster_nodes())
+        return waiting_for(self.request(device, nproc, nnodes, threads), self._usable())
 
     def allocate(self, device: str, nproc: int = 1, nnodes: int = 1, threads: int = 0,
                  name: str = "") -> RayAllocation | None:  # fmt: skip
         """Place the job's bundles now (a detached placement group called `name`); return them, or None when the
         cluster has no room now (the job waits)."""
         request = self.request(device, nproc, nnodes, threads)
-        if waiting_for(request, cluster_nodes()):
+        usable = self._usable()
+        if waiting_for(request, usable):
             return None
         strategy = "STRICT_SPREAD" if request.nnodes > 1 else "PACK"
+        # only on the nodes that passed the shared-storage probe (Ray's own node-id label)
+        selector = [{NODE_ID_LABEL_KEY: f"in({','.join(n.id for n in usable)})"}] * request.nnodes \
+            if self.probes is not None else None
         with self._lock:
             group = placement_group([request.bundle()] * request.nnodes, strategy=strategy, name=name,
-                                    lifetime="detached")  # fmt: skip
+                                    lifetime="detached", bundle_label_selector=selector)  # fmt: skip
             ready, _ = ray.wait([group.ready()], timeout=PLACEMENT_WAIT_SECONDS)
             if not ready:  # taken meanwhile: free the reservation and wait like any queued job
                 remove_placement_group(group)
@@ -222,8 +264,10 @@ def allocation_of(request: Request, name: str) -> RayAllocation | None:
         return None
     table = placement_group_table(group)
     node_ids = tuple(table.get("bundles_to_node_id", {}).get(i, "") for i in range(request.nnodes))
+    by_id = {n.id: n for n in cluster_nodes()}
+    endpoints = tuple(by_id[i].endpoint if i in by_id else "?" for i in node_ids)
     return RayAllocation(kind=request.kind, cpu_threads=max(1, request.cpus), request=request, group=name,
-                         node_ids=node_ids, nodes=node_names(list(node_ids)))  # fmt: skip
+                         node_ids=node_ids, nodes=node_names(list(node_ids)), endpoints=endpoints)  # fmt: skip
 
 
 def remove_group(name: str) -> None:
@@ -583,16 +627,17 @@ def _probe_on_node(path: str, token: str) -> str:
     return ""
 
 
-def probe_storage(jobs_dir: Path, timeout: float = 120.0) -> list[str]:
-    """Prove that every live node sees `jobs_dir`: a file written here is read there, and each node's answer file
-    is read back here. Return the problems, one per node that does not ('ADDRESS (ID8): what went wrong')."""
+def probe_storage(jobs_dir: Path, nodes: list[NodeResources] | None = None,
+                  timeout: float = 120.0) -> dict[str, str]:  # fmt: skip
+    """Prove that each of `nodes` (default: every live node) sees `jobs_dir`: a file written here is read there, and
+    each node's answer file is read back here. Return {node id: what went wrong} for the nodes that do not."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     token = os.urandom(16).hex()
     probe = jobs_dir / f".gansvc-probe-{token[:8]}"
     probe.write_text(token, encoding="utf-8")
-    nodes = [n for n in cluster_nodes() if n.alive]
-    problems = []
+    nodes = [n for n in cluster_nodes() if n.alive] if nodes is None else nodes
+    problems = {}
     try:
         answers = [_probe_on_node.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n.id, soft=False))
                    .remote(str(probe), token) for n in nodes]  # fmt: skip
@@ -605,7 +650,7 @@ def probe_storage(jobs_dir: Path, timeout: float = 120.0) -> list[str]:
             if not problem and not (back.is_file() and back.read_text(encoding="utf-8") == token):
                 problem = f"its file in {jobs_dir} is not seen here"
             if problem:
-                problems.append(f"{node.name}: {problem}")
+                problems[node.id] = problem
     finally:
         for path in jobs_dir.glob(f"{probe.name}*"):
             path.unlink(missing_ok=True)
@@ -625,13 +670,6 @@ class RayExecutor(Executor):
         if not orphan_seconds > 0:
             raise ValueError(f"${ORPHAN_ENV}: got {orphan_seconds}, expected seconds > 0")
         self.orphan_seconds = orphan_seconds
-
-    def check_storage(self, jobs_dir: Path) -> None:
-        """Raise RuntimeError naming each live node that does not see the run directories (shared storage)."""
-        problems = probe_storage(jobs_dir)
-        if problems:
-            raise RuntimeError(f"the jobs directory {jobs_dir} must be on storage every Ray node sees "
-                               f"(docs/cluster.md); not seen by: {'; '.join(problems)}")  # fmt: skip
 
     def start(self, job: JobRecord, job_dir: Path, allocation: Allocation, attempt: int,
               listener: AttemptListener) -> RayAttempt:  # fmt: skip

@@ -250,7 +250,7 @@ class Scheduler:
             )
         self.store.set_state(
             job.id, "RUNNING", reason, attempt=attempt, device=allocation.label, worker_pid=worker.pid,
-            resume_step=resume_step if attempt > 1 else None,
+            resume_step=resume_step if attempt > 1 else None, nodes=allocation.addresses,
         )  # fmt: skip
         self._workers[job.id] = worker
         worker.watch()

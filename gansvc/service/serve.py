@@ -58,6 +58,7 @@ def serve(args) -> int:
         health_listen=getattr(args, "health_listen", None), mlflow_uri=getattr(args, "mlflow_uri", "") or "",
         backend=getattr(args, "backend", "local"),
         ray_address=getattr(args, "ray_address", None) or "",
+        jobs_dir=getattr(args, "jobs_dir", None),
     )  # fmt: skip
     try:
         server = GanServer(config)
@@ -82,7 +83,8 @@ def serve(args) -> int:
         return 1
     security = ("TLS" if config.tls_cert else "plaintext") + (", bearer tokens" if server.tokens else ", no auth")
     # The command's own output (scripts read the address here), not a log record.
-    print(f"{_PREFIX}listening on {server.address} ({security}); state {server.state_dir}; "
+    jobs = "" if server.jobs_dir == server.state_dir / "jobs" else f"; jobs {server.jobs_dir}"
+    print(f"{_PREFIX}listening on {server.address} ({security}); state {server.state_dir}{jobs}; "
           f"{server.pool.describe()}", flush=True)  # fmt: skip
     web = None
     ready = {"address": server.address, "port": server.port, "pid": os.getpid()}

@@ -68,6 +68,9 @@ class ServerConfig:
     mlflow_uri: str = ""
     backend: str = "local"  # local: worker processes of this server; ray: workers on the nodes of a Ray cluster
     ray_address: str = ""  # the Ray cluster's HOST:PORT (backend ray; "" = RAY_ADDRESS)
+    # The run directories (None = STATE_DIR/jobs); with the Ray backend on storage every node sees, while the SQLite
+    # store stays in state_dir on this machine's disk (docs/cluster.md)
+    jobs_dir: Path | None = None
 
 
 def is_loopback(listen: str) -> bool:
@@ -152,6 +155,8 @@ class GanServer:
         else:
             raise ValueError(f"--backend: got {config.backend!r}, expected local or ray")
         self.state_dir = Path(config.state_dir).resolve()
+        self.jobs_dir = Path(config.jobs_dir).expanduser().resolve() if config.jobs_dir else self.state_dir / "jobs"
+        self.node_probes = None  # the Ray backend's shared-storage probes (service/ray_nodes.py), once started
         self.max_message_bytes = config.max_message_mb * 1024 * 1024
         self.port = 0
         if config.health_listen and not is_loopback(config.health_listen):
@@ -172,7 +177,10 @@ class GanServer:
     def start(self) -> int:
         """Recover the state directory, start the scheduler and the gRPC server; return the bound port."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        (self.state_dir / "jobs").mkdir(exist_ok=True)
+        try:
+            self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise RuntimeError(f"--jobs-dir {self.jobs_dir}: cannot create it ({error.strerror or error})") from None
         self._lock = StateDirLock(self.state_dir)
         try:
             return self._start()
@@ -183,7 +191,7 @@ class GanServer:
     def _start(self) -> int:
         self.bus = EventBus()
         # MLflow (issue 21): told of each commit like the watchers; it logs from a thread of its own
-        self.tracker = Tracker(self.state_dir / "jobs")
+        self.tracker = Tracker(self.jobs_dir)
 
         def appended(job_id: str, sequence: int) -> None:
             self.bus.publish(job_id, sequence)
@@ -192,17 +200,18 @@ class GanServer:
         self.store = JobStore(self.state_dir / "gansvc.db", on_append=appended)
         # checkpoints runs start from (issue 21): uploads, and jobs' checkpoints snapshotted at submit
         uploads = CheckpointUploads(self.state_dir / "uploads" / "checkpoints", self.config.max_upload_mb * 2**20)
-        self.init_sources = InitSources(self.store, self.state_dir / "jobs", uploads)
+        self.init_sources = InitSources(self.store, self.jobs_dir, uploads)
         self.scheduler = Scheduler(
-            self.store, self.pool, self.state_dir / "jobs", self.config.cancel_timeout, self.config.max_attempts,
+            self.store, self.pool, self.jobs_dir, self.config.cancel_timeout, self.config.max_attempts,
             executor=self.executor, uploads=uploads,
         )
         self.sweeps = SweepManager(self.store, self.scheduler, self.roots, self.pool, self.state_dir,
-                                   init_sources=self.init_sources, default_track=self.mlflow_uri)  # fmt: skip
+                                   init_sources=self.init_sources, default_track=self.mlflow_uri,
+                                   jobs_dir=self.jobs_dir)  # fmt: skip
         self.servicer = GanServicer(
             self.store, self.bus, self.scheduler, self.pool, self.roots, self.state_dir,
             self.max_message_bytes, self.config.max_watchers, sweeps=self.sweeps, init_sources=self.init_sources,
-            default_track=self.mlflow_uri,
+            default_track=self.mlflow_uri, jobs_dir=self.jobs_dir,
         )  # fmt: skip
         options = [
             ("grpc.max_send_message_length", self.max_message_bytes),
@@ -244,13 +253,18 @@ class GanServer:
             self.store.close()
             raise RuntimeError(f"cannot listen on {self.config.listen} ({reason})")
         self.health_server, self.health_port = self._health_only_server()
-        if hasattr(self.executor, "check_storage"):  # a cluster: every node must see the run directories
+        if self.config.backend == "ray":  # a cluster: every node must see the run directories, later ones too
+            from gansvc.service.ray_nodes import NodeProbes
+
+            probes = NodeProbes(self.jobs_dir)
             try:
-                self.executor.check_storage(self.state_dir / "jobs")
+                probes.check_start()
             except RuntimeError:
                 self._executor.shutdown(wait=False)
                 self.store.close()
                 raise
+            self.pool.probes = self.node_probes = probes
+            probes.start()
         self.tracker.start(self.store)  # picks up the tracked jobs whose runs a predecessor left incomplete
         self.scheduler.start()  # requeues what a crashed predecessor left RUNNING, then starts jobs
         self.sweeps.start()  # resumes the queued sweeps (their trials are ordinary jobs)
@@ -300,6 +314,8 @@ class GanServer:
             self._shutting_down = True
         self.health.enter_graceful_shutdown()
         self.sweeps.stop()  # first: no sweep starts a trial while the scheduler drains
+        if self.node_probes is not None:
+            self.node_probes.stop()
         self.scheduler.drain(self.config.shutdown_timeout if timeout is None else timeout)
         self.bus.close()  # watchers deliver what is stored, then end with UNAVAILABLE
         self.tracker.stop()  # what it has not logged yet waits in the store for the next start

@@ -83,13 +83,14 @@ class GanServicer(pb_grpc.GanServiceServicer):
         sweeps=None,
         init_sources=None,
         default_track: str = "",
+        jobs_dir: Path | None = None,
     ):
         self.store = store
         self.bus = bus
         self.scheduler = scheduler
         self.pool = pool
         self.roots = roots
-        self.jobs_dir = Path(state_dir) / "jobs"
+        self.jobs_dir = Path(jobs_dir) if jobs_dir else Path(state_dir) / "jobs"  # gansvc serve --jobs-dir
         self.uploads_dir = Path(state_dir) / "uploads"
         self.max_message_bytes = max_message_bytes
         self.renderer = SampleRenderer(max_message_bytes)

@@ -39,7 +39,8 @@ _TRANSITIONS = {
     "QUEUED": {"RUNNING", "CANCELLED", "FAILED"},
     "RUNNING": {"QUEUED", "SUCCEEDED", "FAILED", "CANCELLED"},
 }
-_SCHEMA_VERSION = 4  # 2: jobs.sweep_id and trial_number (a sweep's trials); 3: jobs.relayed; 4: the metric index
+_SCHEMA_VERSION = 5  # 2: jobs.sweep_id and trial_number (a sweep's trials); 3: jobs.relayed; 4: the metric index;
+# 5: jobs.nodes (where it runs)
 _IDLE_READERS = 4  # reader connections kept open between reads; more are opened while needed, then closed
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -65,7 +66,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     last_checkpoint_step INTEGER NOT NULL DEFAULT 0,
     sweep_id TEXT NOT NULL DEFAULT '',
     trial_number INTEGER NOT NULL DEFAULT 0,
-    relayed INTEGER NOT NULL DEFAULT 0
+    relayed INTEGER NOT NULL DEFAULT 0,
+    nodes TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state);
 CREATE TABLE IF NOT EXISTS events (
@@ -152,6 +154,7 @@ class JobRecord:
     # How many of the current attempt's worker lines are stored (written with their events, in one transaction):
     # a restarted server resumes a remote worker's relay there, so no event is stored twice (the Ray backend).
     relayed: int = 0
+    nodes: tuple[str, ...] = ()  # the address of each node the current or last attempt runs on
 
     @property
     def terminal(self) -> bool:
@@ -191,6 +194,7 @@ def _row_to_job(row: sqlite3.Row) -> JobRecord:
         sweep_id=row["sweep_id"],
         trial_number=row["trial_number"],
         relayed=row["relayed"],
+        nodes=tuple(json.loads(row["nodes"])),
     )
 
 
@@ -222,6 +226,8 @@ class JobStore:
                 self._writer.execute("ALTER TABLE jobs ADD COLUMN trial_number INTEGER NOT NULL DEFAULT 0")
             if 0 < version < 3:  # version 2: no remote worker's relay position yet
                 self._writer.execute("ALTER TABLE jobs ADD COLUMN relayed INTEGER NOT NULL DEFAULT 0")
+            if 0 < version < 5:  # before version 5 no job recorded its nodes
+                self._writer.execute("ALTER TABLE jobs ADD COLUMN nodes TEXT NOT NULL DEFAULT '[]'")
             self._writer.executescript(_SCHEMA + metric_index.SCHEMA)
         # one transaction: a store opened again after a crash here builds the index again, from the start
         with self._transaction():
@@ -435,12 +441,13 @@ class JobStore:
         worker_pid: int | None = None,
         resume_step: int | None = None,
         summary: dict | None = None,
+        nodes: Iterable[str] = (),
     ) -> StoredEvent:
         """Move the job to `state` and append the state event; return the event.
 
-        RUNNING counts an attempt and records the device and worker pid; leaving RUNNING clears the pid;
-        a terminal state records the finish time. Raises InvalidTransition for a move the state machine
-        does not allow (e.g. out of SUCCEEDED).
+        RUNNING counts an attempt and records the device, the nodes (kept once it ends) and worker pid; leaving
+        RUNNING clears the pid; a terminal state records the finish time. Raises InvalidTransition for a move the
+        state machine does not allow (e.g. out of SUCCEEDED).
         """
         if state not in STATES:
             raise ValueError(f"state must be one of {', '.join(STATES)}, got {state!r}")
@@ -453,9 +460,11 @@ class JobStore:
             columns = {"state": state, "message": reason, "updated_at": now}
             if state == "RUNNING":
                 attempt = attempt if attempt is not None else job.attempts + 1
+                nodes = [str(n) for n in nodes]
                 event = ev.State(state=state, reason=reason, attempt=attempt, device=device or "",
-                                 resume_step=int(resume_step or 0))  # fmt: skip
-                columns.update(attempts=attempt, device=device or "", worker_pid=worker_pid or 0, relayed=0)
+                                 resume_step=int(resume_step or 0), node=",".join(nodes))  # fmt: skip
+                columns.update(attempts=attempt, device=device or "", worker_pid=worker_pid or 0, relayed=0,
+                               nodes=_dumps(nodes))  # fmt: skip
                 if job.started_at is None:
                     columns["started_at"] = now
             else:

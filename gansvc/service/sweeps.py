@@ -46,7 +46,7 @@ from gansvc.service import validation
 from gansvc.service.errors import InvalidField, WrongState
 from gansvc.service.messages import pb, training_spec_from_dict
 from gansvc.service.store import JobRecord
-from gansvc.sweep_spec import SweepSpecError, check_sweep, sweep_spec_to_raw, trial_settings
+from gansvc.sweep_spec import SweepSpecError, check_sweep, concurrency, sweep_spec_to_raw, trial_settings
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 0.5  # how often a driver looks at its trials' jobs
@@ -180,7 +180,10 @@ class SweepDriver(threading.Thread):
         self.best_number = self._best(study)
         if job.state == "QUEUED":
             what = f"{done} of {spec['trials']} trials so far" if done else f"{spec['trials']} trials"
-            self._set_state("RUNNING", f"{spec['method']} sweep: {what}, {spec['parallel']} at a time")
+            limit = concurrency(spec, self._room(spec))
+            at_once = f"{limit} at a time" if spec.get("max_concurrent", spec.get("parallel")) else \
+                f"as many at a time as fit ({limit} now)"
+            self._set_state("RUNNING", f"{spec['method']} sweep: {what}, {at_once}")
         while True:
             job = self.store.require_job(self.job_id)
             if job.terminal:  # cancelled while queued
@@ -199,7 +202,8 @@ class SweepDriver(threading.Thread):
             for run in list(running.values()):
                 if self._poll(study, spec, run):
                     del running[run.number]
-            while len(running) < spec["parallel"] and len(study.trials) < spec["trials"]:
+            limit = concurrency(spec, self._room(spec))
+            while len(running) < limit and len(study.trials) < spec["trials"]:
                 run = self._start_trial(study, spec, space)
                 if run is not None:
                     running[run.number] = run
@@ -207,6 +211,16 @@ class SweepDriver(threading.Thread):
                 self._finish(study, spec, "SUCCEEDED", "")
                 return
             self.stop_event.wait(POLL_SECONDS)
+
+    def _room(self, spec: dict) -> int:
+        """Return how many trials the devices (or the cluster's nodes that may get work) hold at once, from the base
+        settings' request (a sweep's default number of trials at once)."""
+        base = spec["base"]
+        try:
+            return self.manager.pool.capacity(base.get("device", "auto") or "auto", int(base.get("nproc", 1) or 1),
+                                              int(base.get("nnodes", 1) or 1), int(base.get("threads", 0) or 0))
+        except (ValueError, RuntimeError):  # a device the pool no longer has: one at a time; the trial says why
+            return 1
 
     # ------------------------------------------------------------------ trials
     def _resume(self, study, spec: dict) -> list[TrialRun]:
@@ -330,7 +344,7 @@ class SweepDriver(threading.Thread):
             message = (f"best: trial {best['trial']} ({best['job_id']}) with {spec['objective']['metric']} "
                        f"{best['value']:.4g}" if best else "no trial completed")  # fmt: skip
             message += f"; {count_line(summary['counts'])}"
-        job_dir = self.manager.state_dir / "jobs" / self.job_id
+        job_dir = self.manager.jobs_dir / self.job_id
         job_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(job_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
         self._set_state(state, message, summary=summary)
@@ -375,12 +389,13 @@ class SweepManager:
     """The server's sweeps: submits them, runs a driver thread for each, cancels them with their trials."""
 
     def __init__(self, store, scheduler, roots: validation.DataRoots, pool, state_dir: Path, init_sources=None,
-                 default_track: str = ""):  # fmt: skip
+                 default_track: str = "", jobs_dir: Path | None = None):  # fmt: skip
         self.store, self.scheduler, self.roots, self.pool = store, scheduler, roots, pool
         self.init_sources = init_sources  # resolves a base's init_from (issue 21)
         self.default_track = default_track  # gansvc serve --mlflow-uri: the base's track when it sets none
         self.state_dir = Path(state_dir)
         self.sweeps_dir = self.state_dir / "sweeps"
+        self.jobs_dir = Path(jobs_dir) if jobs_dir else self.state_dir / "jobs"  # gansvc serve --jobs-dir
         self._drivers: dict[str, SweepDriver] = {}
         self._lock = threading.Lock()
         self._stopped = False
