@@ -34,7 +34,6 @@ struct ScalarMath {
   // e^x for x <= 0 or NaN (the only arguments the formulas pass).
   static C10_HOST_DEVICE GANSVC_INLINE V exp_nonpositive(V x) { return std::exp(x); }
   static C10_HOST_DEVICE GANSVC_INLINE V log(V x) { return std::log(x); }
-  static C10_HOST_DEVICE GANSVC_INLINE V recip(V x) { return V(1) / x; }
   static C10_HOST_DEVICE GANSVC_INLINE V abs(V x) { return std::fabs(x); }
   static C10_HOST_DEVICE GANSVC_INLINE V neg_abs(V x) { return -std::fabs(x); }
   // NaN-propagating maximum, as torch.relu / clamp_min.
@@ -89,7 +88,7 @@ C10_HOST_DEVICE GANSVC_INLINE typename M::V log1p_small(typename M::V t) {
   using T = typename M::T;
   // Truncation error (1/9)^K / (2K + 1): below 2^-26 for float with K = 7, below 2^-56 for double with K = 17.
   constexpr int kTerms = sizeof(T) >= 8 ? 17 : 7;
-  const V z = t * M::recip(M::splat(T(2)) + t);
+  const V z = t / (M::splat(T(2)) + t);
   return M::splat(T(2)) * z * odd_series_estrin<M, kTerms>(z * z);
 }
 
@@ -111,7 +110,7 @@ C10_HOST_DEVICE GANSVC_INLINE Logistic<M> logistic(typename M::V x) {
   const V zero = M::splat(T(0)), one = M::splat(T(1));
   const V e = M::exp_nonpositive(M::neg_abs(x));
   const V tail = log1p_small<M>(e);
-  const V big = M::recip(one + e);
+  const V big = one / (one + e);
   const V small = e * big;
   const auto nonneg = M::ge(x, zero);
   return {M::select(nonneg, x + tail, tail), M::select(nonneg, tail, tail - x), M::select(nonneg, big, small),

@@ -60,16 +60,6 @@ GANSVC_INLINE at::vec::Vectorized<float> exp_nonpositive_inline(const at::vec::V
 }
 #endif
 
-template <typename Vec>
-GANSVC_INLINE Vec recip_inline(const Vec& x) { return x.reciprocal(); }
-#if defined(CPU_CAPABILITY_AVX2)
-template <>
-GANSVC_INLINE at::vec::Vectorized<float> recip_inline(const at::vec::Vectorized<float>& x) {
-  const __m256 r = _mm256_rcp_ps(x);
-  return _mm256_fmadd_ps(r, _mm256_fnmadd_ps(r, x, _mm256_set1_ps(1.0f)), r);
-}
-#endif
-
 template <typename Scalar>
 struct VecMath {
   using T = Scalar;
@@ -80,7 +70,6 @@ struct VecMath {
   static GANSVC_INLINE V log(V x) { return x.log(); }
   static GANSVC_INLINE V abs(V x) { return x.abs(); }
   static GANSVC_INLINE V neg_abs(V x) { return x | V(T(-0.0)); }  // the sign bit set
-  static GANSVC_INLINE V recip(V x) { return recip_inline(x); }
   static GANSVC_INLINE V max(V a, V b) { return at::vec::maximum(a, b); }  // propagates NaN
   static GANSVC_INLINE V select(Mask m, V if_true, V if_false) { return V::blendv(if_false, if_true, m); }
   static GANSVC_INLINE Mask gt(V a, V b) { return a > b; }
