@@ -175,19 +175,18 @@ def test_logits_up_to_the_dtype_maximum_match_functional(device, dtype):
 
     Covers the kernels' exp near its underflow (e^-|s| below FLT_MIN from |s| = 87.3, flushed to 0) and
     the softplus / sigmoid branches on both signs; values, gradients and statistics against float64.
+    The softplus family only: hinge and Wasserstein sum the logits themselves in float32, whose rounding
+    at |s| ~ 1e38 is beyond any tolerance of a float32 statistic.
     """
     big = torch.finfo(dtype).max
     magnitudes = [0.0, 1e-30, 1e-3, 0.5, 1.0, 3.0, 15.0, 17.0, 30.0, 80.0, 87.0, 87.5, 88.5, 100.0, 104.0, 110.0,
                   1e4, 1e30, big]
     values = torch.tensor(magnitudes + [-m for m in magnitudes], dtype=torch.float64).clamp(-big, big).to(dtype)
     values = values.repeat(3).to(device)  # 114 logits: vector loops and a tail in every build
-    for kind in D_KINDS:
-        want = rounded_oracle_grads(oracle_d(values, values.flip(0), kind, 0.9 if kind == "bce" else 1.0), dtype)
-        got = run_d(values, values.flip(0), kind, 0.9 if kind == "bce" else 1.0)
-        assert_matches(got, want, dtype)
-        assert_matches(run_d(values, values.flip(0), kind), rounded_oracle_grads(oracle_d(values, values.flip(0),
-                                                                                          kind), dtype), dtype)
-    for kind in G_KINDS:
+    for label in (1.0, 0.9):
+        want = rounded_oracle_grads(oracle_d(values, values.flip(0), "bce", label), dtype)
+        assert_matches(run_d(values, values.flip(0), "bce", label), want, dtype)
+    for kind in ("ns", "minimax"):
         loss, grad, stats = oracle_g(values, kind)
         assert_matches(run_g(values, kind), (loss, grad.to(dtype), stats), dtype)
 
