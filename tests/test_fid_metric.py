@@ -46,19 +46,46 @@ def pytorch_fid(mu1, s1, mu2, s2) -> float:
 
 def test_feature_stats_match_numpy_for_any_batch_sizes():
     rng = np.random.default_rng(0)
-    d = 700  # the CPU route works in chunks of 2**22 // 700 = 5991 rows: batches below, at and across that
-    x = (rng.standard_normal((16000, d)) * rng.uniform(0.1, 5, d) + rng.uniform(-50, 50, d)).astype(np.float32)
+    d = 700  # the CPU route gathers rows into chunks of 2**23 // 700 = 11983: batches below, at and across that
+    assert fid_ops.syrk_chunk_rows(d) == 11983
+    x = (rng.standard_normal((30000, d)) * rng.uniform(0.1, 5, d) + rng.uniform(-50, 50, d)).astype(np.float32)
     stats = FeatureStats()
     start = 0
-    for size in (1, 7, 2995, 5990, 5991, 1016):
+    for size in (1, 7, 2995, 11982, 11983, 3032):
         stats.update(torch.from_numpy(x[start : start + size]))
         start += size
-    assert stats.count == 16000 and stats.dim == d
+    assert stats.count == 30000 and stats.dim == d
     exact = x.astype(np.float64)
     np.testing.assert_allclose(stats.mean().numpy(), exact.mean(0), rtol=1e-13, atol=1e-12)
     cov = stats.covariance().numpy()
     np.testing.assert_allclose(cov, np.cov(exact, rowvar=False), rtol=1e-11, atol=1e-12)
     assert np.array_equal(cov, cov.T)
+
+
+def test_feature_stats_reads_between_small_batches_see_every_row():
+    """Small CPU batches wait in a buffer: every read (mean, covariance, state_dict, merge) folds them in first."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((900, 40)).astype(np.float32) * 2 + 3
+    stats, other = FeatureStats(), FeatureStats()
+    for start in range(0, 600, 50):
+        stats.update(torch.from_numpy(x[start : start + 50]))
+        seen = x[: start + 50].astype(np.float64)
+        np.testing.assert_allclose(stats.mean().numpy(), seen.mean(0), rtol=1e-12)
+        if start:
+            np.testing.assert_allclose(stats.covariance().numpy(), np.cov(seen, rowvar=False), rtol=1e-10, atol=1e-12)
+    other.update(torch.from_numpy(x[600:]))
+    state = other.state_dict()
+    assert state["count"] == 300
+    np.testing.assert_allclose(state["mean"].numpy(), x[600:].astype(np.float64).mean(0), rtol=1e-12)
+    stats.update(torch.from_numpy(x[:0]))  # an empty batch changes nothing
+    stats.merge(other)
+    assert stats.count == 900
+    np.testing.assert_allclose(stats.covariance().numpy(), np.cov(x.astype(np.float64), rowvar=False),
+                               rtol=1e-10, atol=1e-12)
+    # a float64 batch after float32 ones: the float32 rows are folded in first, then the float64 ones
+    stats.update(torch.from_numpy(x[:10].astype(np.float64)))
+    both = np.concatenate([x, x[:10]]).astype(np.float64)
+    np.testing.assert_allclose(stats.covariance().numpy(), np.cov(both, rowvar=False), rtol=1e-10, atol=1e-12)
 
 
 def test_feature_stats_merge_across_workers_equals_one_stream():

@@ -168,6 +168,37 @@ def test_extreme_finite_logits_match_functional(device, dtype):
         assert_matches(run_g(values, kind), (loss, grad.to(dtype), stats), dtype)
 
 
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_logits_up_to_the_dtype_maximum_match_functional(device, dtype):
+    """Every magnitude up to the dtype's largest finite value, in SIMD-width runs and a scalar tail.
+
+    Covers the kernels' exp near its underflow (e^-|s| below FLT_MIN from |s| = 87.3, flushed to 0) and
+    the softplus / sigmoid branches on both signs; values, gradients and statistics against float64.
+    The softplus family only: hinge and Wasserstein sum the logits themselves in float32, whose rounding
+    at |s| ~ 1e38 is beyond any tolerance of a float32 statistic.
+    """
+    big = torch.finfo(dtype).max
+    magnitudes = [0.0, 1e-30, 1e-3, 0.5, 1.0, 3.0, 15.0, 17.0, 30.0, 80.0, 87.0, 87.5, 88.5, 100.0, 104.0, 110.0,
+                  1e4, 1e30, big]
+    values = torch.tensor(magnitudes + [-m for m in magnitudes], dtype=torch.float64).clamp(-big, big).to(dtype)
+    values = values.repeat(3).to(device)  # 114 logits: vector loops and a tail in every build
+    for label in (1.0, 0.9):
+        want = rounded_oracle_grads(oracle_d(values, values.flip(0), "bce", label), dtype)
+        assert_matches(run_d(values, values.flip(0), "bce", label), want, dtype)
+    for kind in ("ns", "minimax"):
+        loss, grad, stats = oracle_g(values, kind)
+        assert_matches(run_g(values, kind), (loss, grad.to(dtype), stats), dtype)
+
+
+def test_nan_logits_give_nan_loss_and_gradient():
+    values = torch.tensor([0.5, math.nan, -2.0] * 11)
+    loss, grad_r, grad_f, _ = run_d(values, values, "bce")
+    assert math.isnan(loss.item())
+    assert torch.isnan(grad_r[1::3]).all() and torch.isnan(grad_f[1::3]).all()
+    assert torch.isfinite(grad_r[0::3]).all() and torch.isfinite(grad_f[2::3]).all()
+
+
 def exact_softplus(x: torch.Tensor) -> torch.Tensor:
     """log(1 + e^x) in float64, right at +-inf too (F.binary_cross_entropy_with_logits gives NaN there)."""
     x = x.double()
@@ -468,6 +499,29 @@ def test_d_loss_step_is_deterministic_whatever_the_thread_count():
         torch.set_num_threads(threads)
     for other in results[1:]:
         assert torch.equal(results[0], other)
+
+
+@pytest.mark.parametrize("sizes", [(300_001, 300_001), (16_384, 16_385), (40_000, 7)])
+def test_autograd_ops_are_deterministic_whatever_the_thread_count(sizes):
+    """ops.d_loss / g_loss + backward split the batch over threads in fixed blocks above a grain size:
+    the same bits (loss, statistics, gradients) with 1, 2 and 3 threads."""
+    gen = torch.Generator().manual_seed(12)
+    real, fake = torch.randn(sizes[0], generator=gen) * 3, torch.randn(sizes[1], generator=gen) * 3
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            loss, grad_r, grad_f, stats = run_d(real, fake, "bce")
+            g_loss, g_grad, g_stats = run_g(fake, "ns")
+            results.append((loss, grad_r, grad_f, stats, g_loss, g_grad, g_stats))
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
+    # and the values are the oracle's
+    assert_matches(results[0][:4], oracle_d(real, fake, "bce"), torch.float32)
 
 
 @pytest.mark.skipif(ext is not None and ext.cpu_capability() != "avx2", reason="this CPU has no AVX2 + FMA")

@@ -10,6 +10,15 @@
 #include <cmath>
 #include <cstdint>
 
+// Forced inlining of the element math: a policy's vector type is a 32-byte object, and any call left
+// out of line in the loop (GCC kept even at::vec's default constructor out of line) passes it through
+// memory and spills every live vector register around the call.
+#if defined(__CUDACC__)
+#define GANSVC_INLINE __forceinline__
+#else
+#define GANSVC_INLINE C10_ALWAYS_INLINE
+#endif
+
 namespace gansvc {
 namespace losses {
 
@@ -21,36 +30,66 @@ struct ScalarMath {
   using T = Scalar;
   using V = Scalar;
   using Mask = bool;
-  static C10_HOST_DEVICE V splat(T x) { return x; }
-  static C10_HOST_DEVICE V exp(V x) { return std::exp(x); }
-  static C10_HOST_DEVICE V log(V x) { return std::log(x); }
-  static C10_HOST_DEVICE V abs(V x) { return std::fabs(x); }
+  static C10_HOST_DEVICE GANSVC_INLINE V splat(T x) { return x; }
+  // e^x for x <= 0 or NaN (the only arguments the formulas pass).
+  static C10_HOST_DEVICE GANSVC_INLINE V exp_nonpositive(V x) { return std::exp(x); }
+  static C10_HOST_DEVICE GANSVC_INLINE V log(V x) { return std::log(x); }
+  static C10_HOST_DEVICE GANSVC_INLINE V abs(V x) { return std::fabs(x); }
+  static C10_HOST_DEVICE GANSVC_INLINE V neg_abs(V x) { return -std::fabs(x); }
   // NaN-propagating maximum, as torch.relu / clamp_min.
-  static C10_HOST_DEVICE V max(V a, V b) { return (a != a || a > b) ? a : b; }
-  static C10_HOST_DEVICE V select(Mask m, V if_true, V if_false) { return m ? if_true : if_false; }
-  static C10_HOST_DEVICE Mask gt(V a, V b) { return a > b; }
-  static C10_HOST_DEVICE Mask lt(V a, V b) { return a < b; }
-  static C10_HOST_DEVICE Mask ge(V a, V b) { return a >= b; }
-  static C10_HOST_DEVICE Mask eq(V a, V b) { return a == b; }
+  static C10_HOST_DEVICE GANSVC_INLINE V max(V a, V b) { return (a != a || a > b) ? a : b; }
+  static C10_HOST_DEVICE GANSVC_INLINE V select(Mask m, V if_true, V if_false) { return m ? if_true : if_false; }
+  static C10_HOST_DEVICE GANSVC_INLINE Mask gt(V a, V b) { return a > b; }
+  static C10_HOST_DEVICE GANSVC_INLINE Mask lt(V a, V b) { return a < b; }
+  static C10_HOST_DEVICE GANSVC_INLINE Mask ge(V a, V b) { return a >= b; }
+  static C10_HOST_DEVICE GANSVC_INLINE Mask eq(V a, V b) { return a == b; }
   // 1 where the mask is set, else 0.
-  static C10_HOST_DEVICE V ones_where(Mask m) { return m ? T(1) : T(0); }
+  static C10_HOST_DEVICE GANSVC_INLINE V ones_where(Mask m) { return m ? T(1) : T(0); }
 };
+
+// c_0 + c_1 w + ... + c_{K-1} w^{K-1} with c_k = 1 / (2k + 1), by Estrin's scheme: pairs c_2i + c_2i+1 w,
+// then pairs of those with w², w⁴, ...: a dependency chain of about log2(K) multiply-adds instead of
+// Horner's K. The element loop is latency-bound (one exp, then this polynomial, per element), so the
+// shorter chain lets more elements overlap.
+template <class M, int K>
+C10_HOST_DEVICE GANSVC_INLINE typename M::V odd_series_estrin(typename M::V w) {
+  using V = typename M::V;
+  using T = typename M::T;
+  V p[(K + 1) / 2];
+#if defined(__CUDACC__)
+#pragma unroll
+#endif
+  for (int i = 0; i < (K + 1) / 2; ++i) {
+    p[i] = 2 * i + 1 < K ? M::splat(T(1) / T(4 * i + 1)) + M::splat(T(1) / T(4 * i + 3)) * w
+                         : M::splat(T(1) / T(4 * i + 1));
+  }
+  V x = w;
+#if defined(__CUDACC__)
+#pragma unroll
+#endif
+  for (int n = (K + 1) / 2; n > 1; n = (n + 1) / 2) {
+    x = x * x;
+#if defined(__CUDACC__)
+#pragma unroll
+#endif
+    for (int i = 0; i < n / 2; ++i) p[i] = p[2 * i] + p[2 * i + 1] * x;
+    if (n % 2 == 1) p[n / 2] = p[n - 1];
+  }
+  return p[0];
+}
 
 // log(1 + t) for t in [0, 1] without a log primitive: log1p(t) = 2 atanh(z) with z = t / (2 + t)
 // in [0, 1/3], summed as the odd series 2 z (1 + z^2/3 + z^4/5 + ...). A few fused multiply-adds:
 // SIMD exp is cheap but SIMD log is not (and log1p is not vectorised at all), and the series is
 // accurate to an ulp or two near t = 0, where log(1 + t) would lose every digit.
 template <class M>
-C10_HOST_DEVICE inline typename M::V log1p_small(typename M::V t) {
+C10_HOST_DEVICE GANSVC_INLINE typename M::V log1p_small(typename M::V t) {
   using V = typename M::V;
   using T = typename M::T;
-  // Truncation error (1/9)^K / (2K + 1): below 2^-27 for float with K = 8, below 2^-56 for double with K = 17.
-  constexpr int kTerms = sizeof(T) >= 8 ? 17 : 8;
-  V z = t / (M::splat(T(2)) + t);
-  V w = z * z;
-  V poly = M::splat(T(1) / T(2 * kTerms - 1));
-  for (int k = kTerms - 2; k >= 0; --k) poly = poly * w + M::splat(T(1) / T(2 * k + 1));
-  return M::splat(T(2)) * z * poly;
+  // Truncation error (1/9)^K / (2K + 1): below 2^-26 for float with K = 7, below 2^-56 for double with K = 17.
+  constexpr int kTerms = sizeof(T) >= 8 ? 17 : 7;
+  const V z = t / (M::splat(T(2)) + t);
+  return M::splat(T(2)) * z * odd_series_estrin<M, kTerms>(z * z);
 }
 
 // softplus(x) = log(1 + e^x), softplus(-x), sigmoid(x) and sigmoid(-x) from a single exp, each to
@@ -61,21 +100,21 @@ struct Logistic {
 };
 
 template <class M>
-C10_HOST_DEVICE inline Logistic<M> logistic(typename M::V x) {
+C10_HOST_DEVICE GANSVC_INLINE Logistic<M> logistic(typename M::V x) {
   using V = typename M::V;
   using T = typename M::T;
-  Logistic<M> r;
+  // Every value is built in place and the result aggregate-initialised: a default-constructed
+  // Logistic would default-construct four vectors first (see GANSVC_INLINE).
+  // softplus(x) = max(x, 0) + tail with tail = log1p(e^-|x|); selects rather than a NaN-propagating
+  // max, since a NaN x reaches every output through e anyway.
   const V zero = M::splat(T(0)), one = M::splat(T(1));
-  V e = M::exp(zero - M::abs(x));
-  V tail = log1p_small<M>(e);
-  r.sp_pos = M::max(x, zero) + tail;
-  r.sp_neg = M::max(zero - x, zero) + tail;
-  V big = one / (one + e);
-  V small = e * big;
-  auto nonneg = M::ge(x, zero);
-  r.sig_pos = M::select(nonneg, big, small);
-  r.sig_neg = M::select(nonneg, small, big);
-  return r;
+  const V e = M::exp_nonpositive(M::neg_abs(x));
+  const V tail = log1p_small<M>(e);
+  const V big = one / (one + e);
+  const V small = e * big;
+  const auto nonneg = M::ge(x, zero);
+  return {M::select(nonneg, x + tail, tail), M::select(nonneg, tail, tail - x), M::select(nonneg, big, small),
+          M::select(nonneg, small, big)};
 }
 
 // One element of D's loss on a real (is_real) or fake logit s: the loss term, its derivative
@@ -88,39 +127,28 @@ struct DTerm {
 };
 
 template <class M, typename T>
-C10_HOST_DEVICE inline DTerm<M> d_term(DKind kind, bool is_real, typename M::V s, T real_label) {
+C10_HOST_DEVICE GANSVC_INLINE DTerm<M> d_term(DKind kind, bool is_real, typename M::V s, T real_label) {
   using V = typename M::V;
-  DTerm<M> r;
   const V zero = M::splat(0), one = M::splat(1);
-  r.correct = M::ones_where(is_real ? M::gt(s, zero) : M::lt(s, zero));
+  const V correct = M::ones_where(is_real ? M::gt(s, zero) : M::lt(s, zero));
   if (kind == DKind::kBce) {
     const Logistic<M> l = logistic<M>(s);
-    const V &sp_pos = l.sp_pos, &sp_neg = l.sp_neg, &sig_pos = l.sig_pos, &sig_neg = l.sig_neg;
-    r.stat = sig_pos;
-    if (!is_real) {  // BCE(s, 0) = softplus(s)
-      r.loss = sp_pos;
-      r.grad = sig_pos;
-    } else if (real_label == T(1)) {  // BCE(s, 1) = softplus(-s); d/ds = -sigmoid(-s), exact near 0
-      r.loss = sp_neg;
-      r.grad = -sig_neg;
-    } else {  // BCE(s, y): both terms, so that +-inf give inf (not inf - inf)
-      r.loss = M::splat(real_label) * sp_neg + M::splat(T(1) - real_label) * sp_pos;
-      r.grad = sig_pos - M::splat(real_label);
-    }
-  } else if (kind == DKind::kHinge) {
-    r.stat = s;
+    if (!is_real) return {l.sp_pos, l.sig_pos, l.sig_pos, correct};  // BCE(s, 0) = softplus(s)
+    // BCE(s, 1) = softplus(-s); d/ds = -sigmoid(-s), exact near 0
+    if (real_label == T(1)) return {l.sp_neg, -l.sig_neg, l.sig_pos, correct};
+    // BCE(s, y): both terms, so that +-inf give inf (not inf - inf)
+    return {M::splat(real_label) * l.sp_neg + M::splat(T(1) - real_label) * l.sp_pos, l.sig_pos - M::splat(real_label),
+            l.sig_pos, correct};
+  }
+  if (kind == DKind::kHinge) {
     // relu(1 - s) for real, relu(1 + s) for fake; the derivative is 0 where the relu input is 0,
     // as torch's threshold_backward has it.
-    V margin = is_real ? one - s : one + s;
-    r.loss = M::max(margin, zero);
-    V active = M::ones_where(M::gt(margin, zero));
-    r.grad = is_real ? -active : active;
-  } else {  // Wasserstein critic: E[D(G(z))] - E[D(x)]
-    r.stat = s;
-    r.loss = is_real ? -s : s;
-    r.grad = is_real ? -one : one;
+    const V margin = is_real ? one - s : one + s;
+    const V active = M::ones_where(M::gt(margin, zero));
+    return {M::max(margin, zero), is_real ? -active : active, s, correct};
   }
-  return r;
+  // Wasserstein critic: E[D(G(z))] - E[D(x)]
+  return {is_real ? -s : s, is_real ? -one : one, s, correct};
 }
 
 // One element of G's loss on a fake logit s: loss term, derivative, statistic.
@@ -130,26 +158,14 @@ struct GTerm {
 };
 
 template <class M>
-C10_HOST_DEVICE inline GTerm<M> g_term(GKind kind, typename M::V s) {
-  using V = typename M::V;
-  GTerm<M> r;
+C10_HOST_DEVICE GANSVC_INLINE GTerm<M> g_term(GKind kind, typename M::V s) {
   if (kind == GKind::kNonSaturating || kind == GKind::kMinimax) {
     const Logistic<M> l = logistic<M>(s);
-    const V &sp_pos = l.sp_pos, &sp_neg = l.sp_neg, &sig_pos = l.sig_pos, &sig_neg = l.sig_neg;
-    r.stat = sig_pos;
-    if (kind == GKind::kNonSaturating) {  // -log D(G(z)) = softplus(-s)
-      r.loss = sp_neg;
-      r.grad = -sig_neg;
-    } else {  // log(1 - D(G(z))) = -softplus(s)
-      r.loss = -sp_pos;
-      r.grad = -sig_pos;
-    }
-  } else {  // hinge and Wasserstein generators: -E[D(G(z))]
-    r.stat = s;
-    r.loss = -s;
-    r.grad = M::splat(-1);
+    if (kind == GKind::kNonSaturating) return {l.sp_neg, -l.sig_neg, l.sig_pos};  // -log D(G(z)) = softplus(-s)
+    return {-l.sp_pos, -l.sig_pos, l.sig_pos};  // log(1 - D(G(z))) = -softplus(s)
   }
-  return r;
+  // hinge and Wasserstein generators: -E[D(G(z))]
+  return {-s, M::splat(-1), s};
 }
 
 }  // namespace losses

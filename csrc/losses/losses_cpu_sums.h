@@ -9,7 +9,12 @@
 namespace gansvc {
 namespace losses {
 
-constexpr int64_t kSumBlock = 65536;  // elements per thread task: large enough to amortise, small for balance
+// Logits per block of the CPU kernel's sums: the unit of work of its threads and of its fixed summation
+// order. Small enough that a batch of 2 x 16 384 logits is split over two threads, large enough to amortise
+// a task. The kernel runs on one thread below kParallelMinimum logits (both sides together): under that a
+// fork and join costs more than the work (ATen's elementwise grain is 32 768 elements).
+constexpr int64_t kSumBlock = 16384;
+constexpr int64_t kParallelMinimum = 32768;
 
 // Sums over one side (real or fake): loss terms, statistics, correct classifications.
 struct Sums {

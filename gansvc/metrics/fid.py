@@ -30,7 +30,10 @@ class FeatureStats:
     mean, updated per chunk by Chan et al.'s pairwise formula. That is the same information as
     (count, Σx, Σxxᵀ), merges exactly, and does not lose digits to Σxxᵀ/n - μμᵀ when |μ| >> σ.
     On the CPU each chunk is one BLAS symmetric rank-k update of M2's upper triangle (half a GEMM's
-    flops, as np.cov), and the lower triangle is filled in once, when the statistics are read.
+    flops, as np.cov), and the lower triangle is filled in once, when the statistics are read. Small
+    CPU batches (an extractor's 50 to 1 000 rows) are first gathered into a buffer of rows, up to
+    fid_ops.syrk_chunk_rows(d) (4 096 at d = 2 048: 32 MB of float32), so that each update is one large
+    rank-k call: BLAS runs a rank-1 000 update at a fraction of the rate of a rank-4 000 one.
     """
 
     def __init__(self, dim: int | None = None, device: str | torch.device = "cpu") -> None:
@@ -39,6 +42,9 @@ class FeatureStats:
         self._mean: torch.Tensor | None = None
         self._m2: torch.Tensor | None = None
         self._lower_stale = False  # M2's lower triangle lags its upper one (CPU updates; see _whole)
+        # CPU rows not yet folded into (mean, M2): the first _buffered rows of _buffer; `count` includes them.
+        self._buffer: np.ndarray | None = None
+        self._buffered = 0
         if dim is not None:
             self._allocate(int(dim))
 
@@ -65,14 +71,49 @@ class FeatureStats:
         if features.shape[1] != self.dim:
             raise ValueError(f"batch has {features.shape[1]} features per row, these statistics have {self.dim}")
         if self.device.type == "cpu":
-            self.count = fid_ops.feature_moments_update_upper_(self._mean, self._m2, self.count, features.cpu())
-            self._lower_stale = True
+            self._update_cpu(features.detach().cpu())
         else:
             self.count = fid_ops.feature_moments_update_(self._mean, self._m2, self.count, features.to(self.device))
         return self
 
+    def _update_cpu(self, features: torch.Tensor) -> None:
+        if features.dtype not in (torch.float32, torch.float64):
+            features = features.to(torch.float64)
+        rows = features.numpy()
+        # Checked now (the rows may only be folded in by a later call): a float64 sum of finite float32
+        # or float64 rows cannot overflow, so any NaN or Inf shows in it.
+        if not np.isfinite(rows.sum(dtype=np.float64)):
+            raise ValueError("batch contains NaN or Inf")
+        capacity = fid_ops.syrk_chunk_rows(self.dim)
+        if self._buffer is not None and self._buffer.dtype != rows.dtype:
+            self._flush()
+            self._buffer = None
+        if rows.shape[0] >= capacity:  # large enough on its own: no copy into the buffer
+            self._flush()
+            self._fold(features)
+            return
+        if self._buffer is None:
+            self._buffer = np.empty((capacity, self.dim), dtype=rows.dtype)
+        if self._buffered + rows.shape[0] > capacity:
+            self._flush()
+        self._buffer[self._buffered : self._buffered + rows.shape[0]] = rows
+        self._buffered += rows.shape[0]
+        self.count += rows.shape[0]
+
+    def _fold(self, features: torch.Tensor) -> None:
+        self.count = fid_ops.feature_moments_update_upper_(self._mean, self._m2, self.count, features)
+        self._lower_stale = True
+
+    def _flush(self) -> None:
+        """Fold the buffered CPU rows into (mean, M2)."""
+        if self._buffered:
+            rows, self._buffered = self._buffered, 0
+            self.count -= rows
+            self._fold(torch.from_numpy(self._buffer[:rows]))
+
     def _whole(self) -> torch.Tensor:
         """Return M2 with both triangles current (mirroring the upper one after CPU updates)."""
+        self._flush()
         if self._lower_stale:
             fid_ops.mirror_upper_(self._m2)
             self._lower_stale = False
@@ -93,6 +134,7 @@ class FeatureStats:
         """Return the float64 mean of the rows seen [d]."""
         if self.count < 1:
             raise ValueError("no features accumulated yet: the mean needs at least 1 row")
+        self._flush()
         return self._mean.clone()
 
     def covariance(self) -> torch.Tensor:
@@ -108,7 +150,8 @@ class FeatureStats:
 
     def state_dict(self) -> dict:
         """Return the accumulator's state (count, mean, m2) for sending to another process."""
-        return {"count": self.count, "mean": self._mean, "m2": None if self._m2 is None else self._whole()}
+        m2 = None if self._m2 is None else self._whole()  # (flushes the buffered rows into the mean too)
+        return {"count": self.count, "mean": self._mean, "m2": m2}
 
     @classmethod
     def from_state_dict(cls, state: dict, device: str | torch.device = "cpu") -> FeatureStats:

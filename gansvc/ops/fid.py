@@ -120,8 +120,15 @@ def feature_moments_update_(mean: torch.Tensor, m2: torch.Tensor, count: int, ba
     return reference_feature_moments_update_(mean, m2, count, batch)
 
 
-# Rows per symmetric rank-k update on the CPU: 2**22 doubles (32 MB at d = 2048), plus one row.
-_SYRK_CHUNK_ELEMENTS = 1 << 22
+# Rows per symmetric rank-k update on the CPU: 2**23 doubles (64 MB at d = 2048, 4 096 rows), plus one row.
+# FeatureStats gathers small batches up to this many rows; with its float32 buffer (32 MB), the float64
+# chunk and M2 (32 MB) that is about 130 MB at d = 2048.
+_SYRK_CHUNK_ELEMENTS = 1 << 23
+
+
+def syrk_chunk_rows(d: int) -> int:
+    """Rows per symmetric rank-k update of feature_moments_update_upper_ for d features."""
+    return max(1, _SYRK_CHUNK_ELEMENTS // d)
 
 
 def feature_moments_update_upper_(mean: torch.Tensor, m2: torch.Tensor, count: int, batch: torch.Tensor) -> int:
@@ -145,7 +152,7 @@ def feature_moments_update_upper_(mean: torch.Tensor, m2: torch.Tensor, count: i
     if batch.dtype not in (torch.float32, torch.float64):
         batch = batch.to(torch.float64)
     rows_all, target, mean_np = batch.detach().numpy(), m2.numpy().T, mean.numpy()
-    chunk_rows = max(1, _SYRK_CHUNK_ELEMENTS // d)
+    chunk_rows = syrk_chunk_rows(d)
     for start in range(0, rows_all.shape[0], chunk_rows):
         part = rows_all[start : start + chunk_rows]
         rows = part.shape[0]
