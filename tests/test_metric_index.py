@@ -118,8 +118,9 @@ def test_a_store_written_before_the_index_gets_it_on_open(tmp_path):
     store = JobStore(path)
     jobs = [random_history(store, np.random.default_rng(seed), batches=20) for seed in (1, 2)]
     store.close()
-    conn = sqlite3.connect(path)  # what a schema 3 store holds: no index
+    conn = sqlite3.connect(path)  # what a schema 3 store holds: no index, no jobs.nodes (schema 5)
     conn.execute("DROP TABLE metric_chunks")
+    conn.execute("ALTER TABLE jobs DROP COLUMN nodes")
     conn.execute("PRAGMA user_version=3")
     conn.commit()
     conn.close()
