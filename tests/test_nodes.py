@@ -91,13 +91,13 @@ def test_serve_refuses_a_jobs_dir_it_cannot_create(tmp_path):
     assert "Traceback" not in run.stderr
 
 
-def test_a_version_2_store_gains_the_nodes_column(tmp_path):
+def test_a_version_4_store_gains_the_nodes_column(tmp_path):
     store = JobStore(tmp_path / "gansvc.db")
     job, _ = store.create_job("training", {"steps": 1})
     store.close()
     with sqlite3.connect(tmp_path / "gansvc.db") as conn:  # the layout a gansvc before the column wrote
         conn.execute("ALTER TABLE jobs DROP COLUMN nodes")
-        conn.execute("PRAGMA user_version=2")
+        conn.execute("PRAGMA user_version=4")
     store = JobStore(tmp_path / "gansvc.db")
     assert store.require_job(job.id).nodes == ()
     event = store.set_state(job.id, "RUNNING", "running", device="cpu", nodes=["10.0.0.2:4100", "10.0.0.3:4100"])
@@ -106,4 +106,4 @@ def test_a_version_2_store_gains_the_nodes_column(tmp_path):
     assert store.require_job(job.id).nodes == ("10.0.0.2:4100", "10.0.0.3:4100")  # the last attempt's, kept
     store.close()
     with sqlite3.connect(tmp_path / "gansvc.db") as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 5
