@@ -105,25 +105,29 @@ def _unshare_works() -> str | None:
     return None if probe.returncode == 0 else f"unshare -n is not permitted here: {probe.stderr.strip()}"
 
 
-@pytest.fixture(scope="module")
-def cluster_results(tmp_path_factory, fashion_mnist_root):
+def run_scenarios(script: str, out: Path, fashion_mnist_root, timeout: float) -> dict:
+    """Run tests/SCRIPT (a cluster's scenarios) in a private network namespace, writing under `out`; return its
+    results.json (skip when Ray or `unshare -n` is missing; fail with the script's and the servers' log tails)."""
     pytest.importorskip("ray")
     why = _unshare_works()
     if why:
         pytest.skip(why)
-    out = tmp_path_factory.mktemp("ray-cluster")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
-               RAY_USAGE_STATS_ENABLED="0")  # fmt: skip
-    script = f"ip link set lo up; exec {sys.executable} {ROOT / 'tests' / 'ray_cluster_scenarios.py'} {out} " \
-             f"{fashion_mnist_root}"
-    run = subprocess.run(["unshare", "-n", "bash", "-c", script], env=env, capture_output=True, text=True,
-                         timeout=900)  # fmt: skip
+    path = os.pathsep.join(p for p in (str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, PYTHONPATH=path, RAY_USAGE_STATS_ENABLED="0")
+    command = f"ip link set lo up; exec {sys.executable} {ROOT / 'tests' / script} {out} {fashion_mnist_root}"
+    run = subprocess.run(["unshare", "-n", "bash", "-c", command], env=env, capture_output=True, text=True,
+                         timeout=timeout)  # fmt: skip
     results_file = out / "results.json"
     assert results_file.exists(), run.stdout[-3000:] + run.stderr[-3000:]
     results = json.loads(results_file.read_text())
     logs = "".join(p.read_text(errors="replace")[-2000:] for p in sorted(out.glob("server-*.log")))
-    assert run.returncode == 0, run.stderr[-4000:] + logs
+    assert run.returncode == 0, run.stderr[-4000:] + logs + results.get("server_log", "")[-3000:]
     return results
+
+
+@pytest.fixture(scope="module")
+def cluster_results(tmp_path_factory, fashion_mnist_root):
+    return run_scenarios("ray_cluster_scenarios.py", tmp_path_factory.mktemp("ray-cluster"), fashion_mnist_root, 900)
 
 
 def _runs(events: list[dict]) -> list[tuple[str, float, float]]:

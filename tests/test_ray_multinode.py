@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_ray_backend import _unshare_works
+from test_ray_backend import run_scenarios
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE = re.compile(r"\(([0-9a-f]{8})\)")
@@ -30,22 +30,8 @@ DDP_STEPS, LONG, DEATH_STEPS = 12, 1200, 300  # tests/ray_multinode_scenarios.py
 
 @pytest.fixture(scope="module")
 def multinode(tmp_path_factory, fashion_mnist_root):
-    pytest.importorskip("ray")
-    why = _unshare_works()
-    if why:
-        pytest.skip(why)
-    out = tmp_path_factory.mktemp("ray-multinode")
-    path = os.pathsep.join(p for p in (str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")) if p)
-    env = dict(os.environ, PYTHONPATH=path, RAY_USAGE_STATS_ENABLED="0")
-    script = f"ip link set lo up; exec {sys.executable} {ROOT / 'tests' / 'ray_multinode_scenarios.py'} {out} " \
-             f"{fashion_mnist_root}"
-    run = subprocess.run(["unshare", "-n", "bash", "-c", script], env=env, capture_output=True, text=True,
-                         timeout=2700)  # fmt: skip
-    results_file = out / "results.json"
-    assert results_file.exists(), run.stdout[-3000:] + run.stderr[-3000:]
-    logs = "".join(p.read_text(errors="replace")[-2000:] for p in sorted(out.glob("server-*.log")))
-    assert run.returncode == 0, run.stderr[-4000:] + logs
-    return json.loads(results_file.read_text())
+    return run_scenarios("ray_multinode_scenarios.py", tmp_path_factory.mktemp("ray-multinode"), fashion_mnist_root,
+                         2700)  # fmt: skip
 
 
 def states(events: list[dict]) -> list[dict]:

@@ -5,36 +5,13 @@ tests/test_ray_backend.py does, and asserts on what it observed."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
-from test_ray_backend import _unshare_works
-
-ROOT = Path(__file__).resolve().parent.parent
+from test_ray_backend import run_scenarios
 
 
 @pytest.fixture(scope="module")
 def seen(tmp_path_factory, fashion_mnist_root):
-    pytest.importorskip("ray")
-    why = _unshare_works()
-    if why:
-        pytest.skip(why)
-    out = tmp_path_factory.mktemp("ray-nodes")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
-               RAY_USAGE_STATS_ENABLED="0")  # fmt: skip
-    script = f"ip link set lo up; exec {sys.executable} {ROOT / 'tests' / 'ray_nodes_scenarios.py'} {out} " \
-             f"{fashion_mnist_root}"
-    run = subprocess.run(["unshare", "-n", "bash", "-c", script], env=env, capture_output=True, text=True,
-                         timeout=1500)  # fmt: skip
-    results_file = out / "results.json"
-    assert results_file.exists(), run.stdout[-3000:] + run.stderr[-3000:]
-    results = json.loads(results_file.read_text())
-    assert run.returncode == 0, run.stderr[-4000:] + results.get("server_log", "")[-3000:]
-    return results
+    return run_scenarios("ray_nodes_scenarios.py", tmp_path_factory.mktemp("ray-nodes"), fashion_mnist_root, 1500)
 
 
 def _alive_addresses(info: list[dict]) -> dict[str, dict]:
