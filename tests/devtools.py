@@ -13,6 +13,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import tempfile
 import time
 import urllib.parse
 import urllib.request
@@ -29,18 +30,24 @@ class Browser:
 
     def __init__(self, url: str, profile: Path, width: int = 1400, height: int = 1000):
         profile.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-port=0",
-             "--remote-allow-origins=*", f"--user-data-dir={profile}", f"--window-size={width},{height}", url],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            env={**os.environ, "TMPDIR": str(profile)},  # its org.chromium.* scratch dirs go with the profile
-        )  # fmt: skip
+        # Chromium puts its org.chromium.* scratch folders, and the SingletonSocket inside one, in TMPDIR. A Unix
+        # socket path holds at most 107 bytes, so a pytest tmp_path there kills it at start ("Socket path too
+        # long"): a short folder of its own under the system's temp folder, removed by close().
+        self._scratch = tempfile.mkdtemp(prefix="cr-")
+        self._log = profile / "chromium.log"
+        with open(self._log, "wb") as log:
+            self.process = subprocess.Popen(
+                ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-port=0",
+                 "--remote-allow-origins=*", f"--user-data-dir={profile}", f"--window-size={width},{height}", url],
+                stdout=subprocess.DEVNULL, stderr=log, env={**os.environ, "TMPDIR": self._scratch},
+            )  # fmt: skip
         port_file = profile / "DevToolsActivePort"
         deadline = time.monotonic() + 60
         while not (port_file.is_file() and port_file.read_text().strip()):
             if time.monotonic() > deadline or self.process.poll() is not None:
                 self.close()
-                raise RuntimeError("chromium did not open its DevTools port")
+                tail = self._log.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"chromium did not open its DevTools port; its log ends:\n{tail}")
             time.sleep(0.1)
         port = int(port_file.read_text().split()[0])
         page = None
@@ -110,6 +117,7 @@ class Browser:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        shutil.rmtree(self._scratch, ignore_errors=True)
 
     def __enter__(self):
         return self
