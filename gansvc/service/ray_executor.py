@@ -48,7 +48,9 @@ NAMESPACE = "gansvc"
 ORPHAN_SECONDS = 60.0  # a worker nobody has polled this long is ended by its actor
 ORPHAN_ENV = "GANSVC_RAY_ORPHAN_SECONDS"  # the server's environment may change it (tests; longer restarts)
 POLL_SECONDS = 1.0  # the longest one poll of an actor waits for new events
-PLACEMENT_WAIT_SECONDS = 5.0  # how long a placement group that looked free may take to be placed
+PLACEMENT_WAIT_SECONDS = 5.0  # how long the scheduler waits for a new placement group before its next job
+PLACEMENT_GIVE_UP_SECONDS = 120.0  # a group Ray has not placed by then is removed and the job waits like any other
+START_SECONDS = 120.0  # how long an attempt's actors may take to start its workers before it counts as a death
 
 
 class Unplaceable(WrongState):
@@ -142,6 +144,8 @@ class RayPool:
         # which nodes see the jobs directory (service/ray_nodes.py; set by the server once the start's probe passed):
         # only those get work
         self.probes = None
+        # placement groups Ray is still placing (a busy cluster takes seconds): name -> (group, when created)
+        self._placing: dict[str, tuple[object, float]] = {}
 
     def _admissible(self) -> list[NodeResources]:
         """Return the nodes a job may ever be placed on: all but those that failed the shared-storage probe."""
@@ -229,24 +233,49 @@ class RayPool:
 
     def allocate(self, device: str, nproc: int = 1, nnodes: int = 1, threads: int = 0,
                  name: str = "") -> RayAllocation | None:  # fmt: skip
-        """Place the job's bundles now (a detached placement group called `name`); return them, or None when the
-        cluster has no room now (the job waits)."""
+        """Place the job's bundles (a detached placement group called `name`); return them, or None when the
+        cluster has no room now or Ray is still placing them (the job waits; the scheduler asks again)."""
         request = self.request(device, nproc, nnodes, threads)
-        usable = self._usable()
-        if waiting_for(request, usable):
-            return None
-        strategy = "STRICT_SPREAD" if request.nnodes > 1 else "PACK"
-        # only on the nodes that passed the shared-storage probe (Ray's own node-id label)
-        selector = [{NODE_ID_LABEL_KEY: f"in({','.join(n.id for n in usable)})"}] * request.nnodes \
-            if self.probes is not None else None
         with self._lock:
-            group = placement_group([request.bundle()] * request.nnodes, strategy=strategy, name=name,
-                                    lifetime="detached", bundle_label_selector=selector)  # fmt: skip
-            ready, _ = ray.wait([group.ready()], timeout=PLACEMENT_WAIT_SECONDS)
-            if not ready:  # taken meanwhile: free the reservation and wait like any queued job
-                remove_placement_group(group)
+            placing = self._placing.get(name)
+            if placing is None:
+                usable = self._usable()
+                if waiting_for(request, usable):
+                    return None
+                strategy = "STRICT_SPREAD" if request.nnodes > 1 else "PACK"
+                # only on the nodes that passed the shared-storage probe (Ray's own node-id label)
+                selector = [{NODE_ID_LABEL_KEY: f"in({','.join(n.id for n in usable)})"}] * request.nnodes \
+                    if self.probes is not None else None
+                remove_group(name)  # one a dead server left while Ray was placing it
+                group = placement_group([request.bundle()] * request.nnodes, strategy=strategy, name=name,
+                                        lifetime="detached", bundle_label_selector=selector)  # fmt: skip
+                placing = self._placing[name] = (group, time.monotonic())
+                wait = PLACEMENT_WAIT_SECONDS
+            else:
+                wait = 0.0
+            group, since = placing
+            ready, _ = ray.wait([group.ready()], timeout=wait)
+            if not ready:
+                # A busy cluster places a group in seconds: it stays asked for (removing it and asking again after a
+                # fixed wait would never place anything once placing takes longer). One still unplaced after
+                # PLACEMENT_GIVE_UP_SECONDS was taken by work Ray runs for others: the job waits like any other.
+                if time.monotonic() - since >= PLACEMENT_GIVE_UP_SECONDS:
+                    del self._placing[name]
+                    remove_placement_group(group)
                 return None
+            del self._placing[name]
         return allocation_of(request, name)
+
+    def forget_placing(self, keep: set[str] | frozenset = frozenset()) -> None:
+        """Remove the placement groups still being placed for jobs that no longer wait (cancelled while queued, or
+        every one when the server stops): `keep` names the groups of the jobs still queued."""
+        with self._lock:
+            for name in [n for n in self._placing if n not in keep]:
+                group, _ = self._placing.pop(name)
+                try:
+                    remove_placement_group(group)
+                except Exception:  # noqa: BLE001 - gone with its nodes
+                    pass
 
     def release(self, allocation: Allocation) -> None:
         """Give the job's bundles back (remove its placement group)."""
@@ -300,6 +329,8 @@ class AttemptActor:
         self.changed = threading.Condition()
         self._started = threading.Event()
         self._error = ""
+        # From creation on: an actor whose server died before it asked for the worker ends itself too.
+        threading.Thread(target=self._watchdog, name="gansvc-orphan-watchdog", daemon=True).start()
 
     def rendezvous_endpoint(self) -> str:
         """Return 'ADDRESS:PORT': this node's address and a port free on it now, for a job's static rendezvous (the
@@ -314,13 +345,18 @@ class AttemptActor:
     def start(self, worker_args: list[str] | tuple = ()) -> dict:
         """Start the worker (from a thread that lives as long as it: PR_SET_PDEATHSIG is the forking thread's), with
         `worker_args` (a job across nodes: its node rank and rendezvous); return its pid and this node."""
+        self.last_poll = time.monotonic()
         self.worker_args = list(worker_args)
         threading.Thread(target=self._supervise, name="gansvc-worker", daemon=True).start()
-        threading.Thread(target=self._watchdog, name="gansvc-orphan-watchdog", daemon=True).start()
         self._started.wait()
         if self._error:
             raise OSError(self._error)
         return {"pid": self.process.pid, "node_id": ray.get_runtime_context().get_node_id()}
+
+    def has_worker(self) -> bool:
+        """Return whether start() started the worker (a restarted server re-attaches only to such an actor)."""
+        self.last_poll = time.monotonic()
+        return self.process is not None
 
     def _supervise(self) -> None:
         event_read, event_write = os.pipe()
@@ -433,8 +469,9 @@ class RayAttempt(Attempt):
 
     def __init__(self, job: JobRecord, job_dir: Path, allocation: RayAllocation, listener: AttemptListener,
                  actor, node_id: str, pid: int, acked: int = 0, others: list | tuple = (),
-                 other_nodes: list | tuple = ()):  # fmt: skip
+                 other_nodes: list | tuple = (), starting: bool = False):  # fmt: skip
         super().__init__(job, job_dir, allocation)
+        self.starting = starting  # the relay thread starts the workers first (RayExecutor.start does not wait)
         self.listener = listener
         self.actor = actor
         self.node_id = node_id
@@ -480,7 +517,40 @@ class RayAttempt(Attempt):
             except Exception:  # noqa: BLE001 - already gone with its node
                 pass
 
+    def _start_workers(self) -> bool:
+        """Start each bundle's worker through its actor (a job across nodes: node K of a static rendezvous at a free
+        port of bundle 0's node); return False, the attempt's last word said, when they did not start."""
+        actors = self.actors
+        try:
+            worker_args = [[] for _ in actors]
+            if len(actors) > 1:
+                endpoint = ray.get(actors[0].rendezvous_endpoint.remote(), timeout=START_SECONDS)
+                worker_args = [["--node-rank", str(k), "--rdzv-endpoint", endpoint] for k in range(len(actors))]
+            ray.get([actor.start.remote(args) for actor, args in zip(actors, worker_args)], timeout=START_SECONDS)
+        except (ray.exceptions.RayError, OSError) as error:
+            for actor in actors:
+                RayExecutor._end(actor, "")
+            cause = getattr(error, "cause", None)
+            # the worker's own start failed on its node (OSError there): that is the job's failure; an actor or
+            # node lost meanwhile, or no start in time, is a death, retried
+            died = not isinstance(cause if cause is not None else error, OSError)
+            first_line = str(cause if cause is not None else error).strip().splitlines()
+            self.final = events.Failed(reason=f"the attempt's actors did not start its workers: "
+                                              f"{first_line[-1] if first_line else type(error).__name__}",
+                                       died=died)  # fmt: skip
+            return False
+        if self.killed:  # killed, or asked to stop, while the workers were starting: tell them now
+            self.kill()
+        elif self.stop_requested_at is not None:
+            self._send_stop()
+        return True
+
     def _relay(self) -> None:
+        if self.starting:
+            self.starting = False
+            if not self._start_workers():
+                self.listener.worker_exited(self, -9)
+                return
         returncode = None
         failures = 0
         checked = 0.0
@@ -673,8 +743,8 @@ class RayExecutor(Executor):
 
     def start(self, job: JobRecord, job_dir: Path, allocation: Allocation, attempt: int,
               listener: AttemptListener) -> RayAttempt:  # fmt: skip
-        """Start the attempt's actor and worker on each bundle's node (a job across nodes: node K of a static
-        rendezvous at a free port of bundle 0's node); return the attempt (OSError when they did not start)."""
+        """Create the attempt's actor on each bundle's node and return the attempt at once; its relay thread has
+        the actors start the workers (RayAttempt._start_workers: a start that fails is the attempt's end)."""
         assert isinstance(allocation, RayAllocation), "the Ray executor runs jobs the Ray pool placed"
         request = allocation.request
         group = get_placement_group(allocation.group)
@@ -688,18 +758,10 @@ class RayExecutor(Executor):
                 num_cpus=request.cpus, num_gpus=request.gpus,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=bundle),
             ).remote(str(job_dir), allocation.worker_env(), banner, self.orphan_seconds, log_name(bundle)))  # fmt: skip
-        try:
-            worker_args = [[] for _ in actors]
-            if len(actors) > 1:
-                endpoint = ray.get(actors[0].rendezvous_endpoint.remote(), timeout=120)
-                worker_args = [["--node-rank", str(k), "--rdzv-endpoint", endpoint] for k in range(len(actors))]
-            started = ray.get([actor.start.remote(args) for actor, args in zip(actors, worker_args)], timeout=120)
-        except (ray.exceptions.RayError, OSError) as error:
-            for actor in actors:
-                self._end(actor, "")
-            raise OSError(f"the attempt's actors did not start its workers: {error}") from None
-        return RayAttempt(job, job_dir, allocation, listener, actors[0], started[0]["node_id"], started[0]["pid"],
-                          others=actors[1:], other_nodes=[s["node_id"] for s in started[1:]])  # fmt: skip
+        # The actors start on their nodes meanwhile; the attempt's relay thread asks them for the workers, so the
+        # scheduler places the next job without waiting for this one's processes (seconds each on a busy node).
+        return RayAttempt(job, job_dir, allocation, listener, actors[0], allocation.node_ids[0], 0,
+                          others=actors[1:], other_nodes=list(allocation.node_ids[1:]), starting=True)  # fmt: skip
 
     def reattach(self, job: JobRecord, job_dir: Path, pool, listener: AttemptListener) -> RayAttempt | None:
         """Return the running attempt of a job a dead server left RUNNING, bound to its actors (None: one of its
@@ -711,7 +773,8 @@ class RayExecutor(Executor):
         allocation = allocation_of(request, group_name(job.id, job.attempts))
         alive = None not in actors and allocation is not None
         try:
-            alive = alive and all(ray.get([a.poll.remote(-1, 0.0) for a in actors], timeout=30))
+            # an actor whose worker was never started (the server died first) holds nothing to re-attach to
+            alive = alive and all(ray.get([a.has_worker.remote() for a in actors], timeout=30))
         except ray.exceptions.RayError:
             alive = False
         if not alive:

@@ -155,6 +155,8 @@ class Scheduler:
             self._changed.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=5.0)
+        if hasattr(self.pool, "forget_placing"):  # placements asked for jobs that now wait for the next start
+            self.pool.forget_placing()
 
     # ------------------------------------------------------------------ requests
     def cancel(self, job_id: str, reason: str = "") -> JobRecord:
@@ -195,9 +197,9 @@ class Scheduler:
                 self._changed.wait(timeout=2.0)
 
     def _start_queued(self) -> None:
-        for job in self.store.jobs_in_state("QUEUED"):
-            if job.id in self._workers or job.kind == "sweep":  # a sweep runs as a thread (service/sweeps.py)
-                continue
+        queued = [job for job in self.store.jobs_in_state("QUEUED")
+                  if job.id not in self._workers and job.kind != "sweep"]  # a sweep runs as a thread (sweeps.py)
+        for job in queued:
             device = job.spec.get("device", "auto") or "auto"
             asks = {"nproc": int(job.spec.get("nproc", 1) or 1), "nnodes": int(job.spec.get("nnodes", 1) or 1),
                     "threads": int(job.spec.get("threads", 0) or 0)}  # fmt: skip
@@ -215,6 +217,8 @@ class Scheduler:
                 waiting = self.pool.waiting_for(device, **asks)
                 if waiting and waiting != job.message:
                     self.store.note_queued(job.id, waiting)
+        if hasattr(self.pool, "forget_placing"):  # a cluster: no placement kept for a job cancelled meanwhile
+            self.pool.forget_placing({group_name(job.id, job.attempts + 1) for job in queued})
 
     def _launch(self, job: JobRecord, allocation: Allocation) -> None:
         job_dir = self.jobs_dir / job.id
