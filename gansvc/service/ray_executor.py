@@ -49,6 +49,8 @@ ORPHAN_SECONDS = 60.0  # a worker nobody has polled this long is ended by its ac
 ORPHAN_ENV = "GANSVC_RAY_ORPHAN_SECONDS"  # the server's environment may change it (tests; longer restarts)
 POLL_SECONDS = 1.0  # the longest one poll of an actor waits for new events
 PLACEMENT_WAIT_SECONDS = 5.0  # how long the scheduler waits for a new placement group before its next job
+QUICK_ROUND_SECONDS = 0.25  # the scheduler's interval while a group is placed or a slot was just freed ...
+QUICK_ROUNDS_SECONDS = 3.0  # ... for this long after the removal
 PLACEMENT_GIVE_UP_SECONDS = 120.0  # a group Ray has not placed by then is removed and the job waits like any other
 START_SECONDS = 120.0  # how long an attempt's actors may take to start its workers before it counts as a death
 
@@ -146,6 +148,7 @@ class RayPool:
         self.probes = None
         # placement groups Ray is still placing (a busy cluster takes seconds): name -> (group, when created)
         self._placing: dict[str, tuple[object, float]] = {}
+        self._released = float("-inf")  # time.monotonic() of the last removal of a job's group
 
     def _admissible(self) -> list[NodeResources]:
         """Return the nodes a job may ever be placed on: all but those that failed the shared-storage probe."""
@@ -281,6 +284,15 @@ class RayPool:
         """Give the job's bundles back (remove its placement group)."""
         if isinstance(allocation, RayAllocation) and allocation.group:
             remove_group(allocation.group)
+            self._released = time.monotonic()
+
+    def round_seconds(self, usual: float) -> float:
+        """Return how soon the scheduler looks at the queue again: soon while Ray places a group or just after a
+        group was removed (Ray's view of the free slots lags a removal by up to a second: looking again only
+        after the usual interval kept a freed slot idle for ~2 s), else `usual`."""
+        with self._lock:
+            soon = bool(self._placing) or time.monotonic() - self._released < QUICK_ROUNDS_SECONDS
+        return min(usual, QUICK_ROUND_SECONDS) if soon else usual
 
 
 def allocation_of(request: Request, name: str) -> RayAllocation | None:

@@ -32,6 +32,7 @@ from gansvc.service.store import InvalidTransition, JobRecord, JobStore
 
 log = logging.getLogger(__name__)
 DEATHS_FILE = "worker_deaths.json"  # the job directory's record of its workers that died without a word
+ROUND_SECONDS = 2.0  # how often the loop looks at the queue without being woken (a job ended, one submitted)
 
 
 def describe_exit(returncode: int) -> str:
@@ -194,7 +195,8 @@ class Scheduler:
                     self._enforce_cancel_timeouts()
                 except Exception:  # the scheduler must outlive any one job's trouble
                     log.exception("scheduler error")
-                self._changed.wait(timeout=2.0)
+                quick = getattr(self.pool, "round_seconds", None)  # a cluster: sooner after a slot was freed
+                self._changed.wait(timeout=quick(ROUND_SECONDS) if quick else ROUND_SECONDS)
 
     def _start_queued(self) -> None:
         queued = [job for job in self.store.jobs_in_state("QUEUED")
