@@ -32,6 +32,39 @@ LONG = 1500  # steps of the jobs that lose a node or their server mid-run (tens 
 NODE = re.compile(r"\(([0-9a-f]{8})\)")
 
 
+def add_node(cluster: Cluster, tries: int = 3):
+    """Return a new one-slot worker node of `cluster`. Ray gives a node 30 s to register, which a loaded machine
+    can miss (seen in CI: "timed out during startup", no raylet log written): the processes of a failed try
+    (children of this one) are ended and the node is started again (as bench/cluster.py's start_cluster does)."""
+    for attempt in range(1, tries + 1):
+        before = set(_children())
+        try:
+            return cluster.add_node(num_cpus=1)
+        except Exception as error:  # noqa: BLE001 - Ray's own "timed out during startup"
+            print(f"a node did not start (try {attempt} of {tries}): {error}", file=sys.stderr, flush=True)
+            for pid in set(_children()) - before:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            if attempt == tries:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _children() -> list[int]:
+    """Return the pids of this process's children."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == os.getpid():
+                    found.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return found
+
+
 class Server:
     """`python -m gansvc serve --backend ray` in a child process, ready once it has written its ready file."""
 
@@ -106,7 +139,7 @@ def main(out: Path, data_root: Path) -> None:
     results: dict = {}
     started = time.monotonic()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    workers = [cluster.add_node(num_cpus=1) for _ in range(3)]
+    workers = [add_node(cluster) for _ in range(3)]
     cluster.wait_for_nodes()
     results["cluster_start_s"] = time.monotonic() - started
     server = None
@@ -142,7 +175,7 @@ def main(out: Path, data_root: Path) -> None:
         results["node_loss"] = {"lost": lost, "state": finished(client, job, 300), "events": history(client, job),
                                 "steps": [step for step, _ in client.metrics(job)]}  # fmt: skip
         workers.remove(node)
-        workers.append(cluster.add_node(num_cpus=1))  # back to three nodes
+        workers.append(add_node(cluster))  # back to three nodes
         cluster.wait_for_nodes()
 
         # 4. cancel: the job ends, and no process of it is left on any node

@@ -22,7 +22,7 @@ from ray._private import ray_constants
 from ray.cluster_utils import Cluster
 
 from gansvc.client import GanClient, state_name
-from ray_cluster_scenarios import Server, finished, worker_pids
+from ray_cluster_scenarios import Server, add_node, finished, worker_pids
 from waiting import wait_for
 
 # tests/test_distributed.py's RECIPE (no BatchNorm: 2 gloo ranks train the function 1 process does), on the CPU
@@ -90,7 +90,7 @@ def main(out: Path, data_root: Path, only: set[str]) -> None:
     results: dict = {}
     started = time.monotonic()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    workers = [add_node(cluster) for _ in range(2)]
     cluster.wait_for_nodes()
     raylets = {n.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid: n.node_id for n in workers}
     results["nodes"] = sorted(raylets.values())

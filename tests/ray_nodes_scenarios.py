@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from ray.cluster_utils import Cluster
-from ray_cluster_scenarios import RUN, Server, finished
+from ray_cluster_scenarios import RUN, Server, add_node, finished
 
 from gansvc.client import GanClient, state_name
 from gansvc.clients.sweep_cli import build_request
@@ -80,7 +80,7 @@ def main(out: Path, data_root: Path) -> None:
     results: dict = {}
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     for _ in range(3):
-        cluster.add_node(num_cpus=1)
+        add_node(cluster)
     cluster.wait_for_nodes()
     runs = out / "runs"
     server, blind = None, None
@@ -111,7 +111,7 @@ def main(out: Path, data_root: Path) -> None:
         known = {n["id"] for n in results["placed"]["info"]}
         blind_node = wait_for(lambda: next((n for n in nodes_of(client.server_info()) if n["id"] not in known
                                             and "cannot read" in n["problem"]), None), 120, "the blind node's verdict")
-        good = cluster.add_node(num_cpus=1)
+        good = add_node(cluster)
         wait_for(lambda: any(n["id"] == good.node_id and n["alive"] and not n["problem"]
                              for n in nodes_of(client.server_info())), 120, "the late node probed")  # fmt: skip
         jobs = [client.submit_training(dict(RUN, steps=600, seed=10 + i)).id for i in range(4)]
