@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 from service import DATA_ROOT, child_env, gansvc_command, percentile  # noqa: E402
 
 from gansvc.clients.python import GanClient, state_name  # noqa: E402
+from gansvc.runtime.process import children  # noqa: E402
 
 SLOTS = 3
 
@@ -127,7 +128,7 @@ def start_cluster(tries: int = 3):
     from ray.cluster_utils import Cluster
 
     for attempt in range(1, tries + 1):
-        before = set(_children())
+        before = set(children())
         try:
             cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
             for _ in range(SLOTS):
@@ -136,7 +137,7 @@ def start_cluster(tries: int = 3):
             return cluster
         except Exception as error:  # noqa: BLE001 - Ray's own "timed out during startup"
             print(f"the cluster did not start (try {attempt} of {tries}): {error}", flush=True)
-            for pid in set(_children()) - before:
+            for pid in set(children()) - before:
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
@@ -144,19 +145,6 @@ def start_cluster(tries: int = 3):
             if attempt == tries:
                 raise
     raise AssertionError("unreachable")
-
-
-def _children() -> list[int]:
-    """Return the pids of this process's children."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == os.getpid():
-                    found.append(int(entry.name))
-            except (OSError, IndexError, ValueError):
-                continue
-    return found
 
 
 def ray_backend(cluster, folder: Path, jobs: int, steps: int) -> dict:

@@ -22,6 +22,7 @@ import grpc
 from ray.cluster_utils import Cluster
 
 from gansvc.client import GanClient, state_name
+from gansvc.runtime.process import children
 from waiting import wait_for
 
 RUN = {
@@ -37,12 +38,12 @@ def add_node(cluster: Cluster, tries: int = 3):
     can miss (seen in CI: "timed out during startup", no raylet log written): the processes of a failed try
     (children of this one) are ended and the node is started again (as bench/cluster.py's start_cluster does)."""
     for attempt in range(1, tries + 1):
-        before = set(_children())
+        before = set(children())
         try:
             return cluster.add_node(num_cpus=1)
         except Exception as error:  # noqa: BLE001 - Ray's own "timed out during startup"
             print(f"a node did not start (try {attempt} of {tries}): {error}", file=sys.stderr, flush=True)
-            for pid in set(_children()) - before:
+            for pid in set(children()) - before:
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
@@ -50,19 +51,6 @@ def add_node(cluster: Cluster, tries: int = 3):
             if attempt == tries:
                 raise
     raise AssertionError("unreachable")
-
-
-def _children() -> list[int]:
-    """Return the pids of this process's children."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == os.getpid():
-                    found.append(int(entry.name))
-            except (OSError, IndexError, ValueError):
-                continue
-    return found
 
 
 class Server:

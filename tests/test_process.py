@@ -65,3 +65,20 @@ def _pgid(pid: int) -> int | None:
         return os.getpgid(pid)
     except ProcessLookupError:
         return None
+
+
+def test_children_lists_this_process_s_children_and_not_their_children():
+    """runtime.process.children against the pids subprocess itself started: a child and, through it, a grandchild."""
+    import subprocess
+
+    from gansvc.runtime.process import children
+
+    child = subprocess.Popen(["bash", "-c", "sleep 30 & echo $!; wait"], stdout=subprocess.PIPE, text=True)
+    try:
+        grandchild = int(child.stdout.readline())
+        assert child.pid in children() and grandchild not in children()
+        assert children(child.pid) == [grandchild]
+    finally:
+        child.kill()
+        os.kill(grandchild, 9)
+        child.wait()

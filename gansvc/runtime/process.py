@@ -12,6 +12,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 EXIT_ORPHANED = 3  # the parent is gone: nobody would record what this process does
 
@@ -51,6 +52,20 @@ def _read_proc(pid: int, name: str) -> bytes | None:
             return f.read()
     except OSError:  # gone, or no /proc
         return None
+
+
+def children(pid: int | None = None) -> list[int]:
+    """Return the pids of the live children of `pid` (default: this process), from /proc (empty without it)."""
+    pid = os.getpid() if pid is None else pid
+    found = []
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        stat = _read_proc(int(entry.name), "stat") if entry.name.isdigit() else None
+        try:  # the parent pid is the 2nd field after the command name, which may itself hold ')'
+            if stat is not None and int(stat.rsplit(b")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+        except (IndexError, ValueError):
+            continue
+    return found
 
 
 def command_line(pid: int) -> list[bytes] | None:
