@@ -42,11 +42,12 @@ def _extensions():
     _configure_cuda_env()
     from torch.utils import cpp_extension
 
-    # The CPU loss kernels are built twice, for any CPU and for AVX2 + FMA (csrc/losses/losses_cpu_avx2.cpp
-    # compiles itself for AVX2 with a target pragma), and chosen at run time: no -march/-mavx2 here, so a
-    # wheel built on an AVX2 machine runs on one without. The AVX2 object links last, so that any inline
-    # function both builds emit resolves to the baseline copy.
-    cpp_sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True), key=lambda p: ("_avx2" in p, p))
+    # The CPU loss kernels are built three times, for any CPU, for AVX2 + FMA and for AVX-512
+    # (csrc/losses/losses_cpu_avx2.cpp and _avx512.cpp compile themselves for their ISA with a target pragma),
+    # and chosen at run time: no -march/-mavx2 here, so a wheel built on an AVX-512 machine runs on one
+    # without. The SIMD objects link last, so that any inline function the builds share resolves to the
+    # baseline copy.
+    cpp_sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True), key=lambda p: ("_avx" in p, p))
     cuda_sources = sorted(glob.glob("csrc/**/*.cu", recursive=True))
     with_cuda = _want_cuda()
     # -g0: Python's default -g doubles compile time and makes an 11 MB .so.

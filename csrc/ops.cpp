@@ -396,9 +396,10 @@ PYBIND11_MODULE(_C, module) {
   namespace py = pybind11;
   using namespace gansvc::losses;
   module.def("cpu_capability", &cpu_capability_name,
-             "The CPU loss-kernel build in use: 'avx2' (AVX2 + FMA) or 'default' (any CPU).");
+             "The CPU loss-kernel build in use: 'avx512' (AVX-512), 'avx2' (AVX2 + FMA) or 'default' (any CPU).");
   module.def("_set_cpu_capability", &set_cpu_capability, py::arg("name"),
-             "Use the 'default' or 'avx2' CPU kernels ('' chooses again); returns the previous choice. For tests.");
+             "Use the 'default', 'avx2' or 'avx512' CPU kernels ('' chooses again); returns the previous choice. "
+             "For tests.");
   // The GIL is released while the step runs: its backward may reach Python autograd nodes on other threads.
   module.def("d_loss_step", &d_loss_step, py::arg("real_logits"), py::arg("fake_logits"), py::arg("kind"),
              py::arg("real_label") = 1.0, py::call_guard<py::gil_scoped_release>(),

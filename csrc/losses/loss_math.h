@@ -78,17 +78,16 @@ C10_HOST_DEVICE GANSVC_INLINE typename M::V odd_series_estrin(typename M::V w) {
   return p[0];
 }
 
-// log(1 + t) for t in [0, 1] without a log primitive: log1p(t) = 2 atanh(z) with z = t / (2 + t)
-// in [0, 1/3], summed as the odd series 2 z (1 + z^2/3 + z^4/5 + ...). A few fused multiply-adds:
-// SIMD exp is cheap but SIMD log is not (and log1p is not vectorised at all), and the series is
-// accurate to an ulp or two near t = 0, where log(1 + t) would lose every digit.
+// log(1 + t) for t in [0, 1] without a log primitive, given z = t / (2 + t) in [0, 1/3]: log1p(t) = 2 atanh(z),
+// summed as the odd series 2 z (1 + z^2/3 + z^4/5 + ...). A few fused multiply-adds: SIMD exp is cheap but
+// SIMD log is not (and log1p is not vectorised at all), and the series is accurate to an ulp or two near
+// t = 0, where log(1 + t) would lose every digit. The caller forms z (logistic() shares one division
+// between z and the sigmoid).
 template <class M>
-C10_HOST_DEVICE GANSVC_INLINE typename M::V log1p_small(typename M::V t) {
-  using V = typename M::V;
+C10_HOST_DEVICE GANSVC_INLINE typename M::V log1p_from_atanh_arg(typename M::V z) {
   using T = typename M::T;
   // Truncation error (1/9)^K / (2K + 1): below 2^-26 for float with K = 7, below 2^-56 for double with K = 17.
   constexpr int kTerms = sizeof(T) >= 8 ? 17 : 7;
-  const V z = t / (M::splat(T(2)) + t);
   return M::splat(T(2)) * z * odd_series_estrin<M, kTerms>(z * z);
 }
 
@@ -109,8 +108,13 @@ C10_HOST_DEVICE GANSVC_INLINE Logistic<M> logistic(typename M::V x) {
   // max, since a NaN x reaches every output through e anyway.
   const V zero = M::splat(T(0)), one = M::splat(T(1));
   const V e = M::exp_nonpositive(M::neg_abs(x));
-  const V tail = log1p_small<M>(e);
-  const V big = one / (one + e);
+  // 1 / (1 + e) and e / (2 + e) from one division (a vector division costs as much as a dozen
+  // multiply-adds): r = 1 / ((1 + e)(2 + e)), then 1 / (1 + e) = r (2 + e) and 1 / (2 + e) = r (1 + e).
+  // Both factors lie in [1, 3], so nothing overflows, and each result is within two roundings of exact.
+  const V one_e = one + e, two_e = one_e + one;
+  const V r = one / (one_e * two_e);
+  const V tail = log1p_from_atanh_arg<M>(e * (r * one_e));
+  const V big = r * two_e;
   const V small = e * big;
   const auto nonneg = M::ge(x, zero);
   return {M::select(nonneg, x + tail, tail), M::select(nonneg, tail, tail - x), M::select(nonneg, big, small),

@@ -28,11 +28,12 @@ using DLossOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 // (loss, grad_fake, stats[mean_fake]) in one pass.
 using GLossOut = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
-// The CPU kernel build in use: baseline or AVX2 + FMA (chosen once from GANSVC_CPU_CAPABILITY, then the CPU).
-enum class CpuCapability : int { kDefault = 0, kAvx2 = 1 };
+// The CPU kernel build in use: baseline, AVX2 + FMA or AVX-512 (chosen once from GANSVC_CPU_CAPABILITY, else
+// the widest the CPU runs).
+enum class CpuCapability : int { kDefault = 0, kAvx2 = 1, kAvx512 = 2 };
 CpuCapability cpu_capability();
-std::string cpu_capability_name();  // "default" | "avx2"
-// Sets the build in use ("default" | "avx2"; "" chooses again); returns the previous name. For tests.
+std::string cpu_capability_name();  // "default" | "avx2" | "avx512"
+// Sets the build in use ("default" | "avx2" | "avx512"; "" chooses again); returns the previous name. For tests.
 std::string set_cpu_capability(const std::string& name);
 
 // Logits as a contiguous 1-d tensor in the compute type (float32 for half/bfloat16).

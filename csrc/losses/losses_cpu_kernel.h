@@ -1,24 +1,26 @@
 // The CPU loop of the fused GAN losses, compiled once per CPU capability (as ATen's kernels are):
 // losses_cpu_default.cpp builds it for any x86-64 (or other) CPU, losses_cpu_avx2.cpp for AVX2 + FMA,
-// and losses_cpu.cpp picks one at run time. Each includer defines CPU_CAPABILITY first, so that this
-// code and at::vec::Vectorized live in a namespace of their own per capability (no ODR clash).
+// losses_cpu_avx512.cpp for AVX-512, and losses_cpu.cpp picks one at run time. Each includer defines
+// CPU_CAPABILITY first, so that this code and at::vec::Vectorized live in a namespace of their own per
+// capability (no ODR clash).
 //
 // One pass over the logits writes the gradient and accumulates loss, statistic and correct-count
-// sums. SIMD over at::vec::Vectorized (exp is vectorised there; log1p is not, hence log1p_small in
-// loss_math.h); threads over fixed-size blocks whose partial sums are added in block order, so the
-// results do not depend on the thread count.
+// sums. SIMD over packs of at::vec::Vectorized (exp inline below; log1p is not vectorised at all, hence
+// log1p_from_atanh_arg in loss_math.h); threads over fixed-size blocks whose partial sums are added in
+// block order, so the results do not depend on the thread count.
 //
-// Only raw pointers cross this boundary: no at::Tensor inline code is emitted with AVX2 instructions.
+// Only raw pointers cross this boundary: no at::Tensor inline code is emitted with AVX2/AVX-512 instructions.
 #pragma once
 
 #ifndef CPU_CAPABILITY
-#error "define CPU_CAPABILITY (DEFAULT or AVX2) before including losses_cpu_kernel.h"
+#error "define CPU_CAPABILITY (DEFAULT, AVX2 or AVX512) before including losses_cpu_kernel.h"
 #endif
 
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -29,90 +31,243 @@ namespace losses {
 namespace CPU_CAPABILITY {
 namespace {
 
-// e^x for x <= 0 or NaN, 8 floats, inline (Sleef's exp is a call, and a call in the loop spills every
-// live vector register): Cody–Waite reduction x = n ln2 + r, |r| <= ln2/2, and Cephes' degree-6
+// The SIMD value of the element math: K vectors treated as one. Every operation is issued for all K vectors
+// back to back, so K independent dependency chains interleave in program order. The bce/softplus chain of one
+// vector (exp, a division, a polynomial: ~100 cycles of latency over ~70 instructions) is longer than the
+// out-of-order window reaches, so one vector at a time left the core waiting; K chains fill the wait. K is
+// chosen per build and type (kPack): enough chains to cover the latency, few enough to stay in registers.
+template <typename Vec, int K>
+struct Pack {
+  Vec v[K];
+};
+
+// Pack operations written as pack expansions over I = 0..K-1 (aggregate-initialised: no default-constructed
+// vectors, see GANSVC_INLINE), one definition for every K.
+template <typename Vec, typename Seq>
+struct PackOps;
+
+template <typename Vec, std::size_t... I>
+struct PackOps<Vec, std::index_sequence<I...>> {
+  using P = Pack<Vec, static_cast<int>(sizeof...(I))>;
+  template <typename S>
+  static GANSVC_INLINE P splat(S x) { return {{(static_cast<void>(I), Vec(x))...}}; }
+  static GANSVC_INLINE P add(const P& a, const P& b) { return {{(a.v[I] + b.v[I])...}}; }
+  static GANSVC_INLINE P sub(const P& a, const P& b) { return {{(a.v[I] - b.v[I])...}}; }
+  static GANSVC_INLINE P mul(const P& a, const P& b) { return {{(a.v[I] * b.v[I])...}}; }
+  static GANSVC_INLINE P div(const P& a, const P& b) { return {{(a.v[I] / b.v[I])...}}; }
+  static GANSVC_INLINE P bit_or(const P& a, const P& b) { return {{(a.v[I] | b.v[I])...}}; }
+  static GANSVC_INLINE P bit_and(const P& a, const P& b) { return {{(a.v[I] & b.v[I])...}}; }
+  static GANSVC_INLINE P neg(const P& a) { return {{(-a.v[I])...}}; }
+  static GANSVC_INLINE P gt(const P& a, const P& b) { return {{(a.v[I] > b.v[I])...}}; }
+  static GANSVC_INLINE P lt(const P& a, const P& b) { return {{(a.v[I] < b.v[I])...}}; }
+  static GANSVC_INLINE P ge(const P& a, const P& b) { return {{(a.v[I] >= b.v[I])...}}; }
+  static GANSVC_INLINE P eq(const P& a, const P& b) { return {{(a.v[I] == b.v[I])...}}; }
+  static GANSVC_INLINE P abs(const P& a) { return {{a.v[I].abs()...}}; }
+  static GANSVC_INLINE P log(const P& a) { return {{a.v[I].log()...}}; }
+  static GANSVC_INLINE P exp(const P& a) { return {{a.v[I].exp()...}}; }
+  static GANSVC_INLINE P maximum(const P& a, const P& b) { return {{at::vec::maximum(a.v[I], b.v[I])...}}; }
+  static GANSVC_INLINE P blendv(const P& f, const P& t, const P& m) {
+    return {{Vec::blendv(f.v[I], t.v[I], m.v[I])...}};
+  }
+  static GANSVC_INLINE P loadu(const typename Vec::value_type* p) { return {{Vec::loadu(p + I * Vec::size())...}}; }
+  static GANSVC_INLINE void store(const P& a, typename Vec::value_type* p) { (a.v[I].store(p + I * Vec::size()), ...); }
+};
+
+template <typename Vec, int K>
+using PackOf = PackOps<Vec, std::make_index_sequence<K>>;
+
+// Each vector converted: between at::vec::Vectorized and the raw intrinsic type (the same register).
+template <typename Out, typename In, int K, std::size_t... I>
+GANSVC_INLINE Pack<Out, K> pack_cast(const Pack<In, K>& a, std::index_sequence<I...>) {
+  return {{static_cast<Out>(a.v[I])...}};
+}
+template <typename Out, typename In, int K>
+GANSVC_INLINE Pack<Out, K> pack_cast(const Pack<In, K>& a) {
+  return pack_cast<Out>(a, std::make_index_sequence<K>());
+}
+
+// The arithmetic the element math (loss_math.h) writes with operators.
+#define GANSVC_PACK_OPERATOR(op, name)                                                               \
+  template <typename Vec, int K>                                                                     \
+  GANSVC_INLINE Pack<Vec, K> operator op(const Pack<Vec, K>& a, const Pack<Vec, K>& b) {            \
+    return PackOf<Vec, K>::name(a, b);                                                               \
+  }
+GANSVC_PACK_OPERATOR(+, add)
+GANSVC_PACK_OPERATOR(-, sub)
+GANSVC_PACK_OPERATOR(*, mul)
+GANSVC_PACK_OPERATOR(/, div)
+#undef GANSVC_PACK_OPERATOR
+
+template <typename Vec, int K>
+GANSVC_INLINE Pack<Vec, K> operator-(const Pack<Vec, K>& a) {
+  return PackOf<Vec, K>::neg(a);
+}
+
+// e^x for x <= 0 or NaN, a pack of float vectors, inline (Sleef's exp is a call, and a call in the loop spills
+// every live vector register): Cody–Waite reduction x = n ln2 + r, |r| <= ln2/2, and Cephes' degree-6
 // polynomial for e^r (about 1 ulp); 2^n is built in the exponent bits. Results below FLT_MIN
 // (x < -87.3) flush to 0: the loss terms and gradients they feed are below every tolerance there.
-template <typename Vec>
-GANSVC_INLINE Vec exp_nonpositive_inline(const Vec& x) {
-  return x.exp();
+// One body for the AVX2 (8 floats a vector) and AVX-512 (16) builds, over the ISA's intrinsics in ExpOps.
+template <class O>
+GANSVC_INLINE typename O::F exp_nonpositive_floats(const typename O::F& x_in) {
+  using F = typename O::F;
+  // max(lo, x) keeps a NaN x (the second operand is returned when unordered).
+  const F x = O::max(O::set1(-88.0f), x_in);
+  // n = round(x / ln2) by adding 1.5 * 2^23: the sum's low mantissa bits then hold n (rounded to nearest even,
+  // as a round instruction would), and subtracting the constant again gives n as a float. Cheaper than a
+  // round and a float-to-int conversion, and the bits are the same.
+  const F magic = O::set1(12582912.0f);
+  const F shifted = O::fmadd(x, O::set1(1.44269504088896341f), magic);
+  const F n = O::sub(shifted, magic);
+  F r = O::fnmadd(n, O::set1(0.693359375f), x);
+  r = O::fnmadd(n, O::set1(-2.12194440e-4f), r);
+  // 1 + r + r² (c5 + c4 r + c3 r² + c2 r³ + c1 r⁴ + c0 r⁵) by Estrin's scheme (a shorter dependency chain
+  // than Horner's).
+  const F r2 = O::mul(r, r), r4 = O::mul(r2, r2);
+  const F a = O::fmadd(O::set1(1.6666665459e-1f), r, O::set1(5.0000001201e-1f));
+  const F b = O::fmadd(O::set1(8.3334519073e-3f), r, O::set1(4.1665795894e-2f));
+  const F c = O::fmadd(O::set1(1.9875691500e-4f), r, O::set1(1.3981999507e-3f));
+  const F q = O::fmadd(c, r4, O::fmadd(b, r2, a));
+  const F p = O::fmadd(q, r2, O::add(r, O::set1(1.0f)));
+  // n in [-127, 0]: biased exponent n + 127 in [0, 127]; 0 gives the factor 0 (the flush above). The low bits
+  // of `shifted` are 2^22 + n; shifted left by 23 the 2^22 leaves the 32-bit lane and n << 23 remains.
+  return O::mul(p, O::pow2_from_low_bits(shifted));
 }
 
 #if defined(CPU_CAPABILITY_AVX2)
-template <>
-GANSVC_INLINE at::vec::Vectorized<float> exp_nonpositive_inline(const at::vec::Vectorized<float>& x_in) {
-  // max(lo, x) keeps a NaN x (the second operand is returned when unordered).
-  const __m256 x = _mm256_max_ps(_mm256_set1_ps(-88.0f), x_in);
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  // 1 + r + r² (c5 + c4 r + c3 r² + c2 r³ + c1 r⁴ + c0 r⁵) by Estrin's scheme (a shorter dependency chain than Horner's).
-  const __m256 r2 = _mm256_mul_ps(r, r), r4 = _mm256_mul_ps(r2, r2);
-  const __m256 a = _mm256_fmadd_ps(_mm256_set1_ps(1.6666665459e-1f), r, _mm256_set1_ps(5.0000001201e-1f));
-  const __m256 b = _mm256_fmadd_ps(_mm256_set1_ps(8.3334519073e-3f), r, _mm256_set1_ps(4.1665795894e-2f));
-  const __m256 c = _mm256_fmadd_ps(_mm256_set1_ps(1.9875691500e-4f), r, _mm256_set1_ps(1.3981999507e-3f));
-  const __m256 q = _mm256_fmadd_ps(c, r4, _mm256_fmadd_ps(b, r2, a));
-  const __m256 p = _mm256_fmadd_ps(q, r2, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-  // n in [-127, 0]: biased exponent n + 127 in [0, 127]; 0 gives the factor 0 (the flush above).
-  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
-}
+using RawFloats = __m256;
+struct RawOps {
+  using F = __m256;
+  static GANSVC_INLINE F set1(float v) { return _mm256_set1_ps(v); }
+  static GANSVC_INLINE F max(F a, F b) { return _mm256_max_ps(a, b); }
+  static GANSVC_INLINE F mul(F a, F b) { return _mm256_mul_ps(a, b); }
+  static GANSVC_INLINE F add(F a, F b) { return _mm256_add_ps(a, b); }
+  static GANSVC_INLINE F sub(F a, F b) { return _mm256_sub_ps(a, b); }
+  static GANSVC_INLINE F fmadd(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+  static GANSVC_INLINE F fnmadd(F a, F b, F c) { return _mm256_fnmadd_ps(a, b, c); }
+  static GANSVC_INLINE F pow2_from_low_bits(F s) {
+    return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_slli_epi32(_mm256_castps_si256(s), 23),
+                                                _mm256_set1_epi32(127 << 23)));
+  }
+};
+#elif defined(CPU_CAPABILITY_AVX512)
+using RawFloats = __m512;
+struct RawOps {
+  using F = __m512;
+  static GANSVC_INLINE F set1(float v) { return _mm512_set1_ps(v); }
+  static GANSVC_INLINE F max(F a, F b) { return _mm512_max_ps(a, b); }
+  static GANSVC_INLINE F mul(F a, F b) { return _mm512_mul_ps(a, b); }
+  static GANSVC_INLINE F add(F a, F b) { return _mm512_add_ps(a, b); }
+  static GANSVC_INLINE F sub(F a, F b) { return _mm512_sub_ps(a, b); }
+  static GANSVC_INLINE F fmadd(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
+  static GANSVC_INLINE F fnmadd(F a, F b, F c) { return _mm512_fnmadd_ps(a, b, c); }
+  static GANSVC_INLINE F pow2_from_low_bits(F s) {
+    return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_slli_epi32(_mm512_castps_si512(s), 23),
+                                                _mm512_set1_epi32(127 << 23)));
+  }
+};
 #endif
 
-template <typename Scalar>
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+// RawOps over a pack of K raw vectors, each operation issued for all K back to back.
+template <int K, typename Seq = std::make_index_sequence<K>>
+struct RawPackOps;
+
+template <int K, std::size_t... I>
+struct RawPackOps<K, std::index_sequence<I...>> {
+  using F = Pack<RawFloats, K>;
+  static GANSVC_INLINE F set1(float v) { return {{(static_cast<void>(I), RawOps::set1(v))...}}; }
+  static GANSVC_INLINE F max(const F& a, const F& b) { return {{RawOps::max(a.v[I], b.v[I])...}}; }
+  static GANSVC_INLINE F mul(const F& a, const F& b) { return {{RawOps::mul(a.v[I], b.v[I])...}}; }
+  static GANSVC_INLINE F add(const F& a, const F& b) { return {{RawOps::add(a.v[I], b.v[I])...}}; }
+  static GANSVC_INLINE F sub(const F& a, const F& b) { return {{RawOps::sub(a.v[I], b.v[I])...}}; }
+  static GANSVC_INLINE F fmadd(const F& a, const F& b, const F& c) {
+    return {{RawOps::fmadd(a.v[I], b.v[I], c.v[I])...}};
+  }
+  static GANSVC_INLINE F fnmadd(const F& a, const F& b, const F& c) {
+    return {{RawOps::fnmadd(a.v[I], b.v[I], c.v[I])...}};
+  }
+  static GANSVC_INLINE F pow2_from_low_bits(const F& s) { return {{RawOps::pow2_from_low_bits(s.v[I])...}}; }
+};
+#endif
+
+// Vectors per pack: 2 for float in the SIMD builds (AVX-512 has 32 vector registers, AVX2 16: two chains fit
+// either), 1 elsewhere (the baseline build's SSE2 vectors, and double, whose exp is Sleef's out-of-line call).
+template <typename T>
+constexpr int kPack =
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+    std::is_same_v<T, float> ? 2 : 1;
+#else
+    1;
+#endif
+
+template <typename Scalar, int K = kPack<Scalar>>
 struct VecMath {
   using T = Scalar;
-  using V = at::vec::Vectorized<Scalar>;
+  using Vec = at::vec::Vectorized<Scalar>;
+  using V = Pack<Vec, K>;
   using Mask = V;  // comparisons give all-ones lanes
-  static GANSVC_INLINE V splat(T x) { return V(x); }
-  static GANSVC_INLINE V exp_nonpositive(V x) { return exp_nonpositive_inline(x); }
-  static GANSVC_INLINE V log(V x) { return x.log(); }
-  static GANSVC_INLINE V abs(V x) { return x.abs(); }
-  static GANSVC_INLINE V neg_abs(V x) { return x | V(T(-0.0)); }  // the sign bit set
-  static GANSVC_INLINE V max(V a, V b) { return at::vec::maximum(a, b); }  // propagates NaN
-  static GANSVC_INLINE V select(Mask m, V if_true, V if_false) { return V::blendv(if_false, if_true, m); }
-  static GANSVC_INLINE Mask gt(V a, V b) { return a > b; }
-  static GANSVC_INLINE Mask lt(V a, V b) { return a < b; }
-  static GANSVC_INLINE Mask ge(V a, V b) { return a >= b; }
-  static GANSVC_INLINE Mask eq(V a, V b) { return a == b; }
-  static GANSVC_INLINE V ones_where(Mask m) { return m & V(T(1)); }
+  using Ops = PackOf<Vec, K>;
+  static GANSVC_INLINE V splat(T x) { return Ops::splat(x); }
+  static GANSVC_INLINE V exp_nonpositive(const V& x) {
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+    if constexpr (std::is_same_v<T, float>) {
+      return pack_cast<Vec>(exp_nonpositive_floats<RawPackOps<K>>(pack_cast<RawFloats>(x)));
+    }
+#endif
+    return Ops::exp(x);
+  }
+  static GANSVC_INLINE V log(const V& x) { return Ops::log(x); }
+  static GANSVC_INLINE V abs(const V& x) { return Ops::abs(x); }
+  static GANSVC_INLINE V neg_abs(const V& x) { return Ops::bit_or(x, splat(T(-0.0))); }  // the sign bit set
+  static GANSVC_INLINE V max(const V& a, const V& b) { return Ops::maximum(a, b); }  // propagates NaN
+  static GANSVC_INLINE V select(const Mask& m, const V& if_true, const V& if_false) {
+    return Ops::blendv(if_false, if_true, m);
+  }
+  static GANSVC_INLINE Mask gt(const V& a, const V& b) { return Ops::gt(a, b); }
+  static GANSVC_INLINE Mask lt(const V& a, const V& b) { return Ops::lt(a, b); }
+  static GANSVC_INLINE Mask ge(const V& a, const V& b) { return Ops::ge(a, b); }
+  static GANSVC_INLINE Mask eq(const V& a, const V& b) { return Ops::eq(a, b); }
+  static GANSVC_INLINE V ones_where(const Mask& m) { return Ops::bit_and(m, splat(T(1))); }
 };
 
-constexpr int kFlushEvery = 32;  // vectors summed in T before moving into double
+constexpr int kFlushEvery = 16;  // packs summed in T before moving into double
 
-template <typename T>
-double horizontal_sum(const at::vec::Vectorized<T>& v) {
-  alignas(64) T lanes[at::vec::Vectorized<T>::size()];
-  v.store(lanes);
+template <typename Vec, int K>
+double horizontal_sum(const Pack<Vec, K>& p) {
+  using T = typename Vec::value_type;
+  alignas(64) T lanes[K * Vec::size()];
+  PackOf<Vec, K>::store(p, lanes);
   double s = 0;
-  for (int i = 0; i < at::vec::Vectorized<T>::size(); ++i) s += lanes[i];
+  for (int i = 0; i < K * Vec::size(); ++i) s += lanes[i];
   return s;
 }
 
 // Runs `term(x) -> {loss, grad, stat[, correct]}` over logits [begin, end): writes grad * scale, returns sums.
-// Term is a functor called on a vector (the SIMD math policy) and on a scalar (the scalar policy, for
+// Term is a functor called on a pack of vectors (the SIMD math policy) and on a scalar (the scalar policy, for
 // the tail): the same formula. A functor with forced-inline calls, not a lambda: GCC left the lambda
 // out of line, and its 128-byte result then went through memory on every vector.
 template <typename T, bool kHasCorrect, typename Term>
 Sums run_block(const T* logits, T* grad, int64_t begin, int64_t end, T scale, const Term& term) {
-  using Vec = at::vec::Vectorized<T>;
+  using M = VecMath<T>;
+  using Ops = typename M::Ops;
+  constexpr int64_t kStep = kPack<T> * M::Vec::size();
   Sums sums;
-  Vec acc_loss(T(0)), acc_stat(T(0)), acc_correct(T(0));
-  const Vec vscale(scale);
+  typename M::V acc_loss = M::splat(T(0)), acc_stat = M::splat(T(0)), acc_correct = M::splat(T(0));
+  const typename M::V vscale = M::splat(scale);
   int64_t i = begin;
   int pending = 0;
-  for (; i + Vec::size() <= end; i += Vec::size()) {
-    auto t = term(Vec::loadu(logits + i));
-    (t.grad * vscale).store(grad + i);
-    acc_loss += t.loss;
-    acc_stat += t.stat;
-    if constexpr (kHasCorrect) acc_correct += t.correct;
+  for (; i + kStep <= end; i += kStep) {
+    auto t = term(Ops::loadu(logits + i));
+    Ops::store(t.grad * vscale, grad + i);
+    acc_loss = acc_loss + t.loss;
+    acc_stat = acc_stat + t.stat;
+    if constexpr (kHasCorrect) acc_correct = acc_correct + t.correct;
     if (++pending == kFlushEvery) {
       sums.loss += horizontal_sum(acc_loss);
       sums.stat += horizontal_sum(acc_stat);
       if constexpr (kHasCorrect) sums.correct += horizontal_sum(acc_correct);
-      acc_loss = acc_stat = acc_correct = Vec(T(0));
+      acc_loss = acc_stat = acc_correct = M::splat(T(0));
       pending = 0;
     }
   }
@@ -168,7 +323,7 @@ std::pair<Sums, Sums> run_sides(const SideA& a, const SideB& b) {
 template <typename T, DKind K, bool kIsReal>
 struct DSideTerm {
   T real_label;
-  GANSVC_INLINE DTerm<VecMath<T>> operator()(at::vec::Vectorized<T> s) const {
+  GANSVC_INLINE DTerm<VecMath<T>> operator()(const typename VecMath<T>::V& s) const {
     return d_term<VecMath<T>>(K, kIsReal, s, real_label);
   }
   GANSVC_INLINE DTerm<ScalarMath<T>> operator()(T s) const { return d_term<ScalarMath<T>>(K, kIsReal, s, real_label); }
@@ -186,7 +341,9 @@ DSums d_both(const DArgs<T>& a) {
 
 template <typename T, GKind K>
 struct GSideTerm {
-  GANSVC_INLINE GTerm<VecMath<T>> operator()(at::vec::Vectorized<T> s) const { return g_term<VecMath<T>>(K, s); }
+  GANSVC_INLINE GTerm<VecMath<T>> operator()(const typename VecMath<T>::V& s) const {
+    return g_term<VecMath<T>>(K, s);
+  }
   GANSVC_INLINE GTerm<ScalarMath<T>> operator()(T s) const { return g_term<ScalarMath<T>>(K, s); }
 };
 

@@ -55,9 +55,9 @@ def g_loss_step(fake_logits: torch.Tensor, kind: str):
 
 
 def cpu_capability() -> str:
-    """Return the CPU loss-kernel build in use: 'avx2' or 'default' ('reference' without the extension).
+    """Return the CPU loss-kernel build in use: 'avx512', 'avx2' or 'default' ('reference' without the extension).
 
-    Chosen once per process from GANSVC_CPU_CAPABILITY=default|avx2, else from the running CPU.
+    Chosen once per process from GANSVC_CPU_CAPABILITY=default|avx2|avx512, else the widest the running CPU has.
     """
     module = load_extension()
     return module.cpu_capability() if module is not None else "reference"
