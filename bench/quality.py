@@ -63,6 +63,9 @@ CANDIDATES = {
     "conditional-no-ac": {"conditional": True, "ac_weight": 0.0, "balanced_classes": False},
     "conditional-ac": {"conditional": True, "ac_weight": 1.0, "balanced_classes": False},
     "conditional-ac-balanced": {"conditional": True, "ac_weight": 1.0, "balanced_classes": True},
+    # twice the updates for the same images (compare with --at-epochs)
+    "gansvc-b32": {"batch_size": 32},
+    "conditional-ac-b32": {"conditional": True, "ac_weight": 1.0, "balanced_classes": False, "batch_size": 32},
 }
 DEFAULT_RECIPES = "plain,gansvc,conditional,resnet,augmented"
 TRAIN_IMAGES = 60000  # Fashion-MNIST's training split
@@ -96,8 +99,16 @@ def spread(values: list[float]) -> tuple[float, float]:
     return sum(values) / len(values), (max(values) - min(values)) / 2
 
 
-def run_candidates(recipes: dict, steps: int, seeds: list[int], samples: int, threads: int, out: Path) -> dict:
-    """Train every recipe for `steps` steps with each seed and score it; return {name: {seed: scores, ...}}."""
+def recipe_steps(overrides: dict, at_step: int, at_epochs: float) -> int:
+    """Return a candidate's training steps: `at_step`, or `at_epochs` passes at the recipe's own batch size."""
+    if at_step:
+        return at_step
+    return max(1, math.ceil(at_epochs * TRAIN_IMAGES / overrides.get("batch_size", BATCH)))
+
+
+def run_candidates(recipes: dict, at_step: int, at_epochs: float, seeds: list[int], samples: int, threads: int,
+                   out: Path) -> dict:
+    """Train every recipe for its steps (recipe_steps) with each seed and score it; return {name: {seed: scores}}."""
     import os
 
     from gansvc.train import Trainer
@@ -109,8 +120,10 @@ def run_candidates(recipes: dict, steps: int, seeds: list[int], samples: int, th
             if run_dir.exists():
                 shutil.rmtree(run_dir)
             load = os.getloadavg()[0]
-            summary = Trainer(step_spec(overrides, steps, threads, seed), run_dir).run()
+            summary = Trainer(step_spec(overrides, recipe_steps(overrides, at_step, at_epochs), threads, seed),
+                              run_dir).run()
             record = {"steps": summary["step"], "images_per_sec": summary["images_per_sec"], "load_at_start": load,
+                      "seconds_per_epoch": summary["elapsed_seconds"] / summary["epoch"],
                       **scored(score(run_dir, samples, threads))}  # fmt: skip
             results.setdefault(name, {"overrides": overrides, "seeds": {}})["seeds"][seed] = record
             agree = record.get("class_agreement")
@@ -119,17 +132,19 @@ def run_candidates(recipes: dict, steps: int, seeds: list[int], samples: int, th
     return results
 
 
-def candidates_table(results: dict, steps: int) -> str:
+def candidates_table(results: dict, at: str) -> str:
     """Return a markdown table of the candidates: FID and agreement per seed, mean +- half the range."""
-    lines = [f"| recipe | FID @ step {steps} (per seed) | FID mean ± spread | agree (per seed) | agree mean |",
-             "|---|---|---:|---|---:|"]  # fmt: skip
+    lines = [f"| recipe | steps | s / epoch | FID @ {at} (per seed) | FID mean ± spread | agree (per seed) | agree mean |",
+             "|---|---:|---:|---|---:|---|---:|"]  # fmt: skip
     for name, r in results.items():
         runs = list(r["seeds"].values())
         fids = [x["fid"] for x in runs]
         mean, half = spread(fids)
         agrees = [x["class_agreement"] for x in runs if "class_agreement" in x]
         agree_cells = (" / ".join(f"{a:.1%}" for a in agrees), f"{spread(agrees)[0]:.1%}") if agrees else ("–", "–")
-        lines.append(f"| {name} | {' / '.join(f'{f:.1f}' for f in fids)} | {mean:.1f} ± {half:.1f} | "
+        per_epoch = " / ".join(f"{x['seconds_per_epoch']:.0f}" for x in runs if "seconds_per_epoch" in x) or "–"
+        lines.append(f"| {name} | {runs[0]['steps']} | {per_epoch} | {' / '.join(f'{f:.1f}' for f in fids)} | "
+                     f"{mean:.1f} ± {half:.1f} | "
                      f"{agree_cells[0]} | {agree_cells[1]} |")  # fmt: skip
     return "\n".join(lines)
 
@@ -231,7 +246,9 @@ def main() -> int:
     parser.add_argument("--no-docs", action="store_true", help="do not write docs/quality_grid_*.png")
     parser.add_argument("--at-step", type=int, default=0,
                         help="train each recipe for exactly this many steps per seed and score it (no time budget)")
-    parser.add_argument("--seeds", default="0", help="with --at-step: comma-separated seeds (default 0)")
+    parser.add_argument("--at-epochs", type=float, default=0.0,
+                        help="as --at-step, for this many epochs at each recipe's own batch size (equal images)")
+    parser.add_argument("--seeds", default="0", help="with --at-step/--at-epochs: comma-separated seeds (default 0)")
     args = parser.parse_args()
     from gansvc.atomic import atomic_write_text
     from gansvc.metrics import evaluate
@@ -245,13 +262,14 @@ def main() -> int:
     if unknown or not chosen:
         parser.error(f"--recipes: unknown recipe {unknown[0] if unknown else '(none)'!r}; known: {', '.join(known)}")
     recipes = {name: known[name] for name in chosen}
-    if args.at_step:
+    if args.at_step or args.at_epochs:
         seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()]
-        found = run_candidates(recipes, args.at_step, seeds, args.samples, threads, out)
+        found = run_candidates(recipes, args.at_step, args.at_epochs, seeds, args.samples, threads, out)
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "candidates.json", json.dumps({"steps": args.at_step, "samples": args.samples,
-                                                               "threads": threads, "recipes": found}, indent=2) + "\n")
-        print(candidates_table(found, args.at_step))
+        atomic_write_text(out / "candidates.json", json.dumps({"steps": args.at_step, "epochs": args.at_epochs,
+                                                               "samples": args.samples, "threads": threads,
+                                                               "recipes": found}, indent=2) + "\n")
+        print(candidates_table(found, f"step {args.at_step}" if args.at_step else f"{args.at_epochs:g} epochs"))
         return 0
     early = early_step(args.early_epochs) if args.early_epochs > 0 else 0
     results: dict = {"minutes": args.minutes, "early_epochs": args.early_epochs, "early_step": early,
