@@ -64,8 +64,8 @@ def test_ac_term_is_the_cross_entropy_of_ds_class_logits_times_the_weight(tmp_pa
     torch.testing.assert_close(losses[1], expected_g.detach(), rtol=1e-5, atol=1e-5)
 
 
-def test_without_ac_weight_d_has_no_classifier_and_asking_for_classes_fails(tmp_path):
-    trainer = Trainer(tiny(steps=1, conditional=True), tmp_path)
+def test_with_ac_weight_0_d_has_no_classifier_and_asking_for_classes_fails(tmp_path):
+    trainer = Trainer(tiny(steps=1, conditional=True, ac_weight=0.0), tmp_path)
     trainer.run()
     assert trainer.D.classifier is None and not trainer.ac_term
     with pytest.raises(ValueError, match="classes"):
@@ -138,3 +138,66 @@ def test_bad_settings_name_the_field(settings, field):
     with pytest.raises(SpecError) as caught:
         tiny(steps=1, **settings)
     assert caught.value.field == field
+
+
+def test_the_conditional_recipe_takes_the_classifier_unless_ac_weight_is_given():
+    from gansvc.train.spec import CONDITIONAL_AC_WEIGHT, TrainSpec
+
+    assert CONDITIONAL_AC_WEIGHT > 0
+    assert tiny(steps=1, conditional=True).ac_weight == CONDITIONAL_AC_WEIGHT
+    assert tiny(steps=1, conditional=True, ac_weight=0.0).ac_weight == 0.0
+    assert tiny(steps=1, conditional=True, ac_weight=2.5).ac_weight == 2.5
+    assert tiny(steps=1).ac_weight == 0.0  # unconditional: nothing to classify
+    # a resolved spec keeps its value through to_dict (what the service stores and the worker reads)
+    spec = tiny(steps=1, conditional=True, ac_weight=0.0)
+    assert TrainSpec.from_dict(spec.to_dict()).ac_weight == 0.0
+
+
+def test_a_plugin_model_is_not_given_the_classifier(monkeypatch):
+    """The classifier is built into gansvc's models: a conditional plugin model keeps ac_weight 0 (and is not
+    refused for a setting its user never gave)."""
+    import dataclasses
+
+    from gansvc.runtime import registry
+
+    info = registry.model_info("dcgan")
+    monkeypatch.setitem(registry._MODELS, "dcgan", dataclasses.replace(info, plugin="someone-elses-gans 1.0"))
+    assert tiny(steps=1, conditional=True).ac_weight == 0.0
+    with pytest.raises(SpecError) as caught:
+        tiny(steps=1, conditional=True, ac_weight=1.0)
+    assert caught.value.field == "ac_weight"
+
+
+def test_command_line_options_join_the_spec_files_settings_not_its_resolved_defaults(tmp_path):
+    """`--spec file --conditional` is the file plus --conditional: the file's left-out ac_weight takes the
+    conditional recipe's value, as `gansvc train --conditional` alone does; the file's own ac_weight wins."""
+    import argparse
+
+    from gansvc.train import cli
+    from gansvc.train.spec import CONDITIONAL_AC_WEIGHT
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments("train", parser)
+    plain = tmp_path / "plain.toml"
+    plain.write_text('model = "mlp"\nsteps = 2\n')
+    args = parser.parse_args(["--spec", str(plain), "--conditional"])
+    assert cli.spec_from_args(args).ac_weight == CONDITIONAL_AC_WEIGHT
+    off = tmp_path / "off.toml"
+    off.write_text('model = "mlp"\nsteps = 2\nconditional = true\nac_weight = 0.0\n')
+    assert cli.spec_from_args(parser.parse_args(["--spec", str(off)])).ac_weight == 0.0
+
+
+def test_resuming_a_checkpoint_from_before_ac_weight_names_the_setting(tmp_path):
+    """A conditional checkpoint written before ac_weight existed trained without the classifier: resuming it
+    with the recipe's classifier is refused naming ac_weight; with ac_weight 0 it resumes."""
+    old = tiny(steps=2, conditional=True, ac_weight=0.0)
+    Trainer(old, tmp_path).run()
+    latest = tmp_path / "checkpoints" / "latest.pt"
+    state = torch.load(latest, weights_only=False)
+    for name in ("ac_weight", "balanced_classes"):
+        del state["spec"][name]  # as the code before issue 22 wrote it
+    torch.save(state, latest)
+    with pytest.raises(SpecError) as caught:
+        Trainer(tiny(steps=4, conditional=True), tmp_path).run()
+    assert caught.value.field == "ac_weight"
+    assert Trainer(tiny(steps=4, conditional=True, ac_weight=0.0), tmp_path).run()["resumed_from"] == 2

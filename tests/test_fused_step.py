@@ -28,11 +28,14 @@ FUSED_RECIPES = {
     "mlp-wasserstein": {"model": "mlp", "loss": "wasserstein", "spectral_norm": True},
     "dcgan-bf16": {"precision": "bf16"},
     "dcgan-diffaugment": {"augment": "translation,cutout,color", "augment_p": 0.5},
-    "dcgan-ada-conditional": {"augment": "translation,cutout", "ada_target": 0.6, "conditional": True},
+    "dcgan-ada-conditional": {"augment": "translation,cutout", "ada_target": 0.6, "conditional": True,
+                              "ac_weight": 0.0},
 }
 AUTOGRAD_ONLY = {
     "mlp-wasserstein-gp": {"model": "mlp", "loss": "wasserstein", "spectral_norm": False, "gradient_penalty": 10.0},
     "dcgan-r1": {"loss": "bce", "spectral_norm": False, "r1_gamma": 1.0},
+    # the conditional recipe: the auxiliary classifier's cross-entropy joins both losses
+    "dcgan-conditional-ac": {"conditional": True},
 }
 
 

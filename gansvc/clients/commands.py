@@ -26,7 +26,8 @@ def _spec_settings(args) -> dict:
         from gansvc.train.spec import SpecError, TrainSpec
 
         try:
-            settings = dict(TrainSpec.from_file(args.spec).to_dict())
+            TrainSpec.from_file(args.spec)  # checked here, so the file's errors name it
+            settings = dict(TrainSpec.file_settings(args.spec))
         except SpecError as error:
             raise UsageError(f"--spec {args.spec}: {error}") from None
     for name in training_spec_fields():

@@ -91,7 +91,10 @@ def spec_from_args(args):
     if "steps" in overrides and "epochs" not in overrides:
         overrides["epochs"] = 0.0
     try:
-        base = TrainSpec.from_file(args.spec).to_dict() if args.spec else {}
+        base = {}
+        if args.spec:
+            TrainSpec.from_file(args.spec)  # the file alone is checked first, as before the options join it
+            base = TrainSpec.file_settings(args.spec)
         base.update(overrides)
         return TrainSpec.from_dict(base)
     except SpecError as error:

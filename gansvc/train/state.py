@@ -19,6 +19,11 @@ from gansvc.train.spec import SpecError
 
 # Settings that may change between a checkpoint and its resume (how long, how often, where);
 # any other difference would make the resumed run a different experiment.
+# Settings whose default is not "off" for every run, as a checkpoint that predates them trained: a conditional
+# spec that leaves ac_weight out now takes CONDITIONAL_AC_WEIGHT, and resuming such a checkpoint with it must
+# be refused by name (its D has no classifier), not fail on D's weights.
+SETTINGS_OFF_BEFORE_THEY_EXISTED = {"ac_weight": 0.0, "balanced_classes": False}
+
 RESUMABLE_CHANGES = {
     "epochs", "steps", "max_minutes", "log_every", "sample_every", "eval_every", "eval_samples",
     "checkpoint_every", "keep_checkpoints", "tensorboard", "threads", "device", "data_root",
@@ -87,7 +92,8 @@ class TrainerState:
         }
 
     def _resume(self, path: Path, state: dict) -> None:
-        saved = state["spec"]
+        # a checkpoint written before a setting existed trained as its off value
+        saved = {**SETTINGS_OFF_BEFORE_THEY_EXISTED, **state["spec"]}
         for name, value in self.spec.to_dict().items():
             if name not in RESUMABLE_CHANGES and name in saved and saved[name] != value:
                 raise SpecError(
