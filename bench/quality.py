@@ -3,7 +3,7 @@
 Every recipe trains on Fashion-MNIST for the same wall-clock budget (--minutes each, same thread
 count) and is scored twice on the same number of samples (10 000 by default, same noise seed) with
 gansvc.metrics' fmnist-cnn FID and Inception Score against the Fashion-MNIST test set: at its
-checkpoint after --early-epochs epochs (3 by default: equal steps for every recipe) and at the end
+checkpoint after --early-epochs epochs (3 by default: equal images for every recipe) and at the end
 of the budget (equal time). Conditional runs are also scored per class: intra-class FID and the
 share of samples the shipped classifier puts in the class asked for (labels drawn as in training).
 
@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 PLAIN = {"loss": "bce", "spectral_norm": False, "ema_decay": 0.0, "lr_g": 2e-4, "lr_d": 2e-4, "beta1": 0.5,
-         "beta2": 0.999}  # fmt: skip
+         "beta2": 0.999, "batch_size": 64}  # fmt: skip
 RECIPES = {
     "plain": PLAIN,
     "gansvc": {},
@@ -63,13 +63,17 @@ CANDIDATES = {
     "conditional-no-ac": {"conditional": True, "ac_weight": 0.0, "balanced_classes": False},
     "conditional-ac": {"conditional": True, "ac_weight": 1.0, "balanced_classes": False},
     "conditional-ac-balanced": {"conditional": True, "ac_weight": 1.0, "balanced_classes": True},
-    # twice the updates for the same images (compare with --at-epochs)
-    "gansvc-b32": {"batch_size": 32},
-    "conditional-ac-b32": {"conditional": True, "ac_weight": 1.0, "balanced_classes": False, "batch_size": 32},
+    # the batch size before issue 22 (the default is now 32: twice the updates for the same images; compare
+    # with --at-epochs)
+    "gansvc-b64": {"batch_size": 64},
+    "conditional-no-ac-b64": {"conditional": True, "ac_weight": 0.0, "batch_size": 64},
+    "conditional-ac-b64": {"conditional": True, "ac_weight": 1.0, "batch_size": 64},
+    # one-sided label smoothing (Salimans et al. 2016) and a faster G, on the present defaults
+    "gansvc-smooth": {"real_label": 0.9},
+    "gansvc-lr-g-1.6e-3": {"lr_g": 1.6e-3},
 }
 DEFAULT_RECIPES = "plain,gansvc,conditional,resnet,augmented"
 TRAIN_IMAGES = 60000  # Fashion-MNIST's training split
-BATCH = 64  # every recipe's batch size (TrainSpec's default)
 
 
 def recipe_spec(overrides: dict, minutes: float, threads: int, seed: int, checkpoint_every: int):
@@ -99,11 +103,18 @@ def spread(values: list[float]) -> tuple[float, float]:
     return sum(values) / len(values), (max(values) - min(values)) / 2
 
 
+def recipe_batch(overrides: dict) -> int:
+    """Return a recipe's batch size: its own, else TrainSpec's default."""
+    from gansvc.train.spec import TrainSpec
+
+    return int(overrides.get("batch_size", TrainSpec.batch_size))
+
+
 def recipe_steps(overrides: dict, at_step: int, at_epochs: float) -> int:
     """Return a candidate's training steps: `at_step`, or `at_epochs` passes at the recipe's own batch size."""
     if at_step:
         return at_step
-    return max(1, math.ceil(at_epochs * TRAIN_IMAGES / overrides.get("batch_size", BATCH)))
+    return max(1, math.ceil(at_epochs * TRAIN_IMAGES / recipe_batch(overrides)))
 
 
 def run_candidates(recipes: dict, at_step: int, at_epochs: float, seeds: list[int], samples: int, threads: int,
@@ -150,8 +161,9 @@ def candidates_table(results: dict, at: str) -> str:
 
 
 def train_interleaved(recipes: dict, minutes: float, slice_minutes: float, threads: int, out: Path, seed: int,
-                      checkpoint_every: int) -> dict:
-    """Train every recipe to `minutes`, taking turns of `slice_minutes`; return each recipe's last summary."""
+                      checkpoint_every: dict) -> dict:
+    """Train every recipe to `minutes`, taking turns of `slice_minutes`; return each recipe's last summary.
+    checkpoint_every: steps between checkpoints per recipe (0 = at the end of each turn only)."""
     from gansvc.train import Trainer
 
     for name in recipes:
@@ -162,7 +174,7 @@ def train_interleaved(recipes: dict, minutes: float, slice_minutes: float, threa
     for turn in range(1, turns + 1):
         budget = min(minutes, turn * slice_minutes)
         for name, overrides in recipes.items():
-            spec = recipe_spec(overrides, budget, threads, seed, checkpoint_every)
+            spec = recipe_spec(overrides, budget, threads, seed, checkpoint_every[name])
             summaries[name] = Trainer(spec, out / name).run()
             s = summaries[name]
             print(f"  [{name}] {s['elapsed_seconds'] / 60:5.2f} min: step {s['step']:6d}, epoch {s['epoch']:5.2f}, "
@@ -205,9 +217,6 @@ def write_grid(run_dir: Path, target: Path) -> None:
     atomic_write_bytes(target, buffer.getvalue())
 
 
-def early_step(epochs: float) -> int:
-    """Return the step count of `epochs` passes over Fashion-MNIST's training split at batch 64 (rounded up)."""
-    return max(1, math.ceil(epochs * TRAIN_IMAGES / BATCH))
 
 
 def scored(scores: dict) -> dict:
@@ -271,15 +280,15 @@ def main() -> int:
                                                                "recipes": found}, indent=2) + "\n")
         print(candidates_table(found, f"step {args.at_step}" if args.at_step else f"{args.at_epochs:g} epochs"))
         return 0
-    early = early_step(args.early_epochs) if args.early_epochs > 0 else 0
-    results: dict = {"minutes": args.minutes, "early_epochs": args.early_epochs, "early_step": early,
+    # the early checkpoint (equal images: each recipe's own batch) doubles as the checkpoint interval
+    early = {name: recipe_steps(o, 0, args.early_epochs) if args.early_epochs > 0 else 0 for name, o in recipes.items()}
+    results: dict = {"minutes": args.minutes, "early_epochs": args.early_epochs, "early_steps": early,
                      "samples": args.samples, "threads": threads, "recipes": {}}  # fmt: skip
     started = time.time()
     for name, overrides in recipes.items():
         print(f"[{name}] {json.dumps(overrides) if overrides else 'TrainSpec defaults'}", flush=True)
     print(f"training {args.minutes:g} min each in turns of {args.slice:g} min on {threads} thread(s); "
-          f"checkpoints every {early or 'no'} steps ({args.early_epochs:g} epochs)", flush=True)  # fmt: skip
-    # the early checkpoint doubles as the checkpoint interval (0 = only at the end of each turn)
+          f"checkpoints after {args.early_epochs:g} epochs: steps {early}", flush=True)  # fmt: skip
     summaries = train_interleaved(recipes, args.minutes, args.slice, threads, out, args.seed, early)
     for name, summary in summaries.items():
         run_dir = out / name
@@ -288,16 +297,16 @@ def main() -> int:
             "overrides": recipes[name], "spec": json.loads((run_dir / "spec.json").read_text()),
             "steps": summary["step"], "epochs": summary["epoch"],
             # over the whole budget, all turns (start-ups and checkpoints included)
-            "images_per_sec": summary["step"] * BATCH / summary["elapsed_seconds"],
+            "images_per_sec": summary["step"] * recipe_batch(recipes[name]) / summary["elapsed_seconds"],
             "seconds_per_epoch": summary["elapsed_seconds"] / summary["epoch"], **scored(scores),
         }  # fmt: skip
-        checkpoint = run_dir / "checkpoints" / f"step_{early:07d}.pt"
-        if early and checkpoint.is_file():
-            record["early"] = {"steps": early, **scored(score(run_dir, args.samples, threads, checkpoint))}
+        checkpoint = run_dir / "checkpoints" / f"step_{early[name]:07d}.pt"
+        if early[name] and checkpoint.is_file():
+            record["early"] = {"steps": early[name], **scored(score(run_dir, args.samples, threads, checkpoint))}
         results["recipes"][name] = record
         at = record.get("early")
         print(f"[{name}] {summary['step']} steps: FID {scores['fid']:.2f}  IS {scores['is_mean']:.2f}"
-              + (f"; at {early} steps FID {at['fid']:.2f}" if at else ""), flush=True)  # fmt: skip
+              + (f"; at {early[name]} steps FID {at['fid']:.2f}" if at else ""), flush=True)  # fmt: skip
         if not args.no_docs:
             write_grid(run_dir, ROOT / "docs" / f"quality_grid_{name}.png")
     # calibration: real training images scored the same way (the floor of this FID)
@@ -310,7 +319,7 @@ def main() -> int:
 
     print(f"\nFashion-MNIST, {args.minutes:g} min of training each on {threads} CPU thread(s), fmnist-cnn FID / IS "
           f"on {args.samples} samples vs the test set (real training images: FID "
-          f"{results['real_train_images_fid']:.2f}); early = step {early}\n")  # fmt: skip
+          f"{results['real_train_images_fid']:.2f}); early = {args.early_epochs:g} epochs\n")  # fmt: skip
     print(markdown_table(results))
     print(f"({(time.time() - started) / 60:.1f} min in all; results in {out / 'quality.json'})")
     return 0
