@@ -4,6 +4,7 @@ Both sides do the same work: the D loss forward, its backward to the logits, and
 (mean D(x), mean D(G(z)), accuracy) as Python floats. Prints the median of each and their ratio.
 
     python bench/losses.py [--kinds bce,hinge] [--sizes 64,1024,65536,4194304] [--threads N]
+                           [--builds default,avx2,avx512]   # the fused side on each CPU kernel build too
 """
 
 from __future__ import annotations
@@ -82,6 +83,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=2.0, help="time budget per measurement")
     parser.add_argument("--path", choices=("step", "autograd"), default="step",
                         help="fused side: ops.d_loss_step (default) or ops.d_loss + loss.backward()")
+    parser.add_argument("--builds", default="",
+                        help="CPU: also time the fused side with each of these kernel builds (comma-separated of "
+                        "default, avx2, avx512), in the same run; one column each")
     args = parser.parse_args()
     if not ops.use_extension():
         print("gansvc._C is not built: run scripts/setup.sh", file=sys.stderr)
@@ -90,9 +94,20 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     fused_step = fused_d_step if args.path == "step" else fused_autograd_d_step
+    ext = ops.load_extension()
+    builds = [b.strip() for b in args.builds.split(",") if b.strip()] if device.type == "cpu" else []
+    chosen = ops.cpu_capability()
+    for build in builds:
+        try:
+            ext._set_cpu_capability(build)
+        except ValueError as error:
+            print(f"--builds: {error}", file=sys.stderr)
+            return 2
+    ext._set_cpu_capability(chosen)
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, CPU kernels "
           f"{ops.cpu_capability()}, fused path {args.path}; median of forward + backward + statistics per D step")
-    print(f"{'kind':<12}{'N per side':>12}{'eager':>14}{'fused':>14}{'speed-up':>10}")
+    extra = "".join(f"{build:>14}" for build in builds)
+    print(f"{'kind':<12}{'N per side':>12}{'eager':>14}{'fused':>14}{'speed-up':>10}{extra}")
     for kind in args.kinds.split(","):
         for n in (int(s) for s in args.sizes.split(",")):
             gen = torch.Generator().manual_seed(n)
@@ -108,7 +123,14 @@ def main() -> int:
                 torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-9)
             eager = median_seconds(eager_d_step, real, fake, kind, args.seconds, device)
             fused = median_seconds(fused_step, real, fake, kind, args.seconds, device)
-            print(f"{kind:<12}{n:>12,}{format_time(eager):>14}{format_time(fused):>14}{eager / fused:>9.1f}×")
+            columns = ""
+            for build in builds:  # the same op on another kernel build, in this process
+                ext._set_cpu_capability(build)
+                try:
+                    columns += f"{format_time(median_seconds(fused_step, real, fake, kind, args.seconds, device)):>14}"
+                finally:
+                    ext._set_cpu_capability(chosen)
+            print(f"{kind:<12}{n:>12,}{format_time(eager):>14}{format_time(fused):>14}{eager / fused:>9.1f}×{columns}")
     return 0
 
 
