@@ -112,16 +112,21 @@ def test_an_interrupted_upload_resumes_where_it_stopped(service, client, checkpo
     reply = client.stub.UploadCheckpoint(chunks(data, sha256, count=3))  # a stream that ends early
     assert not reply.complete and reply.received_bytes == 3 * CHUNK and not reply.reference
 
-    def broken():  # a stream whose client fails after one more chunk
+    def held() -> int:
+        return client.checkpoint_upload(sha256).received_bytes
+
+    def broken():  # a stream whose client fails once the server has written one more chunk
         yield from chunks(data, sha256, start=3 * CHUNK, count=1)
+        # The failure must come after the chunk arrived: a client that fails at once cancels the call, and gRPC
+        # may then drop the chunk it had not yet sent (the race CI once lost on a loaded machine).
+        deadline = time.monotonic() + 10
+        while held() != 4 * CHUNK and time.monotonic() < deadline:
+            time.sleep(0.05)
         raise RuntimeError("connection lost")
 
     with pytest.raises(grpc.RpcError):
         client.stub.UploadCheckpoint(broken())
-    deadline = time.monotonic() + 10
-    while client.checkpoint_upload(sha256).received_bytes != 4 * CHUNK and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert client.checkpoint_upload(sha256).received_bytes == 4 * CHUNK
+    assert held() == 4 * CHUNK  # the broken stream's chunk stays
     code, details = code_of(lambda: client.stub.UploadCheckpoint(chunks(data, sha256, count=1)))  # from offset 0
     assert code == grpc.StatusCode.FAILED_PRECONDITION and f"holds {4 * CHUNK} bytes" in details
 
