@@ -27,14 +27,5 @@
 #define CPU_CAPABILITY AVX2
 #include "losses/losses_cpu_sums.h"
 #include <c10/util/Exception.h>
-namespace gansvc {
-namespace losses {
-namespace AVX2 {
-DSums d_sums(const DArgs<float>&) { TORCH_CHECK(false, "gansvc: AVX2 loss kernels not built for this CPU"); }
-DSums d_sums(const DArgs<double>&) { TORCH_CHECK(false, "gansvc: AVX2 loss kernels not built for this CPU"); }
-Sums g_sums(const float*, float*, int64_t, GKind) { TORCH_CHECK(false, "gansvc: AVX2 loss kernels not built"); }
-Sums g_sums(const double*, double*, int64_t, GKind) { TORCH_CHECK(false, "gansvc: AVX2 loss kernels not built"); }
-}  // namespace AVX2
-}  // namespace losses
-}  // namespace gansvc
+GANSVC_DEFINE_UNBUILT_LOSS_SUMS(AVX2, "AVX2")
 #endif

@@ -39,14 +39,5 @@
 #define CPU_CAPABILITY AVX512
 #include "losses/losses_cpu_sums.h"
 #include <c10/util/Exception.h>
-namespace gansvc {
-namespace losses {
-namespace AVX512 {
-DSums d_sums(const DArgs<float>&) { TORCH_CHECK(false, "gansvc: AVX-512 loss kernels not built for this CPU"); }
-DSums d_sums(const DArgs<double>&) { TORCH_CHECK(false, "gansvc: AVX-512 loss kernels not built for this CPU"); }
-Sums g_sums(const float*, float*, int64_t, GKind) { TORCH_CHECK(false, "gansvc: AVX-512 loss kernels not built"); }
-Sums g_sums(const double*, double*, int64_t, GKind) { TORCH_CHECK(false, "gansvc: AVX-512 loss kernels not built"); }
-}  // namespace AVX512
-}  // namespace losses
-}  // namespace gansvc
+GANSVC_DEFINE_UNBUILT_LOSS_SUMS(AVX512, "AVX-512")
 #endif

@@ -56,5 +56,21 @@ GANSVC_DECLARE_LOSS_SUMS(AVX2)
 GANSVC_DECLARE_LOSS_SUMS(AVX512)
 #undef GANSVC_DECLARE_LOSS_SUMS
 
+// The entry points of a SIMD build compiled where its ISA is not available (a non-x86 compiler): never called,
+// since the dispatcher checks the CPU first. Needs <c10/util/Exception.h>.
+#define GANSVC_DEFINE_UNBUILT_LOSS_SUMS(capability, isa)                                                      \
+  namespace gansvc {                                                                                         \
+  namespace losses {                                                                                         \
+  namespace capability {                                                                                     \
+  DSums d_sums(const DArgs<float>&) { TORCH_CHECK(false, "gansvc: " isa " loss kernels not built"); }       \
+  DSums d_sums(const DArgs<double>&) { TORCH_CHECK(false, "gansvc: " isa " loss kernels not built"); }      \
+  Sums g_sums(const float*, float*, int64_t, GKind) { TORCH_CHECK(false, "gansvc: " isa " loss kernels not built"); } \
+  Sums g_sums(const double*, double*, int64_t, GKind) {                                                    \
+    TORCH_CHECK(false, "gansvc: " isa " loss kernels not built");                                            \
+  }                                                                                                          \
+  }                                                                                                          \
+  }                                                                                                          \
+  }
+
 }  // namespace losses
 }  // namespace gansvc
