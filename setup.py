@@ -51,8 +51,12 @@ def _extensions():
     cuda_sources = sorted(glob.glob("csrc/**/*.cu", recursive=True))
     with_cuda = _want_cuda()
     # -g0: Python's default -g doubles compile time and makes an 11 MB .so.
-    args = {"cxx": ["-O3", "-g0"], "nvcc": ["-O3"]}
-    common = dict(name="gansvc._C", include_dirs=[os.path.join(ROOT, "csrc")], py_limited_api=False)
+    # -fopenmp: at::parallel_for is inline ATen code that forks with `#pragma omp parallel`; compiled without
+    # it, the pragma is dropped and every "parallel" kernel runs on one thread. The link names libgomp.so.1,
+    # which resolves to the copy torch has already loaded (the same soname), so there is one OpenMP runtime.
+    args = {"cxx": ["-O3", "-g0", "-fopenmp"], "nvcc": ["-O3"]}
+    common = dict(name="gansvc._C", include_dirs=[os.path.join(ROOT, "csrc")], py_limited_api=False,
+                  extra_link_args=["-fopenmp"])
     if with_cuda:
         ext = cpp_extension.CUDAExtension(
             sources=cpp_sources + cuda_sources,

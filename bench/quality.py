@@ -71,6 +71,11 @@ CANDIDATES = {
     # one-sided label smoothing (Salimans et al. 2016) and a faster G, on the present defaults
     "gansvc-smooth": {"real_label": 0.9},
     "gansvc-lr-g-1.6e-3": {"lr_g": 1.6e-3},
+    # R1 on real data (lazy, every 16 D steps, the StyleGAN2 way): any R1 weight takes BatchNorm out of DCGAN's D
+    "gansvc-r1": {"r1_gamma": 1.0, "r1_every": 16},
+    "gansvc-r1-0.1": {"r1_gamma": 0.1, "r1_every": 16},
+    # both learning rates rising linearly over the first ~9 % of the 3 epochs' 5 625 steps
+    "gansvc-warmup": {"lr_warmup_steps": 500},
 }
 DEFAULT_RECIPES = "plain,gansvc,conditional,resnet,augmented"
 TRAIN_IMAGES = 60000  # Fashion-MNIST's training split

@@ -3,12 +3,13 @@
 //
 // Ops:
 //   d_loss_fused / g_loss_fused  one pass: loss, gradient w.r.t. the logits, statistics (CPU, CUDA)
-//   d_loss / g_loss              (loss, stats), differentiable; backward scales the saved gradient
+//   d_loss / g_loss              (loss, stats), differentiable; backward hands over the saved gradient
 // and, outside the dispatcher (gansvc._C, since they write gradients as a side effect):
 //   d_loss_step / g_loss_step    the fused kernel, then its gradient added to the logits' gradients
 //                                without an autograd node: one call, one output, for a training step
 // The FID ops declare themselves in csrc/fid/ with TORCH_LIBRARY_FRAGMENT.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <c10/core/impl/alloc_cpu.h>
 #include <c10/util/accumulate.h>
 #include <pybind11/pybind11.h>
@@ -18,7 +19,10 @@
 #include <torch/csrc/utils/pybind.h>
 #include <torch/library.h>
 
+#include <functional>
 #include <mutex>
+#include <numeric>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -119,14 +123,49 @@ at::Tensor g_grad_expression(const at::Tensor& s_in, GKind kind) {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
+// The gradient the fused kernel computed in the forward, scaled by the incoming grad_loss. It is kept
+// in saved_data (not save_for_backward) so that the first backward can move it out of the context:
+// with no other reference left, the engine takes it as the leaf's .grad without a copy, and it is
+// scaled in place; for loss.backward() (grad_loss exactly 1, read where that costs no device sync)
+// not even that pass runs. A later backward of a retained graph runs the kernel again (whoever
+// received the first gradient may have changed it in place), so every backward gives the same bits;
+// a backward that is itself differentiated takes the ATen expression.
+// An ordinary CPU tensor of one element, whose value can be read at once: not one being traced
+// (torch.compile's fake, functional or functorch-wrapped tensors have no value to read).
+bool readable_cpu_scalar(const at::Tensor& t) {
+  const c10::DispatchKeySet traced({c10::DispatchKey::Python, c10::DispatchKey::Functionalize,
+                                    c10::DispatchKey::FuncTorchGradWrapper, c10::DispatchKey::FuncTorchBatched});
+  return t.is_cpu() && (t.key_set() & traced).empty() && t.numel() == 1;
+}
+
+at::Tensor scaled_saved_gradient(AutogradContext* ctx, const char* key, const at::Tensor& grad_loss,
+                                 const std::function<at::Tensor()>& kernel,
+                                 const std::function<at::Tensor()>& expression) {
+  if (!grad_loss.defined()) return at::Tensor();
+  if (at::GradMode::is_enabled()) return grad_loss * expression();
+  at::Tensor grad;
+  if (const auto found = ctx->saved_data.find(key); found != ctx->saved_data.end()) {
+    grad = std::move(found->second).toTensor();
+    ctx->saved_data.erase(found);
+  } else {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    grad = kernel();
+  }
+  if (!(readable_cpu_scalar(grad_loss) && grad_loss.item<double>() == 1.0)) grad.mul_(grad_loss);
+  return grad;
+}
+
 class DLossFunction : public torch::autograd::Function<DLossFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& real, const at::Tensor& fake,
                                c10::string_view kind, double real_label) {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [loss, grad_real, grad_fake, stats] = call_d_fused(real, fake, kind, real_label);
-    ctx->save_for_backward({real, fake, grad_real, grad_fake});
+    ctx->save_for_backward({real, fake});
+    ctx->saved_data["grad_real"] = std::move(grad_real);
+    ctx->saved_data["grad_fake"] = std::move(grad_fake);
     ctx->saved_data["kind"] = static_cast<int64_t>(parse_d_kind(kind));
+    ctx->saved_data["kind_name"] = std::string(kind);
     ctx->saved_data["real_label"] = real_label;
     ctx->mark_non_differentiable({stats});
     return {loss, stats};
@@ -134,15 +173,22 @@ class DLossFunction : public torch::autograd::Function<DLossFunction> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const auto saved = ctx->get_saved_variables();
-    const at::Tensor& grad_loss = grad_outputs[0];
-    at::Tensor grad_real = saved[2], grad_fake = saved[3];
-    if (at::GradMode::is_enabled()) {
-      const auto kind = static_cast<DKind>(ctx->saved_data["kind"].toInt());
-      const double label = ctx->saved_data["real_label"].toDouble();
-      grad_real = d_grad_expression(saved[0], kind, true, label).view_as(saved[0]);
-      grad_fake = d_grad_expression(saved[1], kind, false, label).view_as(saved[1]);
-    }
-    return {grad_loss * grad_real, grad_loss * grad_fake, at::Tensor(), at::Tensor()};
+    const auto kind = static_cast<DKind>(ctx->saved_data["kind"].toInt());
+    const double label = ctx->saved_data["real_label"].toDouble();
+    std::optional<DLossOut> again;  // one kernel run for both sides, when needed
+    const auto kernel = [&](bool is_real) {
+      if (!again) again = call_d_fused(saved[0], saved[1], ctx->saved_data["kind_name"].toStringRef(), label);
+      return is_real ? std::get<1>(*again) : std::get<2>(*again);
+    };
+    const auto expression = [&](bool is_real) {
+      const at::Tensor& logits = saved[is_real ? 0 : 1];
+      return d_grad_expression(logits, kind, is_real, label).view_as(logits);
+    };
+    return {scaled_saved_gradient(ctx, "grad_real", grad_outputs[0], [&] { return kernel(true); },
+                                  [&] { return expression(true); }),
+            scaled_saved_gradient(ctx, "grad_fake", grad_outputs[0], [&] { return kernel(false); },
+                                  [&] { return expression(false); }),
+            at::Tensor(), at::Tensor()};
   }
 };
 
@@ -151,19 +197,22 @@ class GLossFunction : public torch::autograd::Function<GLossFunction> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& fake, c10::string_view kind) {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [loss, grad_fake, stats] = call_g_fused(fake, kind);
-    ctx->save_for_backward({fake, grad_fake});
+    ctx->save_for_backward({fake});
+    ctx->saved_data["grad_fake"] = std::move(grad_fake);
     ctx->saved_data["kind"] = static_cast<int64_t>(parse_g_kind(kind));
+    ctx->saved_data["kind_name"] = std::string(kind);
     ctx->mark_non_differentiable({stats});
     return {loss, stats};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const auto saved = ctx->get_saved_variables();
-    at::Tensor grad_fake = saved[1];
-    if (at::GradMode::is_enabled()) {
-      grad_fake = g_grad_expression(saved[0], static_cast<GKind>(ctx->saved_data["kind"].toInt())).view_as(saved[0]);
-    }
-    return {grad_outputs[0] * grad_fake, at::Tensor()};
+    const auto kind = static_cast<GKind>(ctx->saved_data["kind"].toInt());
+    return {scaled_saved_gradient(
+                ctx, "grad_fake", grad_outputs[0],
+                [&] { return std::get<1>(call_g_fused(saved[0], ctx->saved_data["kind_name"].toStringRef())); },
+                [&] { return g_grad_expression(saved[0], kind).view_as(saved[0]); }),
+            at::Tensor()};
   }
 };
 
@@ -400,6 +449,18 @@ PYBIND11_MODULE(_C, module) {
   module.def("_set_cpu_capability", &set_cpu_capability, py::arg("name"),
              "Use the 'default', 'avx2' or 'avx512' CPU kernels ('' chooses again); returns the previous choice. "
              "For tests.");
+  // What the kernels' at::parallel_for really forks into (setup.py's -fopenmp): without OpenMP at compile
+  // time the fork is dropped and every task runs on the calling thread.
+  module.def(
+      "_parallel_threads",
+      [](int64_t tasks) {
+        std::vector<int> ran(static_cast<size_t>(at::get_num_threads()), 0);
+        at::parallel_for(0, tasks, 1, [&](int64_t, int64_t) {
+          ran[static_cast<size_t>(at::get_thread_num()) % ran.size()] = 1;
+        });
+        return std::accumulate(ran.begin(), ran.end(), 0);
+      },
+      py::arg("tasks"), "The number of threads at::parallel_for ran `tasks` one-element tasks on. For tests.");
   // The GIL is released while the step runs: its backward may reach Python autograd nodes on other threads.
   module.def("d_loss_step", &d_loss_step, py::arg("real_logits"), py::arg("fake_logits"), py::arg("kind"),
              py::arg("real_label") = 1.0, py::call_guard<py::gil_scoped_release>(),

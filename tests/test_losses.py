@@ -332,6 +332,33 @@ def test_double_backward_inside_a_gradient_penalty():
 
 
 @pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_saved_gradient_is_handed_over_once_and_recomputed_after(device, dtype):
+    """The first backward hands over the kernel's saved gradient (scaled in place by grad_loss); a retained
+    graph's later backward recomputes it, so what the first receiver did to its gradient cannot leak into it."""
+    real, fake = logits(2_000, dtype, device, seed=3), logits(1_500, dtype, device, seed=4)
+    want_d = oracle_d(real, fake, "bce")
+    want_g = oracle_g(fake, "ns")
+    r, f = real.clone().requires_grad_(), fake.clone().requires_grad_()
+    loss, _ = gansvc.ops.d_loss(r, f, "bce")
+    g_loss, _ = gansvc.ops.g_loss(f, "ns")
+    scale = torch.tensor(2.5, dtype=loss.dtype, device=device)
+    for turn in range(3):
+        grads = torch.autograd.grad(loss, (r, f), grad_outputs=scale if turn == 1 else None, retain_graph=True)
+        factor = 2.5 if turn == 1 else 1.0
+        assert_matches([grads[0] / factor, grads[1] / factor], want_d[1:3], dtype)
+        for grad in grads:
+            grad.mul_(-7.0)  # a receiver free to change what it got
+        (g_grad,) = torch.autograd.grad(g_loss, f, retain_graph=True)
+        assert_matches([g_grad], want_g[1:2], dtype)
+        g_grad.zero_()
+    # loss.backward() into leaves, twice: the second adds the recomputed gradient to the first
+    loss.backward(retain_graph=True)
+    loss.backward()
+    assert_matches([r.grad / 2, f.grad / 2], want_d[1:3], dtype)
+
+
+@pytest.mark.parametrize("device", devices())
 def test_opcheck(device):
     real = torch.randn(33, device=device, requires_grad=True)
     fake = torch.randn(17, device=device, requires_grad=True)
@@ -530,6 +557,21 @@ def test_d_loss_step_is_deterministic_whatever_the_thread_count():
         torch.set_num_threads(threads)
     for other in results[1:]:
         assert torch.equal(results[0], other)
+
+
+def test_the_kernels_parallel_for_forks_into_the_threads_it_is_given():
+    """at::parallel_for is inline ATen code: built without OpenMP it runs every task on the calling thread
+    (which is what the kernels did before setup.py passed -fopenmp), and the thread-count tests above would
+    pass without a second thread ever running."""
+    ext = ops.load_extension()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert ext._parallel_threads(64) == 1
+        torch.set_num_threads(2)
+        assert ext._parallel_threads(64) == 2
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("sizes", [(300_001, 300_001), (16_384, 16_385), (40_000, 7)])
