@@ -76,6 +76,11 @@ CANDIDATES = {
     "gansvc-r1-0.1": {"r1_gamma": 0.1, "r1_every": 16},
     # both learning rates rising linearly over the first ~9 % of the 3 epochs' 5 625 steps
     "gansvc-warmup": {"lr_warmup_steps": 500},
+    # a longer average of G's weights (~2 000 steps against ~1 000)
+    "gansvc-ema-0.9995": {"ema_decay": 0.9995},
+    # the larger batch with both rates scaled linearly (Goyal et al. 2017), and hinge with D's BatchNorm kept
+    "gansvc-b64-scaled": {"batch_size": 64, "lr_g": 2e-3, "lr_d": 8e-4},
+    "gansvc-hinge": {"loss": "hinge"},
 }
 DEFAULT_RECIPES = "plain,gansvc,conditional,resnet,augmented"
 TRAIN_IMAGES = 60000  # Fashion-MNIST's training split
