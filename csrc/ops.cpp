@@ -123,13 +123,6 @@ at::Tensor g_grad_expression(const at::Tensor& s_in, GKind kind) {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// The gradient the fused kernel computed in the forward, scaled by the incoming grad_loss. It is kept
-// in saved_data (not save_for_backward) so that the first backward can move it out of the context:
-// with no other reference left, the engine takes it as the leaf's .grad without a copy, and it is
-// scaled in place; for loss.backward() (grad_loss exactly 1, read where that costs no device sync)
-// not even that pass runs. A later backward of a retained graph runs the kernel again (whoever
-// received the first gradient may have changed it in place), so every backward gives the same bits;
-// a backward that is itself differentiated takes the ATen expression.
 // An ordinary CPU tensor of one element, whose value can be read at once: not one being traced
 // (torch.compile's fake, functional or functorch-wrapped tensors have no value to read).
 bool readable_cpu_scalar(const at::Tensor& t) {
@@ -138,6 +131,13 @@ bool readable_cpu_scalar(const at::Tensor& t) {
   return t.is_cpu() && (t.key_set() & traced).empty() && t.numel() == 1;
 }
 
+// The gradient the fused kernel computed in the forward, scaled by the incoming grad_loss. It is kept
+// in saved_data (not save_for_backward) so that the first backward can move it out of the context:
+// with no other reference left, the engine takes it as the leaf's .grad without a copy, and it is
+// scaled in place; for loss.backward() (grad_loss exactly 1, read where that costs no device sync)
+// not even that pass runs. A later backward of a retained graph runs the kernel again (whoever
+// received the first gradient may have changed it in place), so every backward gives the same bits;
+// a backward that is itself differentiated takes the ATen expression.
 at::Tensor scaled_saved_gradient(AutogradContext* ctx, const char* key, const at::Tensor& grad_loss,
                                  const std::function<at::Tensor()>& kernel,
                                  const std::function<at::Tensor()>& expression) {
