@@ -81,6 +81,10 @@ CANDIDATES = {
     # the larger batch with both rates scaled linearly (Goyal et al. 2017), and hinge with D's BatchNorm kept
     "gansvc-b64-scaled": {"batch_size": 64, "lr_g": 2e-3, "lr_d": 8e-4},
     "gansvc-hinge": {"loss": "hinge"},
+    # Adam's second-moment average over ~100 steps instead of ~1 000 (the GAN papers' 0.99 / 0.9)
+    "gansvc-beta2-0.99": {"beta2": 0.99},
+    # ProGAN's minibatch standard deviation in D (groups of 4): D sees a batch's variety
+    "gansvc-mbstd": {"minibatch_std": 4},
 }
 DEFAULT_RECIPES = "plain,gansvc,conditional,resnet,augmented"
 TRAIN_IMAGES = 60000  # Fashion-MNIST's training split

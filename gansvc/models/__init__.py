@@ -80,7 +80,7 @@ def build_discriminator(spec, data_shape: tuple[int, ...], num_classes: int = 0)
     elif spec.model == "dcgan":
         channels, height, width = _image_shape(data_shape)
         model = DCGANDiscriminator(channels, height, spec.width, discriminator_norm(spec), num_classes=num_classes,
-                                   aux_classifier=aux)  # fmt: skip
+                                   aux_classifier=aux, minibatch_std=getattr(spec, "minibatch_std", 0))  # fmt: skip
     elif spec.model == "resnet":  # spectrally normalised by construction, whatever spec.spectral_norm says
         channels, height, width = _image_shape(data_shape)
         return ResNetDiscriminator(channels, height, spec.width, num_classes, getattr(spec, "attention", 0),

@@ -5,6 +5,7 @@ stride-2 up-convolutions halving the channels (BatchNorm + ReLU), Tanh at the en
 stride-2 convolutions and LeakyReLU(0.2), then one base x base convolution to a single logit.
 With classes, G's BatchNorms are conditional and D adds the projection term on its last feature map
 (summed over positions); without classes the layout (and its state_dict) is the plain DCGAN's.
+With `minibatch_std`, D's last convolution also sees ProGAN's minibatch standard-deviation channel.
 """
 
 from __future__ import annotations
@@ -56,11 +57,38 @@ class DCGANGenerator(nn.Module):
         return run_sequence(self.main, z.view(z.shape[0], -1, 1, 1), labels)
 
 
+class MinibatchStd(nn.Module):
+    """ProGAN's minibatch standard deviation (Karras et al., 2018): one channel appended to a feature map [N, C, H, W]
+    holding, for each image, the standard deviation of every feature over its group of images, averaged over
+    features and positions. A collapsed G (images alike) shows up there, so D can penalise a lack of variety.
+
+    Groups of `group` images (the largest size up to it that divides N), image i in group i mod N/size, as ProGAN
+    strides them; float32 statistics under autocast. No parameters: the state_dict is unchanged.
+    """
+
+    def __init__(self, group: int):
+        super().__init__()
+        if group < 1:
+            raise ValueError(f"minibatch_std: group size must be >= 1, got {group}")
+        self.group = group
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        n, _, height, width = h.shape
+        size = next(g for g in range(min(self.group, n), 0, -1) if n % g == 0)
+        y = h.float().reshape(size, n // size, *h.shape[1:])
+        std = (y.var(dim=0, unbiased=False) + 1e-8).sqrt()  # [N / size, C, H, W]
+        spread = std.mean(dim=(1, 2, 3)).repeat(size)  # image i: its group's (i mod N / size)
+        return torch.cat([h, spread.to(h.dtype).view(n, 1, 1, 1).expand(n, 1, height, width)], dim=1)
+
+    def extra_repr(self) -> str:
+        return f"group={self.group}"
+
+
 class DCGANDiscriminator(nn.Module):
     """Images [N, C, S, S] -> one logit each [N]. norm: 'batch' (classic DCGAN) or 'none' (with SN / penalties)."""
 
     def __init__(self, channels: int = 1, image_size: int = 28, width: int = 64, norm: str = "batch",
-                 num_classes: int = 0, aux_classifier: bool = False):  # fmt: skip
+                 num_classes: int = 0, aux_classifier: bool = False, minibatch_std: int = 0):  # fmt: skip
         super().__init__()
         self.num_classes = num_classes
         if norm not in ("batch", "none"):
@@ -74,7 +102,8 @@ class DCGANDiscriminator(nn.Module):
                 layers.append(nn.BatchNorm2d(ch * 2))
             layers.append(nn.LeakyReLU(0.2, True))
             ch *= 2
-        layers.append(nn.Conv2d(ch, 1, base, 1, 0))
+        self.minibatch_std = MinibatchStd(minibatch_std) if minibatch_std else None
+        layers.append(nn.Conv2d(ch + (1 if self.minibatch_std is not None else 0), 1, base, 1, 0))
         self.main = nn.Sequential(*layers)
         self.embed = nn.Embedding(num_classes, ch) if num_classes else None
         self.classifier = class_head(ch, num_classes, aux_classifier)
@@ -94,12 +123,15 @@ class DCGANDiscriminator(nn.Module):
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, classes: bool = False):
         """Return D's logits [N]; with `classes`, (logits, the auxiliary classifier's class logits [N, classes])."""
-        if self.embed is None:
+        if self.embed is None and self.minibatch_std is None:
             return self.main(x).view(-1)
-        check_labels(labels, self.num_classes, x.shape[0])
         h = self.main[:-1](x)
+        head_input = h if self.minibatch_std is None else self.minibatch_std(h)
+        if self.embed is None:
+            return self.main[-1](head_input).view(-1)
+        check_labels(labels, self.num_classes, x.shape[0])
         features = h.sum(dim=(2, 3))
-        logits = self.main[-1](h).view(-1) + (self.embed(labels) * features).sum(1)
+        logits = self.main[-1](head_input).view(-1) + (self.embed(labels) * features).sum(1)
         return with_classes(logits, self.classifier, features, classes)
 
 

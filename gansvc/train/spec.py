@@ -155,6 +155,9 @@ class TrainSpec:
     balanced_classes: bool = setting(False, "conditional runs: class-balanced batches of real images (every class "
                                      "equally often in each batch, each class's images in a fresh order per "
                                      "epoch)")  # fmt: skip
+    minibatch_std: int = setting(0, "dcgan: D's minibatch standard-deviation feature (ProGAN): one channel before "
+                                 "its last convolution holding the features' spread over groups of this many "
+                                 "images, so that D sees a batch's variety (0 = off)", min=0, max=1024)  # fmt: skip
     augment: str = setting("", "DiffAugment of everything D sees: some of translation,cutout,color ('' = off)")
     augment_p: float = setting(1.0, "fixed probability of each augmentation per image (without ada_target)",
                                min=0.0, max=1.0)  # fmt: skip
@@ -376,6 +379,8 @@ class TrainSpec:
         if self.conditional and self.ac_weight > 0 and registry.is_plugin("models", self.model):
             raise SpecError("ac_weight", f"the auxiliary classifier is built into gansvc's models, not the plugin "
                             f"model {self.model!r}: set ac_weight 0")  # fmt: skip
+        if self.minibatch_std and self.model != "dcgan":
+            raise SpecError("minibatch_std", f"is a DCGAN option; model {self.model!r} does not have it")
         if self.augment:
             try:
                 from gansvc.train.augment import parse_policy
