@@ -233,15 +233,25 @@ struct VecMath {
 
 constexpr int kFlushEvery = 16;  // packs summed in T before moving into double
 
+// Lane-wise double accumulators of a pack: a flush converts each float lane and adds it to its own double lane,
+// a loop the compiler vectorises (convert + add per vector), where a horizontal sum ran one dependent scalar
+// add per lane and held the out-of-order window up behind it. The lanes are summed once, at the block's end.
 template <typename Vec, int K>
-double horizontal_sum(const Pack<Vec, K>& p) {
+struct LaneSums {
   using T = typename Vec::value_type;
-  alignas(64) T lanes[K * Vec::size()];
-  PackOf<Vec, K>::store(p, lanes);
-  double s = 0;
-  for (int i = 0; i < K * Vec::size(); ++i) s += lanes[i];
-  return s;
-}
+  static constexpr int kLanes = K * Vec::size();
+  alignas(64) double lanes[kLanes] = {};
+  GANSVC_INLINE void flush(const Pack<Vec, K>& p) {
+    alignas(64) T values[kLanes];
+    PackOf<Vec, K>::store(p, values);
+    for (int i = 0; i < kLanes; ++i) lanes[i] += values[i];
+  }
+  double total() const {
+    double s = 0;
+    for (int i = 0; i < kLanes; ++i) s += lanes[i];
+    return s;
+  }
+};
 
 // Runs `term(x) -> {loss, grad, stat[, correct]}` over logits [begin, end): writes grad * scale, returns sums.
 // Term is a functor called on a pack of vectors (the SIMD math policy) and on a scalar (the scalar policy, for
@@ -254,6 +264,7 @@ Sums run_block(const T* logits, T* grad, int64_t begin, int64_t end, T scale, co
   constexpr int64_t kStep = kPack<T> * M::Vec::size();
   Sums sums;
   typename M::V acc_loss = M::splat(T(0)), acc_stat = M::splat(T(0)), acc_correct = M::splat(T(0));
+  LaneSums<typename M::Vec, kPack<T>> lane_loss, lane_stat, lane_correct;
   const typename M::V vscale = M::splat(scale);
   int64_t i = begin;
   int pending = 0;
@@ -264,16 +275,19 @@ Sums run_block(const T* logits, T* grad, int64_t begin, int64_t end, T scale, co
     acc_stat = acc_stat + t.stat;
     if constexpr (kHasCorrect) acc_correct = acc_correct + t.correct;
     if (++pending == kFlushEvery) {
-      sums.loss += horizontal_sum(acc_loss);
-      sums.stat += horizontal_sum(acc_stat);
-      if constexpr (kHasCorrect) sums.correct += horizontal_sum(acc_correct);
+      lane_loss.flush(acc_loss);
+      lane_stat.flush(acc_stat);
+      if constexpr (kHasCorrect) lane_correct.flush(acc_correct);
       acc_loss = acc_stat = acc_correct = M::splat(T(0));
       pending = 0;
     }
   }
-  sums.loss += horizontal_sum(acc_loss);
-  sums.stat += horizontal_sum(acc_stat);
-  if constexpr (kHasCorrect) sums.correct += horizontal_sum(acc_correct);
+  lane_loss.flush(acc_loss);
+  lane_stat.flush(acc_stat);
+  if constexpr (kHasCorrect) lane_correct.flush(acc_correct);
+  sums.loss = lane_loss.total();
+  sums.stat = lane_stat.total();
+  if constexpr (kHasCorrect) sums.correct = lane_correct.total();
   for (; i < end; ++i) {
     auto t = term(logits[i]);
     grad[i] = t.grad * scale;
