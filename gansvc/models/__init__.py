@@ -44,7 +44,8 @@ def build_generator(spec, data_shape: tuple[int, ...], num_classes: int = 0) -> 
         return MLPGenerator(spec.z_dim, data_shape, spec.mlp_hidden, tanh=len(data_shape) == 3, num_classes=num_classes)
     if spec.model == "dcgan":
         channels, height, width = _image_shape(data_shape)
-        return DCGANGenerator(spec.z_dim, channels, height, spec.width, num_classes=num_classes)
+        return DCGANGenerator(spec.z_dim, channels, height, getattr(spec, "g_width", 0) or spec.width,
+                              num_classes=num_classes)
     if spec.model == "resnet":
         channels, height, width = _image_shape(data_shape)
         return ResNetGenerator(spec.z_dim, channels, height, spec.width, num_classes, getattr(spec, "attention", 0))

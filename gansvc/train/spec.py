@@ -75,6 +75,8 @@ class TrainSpec:
     model: str = setting("dcgan", " | ".join(registry.model_names()), choices=registry.model_names)
     z_dim: int = setting(100, "noise dimensions", min=1, max=4096)
     width: int = setting(64, "DCGAN base channel count", min=1, max=1024)
+    g_width: int = setting(0, "dcgan: G's own base channel count (0 = width): G is about a third of a step, so "
+                           "a wider G alone costs less than a wider pair", min=0, max=1024)  # fmt: skip
     mlp_hidden: int = setting(256, "MLP hidden units (the seeds' 256)", min=1, max=16384)
     # objective and regularisers
     loss: str = setting("", " | ".join(registry.loss_names()) + " (default: the model's: bce, resnet hinge)",
@@ -379,8 +381,9 @@ class TrainSpec:
         if self.conditional and self.ac_weight > 0 and registry.is_plugin("models", self.model):
             raise SpecError("ac_weight", f"the auxiliary classifier is built into gansvc's models, not the plugin "
                             f"model {self.model!r}: set ac_weight 0")  # fmt: skip
-        if self.minibatch_std and self.model != "dcgan":
-            raise SpecError("minibatch_std", f"is a DCGAN option; model {self.model!r} does not have it")
+        for name in ("minibatch_std", "g_width"):
+            if getattr(self, name) and self.model != "dcgan":
+                raise SpecError(name, f"is a DCGAN option; model {self.model!r} does not have it")
         if self.augment:
             try:
                 from gansvc.train.augment import parse_policy
