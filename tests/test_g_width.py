@@ -30,11 +30,40 @@ def test_g_takes_g_width_and_d_keeps_width():
     assert g(torch.randn(3, spec.z_dim)).shape == (3, 1, 28, 28)
 
 
-def test_zero_means_width_so_older_specs_build_the_same_generator():
+def test_zero_means_width():
     assert TrainSpec.g_width == 0
-    plain = build_generator(tiny(steps=1, width=8), (1, 28, 28))
-    same = build_generator(tiny(steps=1, width=8, g_width=8), (1, 28, 28))
-    assert channels(plain) == channels(same) == [16, 8, 1]
+    same = build_generator(tiny(steps=1, width=8, g_width=0), (1, 28, 28))
+    assert channels(same) == [16, 8, 1]
+
+
+def test_left_out_the_unconditional_dcgan_g_is_one_and_a_half_times_wider():
+    assert tiny(steps=1, width=8).g_width == 12
+    assert TrainSpec.from_dict({"steps": 1}).g_width == 96  # the recipe a user who brings nothing gets
+    assert TrainSpec.from_dict({"steps": 1, "width": 1024}).g_width == 1024  # held within the field's bounds
+    assert tiny(steps=1, width=8, g_width=8).g_width == 8  # a given value wins, 0 included
+    assert tiny(steps=1, width=8, g_width=0).g_width == 0
+    assert tiny(steps=1, width=8, conditional=True).g_width == 0  # the conditional recipe keeps G = D's width
+    assert tiny(steps=1, model="mlp").g_width == 0
+
+
+def test_resuming_a_checkpoint_from_before_the_option_is_refused_naming_it(tmp_path):
+    import torch as _torch
+
+    spec = tiny(steps=2, width=8, g_width=0)
+    Trainer(spec, tmp_path).run()
+    rewritten = 0
+    for path in tmp_path.glob("**/*.pt"):  # as a checkpoint written before g_width existed
+        state = _torch.load(path, weights_only=False)
+        if isinstance(state, dict) and "spec" in state:
+            state["spec"].pop("g_width", None)
+            _torch.save(state, path)
+            rewritten += 1
+    assert rewritten
+    with pytest.raises(SpecError) as error:
+        Trainer(tiny(steps=4, width=8), tmp_path).run()
+    assert error.value.field == "g_width"
+    Trainer(tiny(steps=4, width=8, g_width=0), tmp_path).run()  # the old G's width given: it resumes
+    assert [step for step, _, _ in losses(tmp_path)][-1] == 4
 
 
 def test_a_run_with_it_trains_and_is_reproducible(tmp_path):
