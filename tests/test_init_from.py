@@ -199,7 +199,7 @@ def test_a_checkpoint_of_another_model_is_a_misfit(tmp_path):
     Trainer(TrainSpec.from_dict({**MLP, "steps": 2}), tmp_path / "mlp").run()
     with pytest.raises(SpecError, match="does not fit") as caught:
         set_up(tiny(steps=3, init_from=str(tmp_path / "mlp")), tmp_path / "dcgan")
-    assert "main.0.weight [24, 8] vs [100, 16, 7, 7]" in caught.value.message
+    assert "main.0.weight [24, 8] vs [100, 24, 7, 7]" in caught.value.message  # G at g_width 12 = 1.5 x 8
 
 
 # ---------------------------------------------------------------------- FreezeD
