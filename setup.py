@@ -78,7 +78,12 @@ def generate_grpc_stubs() -> None:
     protos/gansvc/v1/x.proto is compiled as gansvc/_proto/v1/x.proto, so that the generated
     `*_pb2_grpc.py` imports its `*_pb2` as `gansvc._proto.v1` without any edit to generated code.
     Each file is renamed into place, so a process importing the stubs meanwhile never sees half a file.
+    GANSVC_SKIP_GRPC_STUBS=1 skips them: bench/gpu.sh --python builds the kernels with a GPU image's own
+    PyTorch, where grpcio-tools may be missing and only the kernels, the trainer and the metrics are used.
     """
+    if os.environ.get("GANSVC_SKIP_GRPC_STUBS") == "1":
+        print("gansvc: gRPC stubs not generated (GANSVC_SKIP_GRPC_STUBS=1)", file=sys.stderr)
+        return
     import hashlib
     import tempfile
     from importlib.metadata import version

@@ -7,25 +7,46 @@
 #
 #   bash bench/gpu.sh              # on a GPU machine: ~10 min on an H100-class GPU
 #   bash bench/gpu.sh --dry-run    # anywhere: the same steps on the CPU with tiny sizes (< 3 min), no GPU needed
+#   bash bench/gpu.sh --python python3 [--quick]
+#                                  # a GPU image that brings its own PyTorch and no package index: build the
+#                                  # extension in place with that Python instead of scripts/setup.sh's .venv;
+#                                  # --quick: a shorter bench/losses.py, no bench/fid.py (host CPU work) and a
+#                                  # 1 000-step job (~4 min on an H200)
 #
 # Environment: GANSVC_GPU_REPORT_DIR (default runs/gpu-report) holds report.md and each step's files.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 DRY_RUN=0
-case "${1:-}" in
-    --dry-run) DRY_RUN=1 ;;
-    "") ;;
-    -h | --help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "bench/gpu.sh: unknown argument $1 (expected --dry-run)" >&2; exit 2 ;;
-esac
+QUICK=0
+SYSTEM_PY=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --dry-run) DRY_RUN=1 ;;
+        --quick) QUICK=1 ;;
+        --python)
+            [ $# -ge 2 ] || { echo "bench/gpu.sh: --python needs a Python that has torch" >&2; exit 2; }
+            SYSTEM_PY=$2
+            shift ;;
+        -h | --help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "bench/gpu.sh: unknown argument $1 (expected --dry-run, --quick or --python PY)" >&2; exit 2 ;;
+    esac
+    shift
+done
 
 OUT=${GANSVC_GPU_REPORT_DIR:-runs/gpu-report}
 rm -rf "$OUT"
 mkdir -p "$OUT"
 REPORT="$OUT/report.md"
-PY=.venv/bin/python
-GANSVC=.venv/bin/gansvc
+if [ -n "$SYSTEM_PY" ]; then
+    # That Python's own torch, numpy and scipy; gansvc is imported from this checkout, not installed.
+    PY=$(command -v "$SYSTEM_PY") || { echo "bench/gpu.sh: no Python $SYSTEM_PY" >&2; exit 2; }
+    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+    GANSVC=("$PY" -m gansvc)
+else
+    PY=.venv/bin/python
+    GANSVC=(.venv/bin/gansvc)
+fi
 FAILED=()
 START=$SECONDS
 
@@ -45,6 +66,12 @@ step() {
         echo "\`$shown\` — $( [ "$status" = 0 ] && echo ok || echo "**FAILED (exit $status)**" ), ${took} s"
         echo
         echo '```'
+        # A failed build's cause is far above its traceback: show the first error lines before the tail.
+        if [ "$status" != 0 ] && grep -qE '(error|Error)[: ]' "$OUT/step.log"; then
+            echo "first error lines:"
+            grep -nE '(error|Error)[: ]' "$OUT/step.log" | head -n 20 | cut -c1-400
+            echo "… the output's end:"
+        fi
         # tqdm redraws a bar with carriage returns: keep only the last state of each run of bar lines;
         # long logs keep their end.
         tr '\r' '\n' <"$OUT/step.log" | grep -v '^\s*$' \
@@ -91,7 +118,12 @@ if [ "$DRY_RUN" = 0 ] && [ -z "${TORCH_CUDA_ARCH_LIST:-}" ] && [ -x "$PY" ]; the
     ARCH=$("$PY" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())' 2>/dev/null) \
         && export TORCH_CUDA_ARCH_LIST="$ARCH"
 fi
-step "build (scripts/setup.sh)" bash scripts/setup.sh
+if [ -n "$SYSTEM_PY" ]; then
+    step "build (setup.py build_ext --inplace with $PY)" env MAX_JOBS="$(nproc)" GANSVC_SKIP_GRPC_STUBS=1 \
+        "$PY" setup.py --quiet build_ext --inplace
+else
+    step "build (scripts/setup.sh)" bash scripts/setup.sh
+fi
 step "extension" "$PY" -c '
 import torch, gansvc.ops as ops
 print(f"torch {torch.__version__} (CUDA {torch.version.cuda}); cuda available: {torch.cuda.is_available()}")
@@ -103,15 +135,16 @@ sys.exit(0 if ops.use_extension() and (ops.cuda_compiled() or not torch.cuda.is_
 '
 
 # ------------------------------------------------------------------ correctness
-KERNEL_TESTS=(tests/test_losses.py tests/test_fid_ops.py tests/test_fid_metric.py tests/test_eval_cli.py)
+KERNEL_TESTS=(tests/test_losses.py tests/test_fid_ops.py tests/test_fid_metric.py tests/test_eval_cli.py
+    tests/test_fid_device.py)
 if [ "$DRY_RUN" = 1 ]; then
     # The CUDA cases skip here with their reason; run the fast loss tests on the CPU to exercise the step.
     step "kernel tests" "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_losses.py -k "cpu or cuda"
 else
     step "kernel tests on CUDA" "$PY" -m pytest -q -p no:cacheprovider -rs "${KERNEL_TESTS[@]}" -k cuda
 fi
-if "$GANSVC" doctor --help >/dev/null 2>&1; then
-    step "kernel self-test (gansvc doctor)" "$GANSVC" doctor
+if "${GANSVC[@]}" doctor --help >/dev/null 2>&1; then
+    step "kernel self-test (gansvc doctor)" "${GANSVC[@]}" doctor
 else
     echo "bench/gpu.sh: kernel self-test: skipped, this version has no \`gansvc doctor\`" >&2
     printf '\n## kernel self-test (gansvc doctor)\n\nnot run: this version of gansvc has no `doctor` command.\n' >>"$REPORT"
@@ -121,6 +154,9 @@ fi
 if [ "$DRY_RUN" = 1 ]; then
     step "bench/losses.py" "$PY" bench/losses.py --device cpu --threads 1 --kinds bce,hinge --sizes 64,4096 --seconds 0.1
     step "bench/fid.py" "$PY" bench/fid.py --dims 64 --repeat 1 --skip-memory
+elif [ "$QUICK" = 1 ]; then
+    # bench/fid.py times LAPACK on the host's CPU, not the GPU: the quick run leaves it out.
+    step "bench/losses.py" "$PY" bench/losses.py --device cuda --seconds 0.3
 else
     step "bench/losses.py" "$PY" bench/losses.py --device cuda
     step "bench/fid.py" "$PY" bench/fid.py
@@ -131,15 +167,19 @@ if [ "$DRY_RUN" = 1 ]; then
     TRAIN=(--steps 20 --log-every 10 --sample-every 0 --checkpoint-every 0 --eval-samples 200 --threads 1)
     SAMPLES=200
     EVAL=(--kid-subsets 10 --kid-subset-size 100 --n-real 1000)
+elif [ "$QUICK" = 1 ]; then
+    TRAIN=(--steps 1000 --log-every 100 --sample-every 0 --checkpoint-every 0 --eval-samples 10000)
+    SAMPLES=10000
+    EVAL=()
 else
     TRAIN=(--steps 3000 --log-every 100 --sample-every 1000 --checkpoint-every 1000 --eval-every 1000
         --eval-samples 10000)
     SAMPLES=10000
     EVAL=()
 fi
-step "training (default recipe, $DEVICE)" "$GANSVC" train --device "$DEVICE" --seed 0 "${TRAIN[@]}" --out "$OUT/train"
-step "sampling" "$GANSVC" sample "$OUT/train" -n "$SAMPLES" --device "$DEVICE" -o "$OUT/samples.npz"
-step "evaluation (gansvc eval, $DEVICE)" "$GANSVC" eval --fake "$OUT/samples.npz" --real fashion-mnist:test \
+step "training (default recipe, $DEVICE)" "${GANSVC[@]}" train --device "$DEVICE" --seed 0 "${TRAIN[@]}" --out "$OUT/train"
+step "sampling" "${GANSVC[@]}" sample "$OUT/train" -n "$SAMPLES" --device "$DEVICE" -o "$OUT/samples.npz"
+step "evaluation (gansvc eval, $DEVICE)" "${GANSVC[@]}" eval --fake "$OUT/samples.npz" --real fashion-mnist:test \
     --device "$DEVICE" --quiet --output "$OUT/eval.json" "${EVAL[@]}"
 if [ -f "$OUT/train/summary.json" ]; then
     step "training summary" "$PY" -c '

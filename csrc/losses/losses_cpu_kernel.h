@@ -22,7 +22,7 @@
 #include <algorithm>
 #include <type_traits>
 #include <utility>
-#include <vector>
+#include <memory>
 
 #include "losses/losses_cpu_sums.h"
 
@@ -326,7 +326,9 @@ std::pair<Sums, Sums> run_sides(const SideA& a, const SideB& b) {
     for (int64_t k = 0; k < blocks; ++k) add(k, run(k));  // the same blocks, added in the same order
     return total;
   }
-  std::vector<Sums> partial(blocks);
+  // Not a std::vector: GCC 13 marks std::allocator's members always_inline, and inlining them into this
+  // target("avx2") / target("avx512f") code fails with "target specific option mismatch".
+  std::unique_ptr<Sums[]> partial(new Sums[blocks]);
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) partial[k] = run(k);
   });
