@@ -89,6 +89,10 @@ CANDIDATES = {
     # kept to reproduce the table); and at ~equal cost, D narrowed to 48
     "gansvc-g96": {"g_width": 96},
     "gansvc-g96-d48": {"g_width": 96, "width": 48},
+    # the wider G for the conditional recipe too (its G stays at width unless given)
+    "conditional-g96": {"conditional": True, "g_width": 96},
+    # RaGAN's relativistic average loss on the defaults (D and G score each side less the other side's mean)
+    "gansvc-ra": {"relativistic": True},
 }
 DEFAULT_RECIPES = "plain,gansvc,conditional,resnet,augmented"
 TRAIN_IMAGES = 60000  # Fashion-MNIST's training split

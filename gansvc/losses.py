@@ -42,6 +42,16 @@ def discriminator_loss(
     return DiscriminatorLoss(loss, stats[0], stats[1], stats[2])
 
 
+def relativistic_logits(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return RaGAN's relative logits (Jolicoeur-Martineau 2018): each side's logits less the other side's mean.
+
+    D's relativistic average loss is the plain D loss of these; G's is the same loss with the roles swapped,
+    `discriminator_loss(fake_rel, real_rel)`: G is rewarded for fakes that look more real than the average real
+    and for reals that then look less real than the average fake. Gradients flow through both means.
+    """
+    return real_logits - fake_logits.mean(), fake_logits - real_logits.mean()
+
+
 def generator_loss(fake_logits: torch.Tensor, family: str = "bce", saturating: bool = False) -> GeneratorLoss:
     """Return G's loss: for bce the non-saturating -log D(G(z)), or log(1 - D(G(z))) if `saturating`."""
     loss, stats = ops.g_loss(fake_logits, generator_kind(family, saturating))

@@ -30,12 +30,16 @@ FUSED_RECIPES = {
     "dcgan-diffaugment": {"augment": "translation,cutout,color", "augment_p": 0.5},
     "dcgan-ada-conditional": {"augment": "translation,cutout", "ada_target": 0.6, "conditional": True,
                               "ac_weight": 0.0},
+    # RaGAN: G's step is D's fused loss step with the roles swapped (counted as a "d" call)
+    "dcgan-relativistic": {"relativistic": True},
+    "dcgan-relativistic-hinge-ncritic2": {"loss": "hinge", "relativistic": True, "n_critic": 2},
 }
 AUTOGRAD_ONLY = {
     "mlp-wasserstein-gp": {"model": "mlp", "loss": "wasserstein", "spectral_norm": False, "gradient_penalty": 10.0},
     "dcgan-r1": {"loss": "bce", "spectral_norm": False, "r1_gamma": 1.0},
     # the conditional recipe: the auxiliary classifier's cross-entropy joins both losses
     "dcgan-conditional-ac": {"conditional": True},
+    "dcgan-relativistic-conditional-ac": {"conditional": True, "relativistic": True},
 }
 
 

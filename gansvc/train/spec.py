@@ -86,6 +86,8 @@ class TrainSpec:
     loss: str = setting("", " | ".join(registry.loss_names()) + " (default: the model's: bce, resnet hinge)",
                         choices=lambda: ("", *registry.loss_names()))  # fmt: skip
     g_saturating: bool = setting(False, "bce only: the minimax G loss log(1 - D(G(z)))")
+    relativistic: bool = setting(False, "relativistic average loss (RaGAN, bce | hinge): D and G score each side's "
+                                 "logits less the other side's batch mean")  # fmt: skip
     spectral_norm: bool = setting(False, "spectral normalisation of D's layers (replaces D's BatchNorm)")
     gradient_penalty: float = setting(0.0, "WGAN-GP weight (0 = off)", min=0.0, max=1e6)
     r1_gamma: float = setting(0.0, "R1 penalty weight on real data (0 = off)", min=0.0, max=1e6)
@@ -317,6 +319,12 @@ class TrainSpec:
                 )  # fmt: skip
         if self.g_saturating and self.loss != "bce":
             raise SpecError("g_saturating", f"the saturating G loss exists for loss 'bce' only, not {self.loss!r}")
+        if self.relativistic and self.loss == "wasserstein":
+            raise SpecError("relativistic", "the relativistic average loss needs loss 'bce' or 'hinge': with "
+                            "'wasserstein' the shifted means cancel into twice the plain critic loss")  # fmt: skip
+        if self.relativistic and self.g_saturating:
+            raise SpecError("relativistic", "the relativistic G loss is symmetric to D's: it has no saturating form "
+                            "(leave g_saturating off)")  # fmt: skip
         if not 0.0 < self.real_label <= 1.0:
             raise SpecError("real_label", f"got {self.real_label}, expected 0 < real_label <= 1")
         if self.real_label != 1.0 and self.loss != "bce":

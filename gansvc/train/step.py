@@ -39,7 +39,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from gansvc import ops
-from gansvc.losses import discriminator_loss, generator_kind, generator_loss
+from gansvc.losses import discriminator_loss, generator_kind, generator_loss, relativistic_logits
 from gansvc.train.ddp import sync_gradients
 from gansvc.train.precision import autocast, backward, optimiser_step
 from gansvc.train.regularisers import gradient_penalty, mixing_weights, r1_penalty
@@ -144,7 +144,11 @@ class TrainerStep:
             values.append(stats)
             real_logits.append(logits)
         optimiser_step(self.opt_d, self.scaler_d)
-        self._observe_real(real_logits[0] if k == 1 else torch.cat(real_logits))
+        real_logits = real_logits[0] if k == 1 else torch.cat(real_logits)
+        self._observe_real(real_logits)
+        # the relativistic G loss compares G's fakes with this step's real logits (D before its update: no second
+        # forward of the real batch)
+        self.last_real_logits = real_logits.detach()
         # equal micro-batches: the mean of their means is the batch's mean
         stats = values[0] if k == 1 else torch.stack(values).mean(0)
         if p_used is None:
@@ -177,11 +181,16 @@ class TrainerStep:
                 fake_logits = self.D_train(seen_fake, *_given(fake_labels))
         # lazy R1's steps without it report a zero penalty: the column's mean over steps is the penalty per step
         no_r1 = [torch.zeros(1, dtype=torch.float64, device=real_logits.device)] if spec.r1_gamma > 0 else []
+        # what D's loss scores: the logits, or with the relativistic loss each side less the other's mean (the
+        # statistics D(x), D(G(z)) and accuracy are then of the relative logits)
+        scored_real, scored_fake = real_logits.float(), fake_logits.float()
+        if spec.relativistic:
+            scored_real, scored_fake = relativistic_logits(scored_real, scored_fake)
         if self._fused_losses(r1):
             # [loss, mean D(x), mean D(G(z)), accuracy], D's weight gradients accumulated (one backward)
-            values = ops.d_loss_step(real_logits.float(), fake_logits.float(), spec.loss, spec.real_label)
+            values = ops.d_loss_step(scored_real, scored_fake, spec.loss, spec.real_label)
             return torch.cat([values.double(), *no_r1]), real_logits
-        out = discriminator_loss(real_logits.float(), fake_logits.float(), spec.loss, spec.real_label)
+        out = discriminator_loss(scored_real, scored_fake, spec.loss, spec.real_label)
         loss = out.loss
         extras = []
         if spec.gradient_penalty > 0:
@@ -216,7 +225,11 @@ class TrainerStep:
         with self._d_frozen():
             with self._autocast():
                 logits = self.D(self._augment(fake), *_given(fake_labels), **self._classes())
-            if fused:
+            if fused and spec.relativistic:
+                # D's loss with the roles swapped: the fakes scored as real, the reals as fake
+                fake_rel, real_rel = relativistic_logits(logits.float(), self.last_real_logits.float())
+                g_loss = ops.d_loss_step(fake_rel, real_rel, spec.loss)[:1]
+            elif fused:
                 g_loss = ops.g_loss_step(logits.float(), generator_kind(spec.loss, spec.g_saturating))[:1]
             else:
                 g_loss = self._g_loss(logits, fake_labels)
@@ -257,7 +270,11 @@ class TrainerStep:
         ac_weight times the cross-entropy of D's class logits against the labels G was asked for."""
         spec = self.spec
         logits, class_logits = out if self.ac_term else (out, None)
-        loss = generator_loss(logits.float(), spec.loss, spec.g_saturating).loss
+        if spec.relativistic:  # D's loss with the roles swapped (the D step's real logits, see _d_step)
+            fake_rel, real_rel = relativistic_logits(logits.float(), self.last_real_logits.float())
+            loss = discriminator_loss(fake_rel, real_rel, spec.loss).loss
+        else:
+            loss = generator_loss(logits.float(), spec.loss, spec.g_saturating).loss
         if self.ac_term:
             loss = loss + spec.ac_weight * F.cross_entropy(class_logits.float(), fake_labels)
         return loss
