@@ -91,6 +91,7 @@ CANDIDATES = {
     "gansvc-g96-d48": {"g_width": 96, "width": 48},
     # the wider G for the conditional recipe too (its G stays at width unless given)
     "conditional-g96": {"conditional": True, "g_width": 96},
+    "conditional-g80": {"conditional": True, "g_width": 80},
     # RaGAN's relativistic average loss on the defaults (D and G score each side less the other side's mean)
     "gansvc-ra": {"relativistic": True},
 }
