@@ -92,6 +92,8 @@ CANDIDATES = {
     # the wider G for the conditional recipe too (its G stays at width unless given)
     "conditional-g96": {"conditional": True, "g_width": 96},
     "conditional-g80": {"conditional": True, "g_width": 80},
+    # the wider G at less cost: D narrowed to 48 (the conditional D carries the projection and the classifier)
+    "conditional-g96-d48": {"conditional": True, "g_width": 96, "width": 48},
     # RaGAN's relativistic average loss on the defaults (D and G score each side less the other side's mean)
     "gansvc-ra": {"relativistic": True},
 }

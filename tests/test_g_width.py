@@ -42,8 +42,22 @@ def test_left_out_the_unconditional_dcgan_g_is_one_and_a_half_times_wider():
     assert TrainSpec.from_dict({"steps": 1, "width": 1024}).g_width == 1024  # held within the field's bounds
     assert tiny(steps=1, width=8, g_width=8).g_width == 8  # a given value wins, 0 included
     assert tiny(steps=1, width=8, g_width=0).g_width == 0
-    assert tiny(steps=1, width=8, conditional=True).g_width == 0  # the conditional recipe keeps G = D's width
     assert tiny(steps=1, model="mlp").g_width == 0
+    assert tiny(steps=1, model="resnet").g_width == 0
+
+
+def test_left_out_the_conditional_dcgan_d_is_48_wide_and_g_twice_that():
+    spec = TrainSpec.from_dict({"steps": 1, "conditional": True})  # what `gansvc train --conditional` trains
+    assert (spec.width, spec.g_width) == (48, 96)
+    g = build_generator(spec, (1, 28, 28), num_classes=10)
+    d = build_discriminator(spec, (1, 28, 28), num_classes=10)
+    assert channels(g) == [192, 96, 1]
+    assert channels(d)[:2] == [48, 96]  # D's convolutions at the narrower width
+    assert tiny(steps=1, width=8, conditional=True).g_width == 16  # a given width: G twice it
+    assert tiny(steps=1, width=8, g_width=0, conditional=True).g_width == 0  # a given g_width wins
+    assert TrainSpec.from_dict({"steps": 1, "conditional": True, "width": 64}).width == 64
+    resnet = TrainSpec.from_dict({"steps": 1, "conditional": True, "model": "resnet"})
+    assert resnet.width == TrainSpec.width and resnet.g_width == 0  # the residual model is untouched
 
 
 def test_resuming_a_checkpoint_from_before_the_option_is_refused_naming_it(tmp_path):

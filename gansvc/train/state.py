@@ -21,8 +21,9 @@ from gansvc.train.spec import SpecError
 # any other difference would make the resumed run a different experiment.
 # Settings whose default is not "off" for every run, as a checkpoint that predates them trained: a conditional
 # spec that leaves ac_weight out now takes CONDITIONAL_AC_WEIGHT, and resuming such a checkpoint with it must
-# be refused by name (its D has no classifier), not fail on D's weights; likewise an unconditional DCGAN spec that
-# leaves g_width out now takes 1.5 x width (its checkpoint's G has width channels).
+# be refused by name (its D has no classifier), not fail on D's weights; likewise a DCGAN spec that leaves g_width
+# out now takes 1.5 x width, conditional 2 x (its checkpoint's G has width channels; a conditional one's stored
+# width 64 is then refused by name too, where the recipe now leaves D at 48).
 SETTINGS_OFF_BEFORE_THEY_EXISTED = {"ac_weight": 0.0, "balanced_classes": False, "g_width": 0}
 
 RESUMABLE_CHANGES = {
