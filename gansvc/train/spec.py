@@ -27,9 +27,9 @@ CONDITIONAL_AC_WEIGHT = 1.0
 # The unconditional DCGAN recipe's G is this much wider than D when g_width is left out (issue 22): G 96 / D 64
 # gave FID 41.8 / 39.4 at 3 epochs (seeds 0 / 1) against 42.6 / 43.9 with G 64, for ~1.26x the time per step.
 DCGAN_G_WIDTH_FACTOR = 1.5
-# The conditional DCGAN recipe, width and g_width left out: D at 48 channels, G twice as wide (G 96 / D 48): FID
-# 18.4 / 20.3 at 3 epochs against 23.0 / 23.7 with G = D = 64, for ~1.06x the time per step; G 96 with D kept
-# at 64 (18.9 / 19.3) cost 1.37x, beyond the 1.5x per epoch allowed over the recipe before issue 22.
+# The conditional DCGAN recipe, width and g_width left out: D at 48 channels, G twice as wide (G 96 / D 48):
+# FID 18.4 / 20.3 / 18.3 at 3 epochs (seeds 0-2) against 23.0 / 23.7 with G = D = 64, for 1.24x the per-epoch
+# time of the recipe before issue 22; G 96 with D kept at 64 (18.9 / 19.3) took 1.61x, over the 1.5x allowed.
 CONDITIONAL_DCGAN_WIDTH = 48
 CONDITIONAL_DCGAN_G_WIDTH_FACTOR = 2.0
 # init_parts (issue 21): what init_from loads, and the word that allows a partial load
