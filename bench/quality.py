@@ -102,6 +102,8 @@ CANDIDATES = {
     "gansvc-b16-g64": {"batch_size": 16, "g_width": 64},
     # batch 16 with both rates scaled by 1/sqrt(2) (Adam's square-root rule for half the batch)
     "gansvc-b16-sqrt": {"batch_size": 16, "lr_g": 7e-4, "lr_d": 2.8e-4},
+    # D's rate raised towards G's (the wider G 96 may now outpace D at 4e-4)
+    "gansvc-lr-d-6e-4": {"lr_d": 6e-4},
 }
 DEFAULT_RECIPES = "plain,gansvc,conditional,resnet,augmented"
 TRAIN_IMAGES = 60000  # Fashion-MNIST's training split
