@@ -88,7 +88,8 @@ def test_the_trainer_steps_on_rasgans_losses_of_ds_own_outputs(tmp_path, monkeyp
 
     monkeypatch.setattr(DCGANDiscriminator, "forward", recording)
     Trainer(TrainSpec.from_dict({**TINY, "steps": 1, "loss": kind, "relativistic": True}), tmp_path).run()
-    record = next(json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"train"' in x)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    record = next(r for r in records if r["kind"] == "train")
     assert len(seen) == 3  # D(real), D(fake) in D's step, D(fake) in G's: BatchNorm's D runs each side alone
     real, fake, fake_in_g = seen
     assert record["d_loss"] == pytest.approx(_rasgan_d(real, fake, kind).item(), rel=1e-6)
