@@ -104,6 +104,14 @@ CANDIDATES = {
     "gansvc-b16-sqrt": {"batch_size": 16, "lr_g": 7e-4, "lr_d": 2.8e-4},
     # D's rate raised towards G's (the wider G 96 may now outpace D at 4e-4)
     "gansvc-lr-d-6e-4": {"lr_d": 6e-4},
+    # G upsampling by nearest-neighbour doubling + 3 x 3 convolution (no checkerboard); at G 64 it costs what the
+    # transposed G 96 does (9 taps on 4x the positions at 4/9 the channels squared)
+    "gansvc-up-g64": {"g_upsample": True, "g_width": 64},
+    # PacGAN2: D judges pairs of images (the variety the unconditional G lacks shows); D's cost per image halves
+    "gansvc-pack2": {"pack": 2},
+    # both rates decayed to 0 at the last step (the final G is then an average over small steps, as EMA's is)
+    "gansvc-linear-decay": {"lr_schedule": "linear-decay"},
+    "gansvc-cosine": {"lr_schedule": "cosine"},
 }
 DEFAULT_RECIPES = "plain,gansvc,conditional,resnet,augmented"
 TRAIN_IMAGES = 60000  # Fashion-MNIST's training split

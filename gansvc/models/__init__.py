@@ -45,7 +45,7 @@ def build_generator(spec, data_shape: tuple[int, ...], num_classes: int = 0) -> 
     if spec.model == "dcgan":
         channels, height, width = _image_shape(data_shape)
         return DCGANGenerator(spec.z_dim, channels, height, getattr(spec, "g_width", 0) or spec.width,
-                              num_classes=num_classes)
+                              num_classes=num_classes, upsample=getattr(spec, "g_upsample", False))
     if spec.model == "resnet":
         channels, height, width = _image_shape(data_shape)
         return ResNetGenerator(spec.z_dim, channels, height, spec.width, num_classes, getattr(spec, "attention", 0))
@@ -81,7 +81,8 @@ def build_discriminator(spec, data_shape: tuple[int, ...], num_classes: int = 0)
     elif spec.model == "dcgan":
         channels, height, width = _image_shape(data_shape)
         model = DCGANDiscriminator(channels, height, spec.width, discriminator_norm(spec), num_classes=num_classes,
-                                   aux_classifier=aux, minibatch_std=getattr(spec, "minibatch_std", 0))  # fmt: skip
+                                   aux_classifier=aux, minibatch_std=getattr(spec, "minibatch_std", 0),
+                                   pack=getattr(spec, "pack", 1))  # fmt: skip
     elif spec.model == "resnet":  # spectrally normalised by construction, whatever spec.spectral_norm says
         channels, height, width = _image_shape(data_shape)
         return ResNetDiscriminator(channels, height, spec.width, num_classes, getattr(spec, "attention", 0),

@@ -6,6 +6,10 @@ stride-2 convolutions and LeakyReLU(0.2), then one base x base convolution to a 
 With classes, G's BatchNorms are conditional and D adds the projection term on its last feature map
 (summed over positions); without classes the layout (and its state_dict) is the plain DCGAN's.
 With `minibatch_std`, D's last convolution also sees ProGAN's minibatch standard-deviation channel.
+With `upsample`, G doubles its maps by nearest-neighbour copies and a 3 x 3 convolution in place of each 4 x 4
+stride-2 transposed convolution (Odena et al., 2016: no checkerboard of uneven kernel overlap).
+With `pack` > 1, D is PacGAN's (Lin et al., 2018): it judges `pack` images at a time, stacked on the channels
+(consecutive images in the batch), and returns one logit per pack.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ class DCGANGenerator(nn.Module):
     """Noise [N, z_dim] -> images [N, C, S, S] in [-1, 1]."""
 
     def __init__(self, z_dim: int = 100, channels: int = 1, image_size: int = 28, width: int = 64,
-                 num_classes: int = 0):  # fmt: skip
+                 num_classes: int = 0, upsample: bool = False):  # fmt: skip
         super().__init__()
         self.z_dim = z_dim
         self.num_classes = num_classes
@@ -43,10 +47,10 @@ class DCGANGenerator(nn.Module):
         layers: list[nn.Module] = [nn.ConvTranspose2d(z_dim, ch, base, 1, 0, bias=False), batch_norm(ch, num_classes),
                                    nn.ReLU(True)]  # fmt: skip
         for _ in range(levels - 1):
-            layers += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False), batch_norm(ch // 2, num_classes),
+            layers += [*up_convolution(ch, ch // 2, upsample, bias=False), batch_norm(ch // 2, num_classes),
                        nn.ReLU(True)]  # fmt: skip
             ch //= 2
-        layers += [nn.ConvTranspose2d(ch, channels, 4, 2, 1), nn.Tanh()]
+        layers += [*up_convolution(ch, channels, upsample, bias=True), nn.Tanh()]
         self.main = nn.Sequential(*layers)
         init_weights(self)
 
@@ -55,6 +59,14 @@ class DCGANGenerator(nn.Module):
             return self.main(z.view(z.shape[0], -1, 1, 1))
         check_labels(labels, self.num_classes, z.shape[0])
         return run_sequence(self.main, z.view(z.shape[0], -1, 1, 1), labels)
+
+
+def up_convolution(in_channels: int, out_channels: int, upsample: bool, bias: bool) -> list[nn.Module]:
+    """Return the layers that double a map's size: a 4 x 4 stride-2 transposed convolution, or with `upsample`
+    nearest-neighbour doubling then a 3 x 3 convolution (every output pixel sees the same number of inputs)."""
+    if upsample:
+        return [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(in_channels, out_channels, 3, 1, 1, bias=bias)]
+    return [nn.ConvTranspose2d(in_channels, out_channels, 4, 2, 1, bias=bias)]
 
 
 class MinibatchStd(nn.Module):
@@ -88,13 +100,17 @@ class DCGANDiscriminator(nn.Module):
     """Images [N, C, S, S] -> one logit each [N]. norm: 'batch' (classic DCGAN) or 'none' (with SN / penalties)."""
 
     def __init__(self, channels: int = 1, image_size: int = 28, width: int = 64, norm: str = "batch",
-                 num_classes: int = 0, aux_classifier: bool = False, minibatch_std: int = 0):  # fmt: skip
+                 num_classes: int = 0, aux_classifier: bool = False, minibatch_std: int = 0,
+                 pack: int = 1):  # fmt: skip
         super().__init__()
         self.num_classes = num_classes
         if norm not in ("batch", "none"):
             raise ValueError(f"norm must be 'batch' or 'none', got {norm!r}")
+        if pack < 1 or (pack > 1 and num_classes):
+            raise ValueError(f"pack must be >= 1 and 1 for a conditional D, got {pack}")
+        self.pack = pack
         base, levels = layout(image_size)
-        layers: list[nn.Module] = [nn.Conv2d(channels, width, 4, 2, 1), nn.LeakyReLU(0.2, True)]
+        layers: list[nn.Module] = [nn.Conv2d(channels * pack, width, 4, 2, 1), nn.LeakyReLU(0.2, True)]
         ch = width
         for _ in range(levels - 1):
             layers.append(nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=norm != "batch"))
@@ -122,7 +138,10 @@ class DCGANDiscriminator(nn.Module):
         return [nn.Sequential(*block) for block in blocks]
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, classes: bool = False):
-        """Return D's logits [N]; with `classes`, (logits, the auxiliary classifier's class logits [N, classes])."""
+        """Return D's logits [N] ([N / pack] packed); with `classes`, (logits, the auxiliary classifier's class logits
+        [N, classes])."""
+        if self.pack > 1:
+            x = packed(x, self.pack)
         if self.embed is None and self.minibatch_std is None:
             return self.main(x).view(-1)
         h = self.main[:-1](x)
@@ -133,6 +152,15 @@ class DCGANDiscriminator(nn.Module):
         features = h.sum(dim=(2, 3))
         logits = self.main[-1](head_input).view(-1) + (self.embed(labels) * features).sum(1)
         return with_classes(logits, self.classifier, features, classes)
+
+
+def packed(x: torch.Tensor, pack: int) -> torch.Tensor:
+    """Return images [N, C, H, W] as N / pack stacks [N / pack, pack * C, H, W] of consecutive images; ValueError
+    when pack does not divide N."""
+    n, c, height, width = x.shape
+    if n % pack:
+        raise ValueError(f"pack: D judges {pack} images at a time, and a batch of {n} does not split into packs")
+    return x.reshape(n // pack, pack * c, height, width)
 
 
 def init_weights(module: nn.Module) -> None:

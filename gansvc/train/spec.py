@@ -88,6 +88,10 @@ class TrainSpec:
                            f"{DCGAN_G_WIDTH_FACTOR:g} x width, conditional runs {CONDITIONAL_DCGAN_G_WIDTH_FACTOR:g} x): "
                            "G is about a third of a step, so a wider G alone costs less than a wider pair", min=0,
                            max=1024)  # fmt: skip
+    g_upsample: bool = setting(False, "dcgan: G doubles its maps by nearest-neighbour upsampling and a 3 x 3 "
+                               "convolution instead of 4 x 4 transposed convolutions")  # fmt: skip
+    pack: int = setting(1, "dcgan, unconditional: D judges this many images at a time, stacked on the channels "
+                        "(PacGAN; 1 = one image)", min=1, max=16)  # fmt: skip
     mlp_hidden: int = setting(256, "MLP hidden units (the seeds' 256)", min=1, max=16384)
     # objective and regularisers
     loss: str = setting("", " | ".join(registry.loss_names()) + " (default: the model's: bce, resnet hinge)",
@@ -407,9 +411,16 @@ class TrainSpec:
         if self.conditional and self.ac_weight > 0 and registry.is_plugin("models", self.model):
             raise SpecError("ac_weight", f"the auxiliary classifier is built into gansvc's models, not the plugin "
                             f"model {self.model!r}: set ac_weight 0")  # fmt: skip
-        for name in ("minibatch_std", "g_width"):
-            if getattr(self, name) and self.model != "dcgan":
+        for name in ("minibatch_std", "g_width", "g_upsample", "pack"):
+            if getattr(self, name) != getattr(TrainSpec, name) and self.model != "dcgan":
                 raise SpecError(name, f"is a DCGAN option; model {self.model!r} does not have it")
+        if self.pack > 1 and self.conditional:
+            raise SpecError("pack", "a packed D judges several images at once and has no single class to project: "
+                            "leave pack at 1 for conditional runs")  # fmt: skip
+        if self.pack > 1 and self.batch_size % (self.nproc * self.nnodes * self.accumulate * self.pack):
+            raise SpecError("pack", f"each process's micro-batch of the global batch {self.batch_size} (nproc "
+                            f"{self.nproc} x nnodes {self.nnodes} x accumulate {self.accumulate}) must split into "
+                            f"packs of {self.pack}")  # fmt: skip
         if self.augment:
             try:
                 from gansvc.train.augment import parse_policy

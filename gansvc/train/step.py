@@ -173,7 +173,8 @@ class TrainerStep:
                 if self.ac_term:
                     out, class_logits = out
                     class_logits = class_logits[: real.shape[0]]
-                real_logits, fake_logits = out.split(real.shape[0])
+                # one logit per sample, or per pack of samples (PacGAN): the reals come first, as many as the fakes
+                real_logits, fake_logits = out.split(out.shape[0] * real.shape[0] // (real.shape[0] + fake.shape[0]))
             else:
                 real_logits = self.D_train(seen_real, *_given(real_labels), **classes)
                 if self.ac_term:
