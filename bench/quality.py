@@ -112,6 +112,9 @@ CANDIDATES = {
     # both rates decayed to 0 at the last step (the final G is then an average over small steps, as EMA's is)
     "gansvc-linear-decay": {"lr_schedule": "linear-decay"},
     "gansvc-cosine": {"lr_schedule": "cosine"},
+    # CatGAN's class entropy on the data's labels, the GAN unconditional: D also classifies the reals, G's fakes
+    # should each be one clear class and the classes equally common
+    "gansvc-class-entropy": {"class_entropy": 1.0},
 }
 DEFAULT_RECIPES = "plain,gansvc,conditional,resnet,augmented"
 TRAIN_IMAGES = 60000  # Fashion-MNIST's training split

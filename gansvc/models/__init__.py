@@ -11,11 +11,13 @@ from gansvc.models.mlp import MLPDiscriminator, MLPGenerator
 from gansvc.models.resnet import ResNetDiscriminator, ResNetGenerator
 
 
-def build_models(spec, data_shape: tuple[int, ...], num_classes: int = 0) -> tuple[nn.Module, nn.Module]:
+def build_models(spec, data_shape: tuple[int, ...], num_classes: int = 0,
+                 label_classes: int = 0) -> tuple[nn.Module, nn.Module]:  # fmt: skip
     """Return (generator, discriminator) that `spec` names for samples of `data_shape` (D spectrally normalised
     if asked); num_classes > 0 builds class-conditional networks (called with labels).
 
     A plugin model's factory is called once for both (its modules are initialised in its own order).
+    label_classes: the data's class count, for the classifier of an unconditional D (class_entropy).
     """
     if _is_plugin(spec.model):
         from gansvc.models.plugin import build_plugin_models
@@ -24,7 +26,8 @@ def build_models(spec, data_shape: tuple[int, ...], num_classes: int = 0) -> tup
         if spec.spectral_norm:
             apply_spectral_norm(discriminator)
         return generator, discriminator
-    return build_generator(spec, data_shape, num_classes), build_discriminator(spec, data_shape, num_classes)
+    return (build_generator(spec, data_shape, num_classes),
+            build_discriminator(spec, data_shape, num_classes, label_classes))  # fmt: skip
 
 
 def _is_plugin(name: str) -> bool:
@@ -68,10 +71,11 @@ def discriminator_norm(spec) -> str:
     return "none"
 
 
-def build_discriminator(spec, data_shape: tuple[int, ...], num_classes: int = 0) -> nn.Module:
+def build_discriminator(spec, data_shape: tuple[int, ...], num_classes: int = 0, label_classes: int = 0) -> nn.Module:
     """Return the discriminator that `spec` names for samples of `data_shape`, spectrally normalised if asked.
 
-    num_classes > 0 builds the projection discriminator (called as D(x, labels)).
+    num_classes > 0 builds the projection discriminator (called as D(x, labels)); with class_entropy an
+    unconditional DCGAN D gets a classifier of `label_classes` classes (the data's) and no projection.
     """
     if _is_plugin(spec.model):
         return build_models(spec, data_shape, num_classes)[1]
@@ -82,7 +86,8 @@ def build_discriminator(spec, data_shape: tuple[int, ...], num_classes: int = 0)
         channels, height, width = _image_shape(data_shape)
         model = DCGANDiscriminator(channels, height, spec.width, discriminator_norm(spec), num_classes=num_classes,
                                    aux_classifier=aux, minibatch_std=getattr(spec, "minibatch_std", 0),
-                                   pack=getattr(spec, "pack", 1))  # fmt: skip
+                                   pack=getattr(spec, "pack", 1),
+                                   classifier_classes=label_classes if getattr(spec, "class_entropy", 0) > 0 else 0)
     elif spec.model == "resnet":  # spectrally normalised by construction, whatever spec.spectral_norm says
         channels, height, width = _image_shape(data_shape)
         return ResNetDiscriminator(channels, height, spec.width, num_classes, getattr(spec, "attention", 0),

@@ -101,7 +101,7 @@ class DCGANDiscriminator(nn.Module):
 
     def __init__(self, channels: int = 1, image_size: int = 28, width: int = 64, norm: str = "batch",
                  num_classes: int = 0, aux_classifier: bool = False, minibatch_std: int = 0,
-                 pack: int = 1):  # fmt: skip
+                 pack: int = 1, classifier_classes: int = 0):  # fmt: skip
         super().__init__()
         self.num_classes = num_classes
         if norm not in ("batch", "none"):
@@ -122,7 +122,10 @@ class DCGANDiscriminator(nn.Module):
         layers.append(nn.Conv2d(ch + (1 if self.minibatch_std is not None else 0), 1, base, 1, 0))
         self.main = nn.Sequential(*layers)
         self.embed = nn.Embedding(num_classes, ch) if num_classes else None
-        self.classifier = class_head(ch, num_classes, aux_classifier)
+        # the auxiliary classifier: of the conditioning classes, or (classifier_classes, an unconditional D) of the
+        # data's labels
+        self.classifier = (class_head(ch, classifier_classes, True) if classifier_classes and not num_classes
+                           else class_head(ch, num_classes, aux_classifier))  # fmt: skip
         init_weights(self)
         if self.embed is not None:
             nn.init.normal_(self.embed.weight, 0.0, 0.02)  # the projection starts as small as the other weights
@@ -142,15 +145,15 @@ class DCGANDiscriminator(nn.Module):
         [N, classes])."""
         if self.pack > 1:
             x = packed(x, self.pack)
-        if self.embed is None and self.minibatch_std is None:
+        if self.embed is None and self.minibatch_std is None and not classes:
             return self.main(x).view(-1)
         h = self.main[:-1](x)
         head_input = h if self.minibatch_std is None else self.minibatch_std(h)
-        if self.embed is None:
-            return self.main[-1](head_input).view(-1)
-        check_labels(labels, self.num_classes, x.shape[0])
+        logits = self.main[-1](head_input).view(-1)
         features = h.sum(dim=(2, 3))
-        logits = self.main[-1](head_input).view(-1) + (self.embed(labels) * features).sum(1)
+        if self.embed is not None:
+            check_labels(labels, self.num_classes, x.shape[0])
+            logits = logits + (self.embed(labels) * features).sum(1)
         return with_classes(logits, self.classifier, features, classes)
 
 

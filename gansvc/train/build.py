@@ -86,12 +86,16 @@ class TrainerSetup:
             if spec.attention not in allowed:
                 raise SpecError("attention", f"got {spec.attention}: the residual networks for "
                                 f"{self.data_shape[-1]} px images take it at {', '.join(map(str, allowed))}")  # fmt: skip
-        self.G, self.D = (m.to(self.device) for m in _spec_errors(build_models, spec, self.data_shape, self.num_classes))
+        # class_entropy: the data's classes for an unconditional D's classifier (SpecError for unlabelled data)
+        self.label_classes = self._label_classes(data) if spec.class_entropy > 0 else 0
+        self.G, self.D = (m.to(self.device) for m in _spec_errors(build_models, spec, self.data_shape, self.num_classes,
+                                                                  self.label_classes))
         self.G, self.D = (channels_last_on_cpu(m, self.device) for m in (self.G, self.D))
         self._freeze_d()  # FreezeD (issue 21): before DDP and the optimiser see D's parameters
         # Without BatchNorm in D, real and fake go through D as one batch (one forward instead of two).
         self.joint_d = not has_batchnorm(self.D)
-        self.ac_term = has_aux_classifier(spec, self.num_classes)  # AC-GAN's classifier term in both losses
+        # AC-GAN's classifier term in both losses; or with class_entropy D's on the reals and G's entropy term
+        self.ac_term = has_aux_classifier(spec, self.num_classes) or self.label_classes > 0
         # self.G / self.D are the plain modules (state, EMA, samples); the steps run G_train / D_train,
         # their DistributedDataParallel wrappers when several ranks take part.
         self.G_train = wrap_for_ranks(self.G, self.device, world.distributed)
@@ -182,6 +186,15 @@ class TrainerSetup:
         labels, self.num_classes, self.class_names = data_classes(data, self.spec.dataset)
         self.label_probs = label_probabilities(labels, self.num_classes, self.spec.label_sampling)
         return labels
+
+    def _label_classes(self, data) -> int:
+        """Return the data's class count (class_entropy's classifier); SpecError('class_entropy') without labels."""
+        from gansvc.train.conditional import data_classes
+
+        try:
+            return data_classes(data, self.spec.dataset)[1]
+        except SpecError as error:
+            raise SpecError("class_entropy", error.message) from None
 
     def _join_ranks(self) -> distributed.DistributedContext:
         """Join the process group when torchrun started several ranks; adopt its size as the spec's nproc.

@@ -26,7 +26,7 @@ def stat_names(spec) -> list[str]:
         names.append("gradient_penalty")
     if spec.r1_gamma > 0:
         names.append("r1_penalty")
-    if spec.conditional and getattr(spec, "ac_weight", 0.0) > 0:
+    if (spec.conditional and getattr(spec, "ac_weight", 0.0) > 0) or getattr(spec, "class_entropy", 0.0) > 0:
         names.append("ac_loss")  # the auxiliary classifier's cross-entropy on the real images (unweighted)
     if getattr(spec, "augment", ""):
         names.append("augment_p")  # the augmentation probability (ADA's adapts)

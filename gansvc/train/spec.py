@@ -99,6 +99,10 @@ class TrainSpec:
     g_saturating: bool = setting(False, "bce only: the minimax G loss log(1 - D(G(z)))")
     relativistic: bool = setting(False, "relativistic average loss (RaGAN, bce | hinge): D and G score each side's "
                                  "logits less the other side's batch mean")  # fmt: skip
+    class_entropy: float = setting(0.0, "dcgan, unconditional, labelled data: D also learns to classify the real "
+                                   "images, and G's loss adds this weight times the mean entropy of D's class "
+                                   "prediction on its fakes less the entropy of their batch mean (CatGAN: each fake "
+                                   "one clear class, the classes equally common; 0 = off)", min=0.0, max=1e3)  # fmt: skip
     spectral_norm: bool = setting(False, "spectral normalisation of D's layers (replaces D's BatchNorm)")
     gradient_penalty: float = setting(0.0, "WGAN-GP weight (0 = off)", min=0.0, max=1e6)
     r1_gamma: float = setting(0.0, "R1 penalty weight on real data (0 = off)", min=0.0, max=1e6)
@@ -414,6 +418,17 @@ class TrainSpec:
         for name in ("minibatch_std", "g_width", "g_upsample", "pack"):
             if getattr(self, name) != getattr(TrainSpec, name) and self.model != "dcgan":
                 raise SpecError(name, f"is a DCGAN option; model {self.model!r} does not have it")
+        if self.class_entropy > 0:
+            if self.model != "dcgan":
+                raise SpecError("class_entropy", f"is a DCGAN option; model {self.model!r} does not have it")
+            if self.conditional:
+                raise SpecError("class_entropy", "is for unconditional runs: a conditional run has the auxiliary "
+                                "classifier (ac_weight)")  # fmt: skip
+            if self.accumulate != 1:
+                raise SpecError("class_entropy", "takes the whole batch's labels in one micro-batch: set accumulate 1")
+            if self.pack > 1:
+                raise SpecError("class_entropy", "a packed D judges several images at once: it has no one class to "
+                                "predict (leave pack at 1)")  # fmt: skip
         if self.pack > 1 and self.conditional:
             raise SpecError("pack", "a packed D judges several images at once and has no single class to project: "
                             "leave pack at 1 for conditional runs")  # fmt: skip

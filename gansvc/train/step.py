@@ -46,6 +46,18 @@ from gansvc.train.regularisers import gradient_penalty, mixing_weights, r1_penal
 from gansvc.train.schedule import lr_factor, set_learning_rates
 
 
+
+def class_entropy_term(class_logits: torch.Tensor) -> torch.Tensor:
+    """Return CatGAN's G term on D's class logits [N, K] for G's fakes: the mean entropy of each fake's class
+    prediction (low: each fake looks like one class) less the entropy of the batch's mean prediction (high: the
+    classes equally common). In nats; between -log K and log K."""
+    log_p = F.log_softmax(class_logits, dim=1)
+    p = log_p.exp()
+    per_sample = -(p * log_p).sum(1).mean()
+    mean_p = p.mean(0)
+    marginal = -(mean_p * torch.log(mean_p.clamp_min(torch.finfo(mean_p.dtype).tiny))).sum()
+    return per_sample - marginal
+
 class TrainerStep:
     """The Trainer's step (a part of gansvc.train.trainer.Trainer)."""
 
@@ -73,6 +85,8 @@ class TrainerStep:
         for i in range(spec.n_critic):
             real = self.batches.next()
             real_labels = self.batches.last_labels if self.num_classes else None
+            # class_entropy: the labels D's classifier learns from (the GAN itself stays unconditional)
+            self._class_targets = self.batches.last_labels if self.label_classes else None
             # the global batch's noise from the shared stream, this rank's rows of it: N ranks draw what one would
             z = torch.randn(spec.batch_size, spec.z_dim, device=self.device, generator=self.noise)
             z = z[self.batch_lo : self.batch_hi]
@@ -212,8 +226,10 @@ class TrainerStep:
         else:
             extras += no_r1
         if self.ac_term:
-            ac_loss = F.cross_entropy(class_logits.float(), real_labels)
-            loss = loss + spec.ac_weight * ac_loss
+            targets = real_labels if real_labels is not None else self._class_targets
+            ac_loss = F.cross_entropy(class_logits.float(), targets)
+            # class_entropy's D learns the classes at full weight: they are its task, not a term traded against G's
+            loss = loss + (spec.ac_weight if real_labels is not None else 1.0) * ac_loss
             extras.append(ac_loss.detach().reshape(1))
         backward(loss if spec.accumulate == 1 else loss / spec.accumulate, self.scaler_d)
         parts = [out.loss.detach(), out.mean_real, out.mean_fake, out.accuracy]
@@ -276,7 +292,9 @@ class TrainerStep:
             loss = discriminator_loss(fake_rel, real_rel, spec.loss).loss
         else:
             loss = generator_loss(logits.float(), spec.loss, spec.g_saturating).loss
-        if self.ac_term:
+        if self.label_classes:
+            loss = loss + spec.class_entropy * class_entropy_term(class_logits.float())
+        elif self.ac_term:
             loss = loss + spec.ac_weight * F.cross_entropy(class_logits.float(), fake_labels)
         return loss
 
