@@ -115,6 +115,9 @@ CANDIDATES = {
     # CatGAN's class entropy on the data's labels, the GAN unconditional: D also classifies the reals, G's fakes
     # should each be one clear class and the classes equally common
     "gansvc-class-entropy": {"class_entropy": 1.0},
+    "gansvc-class-entropy-0.5": {"class_entropy": 0.5},
+    "gansvc-class-entropy-2": {"class_entropy": 2.0},
+    "gansvc-class-entropy-4": {"class_entropy": 4.0},
 }
 DEFAULT_RECIPES = "plain,gansvc,conditional,resnet,augmented"
 TRAIN_IMAGES = 60000  # Fashion-MNIST's training split

@@ -108,10 +108,23 @@ def test_the_trainers_losses_are_the_terms_of_ds_own_outputs(tmp_path, monkeypat
     assert record["g_loss"] == pytest.approx(want_g.item(), rel=1e-5)
 
 
+def test_left_out_an_unconditional_dcgan_on_a_labelled_built_in_data_set_takes_it():
+    from gansvc.train.spec import DCGAN_CLASS_ENTROPY, TrainSpec
+
+    assert TrainSpec.class_entropy == 0.0
+    assert TrainSpec.from_dict({"steps": 1}).class_entropy == DCGAN_CLASS_ENTROPY == 1.0  # what `gansvc train` trains
+    assert TrainSpec.from_dict({"steps": 1, "dataset": "mnist"}).class_entropy == 1.0
+    assert tiny(steps=1, class_entropy=0.0).class_entropy == 0.0  # a given value wins, 0 included
+    assert tiny(steps=1, class_entropy=2.5).class_entropy == 2.5
+    for settings in ({"conditional": True}, {"model": "mlp"}, {"model": "resnet"}, {"pack": 2},
+                     {"accumulate": 2}, {"dataset": "folder:/data/faces", "image_size": 32},
+                     {"dataset": "gaussian-mixture", "model": "mlp"}):  # fmt: skip
+        assert tiny(steps=1, **settings).class_entropy == 0.0, settings
+
+
 @pytest.mark.parametrize("settings", [{"model": "mlp"}, {"model": "resnet"}, {"conditional": True}, {"pack": 2},
                                       {"accumulate": 2}])  # fmt: skip
 def test_settings_it_does_not_apply_to_are_refused_naming_it(settings):
-    assert tiny(steps=1).class_entropy == 0.0
     with pytest.raises(SpecError) as caught:
         tiny(steps=1, class_entropy=1.0, **settings)
     assert caught.value.field == "class_entropy"
@@ -128,3 +141,22 @@ def test_a_data_set_without_labels_is_refused_naming_it(tmp_path):
     with pytest.raises(SpecError) as caught:
         Trainer(tiny(steps=1, dataset=f"folder:{folder}", image_size=32, class_entropy=1.0), tmp_path / "run").run()
     assert caught.value.field == "class_entropy"
+
+
+def test_resuming_a_checkpoint_from_before_the_option_is_refused_naming_it(tmp_path):
+    from tests.test_train import losses
+
+    Trainer(tiny(steps=2, class_entropy=0.0), tmp_path).run()
+    rewritten = 0
+    for path in tmp_path.glob("**/*.pt"):  # as a checkpoint written before class_entropy existed (a D without classes)
+        state = torch.load(path, weights_only=False)
+        if isinstance(state, dict) and "spec" in state:
+            state["spec"].pop("class_entropy", None)
+            torch.save(state, path)
+            rewritten += 1
+    assert rewritten
+    with pytest.raises(SpecError) as error:
+        Trainer(tiny(steps=4), tmp_path).run()  # the default now takes the term
+    assert error.value.field == "class_entropy"
+    Trainer(tiny(steps=4, class_entropy=0.0), tmp_path).run()  # the old setting given: it resumes
+    assert [step for step, _, _ in losses(tmp_path)][-1] == 4

@@ -105,8 +105,9 @@ def check_fit(spec, path: Path) -> None:
     except ValueError as error:
         raise InvalidField(FIELD, f"{spec.init_from}: {error}") from None
     classes = (info.num_classes or 0) if spec.conditional else 0
+    label_classes = (info.num_classes or 0) if spec.class_entropy > 0 else 0  # the unconditional D's classifier
     with torch.device("meta"):
-        generator, discriminator = build_models(spec, shape, classes)
+        generator, discriminator = build_models(spec, shape, classes, label_classes)
         modules = {"G": generator, "D": discriminator}
         if spec.ema_decay > 0:
             modules["ema"] = EMA(generator, spec.ema_decay).model

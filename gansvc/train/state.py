@@ -24,7 +24,11 @@ from gansvc.train.spec import SpecError
 # be refused by name (its D has no classifier), not fail on D's weights; likewise a DCGAN spec that leaves g_width
 # out now takes 1.5 x width, conditional 2 x (its checkpoint's G has width channels; a conditional one's stored
 # width 64 is then refused by name too, where the recipe now leaves D at 48).
-SETTINGS_OFF_BEFORE_THEY_EXISTED = {"ac_weight": 0.0, "balanced_classes": False, "g_width": 0}
+# So does class_entropy: an unconditional DCGAN spec on a labelled built-in data set takes DCGAN_CLASS_ENTROPY (its
+# checkpoint's D has no classifier). The other options below are off by default; listed so that turning one on
+# for a resume of a checkpoint from before it is refused by name too.
+SETTINGS_OFF_BEFORE_THEY_EXISTED = {"ac_weight": 0.0, "balanced_classes": False, "g_width": 0, "class_entropy": 0.0,
+                                    "g_upsample": False, "pack": 1}  # fmt: skip
 
 RESUMABLE_CHANGES = {
     "epochs", "steps", "max_minutes", "log_every", "sample_every", "eval_every", "eval_samples",
