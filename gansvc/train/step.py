@@ -28,6 +28,11 @@ The auxiliary classifier (AC-GAN; conditional runs with `ac_weight` > 0) adds ac
 of D's class logits to two losses: D's, on the real images' labels (D learns to classify real data), and G's, on
 its sampled labels (G is pushed towards images D classifies as the class asked for). D is not trained to classify
 fakes: an early G's images would teach it wrong classes. Both losses then take the autograd path.
+
+The class-entropy term (CatGAN; unconditional DCGAN runs with `class_entropy` > 0, labelled data) uses the same
+classifier head without conditioning anything: D learns the real images' labels (cross-entropy, weight 1), and
+G's loss adds class_entropy times the mean entropy of D's prediction on its fakes less the entropy of the batch's
+mean prediction (class_entropy_term). Those runs take the autograd path too.
 """
 
 from __future__ import annotations
