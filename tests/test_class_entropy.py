@@ -18,7 +18,7 @@ from gansvc.train import Trainer
 from gansvc.train.spec import SpecError
 from gansvc.train.step import class_entropy_term
 
-from tests.test_train import tiny
+from tests.test_train import forget_settings, losses, tiny, unlabelled_image_folder
 
 
 def numpy_term(logits: np.ndarray) -> float:
@@ -131,30 +131,15 @@ def test_settings_it_does_not_apply_to_are_refused_naming_it(settings):
 
 
 def test_a_data_set_without_labels_is_refused_naming_it(tmp_path):
-    from PIL import Image
-
-    folder = tmp_path / "images"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(16):
-        Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(folder / f"{i}.png")
+    folder = unlabelled_image_folder(tmp_path / "images", 16)
     with pytest.raises(SpecError) as caught:
         Trainer(tiny(steps=1, dataset=f"folder:{folder}", image_size=32, class_entropy=1.0), tmp_path / "run").run()
     assert caught.value.field == "class_entropy"
 
 
 def test_resuming_a_checkpoint_from_before_the_option_is_refused_naming_it(tmp_path):
-    from tests.test_train import losses
-
     Trainer(tiny(steps=2, class_entropy=0.0), tmp_path).run()
-    rewritten = 0
-    for path in tmp_path.glob("**/*.pt"):  # as a checkpoint written before class_entropy existed (a D without classes)
-        state = torch.load(path, weights_only=False)
-        if isinstance(state, dict) and "spec" in state:
-            state["spec"].pop("class_entropy", None)
-            torch.save(state, path)
-            rewritten += 1
-    assert rewritten
+    forget_settings(tmp_path, "class_entropy")  # as written before class_entropy existed (a D without classes)
     with pytest.raises(SpecError) as error:
         Trainer(tiny(steps=4), tmp_path).run()  # the default now takes the term
     assert error.value.field == "class_entropy"

@@ -15,7 +15,7 @@ from gansvc.train import step as step_module
 from gansvc.train.batches import BatchOrder, DeviceBatches
 from gansvc.train.spec import SpecError
 
-from tests.test_train import tiny  # the trainer tests' tiny runs
+from tests.test_train import forget_settings, tiny  # the trainer tests' tiny runs
 
 
 def one_step(spec, run_dir, monkeypatch):
@@ -192,11 +192,7 @@ def test_resuming_a_checkpoint_from_before_ac_weight_names_the_setting(tmp_path)
     with the recipe's classifier is refused naming ac_weight; with ac_weight 0 it resumes."""
     old = tiny(steps=2, conditional=True, ac_weight=0.0)
     Trainer(old, tmp_path).run()
-    latest = tmp_path / "checkpoints" / "latest.pt"
-    state = torch.load(latest, weights_only=False)
-    for name in ("ac_weight", "balanced_classes"):
-        del state["spec"][name]  # as the code before issue 22 wrote it
-    torch.save(state, latest)
+    forget_settings(tmp_path, "ac_weight", "balanced_classes")  # as the code before issue 22 wrote it
     with pytest.raises(SpecError) as caught:
         Trainer(tiny(steps=4, conditional=True), tmp_path).run()
     assert caught.value.field == "ac_weight"

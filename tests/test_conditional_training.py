@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
@@ -16,7 +15,7 @@ from gansvc.train.conditional import GRID_COLUMNS, draw_labels
 from gansvc.train.sampling import load_generator
 from gansvc.train.spec import SpecError
 
-from tests.test_train import losses, tiny  # the trainer tests' tiny runs
+from tests.test_train import losses, tiny, unlabelled_image_folder  # the trainer tests' tiny runs
 
 
 RECIPES = {
@@ -94,13 +93,7 @@ def test_sample_grid_has_one_row_per_class(tmp_path):
 
 
 def test_a_data_set_without_labels_is_refused_naming_conditional(tmp_path):
-    from PIL import Image
-
-    folder = tmp_path / "images"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(20):
-        Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(folder / f"{i}.png")
+    folder = unlabelled_image_folder(tmp_path / "images", 20)
     with pytest.raises(SpecError) as caught:
         Trainer(tiny(steps=1, dataset=f"folder:{folder}", image_size=32, conditional=True), tmp_path / "run").run()
     assert caught.value.field == "conditional"

@@ -11,7 +11,7 @@ from gansvc.models.dcgan import DCGANGenerator
 from gansvc.train import Trainer
 from gansvc.train.spec import SpecError, TrainSpec
 
-from tests.test_train import losses, tiny
+from tests.test_train import forget_settings, losses, tiny
 
 
 def channels(model: nn.Module) -> list[int]:
@@ -61,18 +61,9 @@ def test_left_out_the_conditional_dcgan_d_is_48_wide_and_g_twice_that():
 
 
 def test_resuming_a_checkpoint_from_before_the_option_is_refused_naming_it(tmp_path):
-    import torch as _torch
-
     spec = tiny(steps=2, width=8, g_width=0)
     Trainer(spec, tmp_path).run()
-    rewritten = 0
-    for path in tmp_path.glob("**/*.pt"):  # as a checkpoint written before g_width existed
-        state = _torch.load(path, weights_only=False)
-        if isinstance(state, dict) and "spec" in state:
-            state["spec"].pop("g_width", None)
-            _torch.save(state, path)
-            rewritten += 1
-    assert rewritten
+    forget_settings(tmp_path, "g_width")  # as written before g_width existed
     with pytest.raises(SpecError) as error:
         Trainer(tiny(steps=4, width=8), tmp_path).run()
     assert error.value.field == "g_width"

@@ -30,6 +30,31 @@ def losses(run_dir) -> list[tuple[int, float, float]]:
     return [(r["step"], r["d_loss"], r["g_loss"]) for r in records if r["kind"] == "train"]
 
 
+def forget_settings(run_dir, *names: str) -> None:
+    """Rewrite every checkpoint under run_dir as the code before settings `names` existed wrote it (their keys
+    gone from the stored spec); AssertionError when no checkpoint held them. (latest.pt may be a link to a step's
+    file, so a file can come round already rewritten.)"""
+    removed = set()
+    for path in run_dir.glob("**/*.pt"):
+        state = torch.load(path, weights_only=False)
+        if isinstance(state, dict) and "spec" in state:
+            removed |= {name for name in names if state["spec"].pop(name, None) is not None}
+            torch.save(state, path)
+    assert removed == set(names), f"checkpoints under {run_dir} held {sorted(removed)} of {sorted(names)}"
+
+
+def unlabelled_image_folder(folder, count: int):
+    """Write `count` random 32 x 32 grey PNGs straight into `folder` (no class sub-folders: no labels); return it."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
 RECIPES = {
     "defaults": {},
     "dcgan-hinge-sn": {"loss": "hinge", "spectral_norm": True},
