@@ -430,12 +430,10 @@ class TrainSpec:
         if self.conditional and self.ac_weight > 0 and registry.is_plugin("models", self.model):
             raise SpecError("ac_weight", f"the auxiliary classifier is built into gansvc's models, not the plugin "
                             f"model {self.model!r}: set ac_weight 0")  # fmt: skip
-        for name in ("minibatch_std", "g_width", "g_upsample", "pack"):
+        for name in ("minibatch_std", "g_width", "g_upsample", "pack", "class_entropy"):
             if getattr(self, name) != getattr(TrainSpec, name) and self.model != "dcgan":
                 raise SpecError(name, f"is a DCGAN option; model {self.model!r} does not have it")
         if self.class_entropy > 0:
-            if self.model != "dcgan":
-                raise SpecError("class_entropy", f"is a DCGAN option; model {self.model!r} does not have it")
             if self.conditional:
                 raise SpecError("class_entropy", "is for unconditional runs: a conditional run has the auxiliary "
                                 "classifier (ac_weight)")  # fmt: skip
