@@ -201,12 +201,64 @@ constexpr int kPack =
     1;
 #endif
 
+// The element math's comparisons and selects. Through at::vec a comparison gives a vector of all-ones lanes and a
+// select takes one (on AVX2 that is the ISA's own form: one instruction each).
+template <typename Scalar, int K>
+struct VecMasks {
+  using Vec = at::vec::Vectorized<Scalar>;
+  using V = Pack<Vec, K>;
+  using Mask = V;
+  using Ops = PackOf<Vec, K>;
+  static GANSVC_INLINE Mask gt(const V& a, const V& b) { return Ops::gt(a, b); }
+  static GANSVC_INLINE Mask lt(const V& a, const V& b) { return Ops::lt(a, b); }
+  static GANSVC_INLINE Mask ge(const V& a, const V& b) { return Ops::ge(a, b); }
+  static GANSVC_INLINE Mask eq(const V& a, const V& b) { return Ops::eq(a, b); }
+  static GANSVC_INLINE V select(const Mask& m, const V& if_true, const V& if_false) {
+    return Ops::blendv(if_false, if_true, m);
+  }
+  static GANSVC_INLINE V ones_where(const Mask& m) { return Ops::bit_and(m, Ops::splat(Scalar(1))); }
+};
+
+#if defined(CPU_CAPABILITY_AVX512)
+// AVX-512 compares into mask registers, and its blends and zeroing moves read them: one instruction per comparison,
+// select or 0/1 vector. at::vec's AVX-512 floats keep the vector form above, which costs a mask-to-vector move
+// after every comparison and a vector-to-mask compare before every blend: the bce loop spent a tenth of its
+// vector instructions on those conversions. The predicates are at::vec's (ordered, quiet: NaN compares false).
+template <int K, typename Seq = std::make_index_sequence<K>>
+struct MaskRegisters;
+
+template <int K, std::size_t... I>
+struct MaskRegisters<K, std::index_sequence<I...>> {
+  using Vec = at::vec::Vectorized<float>;
+  using V = Pack<Vec, K>;
+  using Mask = Pack<__mmask16, K>;
+  template <int kPredicate>
+  static GANSVC_INLINE Mask compare(const V& a, const V& b) {
+    return {{_mm512_cmp_ps_mask(static_cast<__m512>(a.v[I]), static_cast<__m512>(b.v[I]), kPredicate)...}};
+  }
+  static GANSVC_INLINE Mask gt(const V& a, const V& b) { return compare<_CMP_GT_OQ>(a, b); }
+  static GANSVC_INLINE Mask lt(const V& a, const V& b) { return compare<_CMP_LT_OQ>(a, b); }
+  static GANSVC_INLINE Mask ge(const V& a, const V& b) { return compare<_CMP_GE_OQ>(a, b); }
+  static GANSVC_INLINE Mask eq(const V& a, const V& b) { return compare<_CMP_EQ_OQ>(a, b); }
+  static GANSVC_INLINE V select(const Mask& m, const V& if_true, const V& if_false) {
+    return {{Vec(_mm512_mask_blend_ps(m.v[I], static_cast<__m512>(if_false.v[I]), static_cast<__m512>(if_true.v[I])))...}};
+  }
+  static GANSVC_INLINE V ones_where(const Mask& m) {
+    return {{Vec(_mm512_maskz_mov_ps(m.v[I], _mm512_set1_ps(1.0f)))...}};
+  }
+};
+
+template <int K>
+struct VecMasks<float, K> : MaskRegisters<K> {};
+#endif
+
 template <typename Scalar, int K = kPack<Scalar>>
 struct VecMath {
   using T = Scalar;
   using Vec = at::vec::Vectorized<Scalar>;
   using V = Pack<Vec, K>;
-  using Mask = V;  // comparisons give all-ones lanes
+  using Masks = VecMasks<Scalar, K>;
+  using Mask = typename Masks::Mask;
   using Ops = PackOf<Vec, K>;
   static GANSVC_INLINE V splat(T x) { return Ops::splat(x); }
   static GANSVC_INLINE V exp_nonpositive(const V& x) {
@@ -222,13 +274,13 @@ struct VecMath {
   static GANSVC_INLINE V neg_abs(const V& x) { return Ops::bit_or(x, splat(T(-0.0))); }  // the sign bit set
   static GANSVC_INLINE V max(const V& a, const V& b) { return Ops::maximum(a, b); }  // propagates NaN
   static GANSVC_INLINE V select(const Mask& m, const V& if_true, const V& if_false) {
-    return Ops::blendv(if_false, if_true, m);
+    return Masks::select(m, if_true, if_false);
   }
-  static GANSVC_INLINE Mask gt(const V& a, const V& b) { return Ops::gt(a, b); }
-  static GANSVC_INLINE Mask lt(const V& a, const V& b) { return Ops::lt(a, b); }
-  static GANSVC_INLINE Mask ge(const V& a, const V& b) { return Ops::ge(a, b); }
-  static GANSVC_INLINE Mask eq(const V& a, const V& b) { return Ops::eq(a, b); }
-  static GANSVC_INLINE V ones_where(const Mask& m) { return Ops::bit_and(m, splat(T(1))); }
+  static GANSVC_INLINE Mask gt(const V& a, const V& b) { return Masks::gt(a, b); }
+  static GANSVC_INLINE Mask lt(const V& a, const V& b) { return Masks::lt(a, b); }
+  static GANSVC_INLINE Mask ge(const V& a, const V& b) { return Masks::ge(a, b); }
+  static GANSVC_INLINE Mask eq(const V& a, const V& b) { return Masks::eq(a, b); }
+  static GANSVC_INLINE V ones_where(const Mask& m) { return Masks::ones_where(m); }
 };
 
 constexpr int kFlushEvery = 16;  // packs summed in T before moving into double
@@ -336,23 +388,33 @@ std::pair<Sums, Sums> run_sides(const SideA& a, const SideB& b) {
   return total;
 }
 
-template <typename T, DKind K, bool kIsReal>
+// kUnitLabel: the real label is the constant 1 (no label smoothing, the common case), so the label test in d_term
+// folds away at compile time instead of running once per pack in the loop.
+template <typename T, DKind K, bool kIsReal, bool kUnitLabel>
 struct DSideTerm {
   T real_label;
+  GANSVC_INLINE T label() const { return kUnitLabel ? T(1) : real_label; }
   GANSVC_INLINE DTerm<VecMath<T>> operator()(const typename VecMath<T>::V& s) const {
-    return d_term<VecMath<T>>(K, kIsReal, s, real_label);
+    return d_term<VecMath<T>>(K, kIsReal, s, label());
   }
-  GANSVC_INLINE DTerm<ScalarMath<T>> operator()(T s) const { return d_term<ScalarMath<T>>(K, kIsReal, s, real_label); }
+  GANSVC_INLINE DTerm<ScalarMath<T>> operator()(T s) const { return d_term<ScalarMath<T>>(K, kIsReal, s, label()); }
 };
 
-template <typename T, DKind K>
-DSums d_both(const DArgs<T>& a) {
+template <typename T, DKind K, bool kUnitLabel>
+DSums d_sides(const DArgs<T>& a) {
   const auto label = static_cast<T>(a.real_label);
-  using Real = Side<T, true, DSideTerm<T, K, true>>;
-  using Fake = Side<T, true, DSideTerm<T, K, false>>;
+  using Real = Side<T, true, DSideTerm<T, K, true, kUnitLabel>>;
+  using Fake = Side<T, true, DSideTerm<T, K, false, kUnitLabel>>;
   const auto [real, fake] = run_sides(Real{a.real, a.grad_real, a.n_real, {label}},
                                       Fake{a.fake, a.grad_fake, a.n_fake, {label}});
   return {real, fake};
+}
+
+// Only bce reads the real label.
+template <typename T, DKind K>
+DSums d_both(const DArgs<T>& a) {
+  if (K == DKind::kBce && static_cast<T>(a.real_label) != T(1)) return d_sides<T, K, false>(a);
+  return d_sides<T, K, true>(a);
 }
 
 template <typename T, GKind K>
