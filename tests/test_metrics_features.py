@@ -155,6 +155,29 @@ def test_folding_the_batch_norms_keeps_the_network_s_function(random_inception_f
         inception.fold_batch_norms_(copy.deepcopy(net).train())
 
 
+@pytest.mark.skipif(inception._conv_relu_kernel() is None, reason="this torch has no oneDNN fused convolution")
+def test_fused_conv_relus_compute_the_folded_network_s_function(random_inception_file):
+    import copy
+
+    _, net = random_inception_file
+    folded = inception.fold_batch_norms_(inception.FIDInceptionV3(copy.deepcopy(net)))
+    fused = inception.fuse_conv_relus_(copy.deepcopy(folded))
+    assert sum(isinstance(m, inception._FusedConvReLU) for m in fused.modules()) == 94
+    exact = copy.deepcopy(folded).double()  # float64: the eager pair, the reference
+    folded, fused = (m.to(memory_format=torch.channels_last) for m in (folded, fused))
+    x = torch.rand(3, 3, 24, 24).contiguous(memory_format=torch.channels_last)  # as the extractor passes them
+    with torch.inference_mode():
+        (f1, z1), (f2, z2), (f64, z64) = folded(x), fused(x), exact(x.double())
+    # float32 rounding either way (oneDNN may sum in another order for the fused op), no further from the
+    # float64 network than the eager pair is
+    torch.testing.assert_close(f2, f1, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(z2, z1, rtol=1e-5, atol=1e-6)
+    assert (f2.double() - f64).abs().max() <= 2 * (f1.double() - f64).abs().max() + 1e-7
+    # float64 (and anything with autograd) takes the eager pair: the same numbers
+    with torch.inference_mode():
+        assert torch.equal(fused.double()(x.double())[0], f64)
+
+
 def test_fid_blocks_pool_as_tensorflow_does():
     from torchvision.models import inception as tv
 

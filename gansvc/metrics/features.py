@@ -132,9 +132,11 @@ class InceptionExtractor(FeatureExtractor):
 
         super().__init__(device)
         self.weights_path = inception.resolve_weights_path(weights)
-        # Batch norms folded into the convolutions (the same function, one pass over the activations fewer),
-        # channels-last: the convolutions run ~30% faster on it (oneDNN / cuDNN NHWC kernels)
+        # Batch norms folded into the convolutions (the same function, one pass over the activations fewer), on
+        # the CPU each convolution's ReLU fused into it (the same function, one more pass fewer), channels-last:
+        # the convolutions run ~30% faster on it (oneDNN / cuDNN NHWC kernels)
         model = inception.fold_batch_norms_(inception.load_fid_inception(self.weights_path, "cpu"))
+        model = inception.fuse_conv_relus_(model) if self.device.type == "cpu" else model
         self.model = model.to(device=self.device, memory_format=torch.channels_last)
         self.feature_dim, self.num_classes = inception.FEATURE_DIM, inception.NUM_CLASSES
         self.batch_size = 200 if self.device.type == "cuda" else 50
