@@ -183,6 +183,28 @@ def test_trace_sqrt_product_matches_oracles(d, kind, method, backend):
         assert result.route == "newton-schulz" and 0 < result.bound < 1e-6  # its validity: test_fid_error_bound.py
 
 
+@pytest.mark.parametrize("kind", ["spd", "rank-deficient", "near-singular", "known-spectrum-pd"])
+def test_blocked_cpu_cholesky_across_its_blocks(kind):
+    """d = 700: the CPU Cholesky runs in 256-wide blocks (256, 256, 188), failing over to eigh where it must."""
+    s1, s2, _ = covariance_pair(kind, 700)
+    result = fid_ops.trace_sqrt_product_details(torch.from_numpy(s1), torch.from_numpy(s2), "eigh")
+    for name, answer in oracle_traces(kind, 700).items():
+        assert relative_error(result.value, answer) <= RTOL, (name, result, answer)
+    if kind in ("spd", "known-spectrum-pd"):
+        assert result.route == "cholesky"
+
+
+def test_blocked_cpu_cholesky_failing_in_a_late_block_takes_the_eigen_route():
+    rng = np.random.default_rng(7)
+    # 600 and 650 samples of 700 features: both covariances singular, their factorisations failing near pivot
+    # 600 and 650, in the third block
+    s1 = np.cov(rng.standard_normal((600, 700)) @ (np.eye(700) + rng.standard_normal((700, 700)) / 30), rowvar=False)
+    s2 = np.cov(rng.standard_normal((650, 700)) * 1.1 + 0.3, rowvar=False)
+    result = fid_ops.trace_sqrt_product_details(torch.from_numpy(s1), torch.from_numpy(s2), "eigh")
+    assert result.route == "eigh"
+    assert relative_error(result.value, symmetric_trace(s1, s2)) <= RTOL
+
+
 def test_trace_sqrt_product_exact_at_2048():
     s1, s2, exact = covariance_pair("known-spectrum-pd", 2048)
     result = fid_ops.trace_sqrt_product_details(s1, s2)

@@ -47,6 +47,8 @@ constexpr double kSymmetryTolerance = 1e-5;
 // Doubles per float64 chunk of a feature batch (16 MB): the temporaries stay at 2 chunks whatever
 // the batch size, and narrow features still get chunks of many rows (few, large ATen calls).
 constexpr int64_t kMomentChunkElements = int64_t{1} << 21;
+// Diagonal blocks of the CPU Cholesky factorisation (lower_cholesky).
+constexpr int64_t kCholeskyBlock = 256;
 // Block size of the triangular-aware congruence Lᵀ S L (1.33 d³ flops instead of 4 d³).
 constexpr int64_t kCongruenceBlock = 256;
 // Block size of the lower-triangle Gram update of the feature moments.
@@ -135,11 +137,47 @@ void check_same_problem(const at::Tensor& a, const at::Tensor& b, const char* na
                     a.device(), " and ", b.device());
 }
 
+// Lower Cholesky factor of s, or nothing when the factorisation fails. LAPACK's potrf on the whole matrix on
+// GPUs and for small d; on the CPU the algorithm of LAPACK's blocked dpotrf (right-looking) spelled out in ATen
+// calls: potrf on each diagonal block, a triangular solve for the panel under it, and the trailing update as GEMMs
+// over its lower block triangle only. MKL's dpotrf ran at ~20 GFLOP/s on one core at d = 2 048 (0.146 s), this at
+// GEMM speed (0.081 s; two threads 0.085 -> 0.047 s), with the same backward stability.
+std::optional<at::Tensor> lower_cholesky(const at::Tensor& s) {
+  const int64_t d = s.size(0);
+  if (!s.is_cpu() || d <= 2 * kCholeskyBlock) {
+    auto [factor, info] = at::linalg_cholesky_ex(s, /*upper=*/false, /*check_errors=*/false);
+    if (info.item<int64_t>() != 0) return std::nullopt;
+    return factor;
+  }
+  at::Tensor a = s.clone(at::MemoryFormat::Contiguous);  // L overwrites its lower triangle block by block
+  for (int64_t k = 0; k < d; k += kCholeskyBlock) {
+    const int64_t b = std::min(kCholeskyBlock, d - k);
+    at::Tensor diagonal = a.narrow(0, k, b).narrow(1, k, b);
+    auto [lkk, info] = at::linalg_cholesky_ex(diagonal, /*upper=*/false, /*check_errors=*/false);
+    if (info.item<int64_t>() != 0) return std::nullopt;
+    diagonal.copy_(lkk);
+    const int64_t rest = d - k - b;
+    if (rest == 0) break;
+    // The panel L21 = A21 L11⁻ᵀ, i.e. L11 L21ᵀ = A21ᵀ.
+    at::Tensor panel_view = a.narrow(0, k + b, rest).narrow(1, k, b);
+    const at::Tensor panel = at::linalg_solve_triangular(lkk, panel_view.t(), /*upper=*/false).t().contiguous();
+    panel_view.copy_(panel);
+    // A22 -= L21 L21ᵀ on the lower block triangle (row block i, columns up to its diagonal), in place.
+    for (int64_t i = 0; i < rest; i += kCholeskyBlock) {
+      const int64_t h = std::min(kCholeskyBlock, rest - i);
+      at::Tensor out = a.narrow(0, k + b + i, h).narrow(1, k + b, i + h);
+      out.addmm_(panel.narrow(0, i, h), panel.narrow(0, 0, i + h).t(), /*beta=*/1, /*alpha=*/-1);
+    }
+  }
+  return a.tril_();
+}
+
 // Lower Cholesky factor of s, or nothing when s is not (numerically) positive definite: a failed
 // factorisation, or a pivot at the level of rounding, which would turn noise into a direction.
 std::optional<at::Tensor> cholesky_factor(const at::Tensor& s) {
-  auto [factor, info] = at::linalg_cholesky_ex(s, /*upper=*/false, /*check_errors=*/false);
-  if (info.item<int64_t>() != 0) return std::nullopt;
+  const std::optional<at::Tensor> lower = lower_cholesky(s);
+  if (!lower) return std::nullopt;
+  const at::Tensor& factor = *lower;
   const double min_pivot = factor.diagonal().min().item<double>();
   const double max_variance = s.diagonal().max().item<double>();
   if (!(min_pivot * min_pivot > static_cast<double>(s.size(0)) * kEps * max_variance)) return std::nullopt;
