@@ -178,6 +178,33 @@ def test_fused_conv_relus_compute_the_folded_network_s_function(random_inception
         assert torch.equal(fused.double()(x.double())[0], f64)
 
 
+def test_pools_moved_after_the_1x1_convolutions_compute_the_same_function(random_inception_file):
+    import copy
+
+    _, net = random_inception_file
+    folded = inception.fold_batch_norms_(inception.FIDInceptionV3(copy.deepcopy(net)))
+    moved = inception.pool_after_convolution_(copy.deepcopy(folded))
+    swapped = [name for name, m in moved.named_modules() if isinstance(m, inception._ConvThenAveragePool)]
+    # every average-pooling block (A, C and the first E); the last E block max-pools, which does not commute
+    assert [name.split(".")[1] for name in swapped] == ["Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6b", "Mixed_6c",
+                                                        "Mixed_6d", "Mixed_6e", "Mixed_7b"]
+    assert not isinstance(moved.net.Mixed_7c.branch_pool, inception._ConvThenAveragePool)
+    x = torch.rand(2, 3, 24, 24, dtype=torch.float64)
+    with torch.inference_mode():
+        (f1, z1), (f2, z2) = folded.double()(x), moved.double()(x)
+        # float64: equal up to rounding
+        torch.testing.assert_close(f2, f1, rtol=1e-10, atol=1e-13)
+        torch.testing.assert_close(z2, z1, rtol=1e-10, atol=1e-13)
+        # float32, channels-last and the ReLUs fused as the extractor runs it: no further from float64 than the
+        # plain float32 network
+        fast = inception.fuse_conv_relus_(copy.deepcopy(moved).float()).to(memory_format=torch.channels_last)
+        plain = copy.deepcopy(folded).float().to(memory_format=torch.channels_last)
+        x32 = x.float().contiguous(memory_format=torch.channels_last)
+        err_fast = (fast(x32)[0].double() - f1).abs().max()
+        err_plain = (plain(x32)[0].double() - f1).abs().max()
+    assert err_fast <= 2 * err_plain + 1e-7 * f1.abs().max()
+
+
 def test_fid_blocks_pool_as_tensorflow_does():
     from torchvision.models import inception as tv
 

@@ -32,6 +32,11 @@ def _torchvision_inception():
     return tv_inception
 
 
+def tensorflow_average_pool(x: torch.Tensor) -> torch.Tensor:
+    """The 2015 graph's 3×3 average pooling (stride 1, padded): over the real pixels only, padded zeros not counted."""
+    return F.avg_pool2d(x, kernel_size=3, stride=1, padding=1, count_include_pad=False)
+
+
 def _fid_blocks():
     """Return the FID-patched Inception block classes (built lazily: they subclass torchvision's)."""
     tv = _torchvision_inception()
@@ -39,15 +44,19 @@ def _fid_blocks():
     class FIDInceptionA(tv.InceptionA):
         """InceptionA whose pooling branch averages over the real pixels only, as TensorFlow does."""
 
+        pool = staticmethod(tensorflow_average_pool)
+
         def forward(self, x):
             branch1x1 = self.branch1x1(x)
             branch5x5 = self.branch5x5_2(self.branch5x5_1(x))
             branch3x3dbl = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
-            branch_pool = self.branch_pool(F.avg_pool2d(x, kernel_size=3, stride=1, padding=1, count_include_pad=False))
+            branch_pool = self.branch_pool(self.pool(x))
             return torch.cat([branch1x1, branch5x5, branch3x3dbl, branch_pool], 1)
 
     class FIDInceptionC(tv.InceptionC):
         """InceptionC with TensorFlow's average pooling (padded zeros not counted)."""
+
+        pool = staticmethod(tensorflow_average_pool)
 
         def forward(self, x):
             branch1x1 = self.branch1x1(x)
@@ -55,13 +64,13 @@ def _fid_blocks():
             branch7x7dbl = self.branch7x7dbl_1(x)
             for layer in (self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4, self.branch7x7dbl_5):
                 branch7x7dbl = layer(branch7x7dbl)
-            branch_pool = self.branch_pool(F.avg_pool2d(x, kernel_size=3, stride=1, padding=1, count_include_pad=False))
+            branch_pool = self.branch_pool(self.pool(x))
             return torch.cat([branch1x1, branch7x7, branch7x7dbl, branch_pool], 1)
 
     class FIDInceptionE1(tv.InceptionE):
         """The first InceptionE block with TensorFlow's average pooling (padded zeros not counted)."""
 
-        pool = staticmethod(lambda x: F.avg_pool2d(x, kernel_size=3, stride=1, padding=1, count_include_pad=False))
+        pool = staticmethod(tensorflow_average_pool)
 
         def forward(self, x):
             branch1x1 = self.branch1x1(x)
@@ -193,6 +202,43 @@ def fuse_conv_relus_(model: nn.Module) -> nn.Module:
             if (isinstance(conv, nn.Conv2d) and isinstance(getattr(child, "bn", None), nn.Identity)
                     and conv.bias is not None and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)):
                 setattr(parent, name, _FusedConvReLU(conv, kernel))
+    return model
+
+
+def _no_pool(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+class _ConvThenAveragePool(nn.Module):
+    """A pooling branch's folded 1×1 BasicConv2d with the block's average pool moved after its convolution.
+
+    relu(conv(pool(x))) = relu(pool(conv(x))): the pool is a convex combination of pixels (its weights sum to 1
+    with the padded zeros not counted, so the bias passes through it) and commutes with a 1×1 convolution (both
+    linear). The pool then runs on the convolution's 32–192 output channels instead of its 192–1 280 input
+    channels: ~5 % of the network's CPU time, the same function to float rounding.
+    """
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(tensorflow_average_pool(self.conv(x)), inplace=True)
+
+
+def pool_after_convolution_(model: nn.Module) -> nn.Module:
+    """Move each average-pooling branch's pool after its 1×1 convolution (see _ConvThenAveragePool); return model.
+
+    Run after fold_batch_norms_ (a batch norm between convolution and pool would not commute). For inference.
+    """
+    for block in list(model.modules()):
+        branch = getattr(block, "branch_pool", None)
+        conv = getattr(branch, "conv", None)
+        if (getattr(type(block), "pool", None) is tensorflow_average_pool and isinstance(conv, nn.Conv2d)
+                and isinstance(getattr(branch, "bn", None), nn.Identity) and conv.kernel_size == (1, 1)
+                and conv.stride == (1, 1) and conv.padding == (0, 0) and conv.dilation == (1, 1) and conv.groups == 1):
+            block.branch_pool = _ConvThenAveragePool(conv)
+            block.pool = _no_pool
     return model
 
 
