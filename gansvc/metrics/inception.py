@@ -171,7 +171,7 @@ class _FusedConvReLU(nn.Module):
 
     The convolution writes each output once with the ReLU applied, where the eager pair wrote it and then read
     and rewrote it: the same function (the ReLU is exact; oneDNN may pick another summation order for the fused
-    op, a float32 rounding), ~3-4% of the network's CPU time saved. Anything else (training, other dtypes or
+    op, a float32 rounding), 3-7 % of the network's CPU time in alternating timings. Anything else (training, other dtypes or
     devices) takes the eager pair.
     """
 
