@@ -173,9 +173,16 @@ def test_fused_conv_relus_compute_the_folded_network_s_function(random_inception
     torch.testing.assert_close(f2, f1, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(z2, z1, rtol=1e-5, atol=1e-6)
     assert (f2.double() - f64).abs().max() <= 2 * (f1.double() - f64).abs().max() + 1e-7
-    # float64 (and anything with autograd) takes the eager pair: the same numbers
+    # float64 takes the eager pair: the same numbers
     with torch.inference_mode():
         assert torch.equal(fused.double()(x.double())[0], f64)
+    # with autograd on, the eager pair too (the fused kernel has no backward): the weights get PyTorch's gradient
+    first = fused.float().net.Conv2d_1a_3x3
+    conv = first.conv.requires_grad_(True)
+    first(x).square().sum().backward()
+    weight = conv.weight.detach().clone().requires_grad_(True)
+    F.relu(F.conv2d(x, weight, conv.bias.detach(), stride=conv.stride)).square().sum().backward()
+    torch.testing.assert_close(conv.weight.grad, weight.grad)
 
 
 def test_pools_moved_after_the_1x1_convolutions_compute_the_same_function(random_inception_file):

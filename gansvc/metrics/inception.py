@@ -171,8 +171,9 @@ class _FusedConvReLU(nn.Module):
 
     The convolution writes each output once with the ReLU applied, where the eager pair wrote it and then read
     and rewrote it: the same function (the ReLU is exact; oneDNN may pick another summation order for the fused
-    op, a float32 rounding), 3-7 % of the network's CPU time in alternating timings. Anything else (training, other dtypes or
-    devices) takes the eager pair.
+    op, a float32 rounding), 3-7 % of the network's CPU time in alternating timings. The kernel has no backward,
+    so it runs only with autograd off (the extractor's inference mode); anything else (gradients, other dtypes
+    or devices) takes the eager pair.
     """
 
     def __init__(self, conv: nn.Conv2d, kernel) -> None:
@@ -182,7 +183,7 @@ class _FusedConvReLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv = self.conv
-        if x.device.type == "cpu" and x.dtype == torch.float32 and not (torch.is_grad_enabled() and x.requires_grad):
+        if x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled():
             return self.kernel(x, conv.weight, conv.bias, list(conv.padding), list(conv.stride), list(conv.dilation),
                                conv.groups, "relu", [], "")
         return F.relu(conv(x), inplace=True)
