@@ -104,34 +104,40 @@ GANSVC_INLINE Pack<Vec, K> operator-(const Pack<Vec, K>& a) {
 }
 
 // e^x for x <= 0 or NaN, a pack of float vectors, inline (Sleef's exp is a call, and a call in the loop spills
-// every live vector register): Cody–Waite reduction x = n ln2 + r, |r| <= ln2/2, and Cephes' degree-6
-// polynomial for e^r (about 1 ulp); 2^n is built in the exponent bits. Results below FLT_MIN
-// (x < -87.3) flush to 0: the loss terms and gradients they feed are below every tolerance there.
-// One body for the AVX2 (8 floats a vector) and AVX-512 (16) builds, over the ISA's intrinsics in ExpOps.
+// every live vector register). Table-driven: x = (N / S) ln2 + r with S = 2^O::kTableBits table steps per
+// octave, N = round(S x / ln2) and |r| <= ln2 / 2S; then e^x = 2^n 2^(j/S) e^r with n = floor(N / S), j = N mod S.
+// 2^(j/S) comes from a table held in one register (a single permute: 16 floats fill an AVX-512 register, 8 an
+// AVX2 one), and over the short interval e^r - 1 needs a cubic (S = 16) or a quartic (S = 8) where a whole
+// octave took Cephes' degree-6 polynomial: four vector instructions fewer per vector on AVX-512, in a loop
+// bound by how many it issues. About 1 ulp: the table entry's rounding and the final one. Results below
+// FLT_MIN (x < -87.3) flush to 0: the loss terms and gradients they feed are below every tolerance there.
+// One body for the AVX2 and AVX-512 builds, over the ISA's intrinsics in RawOps.
 template <class O>
 GANSVC_INLINE typename O::F exp_nonpositive_floats(const typename O::F& x_in) {
   using F = typename O::F;
+  constexpr int kSteps = 1 << O::kTableBits;
   // max(lo, x) keeps a NaN x (the second operand is returned when unordered).
   const F x = O::max(O::set1(-88.0f), x_in);
-  // n = round(x / ln2) by adding 1.5 * 2^23: the sum's low mantissa bits then hold n (rounded to nearest even,
-  // as a round instruction would), and subtracting the constant again gives n as a float. Cheaper than a
-  // round and a float-to-int conversion, and the bits are the same.
-  const F magic = O::set1(12582912.0f);
-  const F shifted = O::fmadd(x, O::set1(1.44269504088896341f), magic);
-  const F n = O::sub(shifted, magic);
-  F r = O::fnmadd(n, O::set1(0.693359375f), x);
-  r = O::fnmadd(n, O::set1(-2.12194440e-4f), r);
-  // 1 + r + r² (c5 + c4 r + c3 r² + c2 r³ + c1 r⁴ + c0 r⁵) by Estrin's scheme (a shorter dependency chain
-  // than Horner's).
-  const F r2 = O::mul(r, r), r4 = O::mul(r2, r2);
-  const F a = O::fmadd(O::set1(1.6666665459e-1f), r, O::set1(5.0000001201e-1f));
-  const F b = O::fmadd(O::set1(8.3334519073e-3f), r, O::set1(4.1665795894e-2f));
-  const F c = O::fmadd(O::set1(1.9875691500e-4f), r, O::set1(1.3981999507e-3f));
-  const F q = O::fmadd(c, r4, O::fmadd(b, r2, a));
-  const F p = O::fmadd(q, r2, O::add(r, O::set1(1.0f)));
-  // n in [-127, 0]: biased exponent n + 127 in [0, 127]; 0 gives the factor 0 (the flush above). The low bits
-  // of `shifted` are 2^22 + n; shifted left by 23 the 2^22 leaves the 32-bit lane and n << 23 remains.
-  return O::mul(p, O::pow2_from_low_bits(shifted));
+  // N = round(S x / ln2) by adding 1.5 * 2^23 (plus 127 S, the exponent bias in table steps): the sum's low
+  // mantissa bits then hold 2^22 + N + 127 S (rounded to nearest even, as a round instruction would), and
+  // subtracting the constant again gives N as a float. Cheaper than a round and a float-to-int conversion.
+  const F magic = O::set1(12582912.0f + 127.0f * kSteps);
+  const F shifted = O::fmadd(x, O::set1(kSteps * 1.44269504088896341f), magic);
+  const F steps = O::sub(shifted, magic);
+  // r = x - N ln2 / S in two parts (Cody–Waite): the high part has 9 significant bits, so N times it is exact.
+  F r = O::fnmadd(steps, O::set1(0.693359375f / kSteps), x);
+  r = O::fnmadd(steps, O::set1(-2.12194440e-4f / kSteps), r);
+  // e^r - 1 by its Taylor series: |r| <= ln2 / 32 (S = 16) leaves r^4 / 24 < 1e-8, |r| <= ln2 / 16 (S = 8) r^5 / 120.
+  const F r2 = O::mul(r, r);
+  F q = O::fmadd(O::set1(1.0f / 6), r, O::set1(0.5f));
+  if constexpr (kSteps < 16) q = O::fmadd(O::set1(1.0f / 24), r2, q);
+  const F expm1_r = O::fmadd(q, r2, r);
+  // The permute reads the low O::kTableBits bits of each lane: j, as 2^22 and 127 S are multiples of S.
+  const F t = O::table_lookup(shifted);
+  // n + 127 in [0, 127] (x >= -88): shifted's bits shifted right by kTableBits hold 2^(22 - kTableBits) + n + 127,
+  // and left by 23 the 2^(22 - kTableBits) leaves the lane: the biased exponent of 2^n (0 gives the factor 0, the
+  // flush above).
+  return O::mul(O::fmadd(t, expm1_r, t), O::pow2_from_high_bits(shifted));
 }
 
 #if defined(CPU_CAPABILITY_AVX2)
@@ -145,9 +151,15 @@ struct RawOps {
   static GANSVC_INLINE F sub(F a, F b) { return _mm256_sub_ps(a, b); }
   static GANSVC_INLINE F fmadd(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
   static GANSVC_INLINE F fnmadd(F a, F b, F c) { return _mm256_fnmadd_ps(a, b, c); }
-  static GANSVC_INLINE F pow2_from_low_bits(F s) {
-    return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_slli_epi32(_mm256_castps_si256(s), 23),
-                                                _mm256_set1_epi32(127 << 23)));
+  static constexpr int kTableBits = 3;
+  // 2^(j/8), j the low 3 bits of each lane of s (float32 roundings of the exact values).
+  static GANSVC_INLINE F table_lookup(F s) {
+    const F table = _mm256_setr_ps(1.0f, 1.0905077457427979f, 1.1892070770263672f, 1.2968395948410034f,
+                                   1.4142135381698608f, 1.5422108173370361f, 1.6817928552627563f, 1.8340080976486206f);
+    return _mm256_permutevar8x32_ps(table, _mm256_castps_si256(s));
+  }
+  static GANSVC_INLINE F pow2_from_high_bits(F s) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_srli_epi32(_mm256_castps_si256(s), kTableBits), 23));
   }
 };
 #elif defined(CPU_CAPABILITY_AVX512)
@@ -161,9 +173,17 @@ struct RawOps {
   static GANSVC_INLINE F sub(F a, F b) { return _mm512_sub_ps(a, b); }
   static GANSVC_INLINE F fmadd(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
   static GANSVC_INLINE F fnmadd(F a, F b, F c) { return _mm512_fnmadd_ps(a, b, c); }
-  static GANSVC_INLINE F pow2_from_low_bits(F s) {
-    return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_slli_epi32(_mm512_castps_si512(s), 23),
-                                                _mm512_set1_epi32(127 << 23)));
+  static constexpr int kTableBits = 4;
+  // 2^(j/16), j the low 4 bits of each lane of s (float32 roundings of the exact values).
+  static GANSVC_INLINE F table_lookup(F s) {
+    const F table = _mm512_setr_ps(1.0f, 1.0442737340927124f, 1.0905077457427979f, 1.1387885808944702f,
+                                   1.1892070770263672f, 1.2418577671051025f, 1.2968395948410034f, 1.3542555570602417f,
+                                   1.4142135381698608f, 1.4768261909484863f, 1.5422108173370361f, 1.610490322113037f,
+                                   1.6817928552627563f, 1.7562521696090698f, 1.8340080976486206f, 1.9152065515518188f);
+    return _mm512_permutexvar_ps(_mm512_castps_si512(s), table);
+  }
+  static GANSVC_INLINE F pow2_from_high_bits(F s) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_srli_epi32(_mm512_castps_si512(s), kTableBits), 23));
   }
 };
 #endif
@@ -187,7 +207,9 @@ struct RawPackOps<K, std::index_sequence<I...>> {
   static GANSVC_INLINE F fnmadd(const F& a, const F& b, const F& c) {
     return {{RawOps::fnmadd(a.v[I], b.v[I], c.v[I])...}};
   }
-  static GANSVC_INLINE F pow2_from_low_bits(const F& s) { return {{RawOps::pow2_from_low_bits(s.v[I])...}}; }
+  static constexpr int kTableBits = RawOps::kTableBits;
+  static GANSVC_INLINE F table_lookup(const F& s) { return {{RawOps::table_lookup(s.v[I])...}}; }
+  static GANSVC_INLINE F pow2_from_high_bits(const F& s) { return {{RawOps::pow2_from_high_bits(s.v[I])...}}; }
 };
 #endif
 
@@ -217,6 +239,9 @@ struct VecMasks {
     return Ops::blendv(if_false, if_true, m);
   }
   static GANSVC_INLINE V ones_where(const Mask& m) { return Ops::bit_and(m, Ops::splat(Scalar(1))); }
+  // a + (b where set, else +0): no select, whose lane loop in the baseline build's at::vec branches on every lane.
+  static GANSVC_INLINE V add_where(const Mask& m, const V& a, const V& b) { return a + Ops::bit_and(m, b); }
+  static GANSVC_INLINE V sub_where(const Mask& m, const V& a, const V& b) { return a - Ops::bit_and(m, b); }
 };
 
 #if defined(CPU_CAPABILITY_AVX512)
@@ -245,6 +270,14 @@ struct MaskRegisters<K, std::index_sequence<I...>> {
   }
   static GANSVC_INLINE V ones_where(const Mask& m) {
     return {{Vec(_mm512_maskz_mov_ps(m.v[I], _mm512_set1_ps(1.0f)))...}};
+  }
+  static GANSVC_INLINE V add_where(const Mask& m, const V& a, const V& b) {
+    return {{Vec(_mm512_mask_add_ps(static_cast<__m512>(a.v[I]), m.v[I], static_cast<__m512>(a.v[I]),
+                                    static_cast<__m512>(b.v[I])))...}};
+  }
+  static GANSVC_INLINE V sub_where(const Mask& m, const V& a, const V& b) {
+    return {{Vec(_mm512_mask_sub_ps(static_cast<__m512>(a.v[I]), m.v[I], static_cast<__m512>(a.v[I]),
+                                    static_cast<__m512>(b.v[I])))...}};
   }
 };
 
@@ -281,6 +314,8 @@ struct VecMath {
   static GANSVC_INLINE Mask ge(const V& a, const V& b) { return Masks::ge(a, b); }
   static GANSVC_INLINE Mask eq(const V& a, const V& b) { return Masks::eq(a, b); }
   static GANSVC_INLINE V ones_where(const Mask& m) { return Masks::ones_where(m); }
+  static GANSVC_INLINE V add_where(const Mask& m, const V& a, const V& b) { return Masks::add_where(m, a, b); }
+  static GANSVC_INLINE V sub_where(const Mask& m, const V& a, const V& b) { return Masks::sub_where(m, a, b); }
 };
 
 constexpr int kFlushEvery = 16;  // packs summed in T before moving into double
@@ -317,7 +352,7 @@ Sums run_block(const T* logits, T* grad, int64_t begin, int64_t end, T scale, co
   Sums sums;
   typename M::V acc_loss = M::splat(T(0)), acc_stat = M::splat(T(0)), acc_correct = M::splat(T(0));
   LaneSums<typename M::Vec, kPack<T>> lane_loss, lane_stat, lane_correct;
-  const typename M::V vscale = M::splat(scale);
+  const typename M::V vscale = M::splat(scale), one = M::splat(T(1));
   int64_t i = begin;
   int pending = 0;
   for (; i + kStep <= end; i += kStep) {
@@ -325,7 +360,7 @@ Sums run_block(const T* logits, T* grad, int64_t begin, int64_t end, T scale, co
     Ops::store(t.grad * vscale, grad + i);
     acc_loss = acc_loss + t.loss;
     acc_stat = acc_stat + t.stat;
-    if constexpr (kHasCorrect) acc_correct = acc_correct + t.correct;
+    if constexpr (kHasCorrect) acc_correct = M::add_where(t.correct, acc_correct, one);
     if (++pending == kFlushEvery) {
       lane_loss.flush(acc_loss);
       lane_stat.flush(acc_stat);
