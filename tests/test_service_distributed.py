@@ -125,6 +125,7 @@ def test_a_killed_rank_is_retried_from_the_last_checkpoint_and_the_job_succeeds(
     assert wait_for(lambda: not job_processes(job_dir), 60, what="the job's processes to exit")
 
 
+@pytest.mark.slow  # ~15 s; the default run keeps the two-process job end to end; CI runs this one
 def test_a_rank_killed_in_its_last_attempt_fails_the_job_naming_it_and_takes_the_others_down(
     service, client, monkeypatch
 ):

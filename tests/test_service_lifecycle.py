@@ -92,6 +92,7 @@ def _missing_upload_job(store: JobStore, tmp_path: Path) -> str:
     return store.create_job("evaluation", spec)[0].id
 
 
+@pytest.mark.slow  # ~23 s of 200 jobs; CI runs it
 def test_two_hundred_short_jobs_leave_no_fd_connection_or_thread_behind(tmp_path):
     """Issue 9.5: each attempt leaked a SQLite reader connection (a thread-local one per reader thread)."""
     db = tmp_path / "gansvc.db"

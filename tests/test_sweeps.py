@@ -317,6 +317,7 @@ def asked(sampler, space: dict, n: int) -> list[dict]:
     return [study.ask(space).params for _ in range(n)]
 
 
+@pytest.mark.slow  # ~17 s: the default run keeps the grid sweep end to end; CI runs this one
 def test_tpe_sweep_follows_optunas_tpe_on_the_trials_results(fast_server, tmp_path):
     text = BASE.format(steps=30, checkpoint_every=0) + """
 [search]
@@ -395,6 +396,7 @@ def pruned_sweep(server, tmp_path, capsys, method: str, pruner: str, seed: int, 
     return sweep, trials
 
 
+@pytest.mark.slow  # ~18 s: as the TPE sweep above
 def test_random_sweep_draws_optunas_seeded_random_settings_and_the_median_pruner_stops_the_bad_trial(
     fast_server, tmp_path, capsys
 ):
