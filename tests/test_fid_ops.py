@@ -367,16 +367,16 @@ def test_sum_squared_difference_kernel(backend):
 
 def test_symmetrize_checked_kernel(backend):
     rng = np.random.default_rng(8)
-    for d in (1, 63, 64, 65, 300):  # around the 64-wide tiles of the CPU kernel
+    for d in (1, 63, 127, 128, 129, 300):  # around the 128-wide tiles of the CPU kernel
         s = rng.standard_normal((d, d))
         sym, stats = fid_ops.symmetrize_checked(torch.from_numpy(s))
         np.testing.assert_array_equal(sym.numpy(), (s + s.T) * 0.5)
         assert stats.tolist() == [np.abs(s).max(), np.abs(s - s.T).max(), 0.0]
-    s[3, 7], s[5, 5] = np.nan, np.inf
+    s[3, 7], s[5, 5], s[250, 70] = np.nan, np.inf, -np.inf  # the last in an off-diagonal tile pair
     _, stats = fid_ops.symmetrize_checked(torch.from_numpy(s))
-    assert stats[2] == 3  # entries (3, 7), (7, 3) and (5, 5) touch a non-finite value
+    assert stats[2] == 5  # entries (3, 7), (7, 3), (5, 5), (250, 70) and (70, 250) touch a non-finite value
     clean = s.copy()
-    clean[3, 7] = clean[7, 3] = clean[5, 5] = 0.0
+    clean[3, 7] = clean[7, 3] = clean[5, 5] = clean[250, 70] = clean[70, 250] = 0.0
     assert stats[0] == np.abs(clean).max() and stats[1] == np.abs(clean - clean.T).max()
 
 

@@ -82,9 +82,83 @@ void check_square_float64(const at::Tensor& s, const char* name) {
   TORCH_CHECK_VALUE(s.is_contiguous(), name, " must be contiguous");
 }
 
+namespace {
+// Tile side: 128 measured best of 16-192 at d = 2 048 (19 ms against 28 at 64 for one matrix, one thread).
+constexpr int64_t kTile = 128;
+// Rows of kTile + 8 doubles in the transposing buffers: the loops walk them down a column, and at a power-of-two
+// row length every row of a column falls into the same few L1 sets.
+constexpr int64_t kRow = kTile + 8;
+
+struct TileStats {
+  double max_abs = 0.0, max_asym = 0.0;
+  int64_t non_finite = 0;
+};
+
+// One off-diagonal tile pair: rows [i0, i0 + ni) x columns [j0, j0 + nj) and its mirror. The mirror is read into a
+// transposed buffer and written back from one, both with contiguous rows, so the element loop runs over contiguous
+// arrays only: reading and writing the mirror column by column (stride d) took ~10 ns per pair at d = 2 048.
+// mirror and values: kTile * kRow doubles each, the caller's (a thread's) scratch.
+TileStats symmetrize_tile_pair(const double* in, double* sym, int64_t d, int64_t i0, int64_t ni, int64_t j0,
+                               int64_t nj, double* mirror, double* values) {
+  // mirror[ii][jj] = in[j0 + jj][i0 + ii]; values[ii][jj] = the symmetrised (i0 + ii, j0 + jj)
+  for (int64_t jj = 0; jj < nj; ++jj) {
+    const double* row = in + (j0 + jj) * d + i0;
+    for (int64_t ii = 0; ii < ni; ++ii) mirror[ii * kRow + jj] = row[ii];
+  }
+  TileStats stats;
+  for (int64_t ii = 0; ii < ni; ++ii) {
+    const double* upper = in + (i0 + ii) * d + j0;
+    const double* lower = mirror + ii * kRow;
+    double* out = sym + (i0 + ii) * d + j0;
+    double* kept = values + ii * kRow;
+    double row_abs = 0.0, row_asym = 0.0;
+    int64_t row_bad = 0;
+    for (int64_t jj = 0; jj < nj; ++jj) {
+      const double a = upper[jj], b = lower[jj];
+      // x - x is 0 for finite x and NaN for inf or NaN. Selects, not a branch: the maxima are over the finite
+      // pairs (the values written for a non-finite one do not matter, as the caller refuses the matrix).
+      const bool finite = (a - a) + (b - b) == 0.0;
+      row_bad += finite ? 0 : 2;  // entries (i, j) and (j, i), as the CUDA kernel counts them
+      row_abs = std::max(row_abs, finite ? std::max(std::abs(a), std::abs(b)) : 0.0);
+      row_asym = std::max(row_asym, finite ? std::abs(a - b) : 0.0);
+      const double v = 0.5 * (a + b);
+      out[jj] = v;
+      kept[jj] = v;
+    }
+    stats.max_abs = std::max(stats.max_abs, row_abs);
+    stats.max_asym = std::max(stats.max_asym, row_asym);
+    stats.non_finite += row_bad;
+  }
+  for (int64_t jj = 0; jj < nj; ++jj) {
+    double* row = sym + (j0 + jj) * d + i0;
+    for (int64_t ii = 0; ii < ni; ++ii) row[ii] = values[ii * kRow + jj];
+  }
+  return stats;
+}
+
+// A diagonal tile: its upper triangle and the mirror inside the same tile (a 64th of the pairs).
+TileStats symmetrize_diagonal_tile(const double* in, double* sym, int64_t d, int64_t i0, int64_t n) {
+  TileStats stats;
+  for (int64_t i = i0; i < i0 + n; ++i) {
+    for (int64_t j = i; j < i0 + n; ++j) {
+      const double a = in[i * d + j], b = in[j * d + i];
+      if (!std::isfinite(a) || !std::isfinite(b)) {
+        stats.non_finite += i == j ? 1 : 2;  // entries (i, j) and (j, i), as the CUDA kernel counts them
+        continue;
+      }
+      stats.max_abs = std::max(stats.max_abs, std::max(std::abs(a), std::abs(b)));
+      stats.max_asym = std::max(stats.max_asym, std::abs(a - b));
+      const double v = 0.5 * (a + b);
+      sym[i * d + j] = v;
+      sym[j * d + i] = v;
+    }
+  }
+  return stats;
+}
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor> symmetrize_checked_cpu(const at::Tensor& s) {
   check_square_float64(s, "s");
-  constexpr int64_t kTile = 64;  // a tile and its mirror stay in L1/L2 while the transpose is read
   const int64_t d = s.size(0);
   const int64_t tiles = (d + kTile - 1) / kTile;
   std::vector<std::pair<int64_t, int64_t>> pairs;  // upper-triangle tile pairs (bi <= bj)
@@ -96,40 +170,25 @@ std::tuple<at::Tensor, at::Tensor> symmetrize_checked_cpu(const at::Tensor& s) {
   const double* in = s.const_data_ptr<double>();
   double* sym = out.data_ptr<double>();
   const int64_t num_pairs = static_cast<int64_t>(pairs.size());
-  std::vector<double> max_abs(pairs.size(), 0.0), max_asym(pairs.size(), 0.0);
-  std::vector<int64_t> non_finite(pairs.size(), 0);
+  std::vector<TileStats> tile_stats(pairs.size());
   at::parallel_for(0, num_pairs, 1, [&](int64_t first, int64_t last) {
+    std::vector<double> scratch(static_cast<size_t>(2 * kTile * kRow));
     for (int64_t k = first; k < last; ++k) {
       const auto [bi, bj] = pairs[static_cast<size_t>(k)];
-      double tile_abs = 0.0, tile_asym = 0.0;
-      int64_t tile_bad = 0;
-      for (int64_t i = bi * kTile; i < std::min(d, (bi + 1) * kTile); ++i) {
-        for (int64_t j = (bi == bj ? i : bj * kTile); j < std::min(d, (bj + 1) * kTile); ++j) {
-          const double a = in[i * d + j], b = in[j * d + i];
-          if (!std::isfinite(a) || !std::isfinite(b)) {
-            tile_bad += i == j ? 1 : 2;  // entries (i, j) and (j, i), as the CUDA kernel counts them
-            continue;
-          }
-          tile_abs = std::max(tile_abs, std::max(std::abs(a), std::abs(b)));
-          tile_asym = std::max(tile_asym, std::abs(a - b));
-          const double v = 0.5 * (a + b);
-          sym[i * d + j] = v;
-          sym[j * d + i] = v;
-        }
-      }
-      max_abs[static_cast<size_t>(k)] = tile_abs;
-      max_asym[static_cast<size_t>(k)] = tile_asym;
-      non_finite[static_cast<size_t>(k)] = tile_bad;
+      const int64_t i0 = bi * kTile, j0 = bj * kTile;
+      const int64_t ni = std::min(kTile, d - i0), nj = std::min(kTile, d - j0);
+      tile_stats[static_cast<size_t>(k)] =
+          bi == bj ? symmetrize_diagonal_tile(in, sym, d, i0, ni)
+                   : symmetrize_tile_pair(in, sym, d, i0, ni, j0, nj, scratch.data(), scratch.data() + kTile * kRow);
     }
   });
-  double total_abs = 0.0, total_asym = 0.0;
-  int64_t total_bad = 0;
-  for (size_t k = 0; k < pairs.size(); ++k) {
-    total_abs = std::max(total_abs, max_abs[k]);
-    total_asym = std::max(total_asym, max_asym[k]);
-    total_bad += non_finite[k];
+  TileStats total;
+  for (const TileStats& t : tile_stats) {
+    total.max_abs = std::max(total.max_abs, t.max_abs);
+    total.max_asym = std::max(total.max_asym, t.max_asym);
+    total.non_finite += t.non_finite;
   }
-  at::Tensor stats = at::tensor({total_abs, total_asym, static_cast<double>(total_bad)}, s.options());
+  at::Tensor stats = at::tensor({total.max_abs, total.max_asym, static_cast<double>(total.non_finite)}, s.options());
   return {out, stats};
 }
 
