@@ -43,6 +43,7 @@ struct ScalarMath {
   // select of a + b costs two).
   static C10_HOST_DEVICE GANSVC_INLINE V add_where(Mask m, V a, V b) { return m ? a + b : a; }
   static C10_HOST_DEVICE GANSVC_INLINE V sub_where(Mask m, V a, V b) { return m ? a - b : a; }
+  static C10_HOST_DEVICE GANSVC_INLINE V mul_where(Mask m, V a, V b) { return m ? a * b : a; }
   static C10_HOST_DEVICE GANSVC_INLINE Mask gt(V a, V b) { return a > b; }
   static C10_HOST_DEVICE GANSVC_INLINE Mask lt(V a, V b) { return a < b; }
   static C10_HOST_DEVICE GANSVC_INLINE Mask ge(V a, V b) { return a >= b; }
@@ -131,11 +132,10 @@ C10_HOST_DEVICE GANSVC_INLINE Logistic<M> logistic(typename M::V x) {
   const V one_e = one + e, two_e = one_e + one;
   const V r = one / (one_e * two_e);
   const V tail = log1p_from_atanh_arg<M>(e * (r * one_e));
-  const V big = r * two_e;
-  const V small = e * big;
-  const auto nonneg = M::ge(x, zero);
-  return {M::add_where(nonneg, tail, x), M::sub_where(M::lt(x, zero), tail, x), M::select(nonneg, big, small),
-          M::select(nonneg, small, big)};
+  const V big = r * two_e;  // 1 / (1 + e); times e where the sigmoid is the small one
+  const auto nonneg = M::ge(x, zero), negative = M::lt(x, zero);
+  return {M::add_where(nonneg, tail, x), M::sub_where(negative, tail, x), M::mul_where(negative, big, e),
+          M::mul_where(nonneg, big, e)};
 }
 
 // One element of D's loss on a real (is_real) or fake logit s: the loss term, its derivative

@@ -242,6 +242,7 @@ struct VecMasks {
   // a + (b where set, else +0): no select, whose lane loop in the baseline build's at::vec branches on every lane.
   static GANSVC_INLINE V add_where(const Mask& m, const V& a, const V& b) { return a + Ops::bit_and(m, b); }
   static GANSVC_INLINE V sub_where(const Mask& m, const V& a, const V& b) { return a - Ops::bit_and(m, b); }
+  static GANSVC_INLINE V mul_where(const Mask& m, const V& a, const V& b) { return select(m, a * b, a); }
 };
 
 #if defined(CPU_CAPABILITY_AVX512)
@@ -277,6 +278,10 @@ struct MaskRegisters<K, std::index_sequence<I...>> {
   }
   static GANSVC_INLINE V sub_where(const Mask& m, const V& a, const V& b) {
     return {{Vec(_mm512_mask_sub_ps(static_cast<__m512>(a.v[I]), m.v[I], static_cast<__m512>(a.v[I]),
+                                    static_cast<__m512>(b.v[I])))...}};
+  }
+  static GANSVC_INLINE V mul_where(const Mask& m, const V& a, const V& b) {
+    return {{Vec(_mm512_mask_mul_ps(static_cast<__m512>(a.v[I]), m.v[I], static_cast<__m512>(a.v[I]),
                                     static_cast<__m512>(b.v[I])))...}};
   }
 };
@@ -316,6 +321,7 @@ struct VecMath {
   static GANSVC_INLINE V ones_where(const Mask& m) { return Masks::ones_where(m); }
   static GANSVC_INLINE V add_where(const Mask& m, const V& a, const V& b) { return Masks::add_where(m, a, b); }
   static GANSVC_INLINE V sub_where(const Mask& m, const V& a, const V& b) { return Masks::sub_where(m, a, b); }
+  static GANSVC_INLINE V mul_where(const Mask& m, const V& a, const V& b) { return Masks::mul_where(m, a, b); }
 };
 
 constexpr int kFlushEvery = 16;  // packs summed in T before moving into double
