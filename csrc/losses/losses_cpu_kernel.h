@@ -19,6 +19,10 @@
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
 
+#if defined(__x86_64__)
+#include <emmintrin.h>
+#endif
+
 #include <algorithm>
 #include <type_traits>
 #include <utility>
@@ -326,11 +330,26 @@ struct VecMath {
 
 constexpr int kFlushEvery = 16;  // packs summed in T before moving into double
 
+// The scalar policy of the CPU loop's tail (and of the whole loop in the x86-64 baseline build, below). On x86 its
+// maximum is SSE's maxss / maxsd, which returns the second operand when unordered: max(a, b) keeps a NaN a, as
+// ScalarMath's does. GCC compiled ScalarMath's comparisons and select into a branch, mispredicted every other
+// time on random logits (hinge at 65 536 per side in the baseline build: ~580 -> 210 us, one thread).
+template <typename T>
+struct CpuScalarMath : ScalarMath<T> {
+  using V = T;
+  static GANSVC_INLINE V max(V a, V b) {
+#if defined(__x86_64__)
+    if constexpr (std::is_same_v<T, float>) return _mm_cvtss_f32(_mm_max_ss(_mm_set_ss(b), _mm_set_ss(a)));
+    if constexpr (std::is_same_v<T, double>) return _mm_cvtsd_f64(_mm_max_sd(_mm_set_sd(b), _mm_set_sd(a)));
+#endif
+    return ScalarMath<T>::max(a, b);
+  }
+};
+
 // The x86-64 baseline build runs the scalar loop only: its at::vec is ATen's generic fallback, whose comparisons,
 // selects and maximum loop over the lanes with a branch each, mispredicted every other lane on random logits
-// (at 65 536 logits per side, one thread: bce 1.64 -> 1.15 ms, wasserstein 649 -> 120 us; hinge stays at ~580 us,
-// as GCC branches on the scalar relu too). Elsewhere (aarch64's baseline build has ATen's NEON vectors) the
-// vector loop runs.
+// (at 65 536 logits per side, one thread: bce 1.64 -> 1.15 ms, wasserstein 649 -> 120 us, hinge 600 -> 210 us with
+// CpuScalarMath's maximum). Elsewhere (aarch64's baseline build has ATen's NEON vectors) the vector loop runs.
 #if defined(CPU_CAPABILITY_DEFAULT) && defined(__x86_64__)
 constexpr bool kScalarLoopOnly = true;
 #else
@@ -449,7 +468,9 @@ struct DSideTerm {
   GANSVC_INLINE DTerm<VecMath<T>> operator()(const typename VecMath<T>::V& s) const {
     return d_term<VecMath<T>>(K, kIsReal, s, label());
   }
-  GANSVC_INLINE DTerm<ScalarMath<T>> operator()(T s) const { return d_term<ScalarMath<T>>(K, kIsReal, s, label()); }
+  GANSVC_INLINE DTerm<CpuScalarMath<T>> operator()(T s) const {
+    return d_term<CpuScalarMath<T>>(K, kIsReal, s, label());
+  }
 };
 
 template <typename T, DKind K, bool kUnitLabel>
@@ -474,7 +495,7 @@ struct GSideTerm {
   GANSVC_INLINE GTerm<VecMath<T>> operator()(const typename VecMath<T>::V& s) const {
     return g_term<VecMath<T>>(K, s);
   }
-  GANSVC_INLINE GTerm<ScalarMath<T>> operator()(T s) const { return g_term<ScalarMath<T>>(K, s); }
+  GANSVC_INLINE GTerm<CpuScalarMath<T>> operator()(T s) const { return g_term<CpuScalarMath<T>>(K, s); }
 };
 
 template <typename T, GKind K>
