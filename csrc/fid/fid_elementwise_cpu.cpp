@@ -136,7 +136,7 @@ TileStats symmetrize_tile_pair(const double* in, double* sym, int64_t d, int64_t
   return stats;
 }
 
-// A diagonal tile: its upper triangle and the mirror inside the same tile (a 64th of the pairs).
+// A diagonal tile (bi == bj: one pair in d / 2kTile): its upper triangle and the mirror inside the same tile.
 TileStats symmetrize_diagonal_tile(const double* in, double* sym, int64_t d, int64_t i0, int64_t n) {
   TileStats stats;
   for (int64_t i = i0; i < i0 + n; ++i) {

@@ -243,7 +243,8 @@ struct VecMasks {
     return Ops::blendv(if_false, if_true, m);
   }
   static GANSVC_INLINE V ones_where(const Mask& m) { return Ops::bit_and(m, Ops::splat(Scalar(1))); }
-  // a + (b where set, else +0): no select, whose lane loop in the baseline build's at::vec branches on every lane.
+  // a + (b where set, else +0): an AND and an add, no select (ATen's generic Vectorized, where no SIMD
+  // specialisation exists, branches on every lane of a select).
   static GANSVC_INLINE V add_where(const Mask& m, const V& a, const V& b) { return a + Ops::bit_and(m, b); }
   static GANSVC_INLINE V sub_where(const Mask& m, const V& a, const V& b) { return a - Ops::bit_and(m, b); }
   static GANSVC_INLINE V mul_where(const Mask& m, const V& a, const V& b) { return select(m, a * b, a); }
