@@ -205,6 +205,19 @@ def test_blocked_cpu_cholesky_failing_in_a_late_block_takes_the_eigen_route():
     assert relative_error(result.value, symmetric_trace(s1, s2)) <= RTOL
 
 
+@pytest.mark.parametrize("d", [700, 1030])
+def test_blocked_cpu_cholesky_of_a_singular_sigma1_is_undone_for_sigma2s_factor(d):
+    """The CPU factor is written over the call's own copy of sigma1 (so is sigma2's congruence product over its
+    copy). With sigma1 singular (d/4 zero modes: the factorisation cannot finish), that copy is restored from its
+    upper triangle and used with sigma2's factor: the exact value, and the caller's tensors untouched."""
+    s_pd, s_singular, exact = covariance_pair("known-spectrum", d)
+    sigma1, sigma2 = torch.from_numpy(s_singular.copy()), torch.from_numpy(s_pd.copy())
+    result = fid_ops.trace_sqrt_product_details(sigma1, sigma2, "eigh")
+    assert result.route == "cholesky" and result.rank == d
+    assert relative_error(result.value, exact) <= 1e-12, (result, exact)
+    assert torch.equal(sigma1, torch.from_numpy(s_singular)) and torch.equal(sigma2, torch.from_numpy(s_pd))
+
+
 def test_trace_sqrt_product_exact_at_2048():
     s1, s2, exact = covariance_pair("known-spectrum-pd", 2048)
     result = fid_ops.trace_sqrt_product_details(s1, s2)

@@ -18,8 +18,16 @@
 #include <limits>
 #include <optional>
 #include <tuple>
+#include <vector>
 
 #include "fid/fid.h"
+
+// LAPACK's dsyevd (LP64) as the PyTorch build exports it for ATen (MKL or OpenBLAS). Weak: where a build does
+// not export it the pointer is null and eigenvalues_lower goes through at::linalg_eigvalsh, instead of the
+// extension failing to load.
+extern "C" void dsyevd_(const char* jobz, const char* uplo, const int* n, double* a, const int* lda, double* w,
+                        double* work, const int* lwork, int* iwork, const int* liwork, int* info)
+    __attribute__((weak));
 
 namespace gansvc {
 namespace fid {
@@ -137,24 +145,20 @@ void check_same_problem(const at::Tensor& a, const at::Tensor& b, const char* na
                     a.device(), " and ", b.device());
 }
 
-// Lower Cholesky factor of s, or nothing when the factorisation fails. LAPACK's potrf on the whole matrix on
-// GPUs and for small d; on the CPU the algorithm of LAPACK's blocked dpotrf (right-looking) spelled out in ATen
-// calls: potrf on each diagonal block, a triangular solve for the panel under it, and the trailing update as GEMMs
-// over its lower block triangle only. MKL's dpotrf ran at ~20 GFLOP/s on one core at d = 2 048 (0.146 s), this at
-// GEMM speed (0.081 s; two threads 0.085 -> 0.047 s), with the same backward stability.
-std::optional<at::Tensor> lower_cholesky(const at::Tensor& s) {
-  const int64_t d = s.size(0);
-  if (!s.is_cpu() || d <= 2 * kCholeskyBlock) {
-    auto [factor, info] = at::linalg_cholesky_ex(s, /*upper=*/false, /*check_errors=*/false);
-    if (info.item<int64_t>() != 0) return std::nullopt;
-    return factor;
-  }
-  at::Tensor a = s.clone(at::MemoryFormat::Contiguous);  // L overwrites its lower triangle block by block
+// Writes the lower Cholesky factor of the symmetric, contiguous CPU matrix a over its lower triangle; false when
+// the factorisation fails, with the lower triangle then partly overwritten. Only the diagonal tiles
+// (kCholeskyBlock wide) are written above the diagonal, so the rest of the upper triangle still holds S and a
+// failure can be undone (restore_lower). The algorithm of LAPACK's blocked dpotrf (right-looking) spelled out in
+// ATen calls: potrf on each diagonal block, a triangular solve for the panel under it, and the trailing update
+// as GEMMs over its lower block triangle only. MKL's dpotrf ran at ~20 GFLOP/s on one core at d = 2 048
+// (0.146 s), this at GEMM speed (0.081 s; two threads 0.085 -> 0.047 s), with the same backward stability.
+bool factor_lower_in_place(at::Tensor& a) {
+  const int64_t d = a.size(0);
   for (int64_t k = 0; k < d; k += kCholeskyBlock) {
     const int64_t b = std::min(kCholeskyBlock, d - k);
     at::Tensor diagonal = a.narrow(0, k, b).narrow(1, k, b);
     auto [lkk, info] = at::linalg_cholesky_ex(diagonal, /*upper=*/false, /*check_errors=*/false);
-    if (info.item<int64_t>() != 0) return std::nullopt;
+    if (info.item<int64_t>() != 0) return false;
     diagonal.copy_(lkk);
     const int64_t rest = d - k - b;
     if (rest == 0) break;
@@ -169,19 +173,53 @@ std::optional<at::Tensor> lower_cholesky(const at::Tensor& s) {
       out.addmm_(panel.narrow(0, i, h), panel.narrow(0, 0, i + h).t(), /*beta=*/1, /*alpha=*/-1);
     }
   }
-  return a.tril_();
+  return true;
+}
+
+// Copies of the diagonal tiles of s, the part of S that factor_lower_in_place overwrites above the diagonal.
+std::vector<at::Tensor> diagonal_tiles(const at::Tensor& s) {
+  std::vector<at::Tensor> tiles;
+  for (int64_t i = 0; i < s.size(0); i += kCholeskyBlock) {
+    const int64_t h = std::min(kCholeskyBlock, s.size(0) - i);
+    tiles.push_back(s.narrow(0, i, h).narrow(1, i, h).clone());
+  }
+  return tiles;
+}
+
+// Undoes a failed factor_lower_in_place: the diagonal tiles from their copies, the tiles below them mirrored
+// from the upper triangle (a tile and its mirror do not overlap).
+void restore_lower(at::Tensor& s, const std::vector<at::Tensor>& tiles) {
+  for (int64_t i = 0, t = 0; i < s.size(0); i += kCholeskyBlock, ++t) {
+    const int64_t h = std::min(kCholeskyBlock, s.size(0) - i);
+    s.narrow(0, i, h).narrow(1, i, h).copy_(tiles[static_cast<size_t>(t)]);
+    for (int64_t j = 0; j < i; j += kCholeskyBlock) {
+      s.narrow(0, i, h).narrow(1, j, kCholeskyBlock).copy_(s.narrow(0, j, kCholeskyBlock).narrow(1, i, h).t());
+    }
+  }
 }
 
 // Lower Cholesky factor of s, or nothing when s is not (numerically) positive definite: a failed
-// factorisation, or a pivot at the level of rounding, which would turn noise into a direction.
-std::optional<at::Tensor> cholesky_factor(const at::Tensor& s) {
-  const std::optional<at::Tensor> lower = lower_cholesky(s);
-  if (!lower) return std::nullopt;
-  const at::Tensor& factor = *lower;
-  const double min_pivot = factor.diagonal().min().item<double>();
+// factorisation, or a pivot at the level of rounding, which would turn noise into a direction. LAPACK's potrf
+// on the whole matrix on GPUs and for small d, factor_lower_in_place on the CPU. With `scratch` (s is the
+// caller's own exactly symmetric copy) the factor is written into s's storage: a fresh matrix for it costs more
+// than the copy (~8 ms of page faults for 32 MB at d = 2 048); s holds S again when nothing is returned.
+std::optional<at::Tensor> cholesky_factor(at::Tensor& s, bool scratch) {
+  const int64_t d = s.size(0);
   const double max_variance = s.diagonal().max().item<double>();
-  if (!(min_pivot * min_pivot > static_cast<double>(s.size(0)) * kEps * max_variance)) return std::nullopt;
-  return factor;
+  const auto pivots_clear_rounding = [&](const at::Tensor& factor) {
+    const double min_pivot = factor.diagonal().min().item<double>();
+    return min_pivot * min_pivot > static_cast<double>(d) * kEps * max_variance;
+  };
+  if (!s.is_cpu() || d <= 2 * kCholeskyBlock) {
+    auto [factor, info] = at::linalg_cholesky_ex(s, /*upper=*/false, /*check_errors=*/false);
+    if (info.item<int64_t>() != 0 || !pivots_clear_rounding(factor)) return std::nullopt;
+    return factor;
+  }
+  at::Tensor a = scratch ? s : s.clone(at::MemoryFormat::Contiguous);
+  const std::vector<at::Tensor> tiles = scratch ? diagonal_tiles(a) : std::vector<at::Tensor>();
+  if (factor_lower_in_place(a) && pivots_clear_rounding(a)) return a.tril_();
+  if (scratch) restore_lower(a, tiles);
+  return std::nullopt;
 }
 
 struct EigenFactor {
@@ -216,7 +254,13 @@ double dropped_modes_error(double dropped, const at::Tensor& other) {
   return dropped > 0.0 ? std::sqrt(dropped * other.diagonal().sum().item<double>()) : 0.0;
 }
 
-double frobenius(const at::Tensor& t) { return at::linalg_vector_norm(t).item<double>(); }
+// BLAS's dot of the flattened matrix where it is contiguous: at::linalg_vector_norm took ~3 ms at d = 2 048 in the
+// trace on two threads, the dot ~0.6 ms.
+double frobenius(const at::Tensor& t) {
+  if (!t.is_contiguous() || t.scalar_type() != at::kDouble) return at::linalg_vector_norm(t).item<double>();
+  const at::Tensor flat = t.view(-1);
+  return std::sqrt(at::dot(flat, flat).item<double>());
+}
 
 // A relative bound; a zero trace with a zero error bound is exact, with a positive one unbounded.
 double relative(double error, double value) {
@@ -250,20 +294,30 @@ at::Tensor column_major_square(int64_t n, const at::TensorOptions& options) {
 // The lower triangle of Lᵀ S L for lower-triangular L, in blocks that skip L's zero upper triangle
 // and the result's upper triangle (eigvalsh reads the lower one only): 1.33 d³ flops, not 4 d³.
 // Every block product is written by the GEMM straight into its place (row blocks of row-major matrices
-// and blocks of column-major ones are BLAS-addressable views), so no block is copied.
-at::Tensor lower_congruence(const at::Tensor& lower, const at::Tensor& s) {
+// and blocks of column-major ones are BLAS-addressable views). With `scratch` (L and S are the caller's own
+// contiguous copies, neither needed afterwards) no d×d matrix is allocated: a fresh one costs ~8 ms of page
+// faults at d = 2 048, a sixth of this product on two threads. Wᵀ's row block j then overwrites S's rows j..,
+// which no later block reads, and M, column-major, overwrites L's storage: its row block i is L's column
+// block i above the diagonal, which later blocks do not read; block i's own panel, which it overlaps on the
+// diagonal tile, is copied out first. One (d × block) buffer carries both.
+at::Tensor lower_congruence(const at::Tensor& lower, const at::Tensor& s, bool scratch) {
   const int64_t d = s.size(0);
-  at::Tensor wt = at::empty_like(s);  // Wᵀ = Lᵀ S by row blocks: L[k, j] = 0 for k < j.
+  const at::Tensor buffer = scratch ? at::empty({kCongruenceBlock * d}, s.options()) : at::Tensor();
+  at::Tensor wt = scratch ? s : at::empty_like(s);  // Wᵀ = Lᵀ S by row blocks: L[k, j] = 0 for k < j.
   for (int64_t j = 0; j < d; j += kCongruenceBlock) {
     const int64_t height = std::min(kCongruenceBlock, d - j);
-    at::Tensor out = wt.narrow(0, j, height);
+    at::Tensor place = wt.narrow(0, j, height);
+    at::Tensor out = scratch ? buffer.narrow(0, 0, height * d).view({height, d}) : place;
     at::mm_out(out, lower.narrow(0, j, d - j).narrow(1, j, height).t(), s.narrow(0, j, d - j));
+    if (scratch) place.copy_(out);
   }
-  at::Tensor m = column_major_square(d, s.options());  // M = Lᵀ W, lower block triangle only
+  // M = Lᵀ W, lower block triangle only
+  at::Tensor m = scratch ? lower.t() : column_major_square(d, s.options());
   for (int64_t i = 0; i < d; i += kCongruenceBlock) {
     const int64_t height = std::min(kCongruenceBlock, d - i);
     // M[block i, blocks <= i] = L[rows >= i, block i]ᵀ W[rows >= i, blocks <= i]
-    const at::Tensor lower_block = lower.narrow(0, i, d - i).narrow(1, i, height);
+    at::Tensor lower_block = lower.narrow(0, i, d - i).narrow(1, i, height);
+    if (scratch) lower_block = buffer.narrow(0, 0, (d - i) * height).view({d - i, height}).copy_(lower_block);
     const at::Tensor w_block = wt.narrow(0, 0, i + height).narrow(1, i, d - i).t();
     at::Tensor out = m.narrow(0, i, height).narrow(1, 0, i + height);
     at::mm_out(out, lower_block.t(), w_block);
@@ -287,6 +341,33 @@ at::Tensor lower_product(const at::Tensor& a, const at::Tensor& b) {
 // Gram matrix of c on its smaller side: the non-zero eigenvalues are the squared singular values.
 at::Tensor small_gram(const at::Tensor& c) {
   return c.size(0) <= c.size(1) ? at::mm(c, c.t()) : at::mm(c.t(), c);
+}
+
+// Eigenvalues, ascending, of the symmetric matrix whose lower triangle `sym` holds; `sym` is overwritten.
+// at::linalg_eigvalsh copies its input for LAPACK: a fresh 32 MB at d = 2 048, ~7 ms with its page faults on two
+// threads. A column-major float64 CPU matrix (lower_congruence's and lower_product's layout) goes to dsyevd as
+// it is, with the workspace it asks for; anything else, or a build without dsyevd_, through ATen.
+at::Tensor eigenvalues_lower(const at::Tensor& sym) {
+  const int64_t n = sym.size(0);
+  const bool lapack_layout = sym.is_cpu() && sym.scalar_type() == at::kDouble && sym.stride(0) == 1 &&
+                             sym.stride(1) == n && n <= std::numeric_limits<int>::max() / n;
+  if (dsyevd_ == nullptr || !lapack_layout) return at::linalg_eigvalsh(sym, "L");
+  const int order = static_cast<int>(n);
+  const char jobz = 'N', uplo = 'L';
+  at::Tensor values = at::empty({n}, sym.options());
+  double* a = sym.data_ptr<double>();
+  double work_size = 0.0;
+  int iwork_size = 0, info = 0;
+  const int query = -1;
+  dsyevd_(&jobz, &uplo, &order, a, &order, values.data_ptr<double>(), &work_size, &query, &iwork_size, &query, &info);
+  TORCH_CHECK(info == 0, "dsyevd's workspace query failed (info ", info, ")");
+  const int lwork = std::max(1, static_cast<int>(work_size)), liwork = std::max(1, iwork_size);
+  at::Tensor work = at::empty({lwork}, sym.options());
+  at::Tensor iwork = at::empty({liwork}, sym.options().dtype(at::kInt));
+  dsyevd_(&jobz, &uplo, &order, a, &order, values.data_ptr<double>(), work.data_ptr<double>(), &lwork,
+          iwork.data_ptr<int>(), &liwork, &info);
+  TORCH_CHECK_LINALG(info == 0, "the symmetric eigensolver (dsyevd) did not converge (info ", info, ")");
+  return values;
 }
 
 struct SqrtSum {
@@ -313,10 +394,12 @@ double rounding_allowance(int64_t r, int64_t inner, double scale) {
 // every eigenvalue may be off by the rounding allowance η, so a kept one contributes
 // η / (sqrt(λ) + sqrt(λ - η)) and a zeroed one sqrt(band + η) (a true eigenvalue that small cannot be
 // told from 0 in float64), plus the rounding of the roots and their sum.
+//
+// `sym` is consumed: the products handed in are this call's own, and LAPACK may work in their storage.
 SqrtSum sum_sqrt_eigenvalues(const at::Tensor& sym, const char* culprit, const char* what, double psd_tol,
                              int64_t inner, double scale) {
   if (sym.numel() == 0) return {};
-  const at::Tensor values = at::linalg_eigvalsh(sym, "L");
+  const at::Tensor values = eigenvalues_lower(sym);
   const double largest = values.max().item<double>();
   const double smallest = values.min().item<double>();
   // `what` is congruent to (or, for the m×m route, shares the inertia of) `culprit` on the space
@@ -416,10 +499,13 @@ TraceResult trace_sqrt_product_impl(at::Tensor s1, at::Tensor s2, bool newton_sc
     // singularity is handled by the noise band of sum_sqrt_eigenvalues). Neither: eigh of S1 with
     // its zero modes dropped, F [d, r1], and the r1×r1 matrix Fᵀ S2 F.
     SqrtSum sum;
-    if (const auto l1 = cholesky_factor(s1)) {
-      sum = sum_sqrt_eigenvalues(lower_congruence(*l1, s2), "sigma2", "L1ᵀ S2 L1", psd_tol, inner, scale);
-    } else if (const auto l2 = cholesky_factor(s2)) {
-      sum = sum_sqrt_eigenvalues(lower_congruence(*l2, s1), "sigma1", "L2ᵀ S1 L2", psd_tol, inner, scale);
+    // s1 and s2 are this call's own copies (prepare_covariance, restrict), exactly symmetric: on the CPU the
+    // factor and the congruence work in their storage (cholesky_factor, lower_congruence).
+    const bool scratch = s1.is_cpu();
+    if (const auto l1 = cholesky_factor(s1, scratch)) {
+      sum = sum_sqrt_eigenvalues(lower_congruence(*l1, s2, scratch), "sigma2", "L1ᵀ S2 L1", psd_tol, inner, scale);
+    } else if (const auto l2 = cholesky_factor(s2, scratch)) {
+      sum = sum_sqrt_eigenvalues(lower_congruence(*l2, s1, scratch), "sigma1", "L2ᵀ S1 L2", psd_tol, inner, scale);
     } else {
       const EigenFactor f1 = eigen_factor(s1, "sigma1", psd_tol);
       result.route = Route::kEigh;
@@ -434,8 +520,8 @@ TraceResult trace_sqrt_product_impl(at::Tensor s1, at::Tensor s2, bool newton_sc
   }
   // Newton–Schulz works on C = F2ᵀ F1 (both factors: Cholesky, or eigh with zero modes dropped),
   // whose nuclear norm is the trace; two GEMMs per step.
-  const auto l1 = cholesky_factor(s1);
-  const auto l2 = cholesky_factor(s2);
+  const auto l1 = cholesky_factor(s1, /*scratch=*/false);
+  const auto l2 = cholesky_factor(s2, /*scratch=*/false);
   result.route = (l1 && l2) ? Route::kCholesky : Route::kEigh;
   const EigenFactor f1 = factor_of(l1, s1, "sigma1", psd_tol);
   const EigenFactor f2 = factor_of(l2, s2, "sigma2", psd_tol);
@@ -519,7 +605,7 @@ std::tuple<at::Tensor, at::Tensor> trace_sqrt_product_lowrank(const at::Tensor& 
   const double scale = frobenius(s1) * x_norm * x_norm;  // ||x||_F² = Tr(S2) >= ||S2||_F
   const int64_t inner = m + 2 * s1.size(0);  // the centring and contrasts (m rows), then two GEMMs of inner size d
   if (use_newton_schulz(parsed, s1)) {
-    const EigenFactor f1 = factor_of(cholesky_factor(s1), s1, "sigma1", psd_tol);
+    const EigenFactor f1 = factor_of(cholesky_factor(s1, /*scratch=*/false), s1, "sigma1", psd_tol);
     const double dropped_error = std::sqrt(f1.dropped) * x_norm;  // sqrt(k·τ·Tr(S2))
     const at::Tensor c = at::mm(x, f1.factor);  // [m-1, r1]
     const auto ns = newton_schulz_nuclear_norm(c, max_iter, rtol, verify_tol);
