@@ -27,6 +27,7 @@ import torch
 from gansvc.ops import fid as fid_ops
 from gansvc.ops._ext import load_extension
 from tests.conftest import devices
+from tests.test_losses import cpu_build  # noqa: F401 (a fixture: each CPU kernel build this CPU runs)
 
 pytestmark = pytest.mark.skipif(load_extension() is None, reason="gansvc._C is not built (run scripts/setup.sh)")
 
@@ -378,19 +379,29 @@ def test_sum_squared_difference_kernel(backend):
     assert relative_error(float(fid_ops.sum_squared_difference(a, b)), expected) <= 1e-13
 
 
-def test_symmetrize_checked_kernel(backend):
+def check_symmetrize_checked():
+    """symmetrize_checked against NumPy, across the CPU kernel's 128-wide tiles and the 8-wide blocks of its AVX-512
+    build, with non-finite entries in a diagonal tile, a full off-diagonal block pair and a partial one."""
     rng = np.random.default_rng(8)
-    for d in (1, 63, 127, 128, 129, 300):  # around the 128-wide tiles of the CPU kernel
+    for d in (1, 7, 9, 63, 127, 128, 129, 300):
         s = rng.standard_normal((d, d))
         sym, stats = fid_ops.symmetrize_checked(torch.from_numpy(s))
         np.testing.assert_array_equal(sym.numpy(), (s + s.T) * 0.5)
         assert stats.tolist() == [np.abs(s).max(), np.abs(s - s.T).max(), 0.0]
-    s[3, 7], s[5, 5], s[250, 70] = np.nan, np.inf, -np.inf  # the last in an off-diagonal tile pair
+    s[3, 7], s[5, 5], s[250, 70], s[298, 10] = np.nan, np.inf, -np.inf, np.nan
     _, stats = fid_ops.symmetrize_checked(torch.from_numpy(s))
-    assert stats[2] == 5  # entries (3, 7), (7, 3), (5, 5), (250, 70) and (70, 250) touch a non-finite value
+    assert stats[2] == 7  # entries (3, 7), (7, 3), (5, 5), (250, 70), (70, 250), (298, 10), (10, 298)
     clean = s.copy()
-    clean[3, 7] = clean[7, 3] = clean[5, 5] = clean[250, 70] = clean[70, 250] = 0.0
+    clean[3, 7] = clean[7, 3] = clean[5, 5] = clean[250, 70] = clean[70, 250] = clean[298, 10] = clean[10, 298] = 0.0
     assert stats[0] == np.abs(clean).max() and stats[1] == np.abs(clean - clean.T).max()
+
+
+def test_symmetrize_checked_kernel(backend):
+    check_symmetrize_checked()
+
+
+def test_symmetrize_checked_kernel_on_each_cpu_build(cpu_build):
+    check_symmetrize_checked()
 
 
 def test_element_kernels_do_not_depend_on_the_thread_count():

@@ -10,6 +10,8 @@
 #include <vector>
 
 #include "fid/fid.h"
+#include "fid/fid_symmetrize.h"
+#include "losses/losses.h"
 
 namespace gansvc {
 namespace fid {
@@ -89,11 +91,6 @@ constexpr int64_t kTile = 128;
 // row length every row of a column falls into the same few L1 sets.
 constexpr int64_t kRow = kTile + 8;
 
-struct TileStats {
-  double max_abs = 0.0, max_asym = 0.0;
-  int64_t non_finite = 0;
-};
-
 // One off-diagonal tile pair: rows [i0, i0 + ni) x columns [j0, j0 + nj) and its mirror. The mirror is read into a
 // transposed buffer and written back from one, both with contiguous rows, so the element loop runs over contiguous
 // arrays only: reading and writing the mirror column by column (stride d) took ~10 ns per pair at d = 2 048.
@@ -171,6 +168,9 @@ std::tuple<at::Tensor, at::Tensor> symmetrize_checked_cpu(const at::Tensor& s) {
   double* sym = out.data_ptr<double>();
   const int64_t num_pairs = static_cast<int64_t>(pairs.size());
   std::vector<TileStats> tile_stats(pairs.size());
+  // The AVX-512 tile pairs (fid_symmetrize_avx512.cpp) with the loss kernels' AVX-512 build, which
+  // GANSVC_CPU_CAPABILITY or gansvc._C._set_cpu_capability choose as well.
+  const bool avx512 = losses::cpu_capability() == losses::CpuCapability::kAvx512;
   at::parallel_for(0, num_pairs, 1, [&](int64_t first, int64_t last) {
     std::vector<double> scratch(static_cast<size_t>(2 * kTile * kRow));
     for (int64_t k = first; k < last; ++k) {
@@ -178,8 +178,10 @@ std::tuple<at::Tensor, at::Tensor> symmetrize_checked_cpu(const at::Tensor& s) {
       const int64_t i0 = bi * kTile, j0 = bj * kTile;
       const int64_t ni = std::min(kTile, d - i0), nj = std::min(kTile, d - j0);
       tile_stats[static_cast<size_t>(k)] =
-          bi == bj ? symmetrize_diagonal_tile(in, sym, d, i0, ni)
-                   : symmetrize_tile_pair(in, sym, d, i0, ni, j0, nj, scratch.data(), scratch.data() + kTile * kRow);
+          avx512     ? (bi == bj ? AVX512::symmetrize_diagonal_tile(in, sym, d, i0, ni)
+                                 : AVX512::symmetrize_tile_pair(in, sym, d, i0, ni, j0, nj))
+          : bi == bj ? symmetrize_diagonal_tile(in, sym, d, i0, ni)
+                     : symmetrize_tile_pair(in, sym, d, i0, ni, j0, nj, scratch.data(), scratch.data() + kTile * kRow);
     }
   });
   TileStats total;
