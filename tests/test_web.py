@@ -530,6 +530,22 @@ def test_a_server_that_is_down_gets_a_clear_503(tmp_path):
         stop(process)
 
 
+def test_the_dashboard_tries_a_call_twice_while_the_server_is_unavailable(tmp_path):
+    """One retry, not the Python client's default five (~3 s of pauses): a page is answered 503 at once."""
+    from tests.test_client_retries import start_restarting_server
+
+    servicer, address, server = start_restarting_server()
+    process, url = start_web(address, tmp_path)
+    try:
+        before = servicer.calls
+        status, body = get_json(f"{url}/api/jobs")
+        assert status == 503 and body["code"] == "UNAVAILABLE" and "restarting" in body["error"]
+        assert servicer.calls - before == 2
+    finally:
+        stop(process)
+        server.stop(0)
+
+
 def test_listen_refuses_a_bad_address(tmp_path):
     result = subprocess.run([sys.executable, "-m", "gansvc.web", "--listen", "nowhere"], capture_output=True,
                             text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=60)  # fmt: skip

@@ -35,8 +35,8 @@ def run(name: str, args) -> int:
         return 1
 
 
-def _connect(args):
-    from gansvc.clients.python import GanClient
+def _connect(args, retry_attempts: int | None = None):
+    from gansvc.clients.python import DEFAULT_RETRY_ATTEMPTS, GanClient
 
     token = os.environ.get("GANSVC_TOKEN")
     if args.token_file:
@@ -49,7 +49,8 @@ def _connect(args):
         if not args.tls_ca.is_file():
             raise UsageError(f"--tls-ca {args.tls_ca}: no such file")
         ca = args.tls_ca.read_bytes()
-    return GanClient(args.server, token=token, tls_ca=ca, tls_server_name=args.tls_server_name, timeout=args.timeout)
+    return GanClient(args.server, token=token, tls_ca=ca, tls_server_name=args.tls_server_name, timeout=args.timeout,
+                     retry_attempts=retry_attempts or DEFAULT_RETRY_ATTEMPTS)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,23 +35,23 @@ from gansvc.api.convert import pb, pb_grpc, state_name, state_to_proto, training
 DEFAULT_ADDRESS = registry.DEFAULT_ADDRESS
 TERMINAL = {pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED}
 # Unary calls are retried on UNAVAILABLE (a server restarting); submissions carry a request id, so
-# a retry never creates a second job.
-_RETRY_CONFIG = json.dumps(
-    {
-        "methodConfig": [
-            {
-                "name": [{"service": "gansvc.v1.GanService"}],
-                "retryPolicy": {
-                    "maxAttempts": 5,
-                    "initialBackoff": "0.2s",
-                    "maxBackoff": "3s",
-                    "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"],
-                },
-            }
-        ]
+# a retry never creates a second job. The pauses start at 0.2 s and double: the default 5 attempts ride out
+# ~3 s of a server restarting.
+DEFAULT_RETRY_ATTEMPTS = 5
+
+
+def _retry_config(attempts: int) -> str:
+    """The channel's service config: `attempts` tries of each unary call while the server is UNAVAILABLE."""
+    if attempts < 2:  # gRPC wants maxAttempts >= 2 in a retry policy; one attempt is no policy
+        return json.dumps({})
+    policy = {
+        "maxAttempts": attempts,
+        "initialBackoff": "0.2s",
+        "maxBackoff": "3s",
+        "backoffMultiplier": 2,
+        "retryableStatusCodes": ["UNAVAILABLE"],
     }
-)
+    return json.dumps({"methodConfig": [{"name": [{"service": "gansvc.v1.GanService"}], "retryPolicy": policy}]})
 
 
 @dataclass
@@ -87,8 +87,12 @@ class GanClient:
         tls_server_name: str | None = None,
         max_message_mb: int = 64,
         timeout: float = 60.0,
+        retry_attempts: int = DEFAULT_RETRY_ATTEMPTS,
     ):
-        """Connect to `address`; TLS when tls_ca is given (or tls=True: the system's roots)."""
+        """Connect to `address`; TLS when tls_ca is given (or tls=True: the system's roots). A unary call is tried
+        up to `retry_attempts` times while the server is UNAVAILABLE (pauses of 0.2 s, doubling; 1: no retry)."""
+        if retry_attempts < 1:
+            raise ValueError(f"retry_attempts must be >= 1, got {retry_attempts}")
         self.address = address
         self.timeout = timeout
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
@@ -96,8 +100,8 @@ class GanClient:
         options = [
             ("grpc.max_send_message_length", limit),
             ("grpc.max_receive_message_length", limit),
-            ("grpc.service_config", _RETRY_CONFIG),
-            ("grpc.enable_retries", 1),
+            ("grpc.service_config", _retry_config(retry_attempts)),
+            ("grpc.enable_retries", int(retry_attempts > 1)),
         ]
         if tls_server_name:
             options.append(("grpc.ssl_target_name_override", tls_server_name))

@@ -59,7 +59,10 @@ def run(name: str, args) -> int:
         from gansvc.runtime.process import die_with_parent
 
         die_with_parent(args.parent_pid)
-    client = _connect(args)  # a bad --token-file / --tls-ca is answered before anything listens
+    # A bad --token-file / --tls-ca is answered before anything listens. One retry (after 0.2 s) for the
+    # dashboard's calls, not the client's default five (~3 s): a page or a scrape while the server is down is
+    # answered 503 / gansvc_up 0 at once, and the browser's next refresh is the retry.
+    client = _connect(args, retry_attempts=2)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
