@@ -356,6 +356,7 @@ def test_two_ranks_match_one_and_checkpoints_move_between_world_sizes(tmp_path, 
     assert_same_training(train_records(run_dir), single_rank_reference, range(1, 13))
 
 
+@pytest.mark.slow
 def test_two_ranks_accumulating_micro_batches_match_one_on_a_schedule(tmp_path):
     """Issue 21: each rank splits its rows into `accumulate` micro-batches and the ranks average the gradients
     once, at the last; the learning rates follow the schedule on every rank alike. Without spectral norm: its power
@@ -393,6 +394,7 @@ def test_a_failing_rank_fails_the_run_with_its_error_and_leaves_no_process(tmp_p
     assert not (tmp_path / "run" / "checkpoints").exists()  # no checkpoint of a half-done step
 
 
+@pytest.mark.slow
 def test_two_nodes_on_localhost_with_a_c10d_rendezvous(tmp_path, single_rank_reference):
     """Two torchrun processes, one rank each, meet at 127.0.0.1:PORT like two machines would."""
     endpoint = f"127.0.0.1:{free_port()}"

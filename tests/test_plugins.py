@@ -189,6 +189,7 @@ def service(tmp_path_factory):
     server.shutdown(timeout=20)
 
 
+@pytest.mark.slow
 def test_the_example_trains_and_is_scored_through_the_service_and_broken_plugins_fail_alone(service):
     from gansvc.client import GanClient, state_name
 

@@ -398,6 +398,7 @@ def test_watch_resumes_after_a_sequence_number(finished, client):
 
 
 # ---------------------------------------------------------------------- failures
+@pytest.mark.slow
 def test_a_killed_worker_is_started_again_and_the_server_lives_on(client):
     # (tests/test_service_retry.py follows a job through every attempt to its failure)
     job = client.submit_training(LONG)

@@ -70,6 +70,7 @@ def client(service):
         yield client
 
 
+@pytest.mark.slow
 def test_a_two_process_job_runs_under_torchrun_and_streams_rank_0s_events(service, client):
     job = client.submit_training(TINY)
     events = list(client.watch(job.id))

@@ -186,6 +186,7 @@ def test_server_refuses_a_bad_sweep_naming_the_field(server, tmp_path):
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "base.batch_size" in caught.value.details()
 
 
+@pytest.mark.slow
 def test_grid_sweep_of_two_learning_rates_names_the_better_trial(server, tmp_path, capsys):
     path = write(tmp_path, GRID.format(steps=60, checkpoint_every=0))
     assert gansvc_main(["sweep", "--spec", str(path), "--watch", "--server", server[0].address]) == 0
