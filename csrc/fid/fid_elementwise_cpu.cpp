@@ -168,8 +168,9 @@ std::tuple<at::Tensor, at::Tensor> symmetrize_checked_cpu(const at::Tensor& s) {
   double* sym = out.data_ptr<double>();
   const int64_t num_pairs = static_cast<int64_t>(pairs.size());
   std::vector<TileStats> tile_stats(pairs.size());
-  // The AVX-512 tile pairs (fid_symmetrize_avx512.cpp) with the loss kernels' AVX-512 build, which
-  // GANSVC_CPU_CAPABILITY or gansvc._C._set_cpu_capability choose as well.
+  // The AVX-512 tiles (fid_symmetrize_avx512.cpp) with the loss kernels' AVX-512 build, which
+  // GANSVC_CPU_CAPABILITY or gansvc._C._set_cpu_capability choose as well; the tiles they leave (sides not
+  // multiples of 8, a non-finite entry) run here.
   const bool avx512 = losses::cpu_capability() == losses::CpuCapability::kAvx512;
   at::parallel_for(0, num_pairs, 1, [&](int64_t first, int64_t last) {
     std::vector<double> scratch(static_cast<size_t>(2 * kTile * kRow));
@@ -177,11 +178,12 @@ std::tuple<at::Tensor, at::Tensor> symmetrize_checked_cpu(const at::Tensor& s) {
       const auto [bi, bj] = pairs[static_cast<size_t>(k)];
       const int64_t i0 = bi * kTile, j0 = bj * kTile;
       const int64_t ni = std::min(kTile, d - i0), nj = std::min(kTile, d - j0);
-      tile_stats[static_cast<size_t>(k)] =
-          avx512     ? (bi == bj ? AVX512::symmetrize_diagonal_tile(in, sym, d, i0, ni)
-                                 : AVX512::symmetrize_tile_pair(in, sym, d, i0, ni, j0, nj))
-          : bi == bj ? symmetrize_diagonal_tile(in, sym, d, i0, ni)
-                     : symmetrize_tile_pair(in, sym, d, i0, ni, j0, nj, scratch.data(), scratch.data() + kTile * kRow);
+      TileStats& stats = tile_stats[static_cast<size_t>(k)];
+      const bool done = avx512 && (bi == bj ? AVX512::symmetrize_diagonal_tile(in, sym, d, i0, ni, stats)
+                                            : AVX512::symmetrize_tile_pair(in, sym, d, i0, ni, j0, nj, stats));
+      if (done) continue;
+      stats = bi == bj ? symmetrize_diagonal_tile(in, sym, d, i0, ni)
+                       : symmetrize_tile_pair(in, sym, d, i0, ni, j0, nj, scratch.data(), scratch.data() + kTile * kRow);
     }
   });
   TileStats total;
