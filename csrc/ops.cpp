@@ -27,6 +27,7 @@
 #include <utility>
 #include <vector>
 
+#include "fid/fid.h"
 #include "losses/losses.h"
 
 namespace gansvc {
@@ -461,6 +462,8 @@ PYBIND11_MODULE(_C, module) {
         return std::accumulate(ran.begin(), ran.end(), 0);
       },
       py::arg("tasks"), "The number of threads at::parallel_for ran `tasks` one-element tasks on. For tests.");
+  module.def("_symmetry_stats", &gansvc::fid::symmetry_stats_cpu, py::arg("s"),
+             "symmetrize_checked's statistics of a CPU float64 matrix without its symmetric part. For tests.");
   // The GIL is released while the step runs: its backward may reach Python autograd nodes on other threads.
   module.def("d_loss_step", &d_loss_step, py::arg("real_logits"), py::arg("fake_logits"), py::arg("kind"),
              py::arg("real_label") = 1.0, py::call_guard<py::gil_scoped_release>(),

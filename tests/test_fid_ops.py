@@ -18,6 +18,7 @@ import contextlib
 import ctypes
 import functools
 import math
+import os
 
 import numpy as np
 import pytest
@@ -219,6 +220,22 @@ def test_blocked_cpu_cholesky_of_a_singular_sigma1_is_undone_for_sigma2s_factor(
     assert torch.equal(sigma1, torch.from_numpy(s_singular)) and torch.equal(sigma2, torch.from_numpy(s_pd))
 
 
+@pytest.mark.parametrize("d", [300, 700])
+def test_an_exactly_symmetric_sigma2_is_read_in_place_and_an_asymmetric_one_symmetrised(d):
+    """The CPU trace reads an exactly symmetric float64 sigma2 itself (no copy) and never writes it; sigma2 with an
+    antisymmetric part inside the accepted tolerance (1e-7 relative) is symmetrised first. Both give the exact
+    value to 1e-12, where using the asymmetric matrix as it is would be off by ~1e-7."""
+    s1, s2, exact = covariance_pair("known-spectrum-pd", d)
+    rng = np.random.default_rng(d)
+    e = np.triu(rng.standard_normal((d, d)), 1) * 1e-7 * np.abs(s2).max()
+    for given in (s2, s2 + e - e.T):
+        sigma1, sigma2 = torch.from_numpy(s1.copy()), torch.from_numpy(given.copy())
+        result = fid_ops.trace_sqrt_product_details(sigma1, sigma2, "eigh")
+        assert result.route == "cholesky" and result.rank == d
+        assert relative_error(result.value, exact) <= 1e-12, (result, exact)
+        assert torch.equal(sigma1, torch.from_numpy(s1)) and torch.equal(sigma2, torch.from_numpy(given))
+
+
 def test_trace_sqrt_product_exact_at_2048():
     s1, s2, exact = covariance_pair("known-spectrum-pd", 2048)
     result = fid_ops.trace_sqrt_product_details(s1, s2)
@@ -381,19 +398,28 @@ def test_sum_squared_difference_kernel(backend):
 
 def check_symmetrize_checked():
     """symmetrize_checked against NumPy, across the CPU kernel's 128-wide tiles and the 8-wide blocks of its AVX-512
-    build, with non-finite entries in a diagonal tile, a full off-diagonal block pair and a partial one."""
+    build, with non-finite entries in a diagonal tile, a full off-diagonal block pair and a partial one; on the CPU
+    extension its statistics-only pass (which lets the trace read an exactly symmetric sigma2 without a copy) too,
+    on an exactly symmetric matrix as well."""
     rng = np.random.default_rng(8)
+    stats_only = load_extension()._symmetry_stats if os.environ.get("GANSVC_KERNELS") != "ref" else None
     for d in (1, 7, 9, 63, 127, 128, 129, 300):
         s = rng.standard_normal((d, d))
         sym, stats = fid_ops.symmetrize_checked(torch.from_numpy(s))
         np.testing.assert_array_equal(sym.numpy(), (s + s.T) * 0.5)
         assert stats.tolist() == [np.abs(s).max(), np.abs(s - s.T).max(), 0.0]
+        if stats_only is not None:
+            assert stats_only(torch.from_numpy(s)).tolist() == stats.tolist()
+            assert stats_only(torch.from_numpy(np.triu(s) + np.triu(s, 1).T)).tolist() == [np.abs(np.triu(s)).max(),
+                                                                                           0.0, 0.0]
     s[3, 7], s[5, 5], s[250, 70], s[298, 10] = np.nan, np.inf, -np.inf, np.nan
     _, stats = fid_ops.symmetrize_checked(torch.from_numpy(s))
     assert stats[2] == 7  # entries (3, 7), (7, 3), (5, 5), (250, 70), (70, 250), (298, 10), (10, 298)
     clean = s.copy()
     clean[3, 7] = clean[7, 3] = clean[5, 5] = clean[250, 70] = clean[70, 250] = clean[298, 10] = clean[10, 298] = 0.0
     assert stats[0] == np.abs(clean).max() and stats[1] == np.abs(clean - clean.T).max()
+    if stats_only is not None:
+        assert stats_only(torch.from_numpy(s)).tolist() == stats.tolist()
 
 
 def test_symmetrize_checked_kernel(backend):

@@ -24,6 +24,10 @@ at::Tensor sum_squared_difference_cpu(const at::Tensor& a, const at::Tensor& b);
 // the checks and the symmetrisation the FID ops start with, instead of six passes of ATen calls
 // (two of them reading a transpose). Maxima are order-independent: results do not depend on threads.
 std::tuple<at::Tensor, at::Tensor> symmetrize_checked_cpu(const at::Tensor& s);
+// The same statistics without the symmetric part (a CPU matrix read once, nothing written): where they show s
+// exactly symmetric and finite, the FID core reads s itself instead of a fresh copy (a new 32 MB at d = 2 048
+// costs ~8 ms of page faults on two threads). gansvc._C._symmetry_stats for the tests.
+at::Tensor symmetry_stats_cpu(const at::Tensor& s);
 
 #ifdef GANSVC_WITH_CUDA
 at::Tensor ns_polar_step_cuda(at::Tensor& x, const at::Tensor& q, const at::Tensor& b);

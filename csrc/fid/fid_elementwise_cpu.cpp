@@ -94,7 +94,9 @@ constexpr int64_t kRow = kTile + 8;
 // One off-diagonal tile pair: rows [i0, i0 + ni) x columns [j0, j0 + nj) and its mirror. The mirror is read into a
 // transposed buffer and written back from one, both with contiguous rows, so the element loop runs over contiguous
 // arrays only: reading and writing the mirror column by column (stride d) took ~10 ns per pair at d = 2 048.
-// mirror and values: kTile * kRow doubles each, the caller's (a thread's) scratch.
+// mirror and values: kTile * kRow doubles each, the caller's (a thread's) scratch. kWrite false: the statistics
+// only (symmetry_stats), nothing stored.
+template <bool kWrite>
 TileStats symmetrize_tile_pair(const double* in, double* sym, int64_t d, int64_t i0, int64_t ni, int64_t j0,
                                int64_t nj, double* mirror, double* values) {
   // mirror[ii][jj] = in[j0 + jj][i0 + ii]; values[ii][jj] = the symmetrised (i0 + ii, j0 + jj)
@@ -106,7 +108,7 @@ TileStats symmetrize_tile_pair(const double* in, double* sym, int64_t d, int64_t
   for (int64_t ii = 0; ii < ni; ++ii) {
     const double* upper = in + (i0 + ii) * d + j0;
     const double* lower = mirror + ii * kRow;
-    double* out = sym + (i0 + ii) * d + j0;
+    double* out = kWrite ? sym + (i0 + ii) * d + j0 : nullptr;
     double* kept = values + ii * kRow;
     double row_abs = 0.0, row_asym = 0.0;
     int64_t row_bad = 0;
@@ -118,14 +120,17 @@ TileStats symmetrize_tile_pair(const double* in, double* sym, int64_t d, int64_t
       row_bad += finite ? 0 : 2;  // entries (i, j) and (j, i), as the CUDA kernel counts them
       row_abs = std::max(row_abs, finite ? std::max(std::abs(a), std::abs(b)) : 0.0);
       row_asym = std::max(row_asym, finite ? std::abs(a - b) : 0.0);
-      const double v = 0.5 * (a + b);
-      out[jj] = v;
-      kept[jj] = v;
+      if constexpr (kWrite) {
+        const double v = 0.5 * (a + b);
+        out[jj] = v;
+        kept[jj] = v;
+      }
     }
     stats.max_abs = std::max(stats.max_abs, row_abs);
     stats.max_asym = std::max(stats.max_asym, row_asym);
     stats.non_finite += row_bad;
   }
+  if constexpr (!kWrite) return stats;
   for (int64_t jj = 0; jj < nj; ++jj) {
     double* row = sym + (j0 + jj) * d + i0;
     for (int64_t ii = 0; ii < ni; ++ii) row[ii] = values[ii * kRow + jj];
@@ -133,7 +138,8 @@ TileStats symmetrize_tile_pair(const double* in, double* sym, int64_t d, int64_t
   return stats;
 }
 
-// A diagonal tile (bi == bj: one pair in d / 2kTile): its upper triangle and the mirror inside the same tile.
+// A diagonal tile (bi == bj: one pair in d / 2kTile): its upper triangle and the mirror inside the same tile (sym
+// null: the statistics only).
 TileStats symmetrize_diagonal_tile(const double* in, double* sym, int64_t d, int64_t i0, int64_t n) {
   TileStats stats;
   for (int64_t i = i0; i < i0 + n; ++i) {
@@ -145,6 +151,7 @@ TileStats symmetrize_diagonal_tile(const double* in, double* sym, int64_t d, int
       }
       stats.max_abs = std::max(stats.max_abs, std::max(std::abs(a), std::abs(b)));
       stats.max_asym = std::max(stats.max_asym, std::abs(a - b));
+      if (sym == nullptr) continue;
       const double v = 0.5 * (a + b);
       sym[i * d + j] = v;
       sym[j * d + i] = v;
@@ -154,7 +161,9 @@ TileStats symmetrize_diagonal_tile(const double* in, double* sym, int64_t d, int
 }
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> symmetrize_checked_cpu(const at::Tensor& s) {
+namespace {
+// The tile pairs of s in parallel, their symmetric part written to sym (null: not written), the statistics summed.
+TileStats symmetry_pass(const at::Tensor& s, double* sym) {
   check_square_float64(s, "s");
   const int64_t d = s.size(0);
   const int64_t tiles = (d + kTile - 1) / kTile;
@@ -163,9 +172,7 @@ std::tuple<at::Tensor, at::Tensor> symmetrize_checked_cpu(const at::Tensor& s) {
   for (int64_t bi = 0; bi < tiles; ++bi) {
     for (int64_t bj = bi; bj < tiles; ++bj) pairs.emplace_back(bi, bj);
   }
-  at::Tensor out = at::empty_like(s);
   const double* in = s.const_data_ptr<double>();
-  double* sym = out.data_ptr<double>();
   const int64_t num_pairs = static_cast<int64_t>(pairs.size());
   std::vector<TileStats> tile_stats(pairs.size());
   // The AVX-512 tiles (fid_symmetrize_avx512.cpp) with the loss kernels' AVX-512 build, which
@@ -182,8 +189,14 @@ std::tuple<at::Tensor, at::Tensor> symmetrize_checked_cpu(const at::Tensor& s) {
       const bool done = avx512 && (bi == bj ? AVX512::symmetrize_diagonal_tile(in, sym, d, i0, ni, stats)
                                             : AVX512::symmetrize_tile_pair(in, sym, d, i0, ni, j0, nj, stats));
       if (done) continue;
-      stats = bi == bj ? symmetrize_diagonal_tile(in, sym, d, i0, ni)
-                       : symmetrize_tile_pair(in, sym, d, i0, ni, j0, nj, scratch.data(), scratch.data() + kTile * kRow);
+      double* mirror = scratch.data();
+      double* values = scratch.data() + kTile * kRow;
+      if (bi == bj) {
+        stats = symmetrize_diagonal_tile(in, sym, d, i0, ni);
+      } else {
+        stats = sym != nullptr ? symmetrize_tile_pair<true>(in, sym, d, i0, ni, j0, nj, mirror, values)
+                               : symmetrize_tile_pair<false>(in, sym, d, i0, ni, j0, nj, mirror, values);
+      }
     }
   });
   TileStats total;
@@ -192,8 +205,22 @@ std::tuple<at::Tensor, at::Tensor> symmetrize_checked_cpu(const at::Tensor& s) {
     total.max_asym = std::max(total.max_asym, t.max_asym);
     total.non_finite += t.non_finite;
   }
-  at::Tensor stats = at::tensor({total.max_abs, total.max_asym, static_cast<double>(total.non_finite)}, s.options());
-  return {out, stats};
+  return total;
+}
+
+at::Tensor stats_tensor(const TileStats& total, const at::Tensor& like) {
+  return at::tensor({total.max_abs, total.max_asym, static_cast<double>(total.non_finite)}, like.options());
+}
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> symmetrize_checked_cpu(const at::Tensor& s) {
+  check_square_float64(s, "s");  // before the output's allocation
+  at::Tensor out = at::empty_like(s);
+  return {out, stats_tensor(symmetry_pass(s, out.data_ptr<double>()), s)};
+}
+
+at::Tensor symmetry_stats_cpu(const at::Tensor& s) {
+  return stats_tensor(symmetry_pass(s, nullptr), s);
 }
 
 }  // namespace fid

@@ -57,7 +57,7 @@ constexpr double kSymmetryTolerance = 1e-5;
 constexpr int64_t kMomentChunkElements = int64_t{1} << 21;
 // Diagonal blocks of the CPU Cholesky factorisation (lower_cholesky).
 constexpr int64_t kCholeskyBlock = 256;
-// Block size of the triangular-aware congruence Lᵀ S L (1.33 d³ flops instead of 4 d³).
+// Block size of the triangular-aware congruence Lᵀ S L (1.27 d³ flops instead of 4 d³).
 constexpr int64_t kCongruenceBlock = 256;
 // Block size of the lower-triangle Gram update of the feature moments.
 constexpr int64_t kGramBlock = 256;
@@ -120,15 +120,16 @@ std::tuple<at::Tensor, at::Tensor> call_symmetrize_checked(const at::Tensor& s) 
   return op.call(s);
 }
 
-// float64, contiguous, finite, symmetric (checked, then made exactly symmetric) [d, d]: one fused
-// pass (symmetrize_checked) over the matrix, then a look at its diagonal.
-at::Tensor prepare_covariance(const at::Tensor& sigma, const char* name, double psd_tol) {
+void check_covariance_shape(const at::Tensor& sigma, const char* name) {
   TORCH_CHECK_VALUE(sigma.dim() == 2 && sigma.size(0) == sigma.size(1), name,
                     " must be a square covariance matrix [d, d], got shape ", sigma.sizes());
   TORCH_CHECK_VALUE(sigma.size(0) > 0, name, " is empty (d = 0)");
   TORCH_CHECK_VALUE(at::isFloatingType(sigma.scalar_type()), name, " must be a floating-point tensor, got ",
                     sigma.scalar_type());
-  auto [s, stats_device] = call_symmetrize_checked(sigma.to(at::kDouble).contiguous());
+}
+
+// The checks on symmetrize_checked's statistics `stats` of the float64 matrix s, and on s's diagonal.
+void check_covariance(const at::Tensor& s, const at::Tensor& stats_device, const char* name, double psd_tol) {
   const at::Tensor stats = stats_device.cpu();
   const double* st = stats.const_data_ptr<double>();
   TORCH_CHECK_VALUE(st[2] == 0.0, name, " contains NaN or Inf (", static_cast<int64_t>(st[2]), " entries)");
@@ -137,7 +138,37 @@ at::Tensor prepare_covariance(const at::Tensor& sigma, const char* name, double 
   const double min_variance = s.diagonal().min().item<double>();
   TORCH_CHECK_VALUE(min_variance >= -psd_tol * st[0], name,
                     " is not a covariance matrix: it has a negative variance ", min_variance, " on its diagonal");
+}
+
+// float64, contiguous, finite, symmetric (checked, then made exactly symmetric) [d, d]: one fused
+// pass (symmetrize_checked) over the matrix, then a look at its diagonal. The result is the call's own copy.
+at::Tensor prepare_covariance(const at::Tensor& sigma, const char* name, double psd_tol) {
+  check_covariance_shape(sigma, name);
+  auto [s, stats] = call_symmetrize_checked(sigma.to(at::kDouble).contiguous());
+  check_covariance(s, stats, name, psd_tol);
   return s;
+}
+
+// A covariance the call only reads: sigma itself where it is a contiguous float64 CPU matrix that one
+// read-only pass (symmetry_stats_cpu) finds exactly symmetric and finite, as covariances computed by
+// gansvc, np.cov or a BLAS rank-k update are; else prepare_covariance's copy. At d = 2 048 a fresh copy costs
+// ~8 ms of page faults on two threads, ~2 % of the trace.
+struct ReadableCovariance {
+  at::Tensor s;
+  bool own;  // s is the call's own copy, which it may overwrite
+};
+
+ReadableCovariance prepare_covariance_to_read(const at::Tensor& sigma, const char* name, double psd_tol) {
+  check_covariance_shape(sigma, name);
+  if (sigma.is_cpu() && sigma.scalar_type() == at::kDouble && sigma.is_contiguous()) {
+    const at::Tensor stats = symmetry_stats_cpu(sigma);
+    const double* st = stats.const_data_ptr<double>();
+    if (st[1] == 0.0 && st[2] == 0.0) {
+      check_covariance(sigma, stats, name, psd_tol);
+      return {sigma, false};
+    }
+  }
+  return {prepare_covariance(sigma, name, psd_tol), true};
 }
 
 void check_same_problem(const at::Tensor& a, const at::Tensor& b, const char* name_a, const char* name_b) {
@@ -291,36 +322,37 @@ at::Tensor column_major_square(int64_t n, const at::TensorOptions& options) {
   return at::empty({n, n}, options).t();
 }
 
-// The lower triangle of Lᵀ S L for lower-triangular L, in blocks that skip L's zero upper triangle
-// and the result's upper triangle (eigvalsh reads the lower one only): 1.33 d³ flops, not 4 d³.
-// Every block product is written by the GEMM straight into its place (row blocks of row-major matrices
-// and blocks of column-major ones are BLAS-addressable views). With `scratch` (L and S are the caller's own
-// contiguous copies, neither needed afterwards) no d×d matrix is allocated: a fresh one costs ~8 ms of page
-// faults at d = 2 048, a sixth of this product on two threads. Wᵀ's row block j then overwrites S's rows j..,
-// which no later block reads, and M, column-major, overwrites L's storage: its row block i is L's column
-// block i above the diagonal, which later blocks do not read; block i's own panel, which it overlaps on the
-// diagonal tile, is copied out first. One (d × block) buffer carries both.
-at::Tensor lower_congruence(const at::Tensor& lower, const at::Tensor& s, bool scratch) {
+// The lower triangle of Lᵀ S L for lower-triangular L, column-major (eigvalsh reads the lower one only), by
+// block columns j: X = S[j:, j:] L[j:, j-block] (L's rows above j are zero), then each 256-row block r of
+// M[rows >= j, j-block] = L[j:, j:]ᵀ X as L[r:, r-block]ᵀ X[r - j:], skipping L's zero upper triangle: 1.27 d³
+// flops (10.9 GFLOP at d = 2 048) in GEMMs whose output goes straight to its place. S is only read. With
+// `in_place` (L is the call's own) M is written over L's storage: block column j of M is L's row block j right
+// of its diagonal tile, which no later block reads (they read rows below it); only the diagonal tile, which the
+// same block column's last product reads, goes through a buffer. So no d×d matrix is allocated: a fresh one
+// costs ~8 ms of page faults at d = 2 048 on two threads. Two threads: 105 -> 81 ms against computing
+// Wᵀ = Lᵀ S first (1.6 d³ flops, S's storage overwritten, its rows copied through a buffer).
+at::Tensor lower_congruence(const at::Tensor& lower, const at::Tensor& s, bool in_place) {
   const int64_t d = s.size(0);
-  const at::Tensor buffer = scratch ? at::empty({kCongruenceBlock * d}, s.options()) : at::Tensor();
-  at::Tensor wt = scratch ? s : at::empty_like(s);  // Wᵀ = Lᵀ S by row blocks: L[k, j] = 0 for k < j.
+  at::Tensor m = in_place ? lower.t() : column_major_square(d, s.options());
+  const at::Tensor buffer = at::empty({kCongruenceBlock * d}, s.options());
+  const at::Tensor tile = in_place ? at::empty({kCongruenceBlock, kCongruenceBlock}, s.options()) : at::Tensor();
   for (int64_t j = 0; j < d; j += kCongruenceBlock) {
-    const int64_t height = std::min(kCongruenceBlock, d - j);
-    at::Tensor place = wt.narrow(0, j, height);
-    at::Tensor out = scratch ? buffer.narrow(0, 0, height * d).view({height, d}) : place;
-    at::mm_out(out, lower.narrow(0, j, d - j).narrow(1, j, height).t(), s.narrow(0, j, d - j));
-    if (scratch) place.copy_(out);
-  }
-  // M = Lᵀ W, lower block triangle only
-  at::Tensor m = scratch ? lower.t() : column_major_square(d, s.options());
-  for (int64_t i = 0; i < d; i += kCongruenceBlock) {
-    const int64_t height = std::min(kCongruenceBlock, d - i);
-    // M[block i, blocks <= i] = L[rows >= i, block i]ᵀ W[rows >= i, blocks <= i]
-    at::Tensor lower_block = lower.narrow(0, i, d - i).narrow(1, i, height);
-    if (scratch) lower_block = buffer.narrow(0, 0, (d - i) * height).view({d - i, height}).copy_(lower_block);
-    const at::Tensor w_block = wt.narrow(0, 0, i + height).narrow(1, i, d - i).t();
-    at::Tensor out = m.narrow(0, i, height).narrow(1, 0, i + height);
-    at::mm_out(out, lower_block.t(), w_block);
+    const int64_t width = std::min(kCongruenceBlock, d - j);
+    const at::Tensor panel = lower.narrow(0, j, d - j).narrow(1, j, width);
+    at::Tensor x = buffer.narrow(0, 0, (d - j) * width).view({d - j, width});
+    at::mm_out(x, s.narrow(0, j, d - j).narrow(1, j, d - j), panel);
+    for (int64_t r = j + width; r < d; r += kCongruenceBlock) {
+      const int64_t height = std::min(kCongruenceBlock, d - r);
+      at::Tensor out = m.narrow(0, r, height).narrow(1, j, width);
+      at::mm_out(out, lower.narrow(0, r, d - r).narrow(1, r, height).t(), x.narrow(0, r - j, d - r));
+    }
+    at::Tensor diagonal = m.narrow(0, j, width).narrow(1, j, width);
+    if (in_place) {
+      at::Tensor product = tile.narrow(0, 0, width).narrow(1, 0, width);
+      diagonal.copy_(at::mm_out(product, panel.t(), x));
+    } else {
+      at::mm_out(diagonal, panel.t(), x);
+    }
   }
   return m;
 }
@@ -482,12 +514,14 @@ at::Tensor restrict(const at::Tensor& s, const at::Tensor& index) {
   return s.index_select(0, index).index_select(1, index).contiguous();
 }
 
-TraceResult trace_sqrt_product_impl(at::Tensor s1, at::Tensor s2, bool newton_schulz, int64_t max_iter, double rtol,
-                                    double verify_tol, double psd_tol) {
+// s1 is the call's own copy; s2 too where s2_own, else the caller's (only read).
+TraceResult trace_sqrt_product_impl(at::Tensor s1, at::Tensor s2, bool s2_own, bool newton_schulz, int64_t max_iter,
+                                    double rtol, double verify_tol, double psd_tol) {
   TraceResult result;
   if (auto live = live_features(s1, s2)) {
     s1 = restrict(s1, *live);
     s2 = restrict(s2, *live);
+    s2_own = true;
   }
   result.rank = s1.size(0);
   if (result.rank == 0) return result;
@@ -499,13 +533,14 @@ TraceResult trace_sqrt_product_impl(at::Tensor s1, at::Tensor s2, bool newton_sc
     // singularity is handled by the noise band of sum_sqrt_eigenvalues). Neither: eigh of S1 with
     // its zero modes dropped, F [d, r1], and the r1×r1 matrix Fᵀ S2 F.
     SqrtSum sum;
-    // s1 and s2 are this call's own copies (prepare_covariance, restrict), exactly symmetric: on the CPU the
-    // factor and the congruence work in their storage (cholesky_factor, lower_congruence).
-    const bool scratch = s1.is_cpu();
-    if (const auto l1 = cholesky_factor(s1, scratch)) {
-      sum = sum_sqrt_eigenvalues(lower_congruence(*l1, s2, scratch), "sigma2", "L1ᵀ S2 L1", psd_tol, inner, scale);
-    } else if (const auto l2 = cholesky_factor(s2, scratch)) {
-      sum = sum_sqrt_eigenvalues(lower_congruence(*l2, s1, scratch), "sigma1", "L2ᵀ S1 L2", psd_tol, inner, scale);
+    // s1 is this call's own copy (prepare_covariance, restrict), exactly symmetric: on the CPU the factor works
+    // in its storage (cholesky_factor), and so does the congruence, which only reads the other covariance. s2's
+    // factor, needed only where s1 is not positive definite, is written over s2 where s2 is the call's own too.
+    const bool in_place = s1.is_cpu();
+    if (const auto l1 = cholesky_factor(s1, in_place)) {
+      sum = sum_sqrt_eigenvalues(lower_congruence(*l1, s2, in_place), "sigma2", "L1ᵀ S2 L1", psd_tol, inner, scale);
+    } else if (const auto l2 = cholesky_factor(s2, in_place && s2_own)) {
+      sum = sum_sqrt_eigenvalues(lower_congruence(*l2, s1, in_place), "sigma1", "L2ᵀ S1 L2", psd_tol, inner, scale);
     } else {
       const EigenFactor f1 = eigen_factor(s1, "sigma1", psd_tol);
       result.route = Route::kEigh;
@@ -559,11 +594,11 @@ std::tuple<at::Tensor, at::Tensor> trace_sqrt_product(const at::Tensor& sigma1, 
   const double psd_tol = psd_tolerance(sigma1.dim() == 2 ? sigma1.size(0) : 1,
                                        {sigma1.scalar_type(), sigma2.scalar_type()});
   at::Tensor s1 = prepare_covariance(sigma1, "sigma1", psd_tol);
-  at::Tensor s2 = prepare_covariance(sigma2, "sigma2", psd_tol);
-  TORCH_CHECK_VALUE(s1.size(0) == s2.size(0), "sigma1 and sigma2 must have the same size, got ", s1.sizes(), " and ",
-                    s2.sizes());
-  const TraceResult result =
-      trace_sqrt_product_impl(s1, s2, use_newton_schulz(parsed, s1), max_iter, rtol, verify_tol, psd_tol);
+  const ReadableCovariance s2 = prepare_covariance_to_read(sigma2, "sigma2", psd_tol);
+  TORCH_CHECK_VALUE(s1.size(0) == s2.s.size(0), "sigma1 and sigma2 must have the same size, got ", s1.sizes(),
+                    " and ", s2.s.sizes());
+  const TraceResult result = trace_sqrt_product_impl(s1, s2.s, s2.own, use_newton_schulz(parsed, s1), max_iter, rtol,
+                                                     verify_tol, psd_tol);
   return result.as_tensors(s1.options());
 }
 

@@ -16,8 +16,9 @@ struct TileStats {
 
 namespace AVX512 {
 // The off-diagonal tile pair rows [i0, i0 + ni) x columns [j0, j0 + nj) of the d x d matrix `in` and its mirror:
-// their symmetric part written to `sym` at both places, and their statistics into `stats`. False where the tile's
-// sides are not multiples of 8 or it holds a non-finite entry: the caller runs the baseline build's instead.
+// their symmetric part written to `sym` at both places (nothing where sym is null: the statistics only), and their
+// statistics into `stats`. False where the tile's sides are not multiples of 8 or it holds a non-finite entry: the
+// caller runs the baseline build's instead.
 bool symmetrize_tile_pair(const double* in, double* sym, int64_t d, int64_t i0, int64_t ni, int64_t j0, int64_t nj,
                           TileStats& stats);
 // The diagonal tile rows and columns [i0, i0 + n): the pairs on and above its diagonal; false as above.

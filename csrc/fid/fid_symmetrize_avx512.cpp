@@ -62,6 +62,8 @@ struct VectorStats {
 };
 
 // The full 8 x 8 block at (i, j) and its mirror at (j, i); i == j: a block on the diagonal, its own mirror.
+// kWrite false: the statistics only (symmetry_stats), nothing stored.
+template <bool kWrite>
 inline void block_pair(const double* in, double* sym, int64_t d, int64_t i, int64_t j, VectorStats& stats) {
   const __m512d half = _mm512_set1_pd(0.5);
   __m512d mirror[kBlock], values[kBlock];
@@ -70,10 +72,12 @@ inline void block_pair(const double* in, double* sym, int64_t d, int64_t i, int6
   for (int64_t r = 0; r < kBlock; ++r) {
     const __m512d a = _mm512_loadu_pd(in + (i + r) * d + j), b = mirror[r];
     stats.add(a, b);
-    values[r] = _mm512_mul_pd(half, _mm512_add_pd(a, b));
-    _mm512_storeu_pd(sym + (i + r) * d + j, values[r]);
+    if constexpr (kWrite) {
+      values[r] = _mm512_mul_pd(half, _mm512_add_pd(a, b));
+      _mm512_storeu_pd(sym + (i + r) * d + j, values[r]);
+    }
   }
-  if (i == j) return;  // the symmetric part of a diagonal block is its own transpose
+  if (!kWrite || i == j) return;  // the symmetric part of a diagonal block is its own transpose
   transpose8(values);
   for (int64_t c = 0; c < kBlock; ++c) _mm512_storeu_pd(sym + (j + c) * d + i, values[c]);
 }
@@ -86,7 +90,13 @@ bool symmetrize_tile(const double* in, double* sym, int64_t d, int64_t i0, int64
   if (ni % kBlock != 0 || nj % kBlock != 0) return false;
   VectorStats vector;
   for (int64_t i = i0; i < i0 + ni; i += kBlock) {
-    for (int64_t j = diagonal ? i : j0; j < j0 + nj; j += kBlock) block_pair(in, sym, d, i, j, vector);
+    for (int64_t j = diagonal ? i : j0; j < j0 + nj; j += kBlock) {
+      if (sym != nullptr) {
+        block_pair<true>(in, sym, d, i, j, vector);
+      } else {
+        block_pair<false>(in, sym, d, i, j, vector);
+      }
+    }
   }
   if (!vector.all_finite()) return false;
   vector.into(stats);
