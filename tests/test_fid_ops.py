@@ -224,7 +224,7 @@ def test_blocked_cpu_cholesky_of_a_singular_sigma1_is_undone_for_sigma2s_factor(
 def test_an_exactly_symmetric_sigma2_is_read_in_place_and_an_asymmetric_one_symmetrised(d):
     """The CPU trace reads an exactly symmetric float64 sigma2 itself (no copy) and never writes it; sigma2 with an
     antisymmetric part inside the accepted tolerance (1e-7 relative) is symmetrised first. Both give the exact
-    value to 1e-12, where using the asymmetric matrix as it is would be off by ~1e-7."""
+    value to 1e-12, which the asymmetric matrix used as it is misses (a mutation doing so fails here)."""
     s1, s2, exact = covariance_pair("known-spectrum-pd", d)
     rng = np.random.default_rng(d)
     e = np.triu(rng.standard_normal((d, d)), 1) * 1e-7 * np.abs(s2).max()
@@ -362,6 +362,22 @@ def test_lowrank_route_matches_the_full_computation(d, m, method, backend):
     assert relative_error(lowrank.value, full) <= RTOL
     assert relative_error(lowrank.value, symmetric_trace(s1, s2)) <= RTOL
     assert relative_error(lowrank.value, sqrtm_trace(s1, s2)) <= RTOL
+
+
+def test_the_lowrank_route_reads_an_exactly_symmetric_sigma1_in_place_and_symmetrises_an_asymmetric_one():
+    """sigma1 is only read by the m×m route: an exactly symmetric float64 one is used as it is and left untouched;
+    one with an antisymmetric part inside the tolerance (1e-7 relative) gives the symmetric part's value to 1e-12,
+    where the matrix used as it is moves it by 6e-10 (NumPy, the same product)."""
+    s1, _, _ = covariance_pair("known-spectrum-pd", 300)
+    x = np.random.default_rng(3).standard_normal((100, 300)) * 2 + 1
+    e = np.triu(np.random.default_rng(4).standard_normal((300, 300)), 1) * 1e-7 * np.abs(s1).max()
+    values = []
+    for given in (s1, s1 + e - e.T):
+        sigma1, features = torch.from_numpy(given.copy()), torch.from_numpy(x.copy())
+        values.append(fid_ops.trace_sqrt_product_lowrank_details(sigma1, features, "eigh").value)
+        assert torch.equal(sigma1, torch.from_numpy(given)) and torch.equal(features, torch.from_numpy(x))
+    assert relative_error(values[0], symmetric_trace(s1, np.cov(x, rowvar=False))) <= RTOL
+    assert relative_error(values[1], values[0]) <= 1e-12, values
 
 
 @pytest.mark.slow

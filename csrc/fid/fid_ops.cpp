@@ -614,7 +614,7 @@ std::tuple<at::Tensor, at::Tensor> trace_sqrt_product_lowrank(const at::Tensor& 
   check_same_problem(sigma1, features2, "sigma1", "features2");
   const double psd_tol = psd_tolerance(sigma1.dim() == 2 ? sigma1.size(0) : 1,
                                        {sigma1.scalar_type(), features2.scalar_type()});
-  at::Tensor s1 = prepare_covariance(sigma1, "sigma1", psd_tol);
+  at::Tensor s1 = prepare_covariance_to_read(sigma1, "sigma1", psd_tol).s;  // only read below
   TORCH_CHECK_VALUE(features2.dim() == 2, "features2 must be a matrix [m, d] of feature rows, got shape ",
                     features2.sizes());
   TORCH_CHECK_VALUE(features2.size(1) == s1.size(0), "features2 has ", features2.size(1),
