@@ -162,9 +162,9 @@ TileStats symmetrize_diagonal_tile(const double* in, double* sym, int64_t d, int
 }  // namespace
 
 namespace {
-// The tile pairs of s in parallel, their symmetric part written to sym (null: not written), the statistics summed.
+// The tile pairs of s (checked by the caller: square, float64, contiguous) in parallel, their symmetric part written
+// to sym (null: not written), the statistics summed.
 TileStats symmetry_pass(const at::Tensor& s, double* sym) {
-  check_square_float64(s, "s");
   const int64_t d = s.size(0);
   const int64_t tiles = (d + kTile - 1) / kTile;
   std::vector<std::pair<int64_t, int64_t>> pairs;  // upper-triangle tile pairs (bi <= bj)
@@ -214,12 +214,13 @@ at::Tensor stats_tensor(const TileStats& total, const at::Tensor& like) {
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> symmetrize_checked_cpu(const at::Tensor& s) {
-  check_square_float64(s, "s");  // before the output's allocation
+  check_square_float64(s, "s");
   at::Tensor out = at::empty_like(s);
   return {out, stats_tensor(symmetry_pass(s, out.data_ptr<double>()), s)};
 }
 
 at::Tensor symmetry_stats_cpu(const at::Tensor& s) {
+  check_square_float64(s, "s");
   return stats_tensor(symmetry_pass(s, nullptr), s);
 }
 
